@@ -1,0 +1,28 @@
+//! `wechat_app_info`: one row per app.
+
+use sea_orm::entity::prelude::*;
+
+/// A row of `wechat_app_info`.
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[sea_orm(table_name = "wechat_app_info")]
+pub struct Model {
+    /// The app's appid.
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub appid: String,
+    /// Its AppSecret.
+    pub secret: String,
+    /// Its message-push token.
+    pub token: Option<String>,
+    /// Its EncodingAESKey.
+    pub aes_key: Option<String>,
+    /// When it was added.
+    pub create_time: DateTimeUtc,
+    /// When its settings last changed.
+    pub update_time: DateTimeUtc,
+}
+
+/// No relations are navigated through the ORM.
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {}
+
+impl ActiveModelBehavior for ActiveModel {}

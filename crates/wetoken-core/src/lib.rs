@@ -1,0 +1,38 @@
+//! wetoken's token engine.
+//!
+//! WeChat's `access_token` and `jsapi_ticket` live two hours, and every fetch of a new token ends
+//! the previous one five minutes later.
+//! Several services fetching tokens for one app therefore break each other.
+//! This crate is the one place that fetches: it keeps every app's credentials in a database and an
+//! in-process cache, refreshes them before they expire, and hands them out.
+//!
+//! - [`Engine::get`] answers from memory when it can, then from the database, then from WeChat.
+//!   Concurrent requests for a cold credential share one upstream call (single-flight per app and
+//!   [`Kind`]).
+//! - [`Engine::refresh`] is the passive refresh: a caller whose WeChat call rejected a credential
+//!   names it, and a new one is fetched only if it is still the current one.
+//! - [`Engine::run_scheduler`] renews every app's credentials ahead of expiry, jittered and with
+//!   bounded concurrency, so callers do not wait on WeChat.
+//! - [`Store`] is the database (SQLite, MySQL/MariaDB or PostgreSQL through sea-orm) and
+//!   [`WeChat`] the upstream client.
+//!
+//! Time comes from a [`Clock`], so expiry logic is tested by moving a clock rather than waiting.
+//!
+//! This crate knows nothing about HTTP serving or command lines: `wetoken-server` and `wetoken-cli`
+//! put it to use.
+#![deny(missing_docs)]
+
+pub mod clock;
+mod engine;
+pub mod entity;
+mod error;
+pub mod model;
+pub mod store;
+pub mod wechat;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use engine::{AppStatus, Engine, EngineConfig};
+pub use error::Error;
+pub use model::{App, AppId, AppUpdate, Credential, CredentialRecord, Kind, NewApp, Secret};
+pub use store::{DatabaseOptions, Store};
+pub use wechat::{UpstreamError, WeChat, WeChatOptions};

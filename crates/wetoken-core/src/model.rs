@@ -1,0 +1,237 @@
+//! The nouns: apps, their ids and secrets, and the credentials fetched for them.
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+
+use crate::Error;
+
+/// A validated WeChat appid.
+///
+/// Every appid that reaches the database or WeChat went through [`AppId::parse`]:
+/// 1 to 64 characters of ASCII letters, digits, `_` and `-`.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AppId(String);
+
+impl AppId {
+    /// The longest appid accepted; the column is as wide.
+    pub const MAX_LEN: usize = 64;
+
+    /// Checks `s` against the appid pattern.
+    pub fn parse(s: &str) -> Result<Self, Error> {
+        let ok = !s.is_empty()
+            && s.len() <= Self::MAX_LEN
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if ok {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(Error::InvalidInput(format!(
+                "malformed appid {:?}: expected 1 to {} letters, digits, '_' or '-'",
+                truncate_for_message(s),
+                Self::MAX_LEN
+            )))
+        }
+    }
+
+    /// The appid as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for AppId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for AppId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+/// Keeps a hostile input from filling an error message.
+fn truncate_for_message(s: &str) -> String {
+    const MAX: usize = 80;
+    if s.chars().count() <= MAX {
+        s.to_owned()
+    } else {
+        let mut out: String = s.chars().take(MAX).collect();
+        out.push('…');
+        out
+    }
+}
+
+/// A value that must never reach a log: an app secret, an AES key, a message token.
+///
+/// Its `Debug` prints `Secret(***)`; the value is read with [`Secret::expose`].
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself, for the one place that sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// The two credentials wetoken keeps for each app.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// The `access_token` from `/cgi-bin/token`.
+    AccessToken,
+    /// The `jsapi_ticket` from `/cgi-bin/ticket/getticket?type=jsapi`.
+    JsapiTicket,
+}
+
+impl Kind {
+    /// Both kinds, in the order a refresh needs them (a ticket is fetched with a token).
+    pub const ALL: [Kind; 2] = [Kind::AccessToken, Kind::JsapiTicket];
+
+    /// A short name for logs and messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::AccessToken => "access_token",
+            Kind::JsapiTicket => "jsapi_ticket",
+        }
+    }
+
+    pub(crate) fn index(self) -> usize {
+        match self {
+            Kind::AccessToken => 0,
+            Kind::JsapiTicket => 1,
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A token or ticket with its absolute expiry.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credential {
+    /// The value WeChat issued.
+    pub value: String,
+    /// When WeChat stops accepting it.
+    pub expires_at: DateTime<Utc>,
+}
+
+impl Credential {
+    /// Whole seconds of life left at `now` (negative once expired).
+    pub fn seconds_left(&self, now: DateTime<Utc>) -> i64 {
+        (self.expires_at - now).num_seconds()
+    }
+}
+
+impl fmt::Debug for Credential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The value is a bearer credential: keep it out of logs.
+        f.debug_struct("Credential")
+            .field("value", &format_args!("<{} chars>", self.value.len()))
+            .field("expires_at", &self.expires_at)
+            .finish()
+    }
+}
+
+/// An app as stored.
+#[derive(Debug, Clone)]
+pub struct App {
+    /// Its appid.
+    pub appid: AppId,
+    /// Its AppSecret, which fetches access tokens.
+    pub secret: Secret,
+    /// The message-push token (for verifying WeChat's callbacks), if set.
+    pub token: Option<Secret>,
+    /// The EncodingAESKey, if set.
+    pub aes_key: Option<Secret>,
+    /// When it was added.
+    pub create_time: DateTime<Utc>,
+    /// When its settings last changed.
+    pub update_time: DateTime<Utc>,
+}
+
+/// What a new app needs.
+#[derive(Debug, Clone)]
+pub struct NewApp {
+    /// Its appid.
+    pub appid: AppId,
+    /// Its AppSecret.
+    pub secret: Secret,
+    /// The message-push token, if any.
+    pub token: Option<Secret>,
+    /// The EncodingAESKey, if any.
+    pub aes_key: Option<Secret>,
+}
+
+/// A change to an app's settings; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct AppUpdate {
+    /// A new AppSecret.
+    pub secret: Option<Secret>,
+    /// A new message-push token.
+    pub token: Option<Secret>,
+    /// A new EncodingAESKey.
+    pub aes_key: Option<Secret>,
+}
+
+impl AppUpdate {
+    /// Whether the update changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.secret.is_none() && self.token.is_none() && self.aes_key.is_none()
+    }
+}
+
+/// What the database holds for one credential of one app.
+#[derive(Debug, Clone)]
+pub struct CredentialRecord {
+    /// The stored value, if one was ever fetched.
+    pub credential: Option<Credential>,
+    /// The outcome of the last refresh: `success`, or WeChat's errcode and errmsg.
+    pub message: String,
+    /// Whether refreshing stopped on an error retrying cannot cure.
+    pub halted: bool,
+    /// When the last refresh was attempted.
+    pub refresh_time: Option<DateTime<Utc>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn appid_pattern() {
+        assert!(AppId::parse("wx9e02ddcc34513fd4").is_ok());
+        assert!(AppId::parse("a_b-C9").is_ok());
+        for bad in ["", "wx/../x", "wx 1", "wx%20", "wx\u{e9}", &"a".repeat(65)] {
+            assert!(AppId::parse(bad).is_err(), "{bad:?} should be refused");
+        }
+        assert!(AppId::parse(&"a".repeat(64)).is_ok());
+    }
+
+    #[test]
+    fn secrets_and_credentials_stay_out_of_debug() {
+        let s = Secret::new("6acb2b999177524beba3d97d54df2de5");
+        assert!(!format!("{s:?}").contains("6acb"));
+        let c = Credential {
+            value: "86_secretvalue".into(),
+            expires_at: Utc::now(),
+        };
+        assert!(!format!("{c:?}").contains("secretvalue"));
+    }
+}

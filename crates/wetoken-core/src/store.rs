@@ -1,0 +1,415 @@
+//! The database: apps and their stored credentials.
+//!
+//! One [`Store`] serves SQLite, MySQL/MariaDB and PostgreSQL alike.
+//! Apps go through the sea-orm entity in [`crate::entity`]; the two credential tables share a shape,
+//! so one set of sea-query statements serves both, with the table and value column taken from
+//! [`Kind`].
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sea_orm::sea_query::{Alias, Expr, ExprTrait, JoinType, OnConflict, Order, Query};
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ConnectOptions, ConnectionTrait, Database,
+    DatabaseConnection, DbErr, EntityTrait, QueryOrder, SqlErr, TransactionTrait,
+};
+use wetoken_migration::{Migrator, MigratorTrait};
+
+use crate::Error;
+use crate::entity::app_info;
+use crate::model::{App, AppId, AppUpdate, Credential, CredentialRecord, Kind, NewApp, Secret};
+
+/// How to reach the database.
+#[derive(Debug, Clone)]
+pub struct DatabaseOptions {
+    /// `sqlite://path?mode=rwc`, `mysql://…` or `postgres://…`.
+    pub url: String,
+    /// The most connections the pool opens.
+    pub max_connections: u32,
+    /// How long to wait for a connection before failing.
+    pub connect_timeout: Duration,
+}
+
+impl DatabaseOptions {
+    /// Options for `url` with a pool fit for one wetoken process.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            max_connections: 16,
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The tables wetoken owns, as named in the Go wetoken.
+pub const TABLES: [&str; 3] = [
+    "wechat_app_info",
+    "wechat_access_token",
+    "wechat_jsapi_ticket",
+];
+
+/// The most characters of a refresh outcome the `message` column keeps.
+const MESSAGE_MAX: usize = 1024;
+
+impl Kind {
+    fn table(self) -> Alias {
+        Alias::new(match self {
+            Kind::AccessToken => "wechat_access_token",
+            Kind::JsapiTicket => "wechat_jsapi_ticket",
+        })
+    }
+
+    fn value_column(self) -> Alias {
+        Alias::new(match self {
+            Kind::AccessToken => "access_token",
+            Kind::JsapiTicket => "ticket",
+        })
+    }
+}
+
+fn col(name: &'static str) -> Alias {
+    Alias::new(name)
+}
+
+/// wetoken's database.
+#[derive(Debug, Clone)]
+pub struct Store {
+    db: DatabaseConnection,
+}
+
+impl Store {
+    /// Connects to the database `options` names.
+    ///
+    /// A SQLite URL without a `mode` gets `mode=rwc`, so the file is created on first start.
+    pub async fn connect(options: &DatabaseOptions) -> Result<Self, Error> {
+        let mut url = options.url.clone();
+        if url.starts_with("sqlite:") && !url.contains("mode=") && !url.contains(":memory:") {
+            url.push_str(if url.contains('?') {
+                "&mode=rwc"
+            } else {
+                "?mode=rwc"
+            });
+        }
+        let mut connect = ConnectOptions::new(url);
+        connect
+            .max_connections(options.max_connections)
+            .min_connections(1)
+            .connect_timeout(options.connect_timeout)
+            .acquire_timeout(options.connect_timeout)
+            .sqlx_logging(false);
+        if options.url.contains(":memory:") {
+            // Every in-memory SQLite connection is a separate database.
+            connect.max_connections(1);
+        }
+        let db = Database::connect(connect).await.map_err(Error::from)?;
+        Ok(Self { db })
+    }
+
+    /// Wraps an open connection.
+    pub fn from_connection(db: DatabaseConnection) -> Self {
+        Self { db }
+    }
+
+    /// The underlying connection.
+    pub fn connection(&self) -> &DatabaseConnection {
+        &self.db
+    }
+
+    /// Applies every pending migration; returns the names of those applied.
+    pub async fn migrate(&self) -> Result<Vec<String>, Error> {
+        let pending: Vec<String> = Migrator::get_pending_migrations(&self.db)
+            .await?
+            .iter()
+            .map(|m| m.name().to_owned())
+            .collect();
+        if !pending.is_empty() {
+            Migrator::up(&self.db, None).await?;
+        }
+        Ok(pending)
+    }
+
+    /// Checks that the database answers.
+    pub async fn ping(&self) -> Result<(), Error> {
+        self.db.ping().await.map_err(Error::from)
+    }
+
+    /// Adds an app. An existing appid is refused and its row left as it was.
+    pub async fn insert_app(&self, app: &NewApp, now: DateTime<Utc>) -> Result<(), Error> {
+        let row = app_info::ActiveModel {
+            appid: Set(app.appid.as_str().to_owned()),
+            secret: Set(app.secret.expose().to_owned()),
+            token: Set(app.token.as_ref().map(|s| s.expose().to_owned())),
+            aes_key: Set(app.aes_key.as_ref().map(|s| s.expose().to_owned())),
+            create_time: Set(now),
+            update_time: Set(now),
+        };
+        match app_info::Entity::insert(row).exec(&self.db).await {
+            Ok(_) => Ok(()),
+            Err(e) if matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
+                Err(Error::DuplicateApp(app.appid.clone()))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// One app, if it exists.
+    pub async fn app(&self, appid: &AppId) -> Result<Option<App>, Error> {
+        let row = app_info::Entity::find_by_id(appid.as_str().to_owned())
+            .one(&self.db)
+            .await?;
+        row.map(app_from_row).transpose()
+    }
+
+    /// Every app, ordered by appid.
+    pub async fn apps(&self) -> Result<Vec<App>, Error> {
+        app_info::Entity::find()
+            .order_by_asc(app_info::Column::Appid)
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(app_from_row)
+            .collect()
+    }
+
+    /// Changes an app's settings. Any halt on its credentials is lifted, since the settings that
+    /// caused it may be what changed.
+    pub async fn update_app(
+        &self,
+        appid: &AppId,
+        update: &AppUpdate,
+        now: DateTime<Utc>,
+    ) -> Result<(), Error> {
+        let txn = self.db.begin().await?;
+        let Some(row) = app_info::Entity::find_by_id(appid.as_str().to_owned())
+            .one(&txn)
+            .await?
+        else {
+            return Err(Error::UnknownApp(appid.clone()));
+        };
+        let mut row: app_info::ActiveModel = row.into();
+        if let Some(secret) = &update.secret {
+            row.secret = Set(secret.expose().to_owned());
+        }
+        if let Some(token) = &update.token {
+            row.token = Set(Some(token.expose().to_owned()));
+        }
+        if let Some(aes_key) = &update.aes_key {
+            row.aes_key = Set(Some(aes_key.expose().to_owned()));
+        }
+        row.update_time = Set(now);
+        row.update(&txn).await?;
+        for kind in Kind::ALL {
+            let lift = Query::update()
+                .table(kind.table())
+                .value(col("halted"), false)
+                .value(col("message"), "settings changed")
+                .value(col("update_time"), now)
+                .and_where(Expr::col(col("appid")).eq(appid.as_str()))
+                .and_where(Expr::col(col("halted")).eq(true))
+                .to_owned();
+            txn.execute(&lift).await?;
+        }
+        txn.commit().await?;
+        Ok(())
+    }
+
+    /// Removes an app and its stored credentials. Returns whether it existed.
+    pub async fn delete_app(&self, appid: &AppId) -> Result<bool, Error> {
+        let txn = self.db.begin().await?;
+        for kind in Kind::ALL {
+            let delete = Query::delete()
+                .from_table(kind.table())
+                .and_where(Expr::col(col("appid")).eq(appid.as_str()))
+                .to_owned();
+            txn.execute(&delete).await?;
+        }
+        let gone = app_info::Entity::delete_by_id(appid.as_str().to_owned())
+            .exec(&txn)
+            .await?;
+        txn.commit().await?;
+        Ok(gone.rows_affected > 0)
+    }
+
+    /// The stored state of one credential, if a row exists.
+    pub async fn credential(
+        &self,
+        appid: &AppId,
+        kind: Kind,
+    ) -> Result<Option<CredentialRecord>, Error> {
+        let select = Query::select()
+            .columns([
+                kind.value_column(),
+                col("expires_at"),
+                col("message"),
+                col("halted"),
+                col("refresh_time"),
+            ])
+            .from(kind.table())
+            .and_where(Expr::col(col("appid")).eq(appid.as_str()))
+            .to_owned();
+        let Some(row) = self.db.query_one(&select).await? else {
+            return Ok(None);
+        };
+        let value: Option<String> = row.try_get_by_index(0)?;
+        let expires_at: Option<DateTime<Utc>> = row.try_get_by_index(1)?;
+        let credential = match (value, expires_at) {
+            (Some(value), Some(expires_at)) => Some(Credential { value, expires_at }),
+            _ => None,
+        };
+        Ok(Some(CredentialRecord {
+            credential,
+            message: row.try_get_by_index(2)?,
+            halted: row.try_get_by_index(3)?,
+            refresh_time: row.try_get_by_index(4)?,
+        }))
+    }
+
+    /// Records a freshly fetched credential as the current one.
+    pub async fn save_credential(
+        &self,
+        appid: &AppId,
+        kind: Kind,
+        credential: &Credential,
+        now: DateTime<Utc>,
+    ) -> Result<(), Error> {
+        let value = kind.value_column();
+        let upsert = Query::insert()
+            .into_table(kind.table())
+            .columns([
+                col("appid"),
+                value.clone(),
+                col("expires_at"),
+                col("message"),
+                col("halted"),
+                col("refresh_time"),
+                col("update_time"),
+            ])
+            .values_panic([
+                appid.as_str().into(),
+                credential.value.as_str().into(),
+                credential.expires_at.into(),
+                "success".into(),
+                false.into(),
+                now.into(),
+                now.into(),
+            ])
+            .on_conflict(
+                OnConflict::column(col("appid"))
+                    .update_columns([
+                        value,
+                        col("expires_at"),
+                        col("message"),
+                        col("halted"),
+                        col("refresh_time"),
+                        col("update_time"),
+                    ])
+                    .to_owned(),
+            )
+            .to_owned();
+        self.db.execute(&upsert).await?;
+        Ok(())
+    }
+
+    /// Records a failed refresh. The stored value, if any, is kept: it may still be valid.
+    pub async fn record_failure(
+        &self,
+        appid: &AppId,
+        kind: Kind,
+        message: &str,
+        halted: bool,
+        now: DateTime<Utc>,
+    ) -> Result<(), Error> {
+        let message: String = message.chars().take(MESSAGE_MAX).collect();
+        let upsert = Query::insert()
+            .into_table(kind.table())
+            .columns([
+                col("appid"),
+                col("message"),
+                col("halted"),
+                col("refresh_time"),
+                col("update_time"),
+            ])
+            .values_panic([
+                appid.as_str().into(),
+                message.into(),
+                halted.into(),
+                now.into(),
+                now.into(),
+            ])
+            .on_conflict(
+                OnConflict::column(col("appid"))
+                    .update_columns([
+                        col("message"),
+                        col("halted"),
+                        col("refresh_time"),
+                        col("update_time"),
+                    ])
+                    .to_owned(),
+            )
+            .to_owned();
+        self.db.execute(&upsert).await?;
+        Ok(())
+    }
+
+    /// Apps whose `kind` credential is missing or expires before `before`, and is not halted:
+    /// what the scheduler should look at. Each comes with its stored expiry, if any.
+    pub async fn due(
+        &self,
+        kind: Kind,
+        before: DateTime<Utc>,
+    ) -> Result<Vec<(AppId, Option<DateTime<Utc>>)>, Error> {
+        let app = Alias::new("app");
+        let cred = Alias::new("cred");
+        let select = Query::select()
+            .column((app.clone(), col("appid")))
+            .column((cred.clone(), col("expires_at")))
+            .from_as(app_info::Entity, app.clone())
+            .join_as(
+                JoinType::LeftJoin,
+                kind.table(),
+                cred.clone(),
+                Expr::col((app.clone(), col("appid"))).equals((cred.clone(), col("appid"))),
+            )
+            .cond_where(
+                Expr::col((cred.clone(), col("appid")))
+                    .is_null()
+                    .or(Expr::col((cred.clone(), col("halted"))).eq(false).and(
+                        Expr::col((cred.clone(), col("expires_at")))
+                            .is_null()
+                            .or(Expr::col((cred.clone(), col("expires_at"))).lt(before)),
+                    )),
+            )
+            .order_by((app, col("appid")), Order::Asc)
+            .to_owned();
+        let rows = self.db.query_all(&select).await?;
+        rows.into_iter()
+            .map(|row| {
+                let appid: String = row.try_get_by_index(0)?;
+                let expires_at: Option<DateTime<Utc>> = row.try_get_by_index(1)?;
+                Ok((AppId::parse(&appid)?, expires_at))
+            })
+            .collect()
+    }
+}
+
+fn app_from_row(row: app_info::Model) -> Result<App, Error> {
+    Ok(App {
+        appid: AppId::parse(&row.appid)?,
+        secret: Secret::new(row.secret),
+        token: row.token.map(Secret::new),
+        aes_key: row.aes_key.map(Secret::new),
+        create_time: row.create_time,
+        update_time: row.update_time,
+    })
+}
+
+impl From<DbErr> for Error {
+    fn from(e: DbErr) -> Self {
+        match e {
+            DbErr::Conn(_) | DbErr::ConnectionAcquire(_) => {
+                Error::DatabaseUnavailable(e.to_string())
+            }
+            e => Error::Database(e.to_string()),
+        }
+    }
+}

@@ -1,0 +1,229 @@
+//! The WeChat API client: the two calls a refresh needs.
+//!
+//! WeChat answers HTTP 200 for errors too; only the body's `errcode` tells.
+//! A successful `/cgi-bin/token` carries no `errcode` at all.
+//! `errmsg` ends with a request id that changes every call, so nothing here matches on it.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::model::{AppId, Secret};
+
+/// How to reach WeChat.
+#[derive(Debug, Clone)]
+pub struct WeChatOptions {
+    /// The API root, `https://api.weixin.qq.com` in production.
+    pub base_url: String,
+    /// The longest a whole call may take.
+    pub timeout: Duration,
+    /// The longest connecting may take.
+    pub connect_timeout: Duration,
+}
+
+impl Default for WeChatOptions {
+    fn default() -> Self {
+        Self {
+            base_url: "https://api.weixin.qq.com".into(),
+            timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(3),
+        }
+    }
+}
+
+/// A credential as WeChat issued it: the value and its lifetime in seconds.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    /// The token or ticket.
+    pub value: String,
+    /// Its lifetime, as `expires_in` said.
+    pub expires_in: u64,
+}
+
+/// Why a call to WeChat did not yield a credential.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum UpstreamError {
+    /// WeChat answered with a non-zero `errcode`.
+    #[error("WeChat refused: errcode {errcode}: {errmsg}")]
+    Refused {
+        /// WeChat's code.
+        errcode: i64,
+        /// WeChat's message, request id included.
+        errmsg: String,
+    },
+    /// WeChat answered with an HTTP status other than 200.
+    #[error("WeChat answered HTTP {0}")]
+    Status(u16),
+    /// WeChat could not be reached, or did not answer in time.
+    #[error("WeChat unreachable: {0}")]
+    Transport(String),
+    /// WeChat's answer was not the JSON it should be.
+    #[error("WeChat's answer could not be read: {0}")]
+    Malformed(String),
+}
+
+/// WeChat codes meaning the access token used was not accepted.
+pub const TOKEN_REJECTED: [i64; 3] = [40001, 40014, 42001];
+
+/// WeChat codes that retrying cannot cure: the app's settings (or WeChat's console) must change.
+///
+/// 40013 invalid appid, 40125 invalid secret, 40164 caller IP not whitelisted, 40243 secret frozen,
+/// 50004 the app may not use access tokens, 41002/41004 appid or secret missing.
+pub const FATAL: [i64; 7] = [40013, 40125, 40164, 40243, 50004, 41002, 41004];
+
+impl UpstreamError {
+    /// Whether retrying cannot help until the app's settings change.
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, UpstreamError::Refused { errcode, .. } if FATAL.contains(errcode))
+    }
+
+    /// Whether WeChat rejected the access token the call carried.
+    pub fn is_token_rejected(&self) -> bool {
+        matches!(self, UpstreamError::Refused { errcode, .. } if TOKEN_REJECTED.contains(errcode))
+    }
+
+    /// Whether WeChat said a quota is spent (45009 daily, 45011 per minute), so retrying soon only
+    /// wastes calls.
+    pub fn is_quota(&self) -> bool {
+        matches!(
+            self,
+            UpstreamError::Refused {
+                errcode: 45009 | 45011,
+                ..
+            }
+        )
+    }
+
+    /// The one-line outcome stored in the `message` column.
+    pub fn message(&self) -> String {
+        match self {
+            UpstreamError::Refused { errcode, errmsg } => format!("{errcode}: {errmsg}"),
+            other => other.to_string(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Answer {
+    #[serde(default)]
+    errcode: i64,
+    #[serde(default)]
+    errmsg: String,
+    access_token: Option<String>,
+    ticket: Option<String>,
+    expires_in: Option<u64>,
+}
+
+/// A client for WeChat's token and ticket endpoints.
+#[derive(Debug, Clone)]
+pub struct WeChat {
+    http: reqwest::Client,
+    base_url: String,
+}
+
+impl WeChat {
+    /// A client for the API root and timeouts in `options`.
+    pub fn new(options: &WeChatOptions) -> Result<Self, UpstreamError> {
+        let http = reqwest::Client::builder()
+            .timeout(options.timeout)
+            .connect_timeout(options.connect_timeout)
+            .build()
+            .map_err(|e| UpstreamError::Transport(e.without_url().to_string()))?;
+        Ok(Self {
+            http,
+            base_url: options.base_url.trim_end_matches('/').to_owned(),
+        })
+    }
+
+    /// `GET /cgi-bin/token`: a new access token for `appid`.
+    pub async fn access_token(
+        &self,
+        appid: &AppId,
+        secret: &Secret,
+    ) -> Result<Issued, UpstreamError> {
+        let request = self
+            .http
+            .get(format!("{}/cgi-bin/token", self.base_url))
+            .query(&[
+                ("grant_type", "client_credential"),
+                ("appid", appid.as_str()),
+                ("secret", secret.expose()),
+            ]);
+        let answer = self.send(request).await?;
+        issued(answer.access_token, answer.expires_in, "access_token")
+    }
+
+    /// `GET /cgi-bin/ticket/getticket?type=jsapi`: a new jsapi ticket, fetched with `token`.
+    pub async fn jsapi_ticket(&self, token: &str) -> Result<Issued, UpstreamError> {
+        let request = self
+            .http
+            .get(format!("{}/cgi-bin/ticket/getticket", self.base_url))
+            .query(&[("access_token", token), ("type", "jsapi")]);
+        let answer = self.send(request).await?;
+        issued(answer.ticket, answer.expires_in, "ticket")
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> Result<Answer, UpstreamError> {
+        // `without_url` everywhere: the URL carries the secret or the token.
+        let response = request
+            .send()
+            .await
+            .map_err(|e| UpstreamError::Transport(e.without_url().to_string()))?;
+        let status = response.status();
+        if status != reqwest::StatusCode::OK {
+            return Err(UpstreamError::Status(status.as_u16()));
+        }
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| UpstreamError::Transport(e.without_url().to_string()))?;
+        let answer: Answer = serde_json::from_slice(&body)
+            .map_err(|e| UpstreamError::Malformed(format!("not JSON: {e}")))?;
+        if answer.errcode != 0 {
+            return Err(UpstreamError::Refused {
+                errcode: answer.errcode,
+                errmsg: answer.errmsg,
+            });
+        }
+        Ok(answer)
+    }
+}
+
+fn issued(
+    value: Option<String>,
+    expires_in: Option<u64>,
+    field: &str,
+) -> Result<Issued, UpstreamError> {
+    match (value, expires_in) {
+        (Some(value), Some(expires_in)) if !value.is_empty() && expires_in > 0 => {
+            Ok(Issued { value, expires_in })
+        }
+        _ => Err(UpstreamError::Malformed(format!(
+            "no {field} with a positive expires_in in the answer"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classification() {
+        let refused = |errcode| UpstreamError::Refused {
+            errcode,
+            errmsg: "x rid: 6aac005a-01bfdbee-79769285".into(),
+        };
+        assert!(refused(40125).is_fatal());
+        assert!(refused(40164).is_fatal());
+        assert!(!refused(-1).is_fatal());
+        assert!(!refused(45009).is_fatal());
+        assert!(refused(45009).is_quota());
+        assert!(refused(42001).is_token_rejected());
+        assert!(!UpstreamError::Status(500).is_fatal());
+        assert_eq!(
+            refused(40013).message(),
+            "40013: x rid: 6aac005a-01bfdbee-79769285"
+        );
+    }
+}

@@ -1,0 +1,157 @@
+//! Settings, layered with figment: built-in defaults, then `wetoken.toml`, then `WETOKEN_*`
+//! environment variables (`__` separates a section: `WETOKEN_REFRESH__MARGIN_SECS`), then
+//! command-line flags.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+use wetoken_core::{DatabaseOptions, EngineConfig, WeChatOptions};
+
+/// Everything `wetoken-server start` can be told.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// The address to listen on.
+    pub listen: SocketAddr,
+    /// `sqlite://…`, `mysql://…` or `postgres://…`.
+    pub database_url: String,
+    /// The most connections the database pool opens.
+    pub database_max_connections: u32,
+    /// Whether `start` applies pending migrations itself.
+    pub auto_migrate: bool,
+    /// WeChat's API root.
+    pub wechat_base_url: String,
+    /// The longest one call to WeChat may take, in seconds.
+    pub wechat_timeout_secs: u64,
+    /// How credentials are refreshed.
+    pub refresh: EngineConfig,
+    /// Limits of the HTTP server.
+    pub http: HttpSettings,
+}
+
+/// Limits of the HTTP server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpSettings {
+    /// The largest request body accepted, in bytes.
+    pub body_limit_bytes: usize,
+    /// How long a client may take to send its request headers, in seconds.
+    pub header_read_timeout_secs: u64,
+    /// How long one request may take, in seconds.
+    pub request_timeout_secs: u64,
+    /// How long shutdown waits for in-flight requests, in seconds.
+    pub shutdown_timeout_secs: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 9999)),
+            database_url: "sqlite://wetoken.db".into(),
+            database_max_connections: 16,
+            auto_migrate: true,
+            wechat_base_url: WeChatOptions::default().base_url,
+            wechat_timeout_secs: 10,
+            refresh: EngineConfig::default(),
+            http: HttpSettings::default(),
+        }
+    }
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            body_limit_bytes: 64 * 1024,
+            header_read_timeout_secs: 10,
+            request_timeout_secs: 30,
+            shutdown_timeout_secs: 10,
+        }
+    }
+}
+
+/// The prefix of the environment variables that configure the server.
+pub const ENV_PREFIX: &str = "WETOKEN_";
+
+impl Settings {
+    /// Settings from the defaults, the TOML file at `file` (if it exists), the `WETOKEN_*`
+    /// environment, and `overrides` (the command line), each over the one before.
+    pub fn load(file: &Path, overrides: Figment) -> Result<Self, Box<figment::Error>> {
+        Figment::from(Serialized::defaults(Settings::default()))
+            .merge(Toml::file(file))
+            .merge(
+                Env::prefixed(ENV_PREFIX)
+                    // Test-harness variables share the prefix but are not settings.
+                    .filter(|key| !key.as_str().starts_with("test_"))
+                    .split("__"),
+            )
+            .merge(overrides)
+            .extract()
+            .map_err(Box::new)
+    }
+
+    /// The database part, as the engine takes it.
+    pub fn database(&self) -> DatabaseOptions {
+        let mut options = DatabaseOptions::new(self.database_url.clone());
+        options.max_connections = self.database_max_connections;
+        options
+    }
+
+    /// The WeChat part, as the engine takes it.
+    pub fn wechat(&self) -> WeChatOptions {
+        WeChatOptions {
+            base_url: self.wechat_base_url.clone(),
+            timeout: Duration::from_secs(self.wechat_timeout_secs),
+            ..WeChatOptions::default()
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::result_large_err)] // figment's Jail closures return figment::Error
+mod tests {
+    use super::*;
+    use figment::Jail;
+
+    #[test]
+    fn layers_override_in_order() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "wetoken.toml",
+                "listen = \"127.0.0.1:1000\"\ndatabase_url = \"sqlite://file.db\"\n[refresh]\nmargin_secs = 100\n",
+            )?;
+            jail.set_env("WETOKEN_DATABASE_URL", "sqlite://env.db");
+            jail.set_env("WETOKEN_REFRESH__CONCURRENCY", "9");
+            jail.set_env("WETOKEN_TEST_DATABASES", "sqlite");
+            let flags = Figment::new().merge(("listen", "127.0.0.1:2000"));
+            let s = Settings::load(Path::new("wetoken.toml"), flags).map_err(|e| *e)?;
+            assert_eq!(s.listen, "127.0.0.1:2000".parse().unwrap());
+            assert_eq!(s.database_url, "sqlite://env.db");
+            assert_eq!(s.refresh.margin_secs, 100);
+            assert_eq!(s.refresh.concurrency, 9);
+            assert_eq!(s.refresh.refresh_ahead_secs, 1200);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_settings_are_refused() {
+        Jail::expect_with(|jail| {
+            jail.set_env("WETOKEN_LISTNE", "127.0.0.1:1");
+            let err = Settings::load(Path::new("absent.toml"), Figment::new()).unwrap_err();
+            assert!(err.to_string().contains("listne"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn defaults_listen_on_9999_with_sqlite() {
+        let s = Settings::default();
+        assert_eq!(s.listen.port(), 9999);
+        assert!(s.database_url.starts_with("sqlite://"));
+        s.refresh.validate().unwrap();
+    }
+}

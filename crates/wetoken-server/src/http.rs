@@ -1,0 +1,506 @@
+//! Routing and handlers. Handlers stay thin: decode the request, call the engine, encode the answer.
+//!
+//! The path is matched as raw text and never percent-decoded, so an encoded `/` or `..` cannot
+//! reach another route; an appid must match [`AppId::parse`]'s pattern before anything else
+//! happens.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::{DateTime, Local, Utc};
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use serde::Serialize;
+use tracing::{debug, error};
+use wetoken_core::{
+    AppId, AppStatus, AppUpdate, Credential, CredentialRecord, Engine, Kind, NewApp, Secret,
+};
+use wetoken_wire::{AppList, AppShow, AppView, CredentialBody, CredentialState, ErrorBody, code};
+
+use crate::config::HttpSettings;
+
+/// What every handler shares.
+pub(crate) struct State {
+    pub engine: Engine,
+    pub http: HttpSettings,
+}
+
+/// Why a request failed, before or inside the engine.
+#[derive(Debug)]
+enum ApiError {
+    BadRequest(String),
+    BodyTooLarge(usize),
+    NotFound,
+    MethodNotAllowed,
+    Timeout,
+    Engine(wetoken_core::Error),
+}
+
+impl From<wetoken_core::Error> for ApiError {
+    fn from(e: wetoken_core::Error) -> Self {
+        ApiError::Engine(e)
+    }
+}
+
+type ApiResult = Result<Response<Full<Bytes>>, ApiError>;
+
+/// The one place errors become HTTP statuses and `errcode`s.
+fn error_response(e: &ApiError) -> Response<Full<Bytes>> {
+    use wetoken_core::Error as E;
+    let (status, errcode, errmsg) = match e {
+        ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, code::BAD_REQUEST, m.clone()),
+        ApiError::BodyTooLarge(limit) => (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            code::BODY_TOO_LARGE,
+            format!("request body is over the {limit}-byte limit"),
+        ),
+        ApiError::NotFound => (
+            StatusCode::NOT_FOUND,
+            code::NOT_FOUND,
+            "no such route".into(),
+        ),
+        ApiError::MethodNotAllowed => (
+            StatusCode::METHOD_NOT_ALLOWED,
+            code::METHOD_NOT_ALLOWED,
+            "method not allowed on this route".into(),
+        ),
+        ApiError::Timeout => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            code::UPSTREAM_UNAVAILABLE,
+            "request timed out".into(),
+        ),
+        ApiError::Engine(e) => match e {
+            E::InvalidInput(m) => (StatusCode::BAD_REQUEST, code::BAD_REQUEST, m.clone()),
+            E::UnknownApp(_) => (StatusCode::NOT_FOUND, code::UNKNOWN_APP, e.to_string()),
+            E::DuplicateApp(_) => (StatusCode::CONFLICT, code::DUPLICATE_APP, e.to_string()),
+            E::Refused { errcode, errmsg } => (StatusCode::BAD_GATEWAY, *errcode, errmsg.clone()),
+            E::Halted { .. } => (
+                StatusCode::BAD_GATEWAY,
+                e.halted_errcode().unwrap_or(code::HALTED),
+                e.to_string(),
+            ),
+            E::Unavailable(m) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                code::UPSTREAM_UNAVAILABLE,
+                format!("{m}; no valid credential is held"),
+            ),
+            E::DatabaseUnavailable(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                code::DATABASE_UNAVAILABLE,
+                "database unavailable".into(),
+            ),
+            E::Database(cause) => {
+                // The database's own text stays in the log.
+                error!(%cause, "database error");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    code::INTERNAL,
+                    "internal error; see the server log".into(),
+                )
+            }
+        },
+    };
+    json(status, &ErrorBody { errcode, errmsg })
+}
+
+fn json<T: Serialize>(status: StatusCode, body: &T) -> Response<Full<Bytes>> {
+    let bytes = serde_json::to_vec(body).expect("wire types always serialize");
+    let mut response = Response::new(Full::new(Bytes::from(bytes)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=utf-8"),
+    );
+    response
+}
+
+fn success() -> Response<Full<Bytes>> {
+    json(
+        StatusCode::OK,
+        &ErrorBody {
+            errcode: code::OK,
+            errmsg: "success".into(),
+        },
+    )
+}
+
+/// The routes, as matched on path segments.
+enum Route<'a> {
+    Health,
+    App(&'a str),
+    Credential {
+        appid: &'a str,
+        kind: Kind,
+        refresh: bool,
+    },
+}
+
+fn route(path: &str) -> Option<Route<'_>> {
+    let mut segments = path.strip_prefix('/')?.split('/');
+    let parts: [Option<&str>; 5] = std::array::from_fn(|_| segments.next());
+    if segments.next().is_some() {
+        return None;
+    }
+    let credential = |appid, kind: &str, op: &str| {
+        let kind = match kind {
+            "token" => Kind::AccessToken,
+            "ticket" => Kind::JsapiTicket,
+            _ => return None,
+        };
+        let refresh = match op {
+            "get" => false,
+            "refresh" => true,
+            _ => return None,
+        };
+        Some(Route::Credential {
+            appid,
+            kind,
+            refresh,
+        })
+    };
+    match parts {
+        [Some("health" | "healthz"), None, ..] => Some(Route::Health),
+        [Some("wechat"), Some("app"), Some(action), None, None] => Some(Route::App(action)),
+        [Some("wx"), Some(appid), Some(kind), Some(op), None] => credential(appid, kind, op),
+        [Some(appid), Some("wechat"), Some(kind), Some(op), None] => credential(appid, kind, op),
+        _ => None,
+    }
+}
+
+/// Serves one request. Never fails: every error becomes a JSON answer.
+pub(crate) async fn handle(
+    state: Arc<State>,
+    request: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let method = request.method().clone();
+    // Only the path: the query may carry a secret.
+    let span = tracing::debug_span!("request", %method, path = %request.uri().path());
+    let timeout = Duration::from_secs(state.http.request_timeout_secs);
+    let answer = tokio::time::timeout(timeout, dispatch(&state, request))
+        .await
+        .unwrap_or(Err(ApiError::Timeout));
+    let response = answer.unwrap_or_else(|e| error_response(&e));
+    span.in_scope(|| debug!(status = response.status().as_u16(), "answered"));
+    Ok(response)
+}
+
+async fn dispatch(state: &State, request: Request<Incoming>) -> ApiResult {
+    let (parts, body) = request.into_parts();
+    let Some(route) = route(parts.uri.path()) else {
+        return Err(ApiError::NotFound);
+    };
+    let method = &parts.method;
+    let read_only = method == Method::GET || method == Method::HEAD;
+    match route {
+        Route::Health => {
+            if !read_only {
+                return Err(ApiError::MethodNotAllowed);
+            }
+            state.engine.store().ping().await?;
+            Ok(success())
+        }
+        Route::Credential {
+            appid,
+            kind,
+            refresh,
+        } => {
+            if !(read_only || method == Method::POST) {
+                return Err(ApiError::MethodNotAllowed);
+            }
+            let appid = AppId::parse(appid)?;
+            let now_credential = if refresh {
+                let params = Params::read(&parts, body, &state.http).await?;
+                let name = match kind {
+                    Kind::AccessToken => "access_token",
+                    Kind::JsapiTicket => "ticket",
+                };
+                let failed = params.required(name)?;
+                state.engine.refresh(&appid, kind, failed).await?
+            } else {
+                state.engine.get(&appid, kind).await?
+            };
+            Ok(credential_response(
+                kind,
+                &now_credential,
+                state.engine.now(),
+            ))
+        }
+        Route::App(action) => app_route(state, action, &parts, body).await,
+    }
+}
+
+async fn app_route(
+    state: &State,
+    action: &str,
+    parts: &http::request::Parts,
+    body: Incoming,
+) -> ApiResult {
+    let method = &parts.method;
+    let allowed = match action {
+        // The Go clients create apps with GET and a query string.
+        "create" => method == Method::GET || method == Method::POST,
+        "list" | "show" => method == Method::GET,
+        "update" | "delete" => method == Method::POST,
+        _ => return Err(ApiError::NotFound),
+    };
+    if !allowed {
+        return Err(ApiError::MethodNotAllowed);
+    }
+    let params = Params::read(parts, body, &state.http).await?;
+    let engine = &state.engine;
+    match action {
+        "create" => {
+            let app = NewApp {
+                appid: AppId::parse(params.required("appid")?)?,
+                secret: params
+                    .secret("secret", 255)?
+                    .ok_or_else(|| ApiError::BadRequest("secret is required".into()))?,
+                token: params.secret("token", 128)?,
+                aes_key: params.secret("aes_key", 128)?,
+            };
+            engine.add_app(&app).await?;
+            Ok(success())
+        }
+        "list" => {
+            let apps = engine.app_statuses().await?;
+            Ok(json(
+                StatusCode::OK,
+                &AppList {
+                    errcode: code::OK,
+                    errmsg: "success".into(),
+                    apps: apps.iter().map(app_view).collect(),
+                },
+            ))
+        }
+        "show" => {
+            let appid = AppId::parse(params.required("appid")?)?;
+            let status = engine.app_status(&appid).await?;
+            Ok(json(
+                StatusCode::OK,
+                &AppShow {
+                    errcode: code::OK,
+                    errmsg: "success".into(),
+                    app: app_view(&status),
+                },
+            ))
+        }
+        "update" => {
+            let appid = AppId::parse(params.required("appid")?)?;
+            let update = AppUpdate {
+                secret: params.secret("secret", 255)?,
+                token: params.secret("token", 128)?,
+                aes_key: params.secret("aes_key", 128)?,
+            };
+            engine.update_app(&appid, &update).await?;
+            Ok(success())
+        }
+        "delete" => {
+            let appid = AppId::parse(params.required("appid")?)?;
+            engine.delete_app(&appid).await?;
+            Ok(success())
+        }
+        _ => Err(ApiError::NotFound),
+    }
+}
+
+fn credential_response(kind: Kind, c: &Credential, now: DateTime<Utc>) -> Response<Full<Bytes>> {
+    let value = Some(c.value.clone());
+    let (access_token, ticket) = match kind {
+        Kind::AccessToken => (value, None),
+        Kind::JsapiTicket => (None, value),
+    };
+    json(
+        StatusCode::OK,
+        &CredentialBody {
+            errcode: code::OK,
+            errmsg: "success".into(),
+            access_token,
+            ticket,
+            expires_in: c.seconds_left(now),
+            expires_date: c
+                .expires_at
+                .with_timezone(&Local)
+                .format("%Y%m%d%H%M%S")
+                .to_string(),
+        },
+    )
+}
+
+fn app_view(status: &AppStatus) -> AppView {
+    let app = &status.app;
+    AppView {
+        appid: app.appid.to_string(),
+        has_token: app.token.is_some(),
+        has_aes_key: app.aes_key.is_some(),
+        create_time: app.create_time.to_rfc3339(),
+        update_time: app.update_time.to_rfc3339(),
+        access_token: credential_state(status.access_token.as_ref()),
+        jsapi_ticket: credential_state(status.jsapi_ticket.as_ref()),
+    }
+}
+
+fn credential_state(record: Option<&CredentialRecord>) -> CredentialState {
+    match record {
+        None => CredentialState {
+            expires_at: None,
+            message: "not fetched yet".into(),
+            halted: false,
+        },
+        Some(r) => CredentialState {
+            expires_at: r.credential.as_ref().map(|c| c.expires_at.to_rfc3339()),
+            message: r.message.clone(),
+            halted: r.halted,
+        },
+    }
+}
+
+/// A request's parameters: the query string, overlaid by a form or JSON body.
+/// Parameters a route does not use are ignored.
+struct Params(HashMap<String, String>);
+
+impl Params {
+    async fn read(
+        parts: &http::request::Parts,
+        body: Incoming,
+        limits: &HttpSettings,
+    ) -> Result<Self, ApiError> {
+        let limit = limits.body_limit_bytes;
+        let mut map: HashMap<String, String> = parts
+            .uri
+            .query()
+            .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+            .unwrap_or_default();
+        let declared = parts
+            .headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limit as u64) {
+            return Err(ApiError::BodyTooLarge(limit));
+        }
+        let is_json = parts
+            .headers
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.to_ascii_lowercase().contains("json"));
+        let body = Limited::new(body, limit)
+            .collect()
+            .await
+            .map_err(|e| {
+                if e.is::<http_body_util::LengthLimitError>() {
+                    ApiError::BodyTooLarge(limit)
+                } else {
+                    ApiError::BadRequest("could not read the request body".into())
+                }
+            })?
+            .to_bytes();
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Self(map));
+        }
+        if is_json {
+            let object: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&body)
+                .map_err(|e| {
+                    ApiError::BadRequest(format!("request body is not a JSON object: {e}"))
+                })?;
+            for (key, value) in object {
+                let text = match value {
+                    serde_json::Value::String(s) => s,
+                    serde_json::Value::Null => continue,
+                    serde_json::Value::Number(n) => n.to_string(),
+                    serde_json::Value::Bool(b) => b.to_string(),
+                    _ => {
+                        return Err(ApiError::BadRequest(format!(
+                            "field {key:?} must be a string"
+                        )));
+                    }
+                };
+                map.insert(key, text);
+            }
+        } else {
+            map.extend(form_urlencoded::parse(&body).into_owned());
+        }
+        Ok(Self(map))
+    }
+
+    fn optional(&self, name: &str) -> Option<&str> {
+        self.0
+            .get(name)
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
+    }
+
+    fn required(&self, name: &str) -> Result<&str, ApiError> {
+        self.optional(name)
+            .ok_or_else(|| ApiError::BadRequest(format!("{name} is required")))
+    }
+
+    /// A secret-like field: at most `max` characters, no control characters.
+    fn secret(&self, name: &str, max: usize) -> Result<Option<Secret>, ApiError> {
+        let Some(v) = self.optional(name) else {
+            return Ok(None);
+        };
+        if v.chars().count() > max || v.chars().any(char::is_control) {
+            return Err(ApiError::BadRequest(format!(
+                "{name} must be at most {max} printable characters"
+            )));
+        }
+        Ok(Some(Secret::new(v)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn credential_route(path: &str) -> Option<(String, Kind, bool)> {
+        match route(path)? {
+            Route::Credential {
+                appid,
+                kind,
+                refresh,
+            } => Some((appid.to_owned(), kind, refresh)),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn routes() {
+        assert_eq!(
+            credential_route("/wx1/wechat/token/get"),
+            Some(("wx1".into(), Kind::AccessToken, false))
+        );
+        assert_eq!(
+            credential_route("/wx/wx1/ticket/refresh"),
+            Some(("wx1".into(), Kind::JsapiTicket, true))
+        );
+        assert!(matches!(
+            route("/wechat/app/create"),
+            Some(Route::App("create"))
+        ));
+        assert!(matches!(route("/health"), Some(Route::Health)));
+        for bad in [
+            "",
+            "/",
+            "/wx1/wechat/token",
+            "/wx1/wechat/token/get/",
+            "/wx1/wechat/token/get/x",
+            "/wx1/wechat/secret/get",
+            "/wx1/other/token/get",
+            "wx1/wechat/token/get",
+        ] {
+            assert!(route(bad).is_none(), "{bad:?} should not route");
+        }
+    }
+
+    #[test]
+    fn encoded_slashes_stay_in_the_appid() {
+        // The path is not decoded, so this is one (malformed) appid, not another route.
+        let (appid, _, _) = credential_route("/wx%2Fwechat%2Ftoken/wechat/token/get").unwrap();
+        assert!(AppId::parse(&appid).is_err());
+    }
+}

@@ -1,0 +1,206 @@
+//! wetoken's HTTP server.
+//!
+//! It serves the token engine of `wetoken-core` over hyper 1.x, on the routes of the Go wetoken:
+//! `/{appid}/wechat/token/get`, `/{appid}/wechat/ticket/get`, their `refresh` twins, the
+//! `/wx/{appid}/…` aliases, `/wechat/app/*` to manage apps, and `/health`.
+//!
+//! Embed it, or test it, by building a [`Server`] and handing [`Server::serve`] a bound listener
+//! and a shutdown future:
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use wetoken_server::{Server, Settings};
+//! let settings = Settings::default();
+//! let server = Server::new(&settings).await?;
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! server.serve(listener, async { let _ = tokio::signal::ctrl_c().await; }).await?;
+//! # Ok(()) }
+//! ```
+#![deny(missing_docs)]
+
+mod config;
+mod http;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::{info, warn};
+use wetoken_core::{Clock, Engine, Store, SystemClock, WeChat};
+
+pub use config::{ENV_PREFIX, HttpSettings, Settings};
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The database could not be opened or migrated.
+    #[error("database {url}: {source}")]
+    Database {
+        /// The database URL, without its password.
+        url: String,
+        /// What failed.
+        source: wetoken_core::Error,
+    },
+    /// The settings do not make sense.
+    #[error("settings: {0}")]
+    Settings(String),
+}
+
+/// A server ready to serve: its database is open and migrated.
+pub struct Server {
+    state: Arc<http::State>,
+}
+
+impl Server {
+    /// Opens the database (applying migrations when `auto_migrate` is set) and builds the engine,
+    /// reading time from the system clock.
+    pub async fn new(settings: &Settings) -> Result<Self, StartError> {
+        Self::with_clock(settings, Arc::new(SystemClock)).await
+    }
+
+    /// As [`Server::new`], reading time from `clock`.
+    pub async fn with_clock(
+        settings: &Settings,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, StartError> {
+        let db_error = |source| StartError::Database {
+            url: redact_url(&settings.database_url),
+            source,
+        };
+        let store = Store::connect(&settings.database())
+            .await
+            .map_err(db_error)?;
+        if settings.auto_migrate {
+            let applied = store.migrate().await.map_err(db_error)?;
+            if !applied.is_empty() {
+                info!(?applied, "applied migrations");
+            }
+        }
+        let wechat =
+            WeChat::new(&settings.wechat()).map_err(|e| StartError::Settings(e.to_string()))?;
+        let engine = Engine::new(store, wechat, clock, settings.refresh.clone())
+            .map_err(|e| StartError::Settings(e.to_string()))?;
+        Ok(Self {
+            state: Arc::new(http::State {
+                engine,
+                http: settings.http.clone(),
+            }),
+        })
+    }
+
+    /// The engine behind the server, for embedding.
+    pub fn engine(&self) -> &Engine {
+        &self.state.engine
+    }
+
+    /// Serves on `listener`, and runs the refresh scheduler, until `shutdown` resolves.
+    ///
+    /// Then it stops accepting, waits up to `http.shutdown_timeout_secs` for in-flight requests,
+    /// lets scheduled refreshes under way finish, and returns.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> std::io::Result<()> {
+        let state = self.state;
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let scheduler = {
+            let engine = state.engine.clone();
+            let mut stop = stop_rx;
+            tokio::spawn(async move {
+                engine
+                    .run_scheduler(async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                    })
+                    .await
+            })
+        };
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(state.http.header_read_timeout_secs));
+        let graceful = GracefulShutdown::new();
+        info!(addr = %listener.local_addr()?, "serving");
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => {
+                    let (stream, _peer) = match accepted {
+                        Ok(conn) => conn,
+                        Err(e) => {
+                            // Out of file descriptors and the like: pause instead of spinning.
+                            warn!(error = %e, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    };
+                    let _ = stream.set_nodelay(true);
+                    let state = state.clone();
+                    let service = service_fn(move |request| http::handle(state.clone(), request));
+                    let connection = builder
+                        .serve_connection(TokioIo::new(stream), service)
+                        .into_owned();
+                    let connection = graceful.watch(connection);
+                    tokio::spawn(async move {
+                        if let Err(e) = connection.await {
+                            tracing::debug!(error = %e, "connection ended with an error");
+                        }
+                    });
+                }
+                _ = &mut shutdown => break,
+            }
+        }
+        drop(listener);
+        info!("shutting down: no longer accepting");
+        let _ = stop_tx.send(true);
+        let drain = Duration::from_secs(state.http.shutdown_timeout_secs);
+        if tokio::time::timeout(drain, graceful.shutdown())
+            .await
+            .is_err()
+        {
+            warn!("in-flight requests did not finish in time; closing them");
+        }
+        if let Err(e) = scheduler.await {
+            warn!(error = %e, "scheduler task failed");
+        }
+        Ok(())
+    }
+}
+
+/// The URL with any password replaced, for messages.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+            let slash = if rest.contains('/') { "/" } else { "" };
+            format!("{scheme}://{user}:***@{host}{slash}{path}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact_url("mysql://root:s3cret@127.0.0.1:3306/test"),
+            "mysql://root:***@127.0.0.1:3306/test"
+        );
+        assert_eq!(redact_url("sqlite://wetoken.db"), "sqlite://wetoken.db");
+        assert_eq!(redact_url("postgres://a@h/db"), "postgres://a:***@h/db");
+    }
+}

@@ -1,0 +1,333 @@
+//! Starting servers, mocks and databases for the tests.
+//!
+//! Every test runs once per backend. SQLite always runs. MariaDB and PostgreSQL run against
+//! `WETOKEN_TEST_MYSQL_URL` (default `mysql://root@127.0.0.1:3306`) and
+//! `WETOKEN_TEST_POSTGRES_URL` (default `postgres://postgres@127.0.0.1:5432`); each test creates a
+//! database of its own there and drops it afterwards. A backend that cannot be reached fails the
+//! test. A developer without them can say `WETOKEN_TEST_DATABASES=sqlite`; under `CI=true` that
+//! opt-out is itself a failure, so CI always covers all three.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use chrono::Utc;
+use sea_orm::ConnectionTrait;
+use serde_json::Value;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use wetoken_core::{DatabaseOptions, ManualClock, Store};
+use wetoken_mock::MockWeChat;
+use wetoken_server::{Server, Settings};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Mysql,
+    Postgres,
+}
+
+impl Backend {
+    fn name(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Mysql => "mysql",
+            Backend::Postgres => "postgres",
+        }
+    }
+}
+
+/// A database made for one test.
+pub struct TestDb {
+    pub url: String,
+    admin_url: Option<String>,
+    name: String,
+    _dir: Option<PathBuf>,
+}
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+fn unique_name() -> String {
+    format!(
+        "wt_{}_{}_{}",
+        std::process::id(),
+        Utc::now().timestamp_micros(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+impl TestDb {
+    /// A fresh database on `backend`, or `None` when the developer opted out of that backend.
+    pub async fn create(backend: Backend) -> Option<TestDb> {
+        let wanted = std::env::var("WETOKEN_TEST_DATABASES")
+            .unwrap_or_else(|_| "sqlite,mysql,postgres".into());
+        let wanted: Vec<&str> = wanted.split(',').map(str::trim).collect();
+        if !wanted.contains(&backend.name()) {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "CI must test {} but WETOKEN_TEST_DATABASES={wanted:?} leaves it out",
+                backend.name()
+            );
+            eprintln!(
+                "not testing on {}: WETOKEN_TEST_DATABASES leaves it out",
+                backend.name()
+            );
+            return None;
+        }
+        let name = unique_name();
+        Some(match backend {
+            Backend::Sqlite => {
+                let dir = std::env::temp_dir().join("wetoken-tests");
+                std::fs::create_dir_all(&dir).expect("temp dir");
+                let path = dir.join(format!("{name}.db"));
+                TestDb {
+                    url: format!("sqlite://{}?mode=rwc", path.display()),
+                    admin_url: None,
+                    name,
+                    _dir: Some(path),
+                }
+            }
+            Backend::Mysql | Backend::Postgres => {
+                let (var, default, admin_db) = if backend == Backend::Mysql {
+                    (
+                        "WETOKEN_TEST_MYSQL_URL",
+                        "mysql://root@127.0.0.1:3306",
+                        "test",
+                    )
+                } else {
+                    (
+                        "WETOKEN_TEST_POSTGRES_URL",
+                        "postgres://postgres@127.0.0.1:5432",
+                        "postgres",
+                    )
+                };
+                let root = std::env::var(var).unwrap_or_else(|_| default.into());
+                let root = root.trim_end_matches('/').to_owned();
+                let admin_url = format!("{root}/{admin_db}");
+                let admin = Store::connect(&DatabaseOptions::new(&admin_url))
+                    .await
+                    .unwrap_or_else(|e| {
+                        panic!(
+                            "cannot reach {} at {admin_url}: {e}. Start it, point {var} at one, \
+                             or set WETOKEN_TEST_DATABASES=sqlite to test on SQLite only",
+                            backend.name()
+                        )
+                    });
+                admin
+                    .connection()
+                    .execute_unprepared(&format!("CREATE DATABASE {name}"))
+                    .await
+                    .expect("create test database");
+                TestDb {
+                    url: format!("{root}/{name}"),
+                    admin_url: Some(admin_url),
+                    name,
+                    _dir: None,
+                }
+            }
+        })
+    }
+
+    /// Drops the database. Tests call it at the end; a failed test leaves its database behind
+    /// for a look.
+    pub async fn drop_db(self) {
+        if let Some(path) = &self._dir {
+            let _ = std::fs::remove_file(path);
+        }
+        if let Some(admin_url) = &self.admin_url {
+            let admin = Store::connect(&DatabaseOptions::new(admin_url))
+                .await
+                .unwrap();
+            let _ = admin
+                .connection()
+                .execute_unprepared(&format!("DROP DATABASE {}", self.name))
+                .await;
+        }
+    }
+}
+
+/// Runs `scenario` once for each of SQLite, MariaDB and PostgreSQL.
+macro_rules! on_every_database {
+    ($($scenario:ident),* $(,)?) => {
+        $(
+            mod $scenario {
+                use crate::harness::{Backend, TestDb};
+
+                async fn run(backend: Backend) {
+                    if let Some(db) = TestDb::create(backend).await {
+                        super::$scenario(&db).await;
+                        db.drop_db().await;
+                    }
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() { run(Backend::Sqlite).await }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn mysql() { run(Backend::Mysql).await }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() { run(Backend::Postgres).await }
+            }
+        )*
+    };
+}
+pub(crate) use on_every_database;
+
+/// The secret every test app is registered with, at the mock and at the server.
+pub const SECRET: &str = "6acb2b999177524beba3d97d54df2de5";
+
+/// A running server with its own clock.
+pub struct TestServer {
+    pub url: String,
+    pub clock: Arc<ManualClock>,
+    pub http: reqwest::Client,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+/// Settings for a test server: the scheduler effectively off (tests that want it turn it on),
+/// WeChat at the mock.
+pub fn settings(db: &TestDb, mock: &MockWeChat) -> Settings {
+    let mut s = Settings {
+        database_url: db.url.clone(),
+        database_max_connections: 8,
+        wechat_base_url: mock.url(),
+        wechat_timeout_secs: 2,
+        ..Settings::default()
+    };
+    s.refresh.scan_interval_ms = 3_600_000;
+    s
+}
+
+impl TestServer {
+    pub async fn start(settings: Settings) -> TestServer {
+        Self::start_with_clock(settings, Arc::new(ManualClock::new(Utc::now()))).await
+    }
+
+    pub async fn start_with_clock(settings: Settings, clock: Arc<ManualClock>) -> TestServer {
+        let server = Server::with_clock(&settings, clock.clone())
+            .await
+            .expect("server starts");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(server.serve(listener, async move {
+            let _ = stopped.await;
+        }));
+        TestServer {
+            url,
+            clock,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(20))
+                .build()
+                .unwrap(),
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    /// Shuts the server down and waits until it has.
+    pub async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        (&mut self.task).await.unwrap().unwrap();
+    }
+
+    /// GET `path`; the status and the JSON body.
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.url))
+            .send()
+            .await
+            .unwrap();
+        read(response).await
+    }
+
+    /// POST `path` with a JSON body.
+    pub async fn post_json(&self, path: &str, body: &Value) -> (u16, Value) {
+        let response = self
+            .http
+            .post(format!("{}{path}", self.url))
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        read(response).await
+    }
+
+    /// POST `path` with a raw body and content type.
+    pub async fn post_raw(&self, path: &str, content_type: &str, body: Vec<u8>) -> (u16, Value) {
+        let response = self
+            .http
+            .post(format!("{}{path}", self.url))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        read(response).await
+    }
+
+    /// Registers `appid` with [`SECRET`] and checks it worked.
+    pub async fn add_app(&self, appid: &str) {
+        let (status, body) = self
+            .get(&format!(
+                "/wechat/app/create?appid={appid}&secret={SECRET}&token=tk"
+            ))
+            .await;
+        assert_eq!((status, &body["errcode"]), (200, &Value::from(0)), "{body}");
+    }
+
+    /// The token a successful `/{appid}/wechat/token/get` returns.
+    pub async fn token(&self, appid: &str) -> String {
+        let (status, body) = self.get(&format!("/{appid}/wechat/token/get")).await;
+        assert_eq!(status, 200, "{body}");
+        body["access_token"].as_str().unwrap().to_owned()
+    }
+
+    /// The ticket a successful `/{appid}/wechat/ticket/get` returns.
+    pub async fn ticket(&self, appid: &str) -> String {
+        let (status, body) = self.get(&format!("/{appid}/wechat/ticket/get")).await;
+        assert_eq!(status, 200, "{body}");
+        body["ticket"].as_str().unwrap().to_owned()
+    }
+}
+
+async fn read(response: reqwest::Response) -> (u16, Value) {
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    let body = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("answer is not JSON ({e}): {text:?}"));
+    (status, body)
+}
+
+/// A mock WeChat that knows `appids` with [`SECRET`].
+pub async fn mock_with(appids: &[&str]) -> MockWeChat {
+    let mock = MockWeChat::start().await.expect("mock starts");
+    for appid in appids {
+        mock.add_app(appid, SECRET);
+    }
+    mock
+}
+
+/// Waits until `condition` holds, checking every 20 ms, and fails after `limit`.
+pub async fn eventually<F, Fut>(what: &str, limit: Duration, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if condition().await {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

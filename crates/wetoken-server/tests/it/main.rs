@@ -1,0 +1,7 @@
+//! End-to-end tests: the real server over real HTTP, against the mock WeChat, on SQLite, MariaDB
+//! and PostgreSQL. See `harness.rs` for how databases are chosen.
+
+mod harness;
+
+mod api;
+mod engine;

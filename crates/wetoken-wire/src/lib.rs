@@ -1,0 +1,164 @@
+//! The JSON bodies of wetoken's HTTP API.
+//!
+//! This crate is the contract between `wetoken-server` and its clients.
+//! It depends on `serde` alone, so a service that only pulls tokens links nothing of the server.
+//!
+//! Every body carries `errcode` and `errmsg`, as WeChat's own API does and as the Go wetoken did.
+//! `errcode` 0 is success.
+//! Codes in the 90000 range are wetoken's own (see [`code`]); any other non-zero code was passed
+//! through from WeChat unchanged.
+#![deny(missing_docs)]
+
+use serde::{Deserialize, Serialize};
+
+/// The `errcode` values wetoken itself produces.
+///
+/// WeChat's codes are passed through as they came, so wetoken's own live in a range WeChat does not
+/// use.
+pub mod code {
+    /// Success.
+    pub const OK: i64 = 0;
+    /// The request is malformed: a bad appid, a missing parameter, a body that is not JSON.
+    pub const BAD_REQUEST: i64 = 90400;
+    /// No app with that appid is registered.
+    pub const UNKNOWN_APP: i64 = 90404;
+    /// The route exists but not for this HTTP method.
+    pub const METHOD_NOT_ALLOWED: i64 = 90405;
+    /// An app with that appid already exists.
+    pub const DUPLICATE_APP: i64 = 90409;
+    /// The request body is larger than the server accepts.
+    pub const BODY_TOO_LARGE: i64 = 90413;
+    /// No route matches the path.
+    pub const NOT_FOUND: i64 = 90444;
+    /// Something failed inside wetoken; the server log says what.
+    pub const INTERNAL: i64 = 90500;
+    /// WeChat could not be reached (or answered with a server error) and no valid credential is held.
+    pub const UPSTREAM_UNAVAILABLE: i64 = 90503;
+    /// The database could not be reached.
+    pub const DATABASE_UNAVAILABLE: i64 = 90504;
+    /// WeChat refused the last attempt with an error that retrying cannot cure; wetoken stopped
+    /// calling WeChat for this app until its settings change. `errmsg` carries WeChat's errcode.
+    pub const HALTED: i64 = 90502;
+}
+
+/// The body of every error answer: `{"errcode":N,"errmsg":"…"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// Non-zero: a [`code`] of wetoken's, or WeChat's own code passed through.
+    pub errcode: i64,
+    /// What went wrong, for a person.
+    pub errmsg: String,
+}
+
+/// The answer of the token and ticket routes (`get` and `refresh`).
+///
+/// Exactly one of `access_token` and `ticket` is present.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CredentialBody {
+    /// 0.
+    pub errcode: i64,
+    /// `"success"`.
+    pub errmsg: String,
+    /// The access token, on the token routes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_token: Option<String>,
+    /// The ticket, on the ticket routes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ticket: Option<String>,
+    /// Whole seconds of life the credential has left when the answer was written.
+    pub expires_in: i64,
+    /// When it expires, as `YYYYMMDDHHMMSS` in the server's local time (as the Go wetoken wrote it).
+    pub expires_date: String,
+}
+
+impl CredentialBody {
+    /// The credential itself, whichever field carries it.
+    pub fn value(&self) -> Option<&str> {
+        self.access_token.as_deref().or(self.ticket.as_deref())
+    }
+}
+
+/// An app as the listing routes show it. Secrets are never part of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppView {
+    /// The app's WeChat appid.
+    pub appid: String,
+    /// Whether a message-push token is stored.
+    pub has_token: bool,
+    /// Whether an EncodingAESKey is stored.
+    pub has_aes_key: bool,
+    /// When the app was added (RFC 3339, UTC).
+    pub create_time: String,
+    /// When its settings last changed (RFC 3339, UTC).
+    pub update_time: String,
+    /// The access token's state.
+    pub access_token: CredentialState,
+    /// The jsapi ticket's state.
+    pub jsapi_ticket: CredentialState,
+}
+
+/// What is known of one credential of an app, without its value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CredentialState {
+    /// When the stored value expires (RFC 3339, UTC); absent when none was fetched yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+    /// The outcome of the last refresh: `success`, or WeChat's errcode and errmsg.
+    pub message: String,
+    /// Whether wetoken stopped calling WeChat for it until the app's settings change.
+    pub halted: bool,
+}
+
+/// The answer of `/wechat/app/list`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppList {
+    /// 0.
+    pub errcode: i64,
+    /// `"success"`.
+    pub errmsg: String,
+    /// The apps, ordered by appid.
+    pub apps: Vec<AppView>,
+}
+
+/// The answer of `/wechat/app/show`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppShow {
+    /// 0.
+    pub errcode: i64,
+    /// `"success"`.
+    pub errmsg: String,
+    /// The app.
+    pub app: AppView,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_body_has_no_ticket_field() {
+        let body = CredentialBody {
+            errcode: 0,
+            errmsg: "success".into(),
+            access_token: Some("t".into()),
+            ticket: None,
+            expires_in: 7000,
+            expires_date: "20261124120000".into(),
+        };
+        let json = serde_json::to_string(&body).unwrap();
+        assert_eq!(
+            json,
+            r#"{"errcode":0,"errmsg":"success","access_token":"t","expires_in":7000,"expires_date":"20261124120000"}"#
+        );
+        let back: CredentialBody = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.value(), Some("t"));
+    }
+
+    #[test]
+    fn go_server_answer_parses() {
+        let go = r#"{"errcode":0,"errmsg":"success","ticket":"HoagFK","expires_in":6599,"expires_date":"20180511121655"}"#;
+        let body: CredentialBody = serde_json::from_str(go).unwrap();
+        assert_eq!(body.value(), Some("HoagFK"));
+        assert_eq!(body.expires_in, 6599);
+    }
+}

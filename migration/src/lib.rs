@@ -1,0 +1,24 @@
+//! wetoken's schema.
+//!
+//! The table names are those of the Go wetoken (`wechat_app_info`, `wechat_access_token`,
+//! `wechat_jsapi_ticket`), so a team moving from it finds them where it left them.
+//! Unlike the Go schema, credential columns hold 512 characters (WeChat's advice; real tokens are
+//! about 150 characters and the Go schema's 64 truncated them), and expiry is an absolute UTC
+//! instant.
+//!
+//! Migrations that have landed are never edited: a change to the schema is a new migration.
+#![deny(missing_docs)]
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20261124_000001_create_tables;
+
+/// Every migration of wetoken's schema, in order.
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261124_000001_create_tables::Migration)]
+    }
+}
