@@ -1,1 +1,136 @@
-fn main() {}
+//! `cargo xtask`: the project's own chores, in Rust instead of shell scripts.
+//!
+//! - `cargo xtask tidy`: checks the architecture invariants of `docs/ARCHITECTURE.md` that a
+//!   machine can check. It also runs as a test, so `cargo test --workspace` catches regressions.
+
+use std::process::{Command, ExitCode};
+
+fn main() -> ExitCode {
+    let task = std::env::args().nth(1);
+    match task.as_deref() {
+        Some("tidy") => match tidy() {
+            Ok(()) => {
+                println!("tidy: ok");
+                ExitCode::SUCCESS
+            }
+            Err(problems) => {
+                for p in problems {
+                    eprintln!("tidy: {p}");
+                }
+                ExitCode::FAILURE
+            }
+        },
+        _ => {
+            eprintln!("usage: cargo xtask tidy");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Crates a package must not depend on, directly or not (normal dependencies only).
+const FORBIDDEN: &[(&str, &[&str])] = &[
+    // The engine knows nothing of serving HTTP or of command lines. (It does use hyper through
+    // reqwest, as an HTTP client; see `DIRECT_FORBIDDEN`.)
+    ("wetoken-core", &["clap", "figment", "wetoken-server"]),
+    // A service that only pulls tokens links nothing of the server or its database layer.
+    (
+        "wetoken-client",
+        &[
+            "sea-orm",
+            "sqlx",
+            "wetoken-core",
+            "wetoken-server",
+            "wetoken-migration",
+            "figment",
+            "clap",
+        ],
+    ),
+    ("wetoken-wire", &["reqwest", "hyper", "sea-orm", "tokio"]),
+];
+
+/// Crates a package must not name as a direct dependency.
+const DIRECT_FORBIDDEN: &[(&str, &[&str])] =
+    &[("wetoken-core", &["hyper", "hyper-util", "http-body-util"])];
+
+fn tree(package: &str, depth: Option<u32>) -> Result<Vec<String>, String> {
+    let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    command.args([
+        "tree",
+        "--offline",
+        "-e",
+        "normal",
+        "--prefix",
+        "none",
+        "-f",
+        "{p}",
+        "-p",
+        package,
+    ]);
+    if let Some(depth) = depth {
+        command.args(["--depth", &depth.to_string()]);
+    }
+    let out = command
+        .output()
+        .map_err(|e| format!("cannot run cargo tree: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "cargo tree -p {package} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+        .collect())
+}
+
+fn check(package: &str, forbidden: &[&str], depth: Option<u32>, problems: &mut Vec<String>) {
+    match tree(package, depth) {
+        Ok(deps) => {
+            for dep in deps.iter().skip(1) {
+                if forbidden
+                    .iter()
+                    .any(|f| dep == f || dep.starts_with(&format!("{f}-")))
+                {
+                    let how = if depth.is_some() { "directly " } else { "" };
+                    problems.push(format!("{package} {how}depends on {dep}"));
+                }
+            }
+        }
+        Err(e) => problems.push(e),
+    }
+}
+
+fn tidy() -> Result<(), Vec<String>> {
+    let mut problems = Vec::new();
+    for (package, forbidden) in FORBIDDEN {
+        check(package, forbidden, None, &mut problems);
+    }
+    for (package, forbidden) in DIRECT_FORBIDDEN {
+        check(package, forbidden, Some(1), &mut problems);
+    }
+    problems.sort();
+    problems.dedup();
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn tidy() {
+        if let Err(problems) = super::tidy() {
+            panic!("architecture invariants broken:\n{}", problems.join("\n"));
+        }
+    }
+
+    #[test]
+    fn tidy_can_fail() {
+        let mut problems = Vec::new();
+        super::check("wetoken-server", &["wetoken-core"], None, &mut problems);
+        assert_eq!(problems, ["wetoken-server depends on wetoken-core"]);
+    }
+}

@@ -128,6 +128,23 @@ impl Store {
         Ok(pending)
     }
 
+    /// Every migration wetoken knows, with whether it has been applied here.
+    pub async fn migration_status(&self) -> Result<Vec<(String, bool)>, Error> {
+        let applied: Vec<String> = Migrator::get_applied_migrations(&self.db)
+            .await?
+            .iter()
+            .map(|m| m.name().to_owned())
+            .collect();
+        Ok(Migrator::migrations()
+            .iter()
+            .map(|m| {
+                let name = m.name().to_owned();
+                let done = applied.contains(&name);
+                (name, done)
+            })
+            .collect())
+    }
+
     /// Checks that the database answers.
     pub async fn ping(&self) -> Result<(), Error> {
         self.db.ping().await.map_err(Error::from)

@@ -85,7 +85,7 @@ impl Settings {
             .merge(
                 Env::prefixed(ENV_PREFIX)
                     // Test-harness variables share the prefix but are not settings.
-                    .filter(|key| !key.as_str().starts_with("test_"))
+                    .filter(|key| !key.as_str().to_ascii_lowercase().starts_with("test_"))
                     .split("__"),
             )
             .merge(overrides)
@@ -114,7 +114,7 @@ impl Settings {
 #[allow(clippy::result_large_err)] // figment's Jail closures return figment::Error
 mod tests {
     use super::*;
-    use figment::Jail;
+    use figment::{Jail, Provider};
 
     #[test]
     fn layers_override_in_order() {
@@ -145,6 +145,29 @@ mod tests {
             assert!(err.to_string().contains("listne"), "{err}");
             Ok(())
         });
+    }
+
+    #[test]
+    fn the_example_file_parses_and_states_the_defaults() {
+        let example = include_str!("../../../deploy/wetoken.toml");
+        let parsed: Settings = Figment::from(Toml::string(example)).extract().unwrap();
+        assert_eq!(parsed, Settings::default());
+        // Every field is in the example, so an operator sees every setting.
+        let keys = Figment::from(Toml::string(example));
+        let defaults = Figment::from(Serialized::defaults(Settings::default()));
+        for (section, dict) in defaults.data().unwrap().values().flat_map(|d| d.iter()) {
+            match dict.as_dict() {
+                Some(inner) => {
+                    for key in inner.keys() {
+                        assert!(
+                            keys.contains(&format!("{section}.{key}")),
+                            "{section}.{key}"
+                        );
+                    }
+                }
+                None => assert!(keys.contains(section), "{section}"),
+            }
+        }
     }
 
     #[test]

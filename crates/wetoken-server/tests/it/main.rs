@@ -4,4 +4,6 @@
 mod harness;
 
 mod api;
+mod binary;
+mod client;
 mod engine;

@@ -1,0 +1,137 @@
+//! The `wetoken-server` binary as a user runs it: the README's command, SIGTERM, bad settings.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use wetoken_mock::Endpoint;
+
+use crate::harness::{SECRET, eventually, mock_with};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn scratch_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("wetoken-bin-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn server_command(dir: &std::path::Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_wetoken-server"));
+    command.current_dir(dir);
+    // The harness's own WETOKEN_TEST_* variables are not settings; anything else would be.
+    for (key, _) in std::env::vars() {
+        if key.starts_with("WETOKEN_") && !key.starts_with("WETOKEN_TEST_") {
+            command.env_remove(key);
+        }
+    }
+    command
+}
+
+#[tokio::test]
+async fn default_start_creates_sqlite_serves_and_exits_cleanly_on_sigterm() {
+    let mock = mock_with(&["wxbin"]).await;
+    let dir = scratch_dir("start");
+    let port = free_port();
+    let child = server_command(&dir)
+        .args([
+            "start",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--wechat-base-url",
+            &mock.url(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    eventually(
+        "the server answers /health",
+        Duration::from_secs(30),
+        || async {
+            http.get(format!("{base}/health"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200)
+        },
+    )
+    .await;
+    assert!(
+        dir.join("wetoken.db").exists(),
+        "the default SQLite file is created"
+    );
+
+    let created = http
+        .get(format!(
+            "{base}/wechat/app/create?appid=wxbin&secret={SECRET}"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 200);
+    let body: serde_json::Value = http
+        .get(format!("{base}/wxbin/wechat/token/get"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        body["access_token"].as_str(),
+        mock.current_token("wxbin").as_deref()
+    );
+    assert_eq!(mock.calls(Endpoint::Token), 1);
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let output = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "exit status {:?}\n{log}",
+        output.status
+    );
+    assert!(!log.contains(SECRET), "the secret reached the log:\n{log}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn bad_settings_fail_with_a_clear_message() {
+    let dir = scratch_dir("bad");
+    std::fs::write(dir.join("wetoken.toml"), "[refresh]\nmargin_secs = 9000\n").unwrap();
+    let output = server_command(&dir)
+        .args(["start", "--listen", "127.0.0.1:1"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(err.contains("margin_secs must be below"), "{err}");
+
+    let output = server_command(&dir)
+        .args(["start"])
+        .env("WETOKEN_LISTEN", "not an address")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        err.contains("reading settings") && err.to_lowercase().contains("listen"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
