@@ -92,6 +92,20 @@ impl EngineConfig {
         TimeDelta::seconds(self.margin_secs as i64)
     }
 
+    /// The wait after the `failures`-th failure in a row: `backoff_base_secs · 2^(failures-1)`,
+    /// capped at `backoff_max_secs` (a quota error waits the cap at once), times `factor`, which
+    /// callers draw from [½, 1] so that processes failing together do not retry together.
+    fn backoff(&self, failures: u32, quota: bool, factor: f64) -> TimeDelta {
+        let max = self.backoff_max_secs as f64;
+        let raw = if quota {
+            max
+        } else {
+            let exp = failures.saturating_sub(1).min(30);
+            (self.backoff_base_secs as f64 * f64::from(1u32 << exp)).min(max)
+        };
+        TimeDelta::milliseconds((raw * factor * 1000.0) as i64)
+    }
+
     /// When the scheduler should renew this app's credential: `refresh_ahead` plus a share of the
     /// jitter window fixed by the appid, so the same app always renews at the same point.
     fn renew_threshold(&self, appid: &AppId, kind: Kind) -> TimeDelta {
@@ -303,6 +317,15 @@ impl Engine {
         })
     }
 
+    /// How many credentials this process holds slots for (cached or being fetched).
+    pub fn cached_credentials(&self) -> usize {
+        self.inner
+            .slots
+            .iter()
+            .map(|map| map.read().unwrap_or_else(|e| e.into_inner()).len())
+            .sum()
+    }
+
     fn slot(&self, appid: &AppId, kind: Kind) -> Arc<Slot> {
         let map = &self.inner.slots[kind.index()];
         if let Some(slot) = map
@@ -377,6 +400,10 @@ impl Engine {
             return Err(err.clone());
         }
         let Some(app) = self.inner.store.app(appid).await? else {
+            // Keep no slot for an appid nobody registered, or a flood of made-up appids would
+            // grow the map without bound.
+            drop(attempts);
+            self.forget(appid);
             return Err(Error::UnknownApp(appid.clone()));
         };
         let span = tracing::info_span!("refresh", appid = %appid, kind = %kind);
@@ -441,25 +468,15 @@ impl Engine {
             other => Error::Unavailable(other.to_string()),
         };
         attempts.failures = attempts.failures.saturating_add(1);
-        let delay = self.backoff(attempts.failures, e.is_quota());
+        let factor = rand::rng().random_range(0.5..=1.0);
+        let delay = self
+            .inner
+            .config
+            .backoff(attempts.failures, e.is_quota(), factor);
         attempts.retry_at = Some(now + delay);
         attempts.last_error = Some(err.clone());
         warn!(%appid, %kind, error = %e, failures = attempts.failures, retry_in_secs = delay.num_seconds(), "refresh failed");
         err
-    }
-
-    /// Capped exponential backoff with jitter: base·2^(n-1), capped, then scaled into [½, 1].
-    fn backoff(&self, failures: u32, quota: bool) -> TimeDelta {
-        let config = &self.inner.config;
-        let max = config.backoff_max_secs as f64;
-        let raw = if quota {
-            max
-        } else {
-            let exp = failures.saturating_sub(1).min(30);
-            (config.backoff_base_secs as f64 * f64::from(1u32 << exp)).min(max)
-        };
-        let scaled = raw * rand::rng().random_range(0.5..=1.0);
-        TimeDelta::milliseconds((scaled * 1000.0) as i64)
     }
 
     /// One upstream fetch of `kind` for `app`.
@@ -561,5 +578,94 @@ impl Engine {
                 });
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let config = EngineConfig {
+            backoff_base_secs: 2,
+            backoff_max_secs: 60,
+            ..EngineConfig::default()
+        };
+        let secs = |n, quota| config.backoff(n, quota, 1.0).num_seconds();
+        assert_eq!(
+            [
+                secs(1, false),
+                secs(2, false),
+                secs(3, false),
+                secs(5, false)
+            ],
+            [2, 4, 8, 32]
+        );
+        assert_eq!(secs(6, false), 60);
+        assert_eq!(secs(u32::MAX, false), 60);
+        assert_eq!(secs(1, true), 60, "quota errors wait the cap at once");
+        assert_eq!(config.backoff(1, false, 0.5).num_milliseconds(), 1000);
+    }
+
+    #[test]
+    fn renewal_points_spread_over_the_jitter_window_and_stay_put() {
+        let config = EngineConfig::default();
+        let points: Vec<i64> = (0..1000)
+            .map(|i| {
+                let appid = AppId::parse(&format!("wx{i:016x}")).unwrap();
+                let t = config
+                    .renew_threshold(&appid, Kind::AccessToken)
+                    .num_seconds();
+                assert_eq!(
+                    t,
+                    config
+                        .renew_threshold(&appid, Kind::AccessToken)
+                        .num_seconds()
+                );
+                t
+            })
+            .collect();
+        let ahead = config.refresh_ahead_secs as i64;
+        let jitter = config.jitter_secs as i64;
+        assert!(points.iter().all(|t| (ahead..ahead + jitter).contains(t)));
+        // Spread: every tenth of the window holds some apps, none holds more than a fifth.
+        for decile in 0..10 {
+            let lo = ahead + decile * jitter / 10;
+            let hi = lo + jitter / 10;
+            let n = points.iter().filter(|t| (lo..hi).contains(*t)).count();
+            assert!((30..200).contains(&n), "decile {decile}: {n} apps");
+        }
+    }
+
+    #[test]
+    fn inconsistent_settings_are_refused() {
+        let bad = [
+            EngineConfig {
+                margin_secs: 7200,
+                ..EngineConfig::default()
+            },
+            EngineConfig {
+                refresh_ahead_secs: 300,
+                ..EngineConfig::default()
+            },
+            EngineConfig {
+                refresh_ahead_secs: 7000,
+                ..EngineConfig::default()
+            },
+            EngineConfig {
+                concurrency: 0,
+                ..EngineConfig::default()
+            },
+            EngineConfig {
+                backoff_base_secs: 10,
+                backoff_max_secs: 5,
+                ..EngineConfig::default()
+            },
+        ];
+        for config in bad {
+            assert!(config.validate().is_err(), "{config:?}");
+        }
+        EngineConfig::default().validate().unwrap();
     }
 }
