@@ -234,6 +234,28 @@ async fn fatal_wechat_errors_halt_until_settings_change(db: &TestDb) {
     let (_, body) = server.get(&format!("/wechat/app/show?appid={APP}")).await;
     assert_eq!(body["app"]["access_token"]["halted"], false, "{body}");
     assert_eq!(body["app"]["access_token"]["message"], "success");
+
+    // A halt while a valid token is held: the token keeps being served.
+    let held = server.token(APP).await;
+    mock.add_app(APP, "rotated-at-wechat");
+    let (status, body) = server
+        .get(&format!("/{APP}/wechat/token/refresh?access_token={held}"))
+        .await;
+    assert_eq!(
+        (status, &body["errcode"]),
+        (502, &Value::from(40125)),
+        "{body}"
+    );
+    assert_eq!(server.token(APP).await, held);
+    let (status, _) = server
+        .get(&format!("/{APP}/wechat/token/refresh?access_token={held}"))
+        .await;
+    assert_eq!(status, 502);
+    assert_eq!(
+        mock.calls(Endpoint::Token),
+        3,
+        "halted: the second report made no call"
+    );
     server.stop().await;
 }
 
