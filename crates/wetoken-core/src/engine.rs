@@ -1,14 +1,23 @@
-//! The engine: cache, single-flight refresh, backoff and the scheduler.
+//! The engine: cache, single-flight refresh, the cluster-wide lease, backoff and the scheduler.
 //!
-//! Each (app, kind) has a [`Slot`]: the credential being served, and an async mutex that makes
-//! every refresh of that credential in this process wait for the one before it.
-//! A request that finds a servable credential in memory never touches the lock or the database.
-//! A request that does not takes the lock, looks again (memory, then the database), and only then
-//! calls WeChat. So any number of concurrent requests for a cold credential make one upstream call.
+//! Each (app, kind) has a [`Slot`]: the credential being served, when it was last checked against
+//! the database, and an async mutex that makes every refresh of that credential in this process
+//! wait for the one before it.
+//!
+//! - A request that finds a servable, recently checked credential in memory never touches the lock
+//!   or the database.
+//! - Otherwise it takes the lock, looks again (memory, then the database) and, only if neither has
+//!   what it needs, takes the credential's refresh lease in the database and calls WeChat. A
+//!   replica that finds the lease held waits for the holder's result in the database instead.
+//!
+//! So any number of concurrent requests, on any number of replicas sharing a database, make one
+//! upstream call per credential lifetime. The reasoning, with timings, is in
+//! `docs/ARCHITECTURE.md`.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -22,7 +31,7 @@ use tracing::{Instrument, debug, info, warn};
 use crate::Error;
 use crate::clock::Clock;
 use crate::model::{App, AppId, AppUpdate, Credential, CredentialRecord, Kind, NewApp};
-use crate::store::Store;
+use crate::store::{Failure, Store};
 use crate::wechat::{Issued, UpstreamError, WeChat};
 
 /// How the engine refreshes. Every field has a default; durations are in seconds unless named
@@ -47,6 +56,17 @@ pub struct EngineConfig {
     pub backoff_max_secs: u64,
     /// Whether the scheduler also renews jsapi tickets (otherwise they are fetched on demand).
     pub refresh_tickets: bool,
+    /// How long a replica's refresh lease lasts, in milliseconds. It must outlast a refresh
+    /// (a WeChat call and a database write); a holder that dies loses it after this long.
+    pub lease_ms: u64,
+    /// How often a replica waiting on another's lease looks for the result, in milliseconds.
+    pub lease_poll_ms: u64,
+    /// How often a cached credential is checked against the database, in milliseconds, so that a
+    /// refresh by another replica is picked up.
+    pub cache_check_ms: u64,
+    /// While the database cannot be reached, a cached credential is served for at most this long
+    /// after its last successful check. Keep it under WeChat's five-minute overlap.
+    pub cache_trust_secs: u64,
 }
 
 impl Default for EngineConfig {
@@ -60,9 +80,16 @@ impl Default for EngineConfig {
             backoff_base_secs: 2,
             backoff_max_secs: 300,
             refresh_tickets: true,
+            lease_ms: 30_000,
+            lease_poll_ms: 100,
+            cache_check_ms: 1_000,
+            cache_trust_secs: 240,
         }
     }
 }
+
+/// WeChat keeps a superseded token working this long.
+const WECHAT_OVERLAP_SECS: u64 = 300;
 
 impl EngineConfig {
     /// Checks that the settings make sense together.
@@ -84,6 +111,15 @@ impl EngineConfig {
         }
         if self.backoff_base_secs == 0 || self.backoff_max_secs < self.backoff_base_secs {
             return bad("need 0 < backoff_base_secs <= backoff_max_secs");
+        }
+        if self.lease_ms < 1000 || self.lease_poll_ms == 0 || self.lease_poll_ms >= self.lease_ms {
+            return bad("need lease_ms >= 1000 and 0 < lease_poll_ms < lease_ms");
+        }
+        if self.cache_check_ms == 0 || self.cache_check_ms >= self.cache_trust_secs * 1000 {
+            return bad("need 0 < cache_check_ms < cache_trust_secs * 1000");
+        }
+        if self.cache_trust_secs >= WECHAT_OVERLAP_SECS {
+            return bad("cache_trust_secs must be below WeChat's 300 s overlap");
         }
         Ok(())
     }
@@ -121,28 +157,27 @@ impl EngineConfig {
 }
 
 /// What a caller needs of a credential.
-#[derive(Clone, Copy)]
-enum Need<'a> {
+#[derive(Clone, Debug)]
+enum Need {
     /// One with more than the margin left.
     Serve,
     /// One that is servable and is not this value (a passive refresh).
-    Replace(&'a str),
+    Replace(String),
     /// One with more than this left (a scheduled renewal).
     Ahead(TimeDelta),
 }
 
-/// Refresh attempts of one credential in this process.
-#[derive(Default)]
-struct Attempts {
-    failures: u32,
-    retry_at: Option<DateTime<Utc>>,
-    last_error: Option<Error>,
-}
-
+/// One credential as this process knows it.
 #[derive(Default)]
 struct Slot {
-    current: RwLock<Option<Arc<Credential>>>,
-    flight: Mutex<Attempts>,
+    /// The credential served, with the stored version it came with.
+    current: RwLock<Option<(Arc<Credential>, i64)>>,
+    /// When `current` last matched the database (engine clock, Unix ms).
+    checked_ms: AtomicI64,
+    /// Whether a background check against the database is under way.
+    checking: AtomicBool,
+    /// Held while this process looks for, waits for or fetches a new value.
+    flight: Mutex<()>,
 }
 
 impl Slot {
@@ -150,20 +185,35 @@ impl Slot {
         self.current
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .clone()
+            .as_ref()
+            .map(|(c, _)| c.clone())
     }
 
-    fn set(&self, credential: Arc<Credential>) {
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some(credential);
+    fn set(&self, credential: Arc<Credential>, version: i64, now: DateTime<Utc>) {
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some((credential, version));
+        self.checked_ms
+            .store(now.timestamp_millis(), Ordering::Release);
+    }
+
+    fn clear(&self) {
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    /// Milliseconds since the cached value last matched the database.
+    fn unchecked_for(&self, now: DateTime<Utc>) -> i64 {
+        now.timestamp_millis() - self.checked_ms.load(Ordering::Acquire)
     }
 }
 
 /// A failed fetch: either WeChat refused this credential's own call, or something it depends on
-/// (the token a ticket needs, the database) failed and has been dealt with already.
+/// (the token a ticket needs) failed and has been dealt with already.
 enum FetchError {
     Upstream(UpstreamError),
     Other(Error),
 }
+
+type BoxedResult<'a> =
+    std::pin::Pin<Box<dyn Future<Output = Result<Arc<Credential>, Error>> + Send + 'a>>;
 
 /// An app with the state of each of its credentials; what listings show.
 #[derive(Debug, Clone)]
@@ -188,6 +238,34 @@ struct Inner {
     clock: Arc<dyn Clock>,
     config: EngineConfig,
     slots: [RwLock<HashMap<String, Arc<Slot>>>; 2],
+    /// Names this process in lease owners.
+    replica: String,
+    leases: AtomicU64,
+}
+
+/// The error a recorded failure stands for, as other replicas read it back.
+fn error_from_message(message: &str) -> Error {
+    match message.split_once(':') {
+        Some((code, text)) if code.trim().parse::<i64>().is_ok() => Error::Refused {
+            errcode: code.trim().parse().unwrap_or_default(),
+            errmsg: text.trim().to_owned(),
+        },
+        _ => Error::Unavailable(message.to_owned()),
+    }
+}
+
+fn replica_name() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().chars().take(24).collect::<String>())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "wetoken".into());
+    format!(
+        "{host}:{}:{:04x}",
+        std::process::id(),
+        rand::rng().random::<u16>()
+    )
 }
 
 impl Engine {
@@ -206,6 +284,8 @@ impl Engine {
                 clock,
                 config,
                 slots: Default::default(),
+                replica: replica_name(),
+                leases: AtomicU64::new(0),
             }),
         })
     }
@@ -227,14 +307,24 @@ impl Engine {
 
     /// A credential with more than the safety margin of life left.
     ///
-    /// From memory when it holds one; otherwise from the database; otherwise fetched from WeChat
-    /// and stored in both. Concurrent calls for one credential make at most one upstream call.
+    /// From memory when it holds one that was checked against the database within
+    /// `cache_check_ms` (a check that is due runs in the background, and the cached value is
+    /// served meanwhile for up to `cache_trust_secs`); otherwise from the database; otherwise
+    /// fetched from WeChat under the cluster-wide lease and stored in both.
     pub async fn get(&self, appid: &AppId, kind: Kind) -> Result<Arc<Credential>, Error> {
         let slot = self.slot(appid, kind);
+        let now = self.now();
         if let Some(c) = slot.cached()
-            && self.satisfies(&c, self.now(), Need::Serve)
+            && self.satisfies(&c, now, &Need::Serve)
         {
-            return Ok(c);
+            let unchecked = slot.unchecked_for(now);
+            if unchecked < self.inner.config.cache_check_ms as i64 {
+                return Ok(c);
+            }
+            if unchecked < self.trust_ms() {
+                self.check_in_background(appid, kind, slot.clone());
+                return Ok(c);
+            }
         }
         self.fill(appid, kind, &slot, Need::Serve).await
     }
@@ -242,8 +332,8 @@ impl Engine {
     /// The passive refresh: `failed` is a value WeChat rejected.
     ///
     /// If it is still the current credential, a new one is fetched; otherwise the current one is
-    /// returned without calling WeChat. So any number of callers reporting one bad value cause one
-    /// upstream call.
+    /// returned without calling WeChat. So any number of callers reporting one bad value, on any
+    /// number of replicas, cause one upstream call.
     pub async fn refresh(
         &self,
         appid: &AppId,
@@ -251,7 +341,8 @@ impl Engine {
         failed: &str,
     ) -> Result<Arc<Credential>, Error> {
         let slot = self.slot(appid, kind);
-        self.fill(appid, kind, &slot, Need::Replace(failed)).await
+        self.fill(appid, kind, &slot, Need::Replace(failed.to_owned()))
+            .await
     }
 
     /// Adds an app.
@@ -261,7 +352,7 @@ impl Engine {
         Ok(())
     }
 
-    /// Changes an app's settings and lifts any halt on its credentials.
+    /// Changes an app's settings and lifts any halt or backoff on its credentials.
     pub async fn update_app(&self, appid: &AppId, update: &AppUpdate) -> Result<(), Error> {
         if update.is_empty() {
             return Err(Error::InvalidInput(
@@ -326,6 +417,10 @@ impl Engine {
             .sum()
     }
 
+    fn trust_ms(&self) -> i64 {
+        self.inner.config.cache_trust_secs as i64 * 1000
+    }
+
     fn slot(&self, appid: &AppId, kind: Kind) -> Arc<Slot> {
         let map = &self.inner.slots[kind.index()];
         if let Some(slot) = map
@@ -342,7 +437,7 @@ impl Engine {
             .clone()
     }
 
-    /// Drops what this process remembers of an app: its cached credentials and its backoff.
+    /// Drops what this process remembers of an app.
     fn forget(&self, appid: &AppId) {
         for map in &self.inner.slots {
             map.write()
@@ -351,132 +446,316 @@ impl Engine {
         }
     }
 
-    fn satisfies(&self, c: &Credential, now: DateTime<Utc>, need: Need<'_>) -> bool {
+    fn satisfies(&self, c: &Credential, now: DateTime<Utc>, need: &Need) -> bool {
         let left = c.expires_at - now;
         match need {
             Need::Serve => left > self.inner.config.margin(),
-            Need::Replace(failed) => c.value != failed && left > self.inner.config.margin(),
-            Need::Ahead(threshold) => left > threshold,
+            Need::Replace(failed) => c.value != *failed && left > self.inner.config.margin(),
+            Need::Ahead(threshold) => left > *threshold,
         }
     }
 
-    /// The slow path: under the slot's lock, look again in memory and the database, and fetch
-    /// from WeChat only when neither has what is needed.
-    async fn fill(
+    /// Compares the cached value with the database without holding up the request that noticed
+    /// the check was due. At most one check per slot runs at a time.
+    fn check_in_background(&self, appid: &AppId, kind: Kind, slot: Arc<Slot>) {
+        if slot.checking.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let engine = self.clone();
+        let appid = appid.clone();
+        tokio::spawn(async move {
+            match engine.inner.store.credential(&appid, kind).await {
+                Ok(record) => {
+                    let now = engine.now();
+                    match record.and_then(|r| r.credential.map(|c| (c, r.version))) {
+                        Some((c, version)) if engine.satisfies(&c, now, &Need::Serve) => {
+                            slot.set(Arc::new(c), version, now);
+                        }
+                        // Nothing servable is stored (the app was deleted, say): stop serving
+                        // from memory and let the next request take the slow path.
+                        _ => slot.clear(),
+                    }
+                }
+                Err(e) => debug!(%appid, %kind, error = %e, "cache check failed"),
+            }
+            slot.checking.store(false, Ordering::Release);
+        });
+    }
+
+    /// The slow path. Under the slot's lock: memory, then the database, then the lease.
+    ///
+    /// Boxed as `dyn Send` because a ticket's refresh recurses into its token's.
+    fn fill<'a>(
+        &'a self,
+        appid: &'a AppId,
+        kind: Kind,
+        slot: &'a Arc<Slot>,
+        need: Need,
+    ) -> BoxedResult<'a> {
+        Box::pin(self.fill_unboxed(appid, kind, slot, need))
+    }
+
+    async fn fill_unboxed(
         &self,
         appid: &AppId,
         kind: Kind,
-        slot: &Slot,
-        need: Need<'_>,
+        slot: &Arc<Slot>,
+        need: Need,
     ) -> Result<Arc<Credential>, Error> {
-        let mut attempts = slot.flight.lock().await;
-        let now = self.now();
-        if let Some(c) = slot.cached()
-            && self.satisfies(&c, now, need)
-        {
-            return Ok(c);
-        }
-        let record = self.inner.store.credential(appid, kind).await?;
-        if let Some(record) = &record {
-            if let Some(c) = &record.credential
-                && self.satisfies(c, now, need)
+        let _flight = slot.flight.lock().await;
+        let config = &self.inner.config;
+        let deadline = tokio::time::Instant::now()
+            + Duration::from_millis(config.lease_ms)
+            + Duration::from_secs(5);
+        loop {
+            let now = self.now();
+            let cached = slot.cached();
+            if let Some(c) = &cached
+                && self.satisfies(c, now, &need)
+                && slot.unchecked_for(now) < config.cache_check_ms as i64
+            {
+                return Ok(c.clone());
+            }
+            let record = match self.inner.store.credential(appid, kind).await {
+                Ok(record) => record,
+                Err(e) => {
+                    // The database is away: what memory holds stays good for a while, since
+                    // nobody can replace it without the database either.
+                    if let Some(c) = cached
+                        && self.satisfies(&c, now, &need)
+                        && slot.unchecked_for(now) < self.trust_ms()
+                    {
+                        return Ok(c);
+                    }
+                    return Err(e);
+                }
+            };
+            let version = record.as_ref().map_or(0, |r| r.version);
+            if let Some(c) = record.as_ref().and_then(|r| r.credential.as_ref())
+                && self.satisfies(c, now, &need)
             {
                 let c = Arc::new(c.clone());
-                slot.set(c.clone());
+                slot.set(c.clone(), version, now);
                 return Ok(c);
             }
-            if record.halted {
-                return Err(Error::Halted {
-                    appid: appid.clone(),
-                    kind,
-                    message: record.message.clone(),
-                });
+            if let Some(r) = &record {
+                if r.halted {
+                    return Err(Error::Halted {
+                        appid: appid.clone(),
+                        kind,
+                        message: r.message.clone(),
+                    });
+                }
+                if r.retry_at.is_some_and(|at| now < at) {
+                    debug!(%appid, %kind, "in backoff; not calling WeChat");
+                    return Err(error_from_message(&r.message));
+                }
+            }
+            let Some(app) = self.inner.store.app(appid).await? else {
+                // Keep no slot for an appid nobody registered, or a flood of made-up appids would
+                // grow the map without bound.
+                self.forget(appid);
+                return Err(Error::UnknownApp(appid.clone()));
+            };
+            let owner = format!(
+                "{}#{}",
+                self.inner.replica,
+                self.inner.leases.fetch_add(1, Ordering::Relaxed)
+            );
+            let ttl = Duration::from_millis(config.lease_ms);
+            if self
+                .inner
+                .store
+                .try_lease(appid, kind, &owner, ttl, now)
+                .await?
+            {
+                // The refresh runs in a task of its own: a caller that goes away must not strand
+                // the lease or lose a value WeChat has already issued.
+                let engine = self.clone();
+                let slot = slot.clone();
+                let need = need.clone();
+                let span = tracing::info_span!("refresh", appid = %appid, kind = %kind);
+                return tokio::spawn(
+                    async move {
+                        engine
+                            .refresh_under_lease(app, kind, &slot, &need, &owner)
+                            .await
+                    }
+                    .instrument(span),
+                )
+                .await
+                .map_err(|e| Error::Database(format!("refresh task failed: {e}")))?;
+            }
+            // Another replica (or another request here, through a different slot) holds the
+            // lease: wait for its result in the database rather than calling WeChat.
+            let seen = record.as_ref().map(|r| (r.version, r.refresh_time));
+            loop {
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(Error::Unavailable(
+                        "another replica is refreshing this credential and has not finished".into(),
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(config.lease_poll_ms)).await;
+                let Some(r) = self.inner.store.credential(appid, kind).await? else {
+                    break;
+                };
+                if Some((r.version, r.refresh_time)) != seen || !r.leased {
+                    break;
+                }
             }
         }
-        if let (Some(retry_at), Some(err)) = (attempts.retry_at, &attempts.last_error)
-            && now < retry_at
-        {
-            debug!(%appid, %kind, %retry_at, "in backoff; not calling WeChat");
-            return Err(err.clone());
-        }
-        let Some(app) = self.inner.store.app(appid).await? else {
-            // Keep no slot for an appid nobody registered, or a flood of made-up appids would
-            // grow the map without bound.
-            drop(attempts);
-            self.forget(appid);
-            return Err(Error::UnknownApp(appid.clone()));
+    }
+
+    /// Holding the lease `owner`: look once more, fetch, store fenced, give the lease back.
+    async fn refresh_under_lease(
+        &self,
+        app: App,
+        kind: Kind,
+        slot: &Slot,
+        need: &Need,
+        owner: &str,
+    ) -> Result<Arc<Credential>, Error> {
+        let store = &self.inner.store;
+        let appid = &app.appid;
+        let release = || async {
+            if let Err(e) = store.release_lease(appid, kind, owner).await {
+                warn!(%appid, %kind, error = %e, "could not release the lease; it lapses by itself");
+            }
         };
-        let span = tracing::info_span!("refresh", appid = %appid, kind = %kind);
+        // The previous holder may have stored its result between our read and our lease.
+        let record = match store.credential(appid, kind).await {
+            Ok(r) => r,
+            Err(e) => {
+                release().await;
+                return Err(e);
+            }
+        };
+        let now = self.now();
+        let version = record.as_ref().map_or(0, |r| r.version);
+        if let Some(c) = record.as_ref().and_then(|r| r.credential.as_ref())
+            && self.satisfies(c, now, need)
+        {
+            release().await;
+            let c = Arc::new(c.clone());
+            slot.set(c.clone(), version, now);
+            return Ok(c);
+        }
         let started = self.now();
-        match self.fetch(&app, kind).instrument(span).await {
+        match self.fetch(&app, kind).await {
             Ok(issued) => {
                 let credential = Arc::new(Credential {
                     value: issued.value,
                     expires_at: started + TimeDelta::seconds(issued.expires_in as i64),
                 });
-                *attempts = Attempts::default();
-                // Serve it even if it cannot be stored: it is valid, and WeChat has already
-                // retired the previous one.
-                slot.set(credential.clone());
-                if let Err(e) = self
-                    .inner
-                    .store
-                    .save_credential(appid, kind, &credential, self.now())
+                let now = self.now();
+                match store
+                    .save_credential(appid, kind, &credential, (owner, version), now)
                     .await
                 {
-                    warn!(%appid, %kind, error = %e, "fetched a credential but could not store it");
+                    Ok(true) => {
+                        slot.set(credential.clone(), version + 1, now);
+                        info!(expires_at = %credential.expires_at, "refreshed");
+                        Ok(credential)
+                    }
+                    Ok(false) => {
+                        // Our lease lapsed and another replica stored a newer value: it wins.
+                        warn!(
+                            "lease lapsed during the refresh; a newer value is stored, keeping it"
+                        );
+                        let newer = store
+                            .credential(appid, kind)
+                            .await?
+                            .and_then(|r| r.credential.map(|c| (c, r.version)));
+                        match newer {
+                            Some((c, v)) if self.satisfies(&c, now, &Need::Serve) => {
+                                let c = Arc::new(c);
+                                slot.set(c.clone(), v, now);
+                                Ok(c)
+                            }
+                            _ => Ok(credential),
+                        }
+                    }
+                    Err(e) => {
+                        // Serve it even though it could not be stored: it is valid, and WeChat
+                        // has already retired the previous one.
+                        warn!(error = %e, "fetched a credential but could not store it");
+                        slot.set(credential.clone(), version, now);
+                        release().await;
+                        Ok(credential)
+                    }
                 }
-                info!(%appid, %kind, expires_at = %credential.expires_at, "refreshed");
-                Ok(credential)
             }
-            Err(FetchError::Other(e)) => Err(e),
-            Err(FetchError::Upstream(e)) => Err(self.failed(appid, kind, &mut attempts, e).await),
+            Err(FetchError::Other(e)) => {
+                release().await;
+                Err(e)
+            }
+            Err(FetchError::Upstream(e)) => {
+                let failures = record.as_ref().map_or(0, |r| r.failures).saturating_add(1);
+                Err(self.failed(appid, kind, owner, failures, e).await)
+            }
         }
     }
 
-    /// Records a failed fetch and decides when the next may be tried.
+    /// Records a failed fetch, with when any replica may try next, and gives the lease back.
     async fn failed(
         &self,
         appid: &AppId,
         kind: Kind,
-        attempts: &mut Attempts,
+        owner: &str,
+        failures: i32,
         e: UpstreamError,
     ) -> Error {
         let now = self.now();
         let halted = e.is_fatal();
-        if let Err(db) = self
-            .inner
-            .store
-            .record_failure(appid, kind, &e.message(), halted, now)
-            .await
-        {
-            warn!(%appid, %kind, error = %db, "could not record a failed refresh");
-        }
-        let err = match &e {
-            UpstreamError::Refused { errcode, errmsg } if halted => {
-                warn!(%appid, %kind, errcode, "WeChat refused for good; refreshing stops until the app's settings change");
-                return Error::Halted {
-                    appid: appid.clone(),
-                    kind,
-                    message: format!("{errcode}: {errmsg}"),
-                };
-            }
-            UpstreamError::Refused { errcode, errmsg } => Error::Refused {
-                errcode: *errcode,
-                errmsg: errmsg.clone(),
-            },
-            other => Error::Unavailable(other.to_string()),
-        };
-        attempts.failures = attempts.failures.saturating_add(1);
         let factor = rand::rng().random_range(0.5..=1.0);
         let delay = self
             .inner
             .config
-            .backoff(attempts.failures, e.is_quota(), factor);
-        attempts.retry_at = Some(now + delay);
-        attempts.last_error = Some(err.clone());
-        warn!(%appid, %kind, error = %e, failures = attempts.failures, retry_in_secs = delay.num_seconds(), "refresh failed");
-        err
+            .backoff(failures.max(1) as u32, e.is_quota(), factor);
+        let message = e.message();
+        let failure = Failure {
+            message: &message,
+            halted,
+            failures,
+            retry_at: (!halted).then_some(now + delay),
+        };
+        if let Err(db) = self
+            .inner
+            .store
+            .record_failure(appid, kind, &failure, owner, now)
+            .await
+        {
+            warn!(error = %db, "could not record a failed refresh; the lease lapses by itself");
+        }
+        match &e {
+            UpstreamError::Refused { errcode, errmsg } if halted => {
+                warn!(
+                    errcode,
+                    "WeChat refused for good; refreshing stops until the app's settings change"
+                );
+                Error::Halted {
+                    appid: appid.clone(),
+                    kind,
+                    message: format!("{errcode}: {errmsg}"),
+                }
+            }
+            UpstreamError::Refused { errcode, errmsg } => {
+                warn!(
+                    errcode,
+                    failures,
+                    retry_in_ms = delay.num_milliseconds(),
+                    "refresh refused"
+                );
+                Error::Refused {
+                    errcode: *errcode,
+                    errmsg: errmsg.clone(),
+                }
+            }
+            other => {
+                warn!(error = %other, failures, retry_in_ms = delay.num_milliseconds(), "refresh failed");
+                Error::Unavailable(other.to_string())
+            }
+        }
     }
 
     /// One upstream fetch of `kind` for `app`.
@@ -491,16 +770,17 @@ impl Engine {
                 .await
                 .map_err(FetchError::Upstream),
             Kind::JsapiTicket => {
-                let token = Box::pin(self.get(&app.appid, Kind::AccessToken))
+                let token = self
+                    .get(&app.appid, Kind::AccessToken)
                     .await
                     .map_err(FetchError::Other)?;
                 match wechat.jsapi_ticket(&token.value).await {
                     Err(e) if e.is_token_rejected() => {
-                        warn!(appid = %app.appid, error = %e, "WeChat rejected the token; refreshing it once");
-                        let token =
-                            Box::pin(self.refresh(&app.appid, Kind::AccessToken, &token.value))
-                                .await
-                                .map_err(FetchError::Other)?;
+                        warn!(error = %e, "WeChat rejected the token; refreshing it once");
+                        let token = self
+                            .refresh(&app.appid, Kind::AccessToken, &token.value)
+                            .await
+                            .map_err(FetchError::Other)?;
                         wechat
                             .jsapi_ticket(&token.value)
                             .await
@@ -512,10 +792,6 @@ impl Engine {
         }
     }
 
-    /// Renews every app's credentials ahead of expiry until `shutdown` resolves.
-    ///
-    /// Every `scan_interval_ms` it asks the database which credentials are missing or near their
-    /// renewal point, and refreshes those with at most `concurrency` at once. Each app's renewal
     /// point is `refresh_ahead_secs` plus a share of `jitter_secs` fixed by its appid, so refreshes
     /// spread out. Failures are recorded and backed off; the loop itself never stops on one.
     /// Refreshes under way when `shutdown` resolves are finished, so no fetched value is lost.

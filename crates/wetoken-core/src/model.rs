@@ -208,6 +208,14 @@ pub struct CredentialRecord {
     pub halted: bool,
     /// When the last refresh was attempted.
     pub refresh_time: Option<DateTime<Utc>>,
+    /// How many values were ever stored: the fencing token of the next write.
+    pub version: i64,
+    /// Failed refreshes in a row since the last success.
+    pub failures: i32,
+    /// No replica calls WeChat for this credential before this instant (the shared backoff).
+    pub retry_at: Option<DateTime<Utc>>,
+    /// Whether a replica holds the refresh lease (it may have lapsed).
+    pub leased: bool,
 }
 
 #[cfg(test)]

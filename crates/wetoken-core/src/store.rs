@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{Alias, Expr, ExprTrait, JoinType, OnConflict, Order, Query};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ConnectOptions, ConnectionTrait, Database,
-    DatabaseConnection, DbErr, EntityTrait, QueryOrder, SqlErr, TransactionTrait,
+    DatabaseConnection, DbBackend, DbErr, EntityTrait, QueryOrder, SqlErr, TransactionTrait,
 };
 use wetoken_migration::{Migrator, MigratorTrait};
 
@@ -47,6 +47,19 @@ pub const TABLES: [&str; 3] = [
     "wechat_access_token",
     "wechat_jsapi_ticket",
 ];
+
+/// A failed refresh, as recorded.
+#[derive(Debug, Clone)]
+pub struct Failure<'a> {
+    /// The outcome: WeChat's `errcode: errmsg`, or what else went wrong.
+    pub message: &'a str,
+    /// Whether refreshing stops until the app's settings change.
+    pub halted: bool,
+    /// Failures in a row, this one included.
+    pub failures: i32,
+    /// No replica calls WeChat for this credential before then.
+    pub retry_at: Option<DateTime<Utc>>,
+}
 
 /// The most characters of a refresh outcome the `message` column keeps.
 const MESSAGE_MAX: usize = 1024;
@@ -219,10 +232,16 @@ impl Store {
             let lift = Query::update()
                 .table(kind.table())
                 .value(col("halted"), false)
+                .value(col("failures"), 0)
+                .value(col("retry_at"), Option::<DateTime<Utc>>::None)
                 .value(col("message"), "settings changed")
                 .value(col("update_time"), now)
                 .and_where(Expr::col(col("appid")).eq(appid.as_str()))
-                .and_where(Expr::col(col("halted")).eq(true))
+                .cond_where(
+                    Expr::col(col("halted"))
+                        .eq(true)
+                        .or(Expr::col(col("failures")).gt(0)),
+                )
                 .to_owned();
             txn.execute(&lift).await?;
         }
@@ -260,6 +279,10 @@ impl Store {
                 col("message"),
                 col("halted"),
                 col("refresh_time"),
+                col("version"),
+                col("failures"),
+                col("retry_at"),
+                col("lease_owner"),
             ])
             .from(kind.table())
             .and_where(Expr::col(col("appid")).eq(appid.as_str()))
@@ -273,98 +296,150 @@ impl Store {
             (Some(value), Some(expires_at)) => Some(Credential { value, expires_at }),
             _ => None,
         };
+        let owner: Option<String> = row.try_get_by_index(8)?;
         Ok(Some(CredentialRecord {
             credential,
             message: row.try_get_by_index(2)?,
             halted: row.try_get_by_index(3)?,
             refresh_time: row.try_get_by_index(4)?,
+            version: row.try_get_by_index(5)?,
+            failures: row.try_get_by_index(6)?,
+            retry_at: row.try_get_by_index(7)?,
+            leased: owner.is_some(),
         }))
     }
 
-    /// Records a freshly fetched credential as the current one.
+    /// The database's clock, in Unix milliseconds, as an SQL expression for this backend.
+    ///
+    /// Leases are judged on it so that replicas with skewed clocks agree on when one lapsed.
+    fn db_now_ms(&self) -> Expr {
+        Expr::cust(match self.db.get_database_backend() {
+            DbBackend::Postgres => "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT",
+            DbBackend::MySql => "CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED)",
+            _ => "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)",
+        })
+    }
+
+    /// Makes sure the credential's row exists, so that its lease can be taken.
+    async fn ensure_row(&self, appid: &AppId, kind: Kind, now: DateTime<Utc>) -> Result<(), Error> {
+        let insert = Query::insert()
+            .into_table(kind.table())
+            .columns([col("appid"), col("message"), col("update_time")])
+            .values_panic([appid.as_str().into(), "not fetched yet".into(), now.into()])
+            .on_conflict(
+                OnConflict::column(col("appid"))
+                    .do_nothing_on([col("appid")])
+                    .to_owned(),
+            )
+            .to_owned();
+        match self.db.execute(&insert).await {
+            Ok(_) => Ok(()),
+            // MySQL reports the ignored duplicate on some versions; the row exists either way.
+            Err(e) if matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Takes the refresh lease of one credential for `ttl`, on the database's clock, if nobody
+    /// holds it or the holder's lease has lapsed. `owner` must be unique to this attempt.
+    ///
+    /// This is a single conditional UPDATE, a compare-and-set that every backend runs atomically.
+    pub async fn try_lease(
+        &self,
+        appid: &AppId,
+        kind: Kind,
+        owner: &str,
+        ttl: std::time::Duration,
+        now: DateTime<Utc>,
+    ) -> Result<bool, Error> {
+        self.ensure_row(appid, kind, now).await?;
+        let ttl_ms = ttl.as_millis() as i64;
+        let update = Query::update()
+            .table(kind.table())
+            .value(col("lease_owner"), owner)
+            .value(col("lease_until"), self.db_now_ms().add(ttl_ms))
+            .and_where(Expr::col(col("appid")).eq(appid.as_str()))
+            .cond_where(
+                Expr::col(col("lease_owner"))
+                    .is_null()
+                    .or(Expr::col(col("lease_until")).lt(self.db_now_ms())),
+            )
+            .to_owned();
+        Ok(self.db.execute(&update).await?.rows_affected() == 1)
+    }
+
+    /// Gives the lease back, if `owner` still holds it.
+    pub async fn release_lease(&self, appid: &AppId, kind: Kind, owner: &str) -> Result<(), Error> {
+        let update = Query::update()
+            .table(kind.table())
+            .value(col("lease_owner"), Option::<String>::None)
+            .value(col("lease_until"), Option::<i64>::None)
+            .and_where(Expr::col(col("appid")).eq(appid.as_str()))
+            .and_where(Expr::col(col("lease_owner")).eq(owner))
+            .to_owned();
+        self.db.execute(&update).await?;
+        Ok(())
+    }
+
+    /// Stores a freshly fetched credential as the current one and gives the lease back.
+    ///
+    /// The write is fenced: it happens only if `owner` still holds the lease and the row is still
+    /// at `version`, the one read before the fetch. Returns whether it happened; `false` means a
+    /// newer value was stored meanwhile and this one must not replace it.
     pub async fn save_credential(
         &self,
         appid: &AppId,
         kind: Kind,
         credential: &Credential,
+        fence: (&str, i64),
         now: DateTime<Utc>,
-    ) -> Result<(), Error> {
-        let value = kind.value_column();
-        let upsert = Query::insert()
-            .into_table(kind.table())
-            .columns([
-                col("appid"),
-                value.clone(),
-                col("expires_at"),
-                col("message"),
-                col("halted"),
-                col("refresh_time"),
-                col("update_time"),
-            ])
-            .values_panic([
-                appid.as_str().into(),
-                credential.value.as_str().into(),
-                credential.expires_at.into(),
-                "success".into(),
-                false.into(),
-                now.into(),
-                now.into(),
-            ])
-            .on_conflict(
-                OnConflict::column(col("appid"))
-                    .update_columns([
-                        value,
-                        col("expires_at"),
-                        col("message"),
-                        col("halted"),
-                        col("refresh_time"),
-                        col("update_time"),
-                    ])
-                    .to_owned(),
-            )
+    ) -> Result<bool, Error> {
+        let (owner, version) = fence;
+        let update = Query::update()
+            .table(kind.table())
+            .value(kind.value_column(), credential.value.as_str())
+            .value(col("expires_at"), credential.expires_at)
+            .value(col("message"), "success")
+            .value(col("halted"), false)
+            .value(col("failures"), 0)
+            .value(col("retry_at"), Option::<DateTime<Utc>>::None)
+            .value(col("version"), Expr::col(col("version")).add(1))
+            .value(col("lease_owner"), Option::<String>::None)
+            .value(col("lease_until"), Option::<i64>::None)
+            .value(col("refresh_time"), now)
+            .value(col("update_time"), now)
+            .and_where(Expr::col(col("appid")).eq(appid.as_str()))
+            .and_where(Expr::col(col("lease_owner")).eq(owner))
+            .and_where(Expr::col(col("version")).eq(version))
             .to_owned();
-        self.db.execute(&upsert).await?;
-        Ok(())
+        Ok(self.db.execute(&update).await?.rows_affected() == 1)
     }
 
-    /// Records a failed refresh. The stored value, if any, is kept: it may still be valid.
+    /// Records a failed refresh and gives the lease back. The stored value, if any, is kept: it
+    /// may still be valid.
     pub async fn record_failure(
         &self,
         appid: &AppId,
         kind: Kind,
-        message: &str,
-        halted: bool,
+        failure: &Failure<'_>,
+        owner: &str,
         now: DateTime<Utc>,
     ) -> Result<(), Error> {
-        let message: String = message.chars().take(MESSAGE_MAX).collect();
-        let upsert = Query::insert()
-            .into_table(kind.table())
-            .columns([
-                col("appid"),
-                col("message"),
-                col("halted"),
-                col("refresh_time"),
-                col("update_time"),
-            ])
-            .values_panic([
-                appid.as_str().into(),
-                message.into(),
-                halted.into(),
-                now.into(),
-                now.into(),
-            ])
-            .on_conflict(
-                OnConflict::column(col("appid"))
-                    .update_columns([
-                        col("message"),
-                        col("halted"),
-                        col("refresh_time"),
-                        col("update_time"),
-                    ])
-                    .to_owned(),
-            )
+        let message: String = failure.message.chars().take(MESSAGE_MAX).collect();
+        let update = Query::update()
+            .table(kind.table())
+            .value(col("message"), message)
+            .value(col("halted"), failure.halted)
+            .value(col("failures"), failure.failures)
+            .value(col("retry_at"), failure.retry_at)
+            .value(col("lease_owner"), Option::<String>::None)
+            .value(col("lease_until"), Option::<i64>::None)
+            .value(col("refresh_time"), now)
+            .value(col("update_time"), now)
+            .and_where(Expr::col(col("appid")).eq(appid.as_str()))
+            .and_where(Expr::col(col("lease_owner")).eq(owner))
             .to_owned();
-        self.db.execute(&upsert).await?;
+        self.db.execute(&update).await?;
         Ok(())
     }
 
