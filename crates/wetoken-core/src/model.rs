@@ -214,7 +214,7 @@ pub struct CredentialRecord {
     pub failures: i32,
     /// No replica calls WeChat for this credential before this instant (the shared backoff).
     pub retry_at: Option<DateTime<Utc>>,
-    /// Whether a replica holds the refresh lease (it may have lapsed).
+    /// Whether a replica holds the refresh lease and it has not lapsed (on the database's clock).
     pub leased: bool,
 }
 

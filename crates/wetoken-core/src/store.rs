@@ -283,7 +283,9 @@ impl Store {
                 col("failures"),
                 col("retry_at"),
                 col("lease_owner"),
+                col("lease_until"),
             ])
+            .expr(self.db_now_ms())
             .from(kind.table())
             .and_where(Expr::col(col("appid")).eq(appid.as_str()))
             .to_owned();
@@ -297,6 +299,8 @@ impl Store {
             _ => None,
         };
         let owner: Option<String> = row.try_get_by_index(8)?;
+        let lease_until: Option<i64> = row.try_get_by_index(9)?;
+        let db_now: i64 = row.try_get_by_index(10)?;
         Ok(Some(CredentialRecord {
             credential,
             message: row.try_get_by_index(2)?,
@@ -305,7 +309,7 @@ impl Store {
             version: row.try_get_by_index(5)?,
             failures: row.try_get_by_index(6)?,
             retry_at: row.try_get_by_index(7)?,
-            leased: owner.is_some(),
+            leased: owner.is_some() && lease_until.is_some_and(|until| until >= db_now),
         }))
     }
 

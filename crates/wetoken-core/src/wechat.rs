@@ -15,6 +15,11 @@ use crate::model::{AppId, Secret};
 pub struct WeChatOptions {
     /// The API root, `https://api.weixin.qq.com` in production.
     pub base_url: String,
+    /// Roots to try, in order, when `base_url` cannot be connected to (WeChat's advice is to
+    /// switch to another domain, such as `https://api2.weixin.qq.com`). A call is repeated on the
+    /// next root only when the connection failed, so it never reached WeChat and no token was
+    /// issued twice.
+    pub fallback_urls: Vec<String>,
     /// The longest a whole call may take.
     pub timeout: Duration,
     /// The longest connecting may take.
@@ -24,12 +29,18 @@ pub struct WeChatOptions {
 impl Default for WeChatOptions {
     fn default() -> Self {
         Self {
-            base_url: "https://api.weixin.qq.com".into(),
+            base_url: DEFAULT_BASE_URL.into(),
+            fallback_urls: vec![DEFAULT_FALLBACK_URL.into()],
             timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(3),
         }
     }
 }
+
+/// WeChat's nearest access point.
+pub const DEFAULT_BASE_URL: &str = "https://api.weixin.qq.com";
+/// WeChat's general disaster-recovery domain.
+pub const DEFAULT_FALLBACK_URL: &str = "https://api2.weixin.qq.com";
 
 /// A credential as WeChat issued it: the value and its lifetime in seconds.
 #[derive(Debug, Clone)]
@@ -118,7 +129,8 @@ struct Answer {
 #[derive(Debug, Clone)]
 pub struct WeChat {
     http: reqwest::Client,
-    base_url: String,
+    /// The primary root first, then the fallbacks.
+    roots: Vec<String>,
 }
 
 impl WeChat {
@@ -129,10 +141,11 @@ impl WeChat {
             .connect_timeout(options.connect_timeout)
             .build()
             .map_err(|e| UpstreamError::Transport(e.without_url().to_string()))?;
-        Ok(Self {
-            http,
-            base_url: options.base_url.trim_end_matches('/').to_owned(),
-        })
+        let roots = std::iter::once(&options.base_url)
+            .chain(&options.fallback_urls)
+            .map(|u| u.trim_end_matches('/').to_owned())
+            .collect();
+        Ok(Self { http, roots })
     }
 
     /// `GET /cgi-bin/token`: a new access token for `appid`.
@@ -141,34 +154,46 @@ impl WeChat {
         appid: &AppId,
         secret: &Secret,
     ) -> Result<Issued, UpstreamError> {
-        let request = self
-            .http
-            .get(format!("{}/cgi-bin/token", self.base_url))
-            .query(&[
-                ("grant_type", "client_credential"),
-                ("appid", appid.as_str()),
-                ("secret", secret.expose()),
-            ]);
-        let answer = self.send(request).await?;
+        let query = [
+            ("grant_type", "client_credential"),
+            ("appid", appid.as_str()),
+            ("secret", secret.expose()),
+        ];
+        let answer = self.send("/cgi-bin/token", &query).await?;
         issued(answer.access_token, answer.expires_in, "access_token")
     }
 
     /// `GET /cgi-bin/ticket/getticket?type=jsapi`: a new jsapi ticket, fetched with `token`.
     pub async fn jsapi_ticket(&self, token: &str) -> Result<Issued, UpstreamError> {
-        let request = self
-            .http
-            .get(format!("{}/cgi-bin/ticket/getticket", self.base_url))
-            .query(&[("access_token", token), ("type", "jsapi")]);
-        let answer = self.send(request).await?;
+        let query = [("access_token", token), ("type", "jsapi")];
+        let answer = self.send("/cgi-bin/ticket/getticket", &query).await?;
         issued(answer.ticket, answer.expires_in, "ticket")
     }
 
-    async fn send(&self, request: reqwest::RequestBuilder) -> Result<Answer, UpstreamError> {
-        // `without_url` everywhere: the URL carries the secret or the token.
-        let response = request
-            .send()
-            .await
-            .map_err(|e| UpstreamError::Transport(e.without_url().to_string()))?;
+    /// GETs `path` with `query` from the first root that can be connected to.
+    async fn send(&self, path: &str, query: &[(&str, &str)]) -> Result<Answer, UpstreamError> {
+        let mut response = None;
+        for (i, root) in self.roots.iter().enumerate() {
+            match self
+                .http
+                .get(format!("{root}{path}"))
+                .query(query)
+                .send()
+                .await
+            {
+                Ok(r) => {
+                    response = Some(r);
+                    break;
+                }
+                Err(e) if e.is_connect() && i + 1 < self.roots.len() => {
+                    tracing::warn!(%root, "cannot connect to WeChat; trying the next domain");
+                }
+                // `without_url` everywhere: the URL carries the secret or the token.
+                Err(e) => return Err(UpstreamError::Transport(e.without_url().to_string())),
+            }
+        }
+        let response = response
+            .ok_or_else(|| UpstreamError::Transport("no WeChat API root configured".into()))?;
         let status = response.status();
         if status != reqwest::StatusCode::OK {
             return Err(UpstreamError::Status(status.as_u16()));

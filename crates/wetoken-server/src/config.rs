@@ -27,6 +27,10 @@ pub struct Settings {
     pub wechat_base_url: String,
     /// The longest one call to WeChat may take, in seconds.
     pub wechat_timeout_secs: u64,
+    /// API roots tried in order when `wechat_base_url` cannot be connected to. Unset: WeChat's
+    /// disaster-recovery domain when `wechat_base_url` is WeChat's default, none otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wechat_fallback_urls: Option<Vec<String>>,
     /// How credentials are refreshed.
     pub refresh: EngineConfig,
     /// Limits of the HTTP server.
@@ -56,6 +60,7 @@ impl Default for Settings {
             auto_migrate: true,
             wechat_base_url: WeChatOptions::default().base_url,
             wechat_timeout_secs: 10,
+            wechat_fallback_urls: None,
             refresh: EngineConfig::default(),
             http: HttpSettings::default(),
         }
@@ -102,10 +107,17 @@ impl Settings {
 
     /// The WeChat part, as the engine takes it.
     pub fn wechat(&self) -> WeChatOptions {
+        let defaults = WeChatOptions::default();
+        let fallback_urls = match &self.wechat_fallback_urls {
+            Some(urls) => urls.clone(),
+            None if self.wechat_base_url == defaults.base_url => defaults.fallback_urls.clone(),
+            None => Vec::new(),
+        };
         WeChatOptions {
             base_url: self.wechat_base_url.clone(),
+            fallback_urls,
             timeout: Duration::from_secs(self.wechat_timeout_secs),
-            ..WeChatOptions::default()
+            ..defaults
         }
     }
 }
@@ -168,6 +180,22 @@ mod tests {
                 None => assert!(keys.contains(section), "{section}"),
             }
         }
+    }
+
+    #[test]
+    fn wechat_falls_back_to_its_second_domain_only_by_default() {
+        let s = Settings::default();
+        assert_eq!(s.wechat().fallback_urls, ["https://api2.weixin.qq.com"]);
+        let mock = Settings {
+            wechat_base_url: "http://127.0.0.1:9998".into(),
+            ..Settings::default()
+        };
+        assert!(mock.wechat().fallback_urls.is_empty());
+        let chosen = Settings {
+            wechat_fallback_urls: Some(vec!["http://b".into()]),
+            ..mock
+        };
+        assert_eq!(chosen.wechat().fallback_urls, ["http://b"]);
     }
 
     #[test]

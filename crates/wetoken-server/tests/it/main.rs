@@ -6,4 +6,5 @@ mod harness;
 mod api;
 mod binary;
 mod client;
+mod cluster;
 mod engine;

@@ -1,0 +1,565 @@
+//! Several `wetoken-server` processes on one database: one upstream fetch per credential
+//! lifetime for the whole cluster, and the faults a cluster meets.
+//!
+//! These run real processes against MariaDB and PostgreSQL (the databases a cluster shares), with
+//! the mock WeChat in this process, and assert on the mock's call counters.
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use serde_json::Value;
+use tokio::net::{TcpListener, TcpStream};
+use wetoken_mock::{Endpoint, Fault, MockConfig, MockWeChat};
+
+use crate::harness::{SECRET, TestDb, eventually, mock_with};
+
+/// A `wetoken-server` process.
+struct Replica {
+    child: Option<Child>,
+    url: String,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Replica {
+    /// Starts a replica on `database_url` with WeChat at `wechat`, and waits until it answers.
+    async fn start(database_url: &str, wechat: &str, env: &[(&str, &str)]) -> Replica {
+        let port = free_port();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_wetoken-server"));
+        for (key, _) in std::env::vars() {
+            if key.starts_with("WETOKEN_") && !key.starts_with("WETOKEN_TEST_") {
+                command.env_remove(key);
+            }
+        }
+        command
+            .args(["start", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--database-url", database_url, "--wechat-base-url", wechat])
+            .env("WETOKEN_REFRESH__SCAN_INTERVAL_MS", "3600000")
+            .env("WETOKEN_REFRESH__LEASE_MS", "2000")
+            .env("WETOKEN_REFRESH__LEASE_POLL_MS", "50")
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let replica = Replica {
+            child: Some(command.spawn().expect("start wetoken-server")),
+            url: format!("http://127.0.0.1:{port}"),
+        };
+        let http = reqwest::Client::new();
+        eventually(
+            "a replica answers /health",
+            Duration::from_secs(30),
+            || async {
+                http.get(format!("{}/health", replica.url))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status() == 200)
+            },
+        )
+        .await;
+        replica
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// `kill -9`.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then the exit status.
+    async fn terminate(&mut self) -> std::process::ExitStatus {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let mut child = self.child.take().unwrap();
+        tokio::task::spawn_blocking(move || child.wait().unwrap())
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+async fn get(http: &reqwest::Client, url: String) -> (u16, Value) {
+    let response = http.get(url).send().await.expect("request");
+    let status = response.status().as_u16();
+    (status, response.json().await.expect("JSON answer"))
+}
+
+async fn three_replicas(db: &TestDb, mock: &MockWeChat, env: &[(&str, &str)]) -> Vec<Replica> {
+    // The first creates the tables; the others find them.
+    let first = Replica::start(&db.url, &mock.url(), env).await;
+    let mut replicas = vec![first];
+    for _ in 0..2 {
+        replicas.push(Replica::start(&db.url, &mock.url(), env).await);
+    }
+    replicas
+}
+
+async fn add_app(http: &reqwest::Client, replica: &Replica, appid: &str) {
+    let (status, body) = get(
+        http,
+        format!(
+            "{}/wechat/app/create?appid={appid}&secret={SECRET}",
+            replica.url
+        ),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+}
+
+/// Runs `scenario` on MariaDB and on PostgreSQL.
+macro_rules! on_shared_databases {
+    ($($scenario:ident),* $(,)?) => {
+        $(
+            mod $scenario {
+                use crate::harness::{Backend, TestDb};
+
+                async fn run(backend: Backend) {
+                    if let Some(db) = TestDb::create(backend).await {
+                        super::$scenario(&db).await;
+                        db.drop_db().await;
+                    }
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn mysql() { run(Backend::Mysql).await }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() { run(Backend::Postgres).await }
+            }
+        )*
+    };
+}
+
+on_shared_databases!(
+    cold_start_across_replicas_fetches_once,
+    passive_refresh_across_replicas_fetches_once,
+    kill_9_of_the_lease_holder_is_taken_over,
+    sigterm_finishes_in_flight_work_and_releases_the_lease,
+    wechat_failing_is_retried_with_a_bounded_shared_backoff,
+    schedulers_on_three_replicas_fetch_once_per_lifetime,
+    database_outage_serves_what_is_valid_then_recovers,
+    unreachable_wechat_domain_fails_over_to_the_next,
+);
+
+const APP: &str = "wxcluster";
+
+async fn cold_start_across_replicas_fetches_once(db: &TestDb) {
+    let mock = mock_with(&[APP]).await;
+    let replicas = three_replicas(db, &mock, &[]).await;
+    let http = reqwest::Client::new();
+    add_app(&http, &replicas[0], APP).await;
+
+    let tokens = join_all((0..300).map(|i| {
+        get(
+            &http,
+            format!("{}/{APP}/wechat/token/get", replicas[i % 3].url),
+        )
+    }))
+    .await;
+    let first = tokens[0].1["access_token"].clone();
+    for (status, body) in &tokens {
+        assert_eq!((*status, &body["access_token"]), (200, &first), "{body}");
+    }
+    let tickets = join_all((0..300).map(|i| {
+        get(
+            &http,
+            format!("{}/{APP}/wechat/ticket/get", replicas[(i + 1) % 3].url),
+        )
+    }))
+    .await;
+    let ticket = tickets[0].1["ticket"].clone();
+    assert!(
+        tickets
+            .iter()
+            .all(|(s, b)| *s == 200 && b["ticket"] == ticket)
+    );
+    assert_eq!(
+        mock.calls(Endpoint::Token),
+        1,
+        "one token fetch for the cluster"
+    );
+    assert_eq!(
+        mock.calls(Endpoint::Ticket),
+        1,
+        "one ticket fetch for the cluster"
+    );
+}
+
+async fn passive_refresh_across_replicas_fetches_once(db: &TestDb) {
+    let mock = mock_with(&[APP]).await;
+    let replicas = three_replicas(db, &mock, &[]).await;
+    let http = reqwest::Client::new();
+    add_app(&http, &replicas[0], APP).await;
+    let (_, body) = get(&http, format!("{}/{APP}/wechat/token/get", replicas[1].url)).await;
+    let stale = body["access_token"].as_str().unwrap().to_owned();
+
+    let answers = join_all((0..60).map(|i| {
+        get(
+            &http,
+            format!(
+                "{}/{APP}/wechat/token/refresh?access_token={stale}",
+                replicas[i % 3].url
+            ),
+        )
+    }))
+    .await;
+    let fresh = answers[0].1["access_token"].clone();
+    assert_ne!(fresh.as_str(), Some(stale.as_str()));
+    for (status, body) in &answers {
+        assert_eq!((*status, &body["access_token"]), (200, &fresh), "{body}");
+    }
+    assert_eq!(
+        mock.calls(Endpoint::Token),
+        2,
+        "one fetch for sixty reports on three replicas"
+    );
+    assert_eq!(mock.current_token(APP).as_deref(), fresh.as_str());
+}
+
+async fn kill_9_of_the_lease_holder_is_taken_over(db: &TestDb) {
+    let mock = mock_with(&[APP]).await;
+    let mut replicas = three_replicas(db, &mock, &[]).await;
+    let http = reqwest::Client::new();
+    add_app(&http, &replicas[0], APP).await;
+
+    // Replica 0 takes the lease and hangs in WeChat; it dies there.
+    mock.inject(Endpoint::Token, Fault::Delay(Duration::from_secs(3)), 1);
+    let doomed = tokio::spawn({
+        let http = http.clone();
+        let url = format!("{}/{APP}/wechat/token/get", replicas[0].url);
+        async move { http.get(url).send().await }
+    });
+    eventually(
+        "replica 0 is mid-refresh",
+        Duration::from_secs(10),
+        || async { mock.calls(Endpoint::Token) == 1 },
+    )
+    .await;
+    replicas[0].kill();
+    assert!(
+        doomed.await.unwrap().is_err(),
+        "the dead replica answered nobody"
+    );
+
+    // The others wait out the lease (2 s) and one of them completes the refresh.
+    let started = Instant::now();
+    let answers = join_all((0..20).map(|i| {
+        get(
+            &http,
+            format!("{}/{APP}/wechat/token/get", replicas[1 + i % 2].url),
+        )
+    }))
+    .await;
+    let token = answers[0].1["access_token"].clone();
+    for (status, body) in &answers {
+        assert_eq!((*status, &body["access_token"]), (200, &token), "{body}");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        mock.calls(Endpoint::Token),
+        2,
+        "exactly one fetch after the holder died"
+    );
+    assert_eq!(mock.current_token(APP).as_deref(), token.as_str());
+}
+
+async fn sigterm_finishes_in_flight_work_and_releases_the_lease(db: &TestDb) {
+    let mock = mock_with(&[APP]).await;
+    let mut replicas = three_replicas(db, &mock, &[("WETOKEN_REFRESH__LEASE_MS", "20000")]).await;
+    let http = reqwest::Client::new();
+    add_app(&http, &replicas[0], APP).await;
+
+    mock.inject(
+        Endpoint::Token,
+        Fault::Delay(Duration::from_millis(1500)),
+        1,
+    );
+    let in_flight = tokio::spawn({
+        let http = http.clone();
+        let url = format!("{}/{APP}/wechat/token/get", replicas[0].url);
+        async move { get(&http, url).await }
+    });
+    let in_flight = async move { in_flight.await.unwrap() };
+    eventually(
+        "replica 0 is mid-refresh",
+        Duration::from_secs(10),
+        || async { mock.calls(Endpoint::Token) == 1 },
+    )
+    .await;
+    let exit = replicas[0].terminate().await;
+    assert!(exit.success(), "SIGTERM exits 0: {exit:?}");
+    let (status, body) = in_flight.await;
+    assert_eq!(status, 200, "the in-flight request was finished: {body}");
+
+    // The lease was released, not left to lapse (it would take 20 s): the others answer at once.
+    let started = Instant::now();
+    let (status, other) = get(&http, format!("{}/{APP}/wechat/token/get", replicas[1].url)).await;
+    assert_eq!(status, 200);
+    assert_eq!(other["access_token"], body["access_token"]);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(mock.calls(Endpoint::Token), 1);
+}
+
+async fn wechat_failing_is_retried_with_a_bounded_shared_backoff(db: &TestDb) {
+    let mock = mock_with(&[APP]).await;
+    let backoff = [
+        ("WETOKEN_REFRESH__BACKOFF_BASE_SECS", "1"),
+        ("WETOKEN_REFRESH__BACKOFF_MAX_SECS", "2"),
+    ];
+    let replicas = three_replicas(db, &mock, &backoff).await;
+    let http = reqwest::Client::new();
+    add_app(&http, &replicas[0], APP).await;
+
+    mock.inject(Endpoint::Token, Fault::ErrCode(-1), 1000);
+    // Three seconds of callers on every replica, ten at a time.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut answered = 0;
+    while Instant::now() < deadline {
+        let answers = join_all((0..10).map(|i| {
+            get(
+                &http,
+                format!("{}/{APP}/wechat/token/get", replicas[i % 3].url),
+            )
+        }))
+        .await;
+        for (status, body) in answers {
+            assert_eq!(
+                (status, &body["errcode"]),
+                (502, &Value::from(-1)),
+                "{body}"
+            );
+            answered += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let calls = mock.calls(Endpoint::Token);
+    // Backoff 0.5-1 s, then 1-2 s, shared by the cluster: a handful of calls, not hundreds.
+    assert!(
+        (2..=6).contains(&calls),
+        "{calls} calls for {answered} requests"
+    );
+
+    mock.clear_faults();
+    eventually("the cluster recovers", Duration::from_secs(10), || async {
+        get(&http, format!("{}/{APP}/wechat/token/get", replicas[2].url))
+            .await
+            .0
+            == 200
+    })
+    .await;
+    assert_eq!(mock.calls(Endpoint::Token), calls + 1);
+}
+
+async fn schedulers_on_three_replicas_fetch_once_per_lifetime(db: &TestDb) {
+    // Tokens that live 7003 s and renew when under 7000 s left: due 3 s after every fetch.
+    let config = MockConfig {
+        token_expires_in: 7003,
+        ticket_expires_in: 7003,
+        ..MockConfig::default()
+    };
+    let mock = MockWeChat::start_with(config, SocketAddr::from(([127, 0, 0, 1], 0)))
+        .await
+        .unwrap();
+    mock.add_app(APP, SECRET);
+    let schedule = [
+        ("WETOKEN_REFRESH__SCAN_INTERVAL_MS", "100"),
+        ("WETOKEN_REFRESH__REFRESH_AHEAD_SECS", "7000"),
+        ("WETOKEN_REFRESH__JITTER_SECS", "0"),
+        ("WETOKEN_REFRESH__MARGIN_SECS", "60"),
+        ("WETOKEN_REFRESH__REFRESH_TICKETS", "false"),
+    ];
+    let replicas = three_replicas(db, &mock, &schedule).await;
+    let http = reqwest::Client::new();
+    add_app(&http, &replicas[0], APP).await;
+
+    eventually(
+        "the first scheduled fetch",
+        Duration::from_secs(10),
+        || async { mock.calls(Endpoint::Token) >= 1 },
+    )
+    .await;
+    let start = Instant::now();
+    let first = mock.calls(Endpoint::Token);
+    tokio::time::sleep(Duration::from_millis(7500)).await;
+    let renewals = mock.calls(Endpoint::Token) - first;
+    let elapsed = start.elapsed().as_secs_f64();
+    // One renewal per 3 s lifetime window for the cluster; three schedulers without the lease
+    // would make three times as many.
+    let most = (elapsed / 3.0).ceil() as u64 + 1;
+    assert!(
+        (2..=most).contains(&renewals),
+        "{renewals} renewals in {elapsed:.1} s"
+    );
+    drop(replicas);
+}
+
+/// A TCP proxy in front of the database that the test can take down and bring back.
+struct Proxy {
+    addr: SocketAddr,
+    down: Arc<AtomicBool>,
+    generation: Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+impl Proxy {
+    async fn start(target: SocketAddr) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let down = Arc::new(AtomicBool::new(false));
+        let generation = Arc::new(tokio::sync::watch::channel(0u64).0);
+        let (d, g) = (down.clone(), generation.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((client, _)) = listener.accept().await else {
+                    return;
+                };
+                if d.load(Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
+                let mut cut = g.subscribe();
+                tokio::spawn(async move {
+                    let Ok(server) = TcpStream::connect(target).await else {
+                        return;
+                    };
+                    let (mut client, mut server) = (client, server);
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = cut.changed() => {}
+                    }
+                });
+            }
+        });
+        Proxy {
+            addr,
+            down,
+            generation,
+        }
+    }
+
+    /// Refuses new connections and cuts the open ones.
+    fn take_down(&self) {
+        self.down.store(true, Ordering::SeqCst);
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    fn bring_back(&self) {
+        self.down.store(false, Ordering::SeqCst);
+    }
+}
+
+async fn database_outage_serves_what_is_valid_then_recovers(db: &TestDb) {
+    let mock = mock_with(&[APP, "wxcold"]).await;
+    // The replica reaches the database through the proxy.
+    let (scheme, rest) = db.url.split_once("://").unwrap();
+    let (userinfo, rest) = rest.split_once('@').unwrap();
+    let (host, path) = rest.split_once('/').unwrap();
+    let target: SocketAddr = host.parse().unwrap();
+    let proxy = Proxy::start(target).await;
+    let proxied = format!("{scheme}://{userinfo}@{}/{path}", proxy.addr);
+    let replica = Replica::start(&proxied, &mock.url(), &[]).await;
+    let http = reqwest::Client::new();
+    add_app(&http, &replica, APP).await;
+    add_app(&http, &replica, "wxcold").await;
+    let (_, body) = get(&http, format!("{}/{APP}/wechat/token/get", replica.url)).await;
+    let token = body["access_token"].clone();
+
+    proxy.take_down();
+    // What memory holds is still served.
+    for _ in 0..5 {
+        let (status, body) = get(&http, format!("{}/{APP}/wechat/token/get", replica.url)).await;
+        assert_eq!((status, &body["access_token"]), (200, &token), "{body}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // Nothing held: 503, and WeChat is not called, since the result could not be stored.
+    let (status, body) = get(&http, format!("{}/wxcold/wechat/token/get", replica.url)).await;
+    assert_eq!(
+        (status, &body["errcode"]),
+        (503, &Value::from(90504)),
+        "{body}"
+    );
+    let (status, _) = get(&http, format!("{}/health", replica.url)).await;
+    assert_eq!(status, 503);
+    assert_eq!(mock.calls(Endpoint::Token), 1);
+
+    // The database comes back: no restart needed.
+    proxy.bring_back();
+    eventually("the replica recovers", Duration::from_secs(20), || async {
+        get(&http, format!("{}/wxcold/wechat/token/get", replica.url))
+            .await
+            .0
+            == 200
+    })
+    .await;
+    assert_eq!(mock.calls(Endpoint::Token), 2);
+}
+
+async fn unreachable_wechat_domain_fails_over_to_the_next(db: &TestDb) {
+    let mock = mock_with(&[APP]).await;
+    // Nothing listens on the primary domain.
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let fallbacks = format!("[\"{}\"]", mock.url());
+    let replica = Replica::start(
+        &db.url,
+        &dead,
+        &[("WETOKEN_WECHAT_FALLBACK_URLS", &fallbacks)],
+    )
+    .await;
+    let http = reqwest::Client::new();
+    add_app(&http, &replica, APP).await;
+    let (status, body) = get(&http, format!("{}/{APP}/wechat/token/get", replica.url)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        mock.current_token(APP).as_deref(),
+        body["access_token"].as_str()
+    );
+    assert_eq!(mock.calls(Endpoint::Token), 1);
+
+    // Without a fallback the same replica setup answers 503.
+    let lonely = Replica::start(&db.url, &dead, &[]).await;
+    let (status, body) = get(
+        &http,
+        format!(
+            "{}/{APP}/wechat/token/refresh?access_token={}",
+            lonely.url,
+            body["access_token"].as_str().unwrap()
+        ),
+    )
+    .await;
+    assert_eq!(
+        (status, &body["errcode"]),
+        (503, &Value::from(90503)),
+        "{body}"
+    );
+    assert_eq!(mock.calls(Endpoint::Token), 1);
+}
