@@ -1,5 +1,7 @@
 //! The engine on its own, over in-memory SQLite and the mock WeChat.
 
+mod lease_model;
+
 use std::sync::Arc;
 
 use chrono::Utc;
