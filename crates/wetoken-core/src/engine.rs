@@ -50,6 +50,9 @@ pub struct EngineConfig {
     pub scan_interval_ms: u64,
     /// The most refreshes the scheduler runs at once.
     pub concurrency: usize,
+    /// The most refreshes the scheduler starts per second, so that many apps coming due together
+    /// (a cold start with 10,000 apps) reach WeChat as a steady trickle, not a burst.
+    pub max_refresh_rate: u32,
     /// The first wait after a failed refresh; it doubles with each failure.
     pub backoff_base_secs: u64,
     /// The longest wait between failed refreshes, and the wait after a quota error.
@@ -77,6 +80,7 @@ impl Default for EngineConfig {
             jitter_secs: 300,
             scan_interval_ms: 15_000,
             concurrency: 4,
+            max_refresh_rate: 20,
             backoff_base_secs: 2,
             backoff_max_secs: 300,
             refresh_tickets: true,
@@ -106,8 +110,8 @@ impl EngineConfig {
         if self.refresh_ahead_secs + self.jitter_secs >= 7200 {
             return bad("refresh_ahead_secs + jitter_secs must be below 7200 s");
         }
-        if self.concurrency == 0 || self.scan_interval_ms == 0 {
-            return bad("concurrency and scan_interval_ms must be positive");
+        if self.concurrency == 0 || self.scan_interval_ms == 0 || self.max_refresh_rate == 0 {
+            return bad("concurrency, scan_interval_ms and max_refresh_rate must be positive");
         }
         if self.backoff_base_secs == 0 || self.backoff_max_secs < self.backoff_base_secs {
             return bad("need 0 < backoff_base_secs <= backoff_max_secs");
@@ -799,11 +803,15 @@ impl Engine {
         let semaphore = Arc::new(Semaphore::new(self.inner.config.concurrency));
         let mut running = JoinSet::new();
         let interval = Duration::from_millis(self.inner.config.scan_interval_ms);
+        let mut pace = tokio::time::interval(Duration::from_secs_f64(
+            1.0 / f64::from(self.inner.config.max_refresh_rate),
+        ));
+        pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
-                () = self.sweep(&semaphore, &mut running) => {}
+                () = self.sweep(&semaphore, &mut pace, &mut running) => {}
             }
             while running.try_join_next().is_some() {}
             tokio::select! {
@@ -815,7 +823,12 @@ impl Engine {
         debug!("scheduler stopped");
     }
 
-    async fn sweep(&self, semaphore: &Arc<Semaphore>, running: &mut JoinSet<()>) {
+    async fn sweep(
+        &self,
+        semaphore: &Arc<Semaphore>,
+        pace: &mut tokio::time::Interval,
+        running: &mut JoinSet<()>,
+    ) {
         let config = &self.inner.config;
         let kinds: &[Kind] = if config.refresh_tickets {
             &Kind::ALL
@@ -838,6 +851,7 @@ impl Engine {
                 if expires_at.is_some_and(|at| at - now > threshold) {
                     continue;
                 }
+                pace.tick().await;
                 let Ok(permit) = semaphore.clone().acquire_owned().await else {
                     return;
                 };

@@ -56,3 +56,73 @@ async fn unknown_appids_leave_no_trace() {
     engine.get(&real.appid, Kind::JsapiTicket).await.unwrap();
     assert_eq!(engine.cached_credentials(), 2, "the token and the ticket");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_start_of_many_apps_is_paced_not_a_burst() {
+    let mock = MockWeChat::start().await.unwrap();
+    let store = Store::connect(&DatabaseOptions::new("sqlite::memory:"))
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    let wechat = WeChat::new(&WeChatOptions {
+        base_url: mock.url(),
+        ..WeChatOptions::default()
+    })
+    .unwrap();
+    let config = EngineConfig {
+        max_refresh_rate: 40,
+        concurrency: 8,
+        scan_interval_ms: 50,
+        refresh_tickets: false,
+        ..EngineConfig::default()
+    };
+    let engine = Engine::new(
+        store,
+        wechat,
+        Arc::new(ManualClock::new(Utc::now())),
+        config,
+    )
+    .unwrap();
+    for i in 0..120 {
+        let appid = format!("wxpaced{i:03}");
+        mock.add_app(&appid, "s");
+        engine
+            .add_app(&NewApp {
+                appid: AppId::parse(&appid).unwrap(),
+                secret: Secret::new("s"),
+                token: None,
+                aes_key: None,
+            })
+            .await
+            .unwrap();
+    }
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let scheduler = tokio::spawn({
+        let engine = engine.clone();
+        async move {
+            engine
+                .run_scheduler(async move {
+                    let _ = stopped.await;
+                })
+                .await
+        }
+    });
+    // 40 a second: after one second about 40 are fetched, far from all 120 at once.
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let after_one_second = mock.calls(Endpoint::Token);
+    assert!(
+        (20..=50).contains(&after_one_second),
+        "{after_one_second} fetched in the first second"
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while mock.calls(Endpoint::Token) < 120 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the scheduler never finished"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let _ = stop.send(());
+    scheduler.await.unwrap();
+    assert_eq!(mock.calls(Endpoint::Token), 120, "each app once");
+}
