@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use rand::Rng;
+use rand::distr::SampleString;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, Semaphore};
 use tokio::task::JoinSet;
@@ -30,7 +31,9 @@ use tracing::{Instrument, debug, info, warn};
 
 use crate::Error;
 use crate::clock::Clock;
-use crate::model::{App, AppId, AppUpdate, Credential, CredentialRecord, Kind, NewApp};
+use crate::model::{
+    App, AppId, AppKind, AppUpdate, Credential, CredentialRecord, Kind, NewApp, TokenMode,
+};
 use crate::store::{Failure, Store};
 use crate::wechat::{Issued, UpstreamError, WeChat};
 
@@ -94,6 +97,18 @@ impl Default for EngineConfig {
 
 /// WeChat keeps a superseded token working this long.
 const WECHAT_OVERLAP_SECS: u64 = 300;
+
+/// A stable token is served until this long before it expires.
+const STABLE_MARGIN_SECS: i64 = 60;
+
+/// The scheduler renews a stable token this long before it expires: inside WeChat's last five
+/// minutes, the only time a normal stable-token call issues a new one.
+const STABLE_RENEW_SECS: i64 = 240;
+
+/// WeChat allows this many forced stable tokens a day ...
+const FORCES_PER_DAY: i32 = 20;
+/// ... this far apart.
+const FORCE_SPACING_SECS: i64 = 30;
 
 impl EngineConfig {
     /// Checks that the settings make sense together.
@@ -180,6 +195,9 @@ struct Slot {
     checked_ms: AtomicI64,
     /// Whether a background check against the database is under way.
     checking: AtomicBool,
+    /// Life a served value must have left, in ms; 0 until the app is known (then the configured
+    /// margin applies).
+    margin_ms: AtomicI64,
     /// Held while this process looks for, waits for or fetches a new value.
     flight: Mutex<()>,
 }
@@ -228,6 +246,21 @@ pub struct AppStatus {
     pub access_token: Option<CredentialRecord>,
     /// Its jsapi ticket's stored state, if a row exists.
     pub jsapi_ticket: Option<CredentialRecord>,
+    /// Its card ticket's stored state, if a row exists.
+    pub card_ticket: Option<CredentialRecord>,
+}
+
+/// What a page's `wx.config` needs, signed with the app's current jsapi ticket.
+#[derive(Debug, Clone)]
+pub struct JssdkConfig {
+    /// The id the page passes as `appId`: the appid, or a WeCom app's corpid.
+    pub app_id: String,
+    /// Unix seconds.
+    pub timestamp: i64,
+    /// A random string.
+    pub nonce_str: String,
+    /// The SHA-1 signature.
+    pub signature: String,
 }
 
 /// The token engine. Cheap to clone; clones share everything.
@@ -241,10 +274,15 @@ struct Inner {
     wechat: WeChat,
     clock: Arc<dyn Clock>,
     config: EngineConfig,
-    slots: [RwLock<HashMap<String, Arc<Slot>>>; 2],
+    slots: [RwLock<HashMap<String, Arc<Slot>>>; 3],
     /// Names this process in lease owners.
     replica: String,
     leases: AtomicU64,
+}
+
+/// The day as WeChat counts it for its daily limits (China time), `YYYYMMDD`.
+fn wechat_day(at: DateTime<Utc>) -> String {
+    (at + TimeDelta::hours(8)).format("%Y%m%d").to_string()
 }
 
 /// The error a recorded failure stands for, as other replicas read it back.
@@ -319,7 +357,7 @@ impl Engine {
         let slot = self.slot(appid, kind);
         let now = self.now();
         if let Some(c) = slot.cached()
-            && self.satisfies(&c, now, &Need::Serve)
+            && self.satisfies(&slot, &c, now, &Need::Serve)
         {
             let unchecked = slot.unchecked_for(now);
             if unchecked < self.inner.config.cache_check_ms as i64 {
@@ -408,7 +446,44 @@ impl Engine {
         Ok(AppStatus {
             access_token: store.credential(&app.appid, Kind::AccessToken).await?,
             jsapi_ticket: store.credential(&app.appid, Kind::JsapiTicket).await?,
+            card_ticket: store.credential(&app.appid, Kind::CardTicket).await?,
             app,
+        })
+    }
+
+    /// Signs `wx.config` for the page at `url` (http or https; a `#` fragment is dropped).
+    pub async fn jssdk_config(&self, appid: &AppId, url: &str) -> Result<JssdkConfig, Error> {
+        let url = crate::sign::signable_url(url);
+        let scheme_end = url.find("://").unwrap_or(0);
+        let scheme = url[..scheme_end].to_ascii_lowercase();
+        let host = url[scheme_end..].trim_start_matches("://");
+        if !(scheme == "http" || scheme == "https")
+            || host.is_empty()
+            || host.starts_with('/')
+            || url.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(Error::InvalidInput(
+                "url must be the page's full http:// or https:// URL".into(),
+            ));
+        }
+        let ticket = self.get(appid, Kind::JsapiTicket).await?;
+        let app = self
+            .inner
+            .store
+            .app(appid)
+            .await?
+            .ok_or_else(|| Error::UnknownApp(appid.clone()))?;
+        let app_id = app
+            .work
+            .map_or_else(|| appid.as_str().to_owned(), |w| w.corpid);
+        let timestamp = self.now().timestamp();
+        let nonce_str = rand::distr::Alphanumeric.sample_string(&mut rand::rng(), 16);
+        let signature = crate::sign::jsapi_signature(&ticket.value, &nonce_str, timestamp, url);
+        Ok(JssdkConfig {
+            app_id,
+            timestamp,
+            nonce_str,
+            signature,
         })
     }
 
@@ -450,13 +525,32 @@ impl Engine {
         }
     }
 
-    fn satisfies(&self, c: &Credential, now: DateTime<Utc>, need: &Need) -> bool {
+    fn satisfies(&self, slot: &Slot, c: &Credential, now: DateTime<Utc>, need: &Need) -> bool {
         let left = c.expires_at - now;
+        let margin = match slot.margin_ms.load(Ordering::Acquire) {
+            0 => self.inner.config.margin(),
+            ms => TimeDelta::milliseconds(ms),
+        };
         match need {
-            Need::Serve => left > self.inner.config.margin(),
-            Need::Replace(failed) => c.value != *failed && left > self.inner.config.margin(),
+            Need::Serve => left > margin,
+            Need::Replace(failed) => c.value != *failed && left > margin,
             Need::Ahead(threshold) => left > *threshold,
         }
+    }
+
+    /// Settles the margin of a slot once its app is known: a stable token keeps working to the
+    /// end of its life (WeChat only issues the next one in the last five minutes, and both stay
+    /// valid meanwhile), so it is served until [`STABLE_MARGIN_SECS`] before expiry.
+    fn settle_margin(&self, slot: &Slot, app: &App, kind: Kind) {
+        let stable = kind == Kind::AccessToken
+            && app.kind != AppKind::Work
+            && app.token_mode == TokenMode::Stable;
+        let ms = if stable {
+            STABLE_MARGIN_SECS * 1000
+        } else {
+            self.inner.config.margin_secs as i64 * 1000
+        };
+        slot.margin_ms.store(ms, Ordering::Release);
     }
 
     /// Compares the cached value with the database without holding up the request that noticed
@@ -472,7 +566,7 @@ impl Engine {
                 Ok(record) => {
                     let now = engine.now();
                     match record.and_then(|r| r.credential.map(|c| (c, r.version))) {
-                        Some((c, version)) if engine.satisfies(&c, now, &Need::Serve) => {
+                        Some((c, version)) if engine.satisfies(&slot, &c, now, &Need::Serve) => {
                             slot.set(Arc::new(c), version, now);
                         }
                         // Nothing servable is stored (the app was deleted, say): stop serving
@@ -515,7 +609,7 @@ impl Engine {
             let now = self.now();
             let cached = slot.cached();
             if let Some(c) = &cached
-                && self.satisfies(c, now, &need)
+                && self.satisfies(slot, c, now, &need)
                 && slot.unchecked_for(now) < config.cache_check_ms as i64
             {
                 return Ok(c.clone());
@@ -526,7 +620,7 @@ impl Engine {
                     // The database is away: what memory holds stays good for a while, since
                     // nobody can replace it without the database either.
                     if let Some(c) = cached
-                        && self.satisfies(&c, now, &need)
+                        && self.satisfies(slot, &c, now, &need)
                         && slot.unchecked_for(now) < self.trust_ms()
                     {
                         return Ok(c);
@@ -534,9 +628,23 @@ impl Engine {
                     return Err(e);
                 }
             };
+            let Some(app) = self.inner.store.app(appid).await? else {
+                // Keep no slot for an appid nobody registered, or a flood of made-up appids would
+                // grow the map without bound.
+                self.forget(appid);
+                return Err(Error::UnknownApp(appid.clone()));
+            };
+            if !app.kind.has(kind) {
+                self.forget(appid);
+                return Err(Error::InvalidInput(format!(
+                    "{appid} is a {} app; WeChat issues no {kind} to those",
+                    app.kind.as_str()
+                )));
+            }
+            self.settle_margin(slot, &app, kind);
             let version = record.as_ref().map_or(0, |r| r.version);
             if let Some(c) = record.as_ref().and_then(|r| r.credential.as_ref())
-                && self.satisfies(c, now, &need)
+                && self.satisfies(slot, c, now, &need)
             {
                 let c = Arc::new(c.clone());
                 slot.set(c.clone(), version, now);
@@ -555,12 +663,6 @@ impl Engine {
                     return Err(error_from_message(&r.message));
                 }
             }
-            let Some(app) = self.inner.store.app(appid).await? else {
-                // Keep no slot for an appid nobody registered, or a flood of made-up appids would
-                // grow the map without bound.
-                self.forget(appid);
-                return Err(Error::UnknownApp(appid.clone()));
-            };
             let owner = format!(
                 "{}#{}",
                 self.inner.replica,
@@ -637,15 +739,39 @@ impl Engine {
         let now = self.now();
         let version = record.as_ref().map_or(0, |r| r.version);
         if let Some(c) = record.as_ref().and_then(|r| r.credential.as_ref())
-            && self.satisfies(c, now, need)
+            && self.satisfies(slot, c, now, need)
         {
             release().await;
             let c = Arc::new(c.clone());
             slot.set(c.clone(), version, now);
             return Ok(c);
         }
+        // A stable token reported bad while it is still the current one: only a forced refresh
+        // replaces it, and WeChat allows 20 a day, 30 s apart.
+        let current = record.as_ref().and_then(|r| r.credential.as_ref());
+        let force = kind == Kind::AccessToken
+            && app.kind != AppKind::Work
+            && app.token_mode == TokenMode::Stable
+            && matches!(need, Need::Replace(failed) if current.is_some_and(|c| c.value == *failed));
+        let mut forced_today = 0;
+        if force {
+            match self.force_allowed(appid, now).await {
+                Ok(count) => forced_today = count + 1,
+                Err(e) => {
+                    release().await;
+                    return Err(e);
+                }
+            }
+        }
         let started = self.now();
-        match self.fetch(&app, kind).await {
+        let fetched = self.fetch(&app, kind, force).await;
+        if force && fetched.is_ok() {
+            let day = wechat_day(started);
+            if let Err(e) = store.record_force(appid, &day, forced_today, started).await {
+                warn!(error = %e, "could not count a forced stable token");
+            }
+        }
+        match fetched {
             Ok(issued) => {
                 let credential = Arc::new(Credential {
                     value: issued.value,
@@ -671,7 +797,7 @@ impl Engine {
                             .await?
                             .and_then(|r| r.credential.map(|c| (c, r.version)));
                         match newer {
-                            Some((c, v)) if self.satisfies(&c, now, &Need::Serve) => {
+                            Some((c, v)) if self.satisfies(slot, &c, now, &Need::Serve) => {
                                 let c = Arc::new(c);
                                 slot.set(c.clone(), v, now);
                                 Ok(c)
@@ -762,40 +888,80 @@ impl Engine {
         }
     }
 
-    /// One upstream fetch of `kind` for `app`.
+    /// How many stable tokens `appid` forced today, if one more is within WeChat's limits.
+    async fn force_allowed(&self, appid: &AppId, now: DateTime<Utc>) -> Result<i32, Error> {
+        let (count, last) = self.inner.store.forces(appid, &wechat_day(now)).await?;
+        if count >= FORCES_PER_DAY {
+            return Err(Error::ForceLimited(format!(
+                "{appid}'s stable token was forced {count} times today and WeChat allows \
+                 {FORCES_PER_DAY}; not calling WeChat"
+            )));
+        }
+        if let Some(last) = last
+            && now - last < TimeDelta::seconds(FORCE_SPACING_SECS)
+        {
+            return Err(Error::ForceLimited(format!(
+                "{appid}'s stable token was forced {} s ago and WeChat allows one every \
+                 {FORCE_SPACING_SECS} s; not calling WeChat",
+                (now - last).num_seconds()
+            )));
+        }
+        Ok(count)
+    }
+
+    /// One upstream fetch of `kind` for `app`; `force` forces a new stable token.
     ///
     /// A ticket needs a token: if WeChat rejects the one held, the token is refreshed once (as a
     /// passive refresh, so concurrent rejections share it) and the ticket call tried once more.
-    async fn fetch(&self, app: &App, kind: Kind) -> Result<Issued, FetchError> {
+    async fn fetch(&self, app: &App, kind: Kind, force: bool) -> Result<Issued, FetchError> {
         let wechat = &self.inner.wechat;
-        match kind {
-            Kind::AccessToken => wechat
-                .access_token(&app.appid, &app.secret)
-                .await
-                .map_err(FetchError::Upstream),
-            Kind::JsapiTicket => {
+        if kind == Kind::AccessToken {
+            let issued = match (app.kind, app.token_mode, &app.work) {
+                (AppKind::Work, _, Some(work)) => {
+                    wechat.work_token(&work.corpid, &app.secret).await
+                }
+                (AppKind::Work, _, None) => {
+                    return Err(FetchError::Other(Error::Database(format!(
+                        "WeCom app {} has no corpid stored",
+                        app.appid
+                    ))));
+                }
+                (_, TokenMode::Stable, _) => {
+                    wechat.stable_token(&app.appid, &app.secret, force).await
+                }
+                (_, TokenMode::Classic, _) => wechat.access_token(&app.appid, &app.secret).await,
+            };
+            return issued.map_err(FetchError::Upstream);
+        }
+        let ticket = |token: Arc<Credential>| async move {
+            match (app.kind, kind) {
+                (AppKind::Work, _) => wechat.work_jsapi_ticket(&token.value).await,
+                (_, Kind::CardTicket) => wechat.ticket(&token.value, "wx_card").await,
+                _ => wechat.ticket(&token.value, "jsapi").await,
+            }
+        };
+        let token = self
+            .get(&app.appid, Kind::AccessToken)
+            .await
+            .map_err(FetchError::Other)?;
+        match ticket(token.clone()).await {
+            Err(e) if e.is_token_rejected() => {
+                warn!(error = %e, "WeChat rejected the token; refreshing it once");
                 let token = self
-                    .get(&app.appid, Kind::AccessToken)
+                    .refresh(&app.appid, Kind::AccessToken, &token.value)
                     .await
                     .map_err(FetchError::Other)?;
-                match wechat.jsapi_ticket(&token.value).await {
-                    Err(e) if e.is_token_rejected() => {
-                        warn!(error = %e, "WeChat rejected the token; refreshing it once");
-                        let token = self
-                            .refresh(&app.appid, Kind::AccessToken, &token.value)
-                            .await
-                            .map_err(FetchError::Other)?;
-                        wechat
-                            .jsapi_ticket(&token.value)
-                            .await
-                            .map_err(FetchError::Upstream)
-                    }
-                    other => other.map_err(FetchError::Upstream),
-                }
+                ticket(token).await.map_err(FetchError::Upstream)
             }
+            other => other.map_err(FetchError::Upstream),
         }
     }
 
+    /// Renews every app's credentials ahead of expiry until `shutdown` resolves.
+    ///
+    /// Every `scan_interval_ms` it asks the database which credentials are missing or near their
+    /// renewal point, and refreshes those with at most `concurrency` at once, starting at most
+    /// `max_refresh_rate` a second. Each app's renewal
     /// point is `refresh_ahead_secs` plus a share of `jitter_secs` fixed by its appid, so refreshes
     /// spread out. Failures are recorded and backed off; the loop itself never stops on one.
     /// Refreshes under way when `shutdown` resolves are finished, so no fetched value is lost.
@@ -846,8 +1012,17 @@ impl Engine {
                     return;
                 }
             };
-            for (appid, expires_at) in due {
-                let threshold = config.renew_threshold(&appid, kind);
+            for crate::store::Due {
+                appid,
+                expires_at,
+                token_mode,
+            } in due
+            {
+                let threshold = if kind == Kind::AccessToken && token_mode == TokenMode::Stable {
+                    TimeDelta::seconds(STABLE_RENEW_SECS)
+                } else {
+                    config.renew_threshold(&appid, kind)
+                };
                 if expires_at.is_some_and(|at| at - now > threshold) {
                     continue;
                 }

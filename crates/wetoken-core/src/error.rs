@@ -37,6 +37,10 @@ pub enum Error {
         /// The recorded outcome, `"<errcode>: <errmsg>"`.
         message: String,
     },
+    /// A forced stable token was asked for beyond WeChat's limits (20 a day, 30 s apart); WeChat
+    /// was not called.
+    #[error("{0}")]
+    ForceLimited(String),
     /// WeChat could not be reached or failed, and no valid credential is held.
     #[error("{0}")]
     Unavailable(String),

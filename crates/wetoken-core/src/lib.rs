@@ -27,12 +27,16 @@ mod engine;
 pub mod entity;
 mod error;
 pub mod model;
+pub mod sign;
 pub mod store;
 pub mod wechat;
 
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use engine::{AppStatus, Engine, EngineConfig};
+pub use engine::{AppStatus, Engine, EngineConfig, JssdkConfig};
 pub use error::Error;
-pub use model::{App, AppId, AppUpdate, Credential, CredentialRecord, Kind, NewApp, Secret};
+pub use model::{
+    App, AppId, AppKind, AppUpdate, Credential, CredentialRecord, Kind, NewApp, Secret, TokenMode,
+    WorkIds,
+};
 pub use store::{DatabaseOptions, Store};
 pub use wechat::{UpstreamError, WeChat, WeChatOptions};

@@ -9,7 +9,8 @@ use crate::Error;
 /// A validated WeChat appid.
 ///
 /// Every appid that reaches the database or WeChat went through [`AppId::parse`]:
-/// 1 to 64 characters of ASCII letters, digits, `_` and `-`.
+/// 1 to 64 characters of ASCII letters, digits, `_`, `-` and `.`, with no `.` at either end and
+/// no `..`. The `.` separates a WeCom app's corpid from its agentid (`ww1234.1000002`).
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct AppId(String);
 
@@ -22,12 +23,15 @@ impl AppId {
         let ok = !s.is_empty()
             && s.len() <= Self::MAX_LEN
             && s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+            && !s.starts_with('.')
+            && !s.ends_with('.')
+            && !s.contains("..");
         if ok {
             Ok(Self(s.to_owned()))
         } else {
             Err(Error::InvalidInput(format!(
-                "malformed appid {:?}: expected 1 to {} letters, digits, '_' or '-'",
+                "malformed appid {:?}: expected 1 to {} letters, digits, '_', '-' or inner '.'",
                 truncate_for_message(s),
                 Self::MAX_LEN
             )))
@@ -88,24 +92,27 @@ impl fmt::Debug for Secret {
     }
 }
 
-/// The two credentials wetoken keeps for each app.
+/// The credentials wetoken keeps for each app.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
-    /// The `access_token` from `/cgi-bin/token`.
+    /// The `access_token` (classic, stable, or WeCom's).
     AccessToken,
-    /// The `jsapi_ticket` from `/cgi-bin/ticket/getticket?type=jsapi`.
+    /// The `jsapi_ticket`, for the JS-SDK's `wx.config`.
     JsapiTicket,
+    /// The `wx_card` api_ticket, for card signatures.
+    CardTicket,
 }
 
 impl Kind {
-    /// Both kinds, in the order a refresh needs them (a ticket is fetched with a token).
-    pub const ALL: [Kind; 2] = [Kind::AccessToken, Kind::JsapiTicket];
+    /// Every kind, in the order a refresh needs them (a ticket is fetched with a token).
+    pub const ALL: [Kind; 3] = [Kind::AccessToken, Kind::JsapiTicket, Kind::CardTicket];
 
     /// A short name for logs and messages.
     pub fn name(self) -> &'static str {
         match self {
             Kind::AccessToken => "access_token",
             Kind::JsapiTicket => "jsapi_ticket",
+            Kind::CardTicket => "wx_card_ticket",
         }
     }
 
@@ -113,6 +120,84 @@ impl Kind {
         match self {
             Kind::AccessToken => 0,
             Kind::JsapiTicket => 1,
+            Kind::CardTicket => 2,
+        }
+    }
+}
+
+/// What sort of WeChat app an entry is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AppKind {
+    /// An official account (公众号): access token, jsapi ticket and card ticket.
+    Mp,
+    /// A mini program (小程序): an access token only.
+    Mini,
+    /// A WeCom (企业微信) app: its access token from `qyapi.weixin.qq.com` and its jsapi ticket.
+    Work,
+}
+
+impl AppKind {
+    /// Parses `mp`, `mini` or `work`.
+    pub fn parse(s: &str) -> Result<Self, Error> {
+        match s {
+            "mp" => Ok(AppKind::Mp),
+            "mini" => Ok(AppKind::Mini),
+            "work" => Ok(AppKind::Work),
+            other => Err(Error::InvalidInput(format!(
+                "unknown app kind {:?}: expected mp, mini or work",
+                truncate_for_message(other)
+            ))),
+        }
+    }
+
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AppKind::Mp => "mp",
+            AppKind::Mini => "mini",
+            AppKind::Work => "work",
+        }
+    }
+
+    /// Whether WeChat issues this credential to apps of this kind.
+    pub fn has(self, kind: Kind) -> bool {
+        match kind {
+            Kind::AccessToken => true,
+            Kind::JsapiTicket => self != AppKind::Mini,
+            Kind::CardTicket => self == AppKind::Mp,
+        }
+    }
+}
+
+/// How an official account or mini program fetches its access token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum TokenMode {
+    /// `GET /cgi-bin/token`: every fetch issues a new token.
+    #[default]
+    Classic,
+    /// `POST /cgi-bin/stable_token`: the same token while it is valid; forcing a new one is
+    /// limited to 20 a day, 30 s apart.
+    Stable,
+}
+
+impl TokenMode {
+    /// Parses `classic` or `stable`.
+    pub fn parse(s: &str) -> Result<Self, Error> {
+        match s {
+            "classic" => Ok(TokenMode::Classic),
+            "stable" => Ok(TokenMode::Stable),
+            other => Err(Error::InvalidInput(format!(
+                "unknown token_mode {:?}: expected classic or stable",
+                truncate_for_message(other)
+            ))),
+        }
+    }
+
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenMode::Classic => "classic",
+            TokenMode::Stable => "stable",
         }
     }
 }
@@ -152,8 +237,14 @@ impl fmt::Debug for Credential {
 /// An app as stored.
 #[derive(Debug, Clone)]
 pub struct App {
-    /// Its appid.
+    /// Its key: the appid, or `<corpid>.<agentid>` for a WeCom app.
     pub appid: AppId,
+    /// What sort of app it is.
+    pub kind: AppKind,
+    /// How its access token is fetched (official accounts and mini programs).
+    pub token_mode: TokenMode,
+    /// A WeCom app's corpid and agentid.
+    pub work: Option<WorkIds>,
     /// Its AppSecret, which fetches access tokens.
     pub secret: Secret,
     /// The message-push token (for verifying WeChat's callbacks), if set.
@@ -166,17 +257,69 @@ pub struct App {
     pub update_time: DateTime<Utc>,
 }
 
+/// A WeCom app's identifiers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkIds {
+    /// The corp's id.
+    pub corpid: String,
+    /// The app's agent id within the corp.
+    pub agentid: String,
+}
+
+impl WorkIds {
+    /// Checks both ids (letters, digits, `_`, `-`) and makes the app's key `<corpid>.<agentid>`.
+    pub fn key(corpid: &str, agentid: &str) -> Result<(AppId, WorkIds), Error> {
+        for (name, value) in [("corpid", corpid), ("agentid", agentid)] {
+            if value.is_empty() || value.contains('.') {
+                return Err(Error::InvalidInput(format!(
+                    "malformed {name} {:?}: expected letters, digits, '_' or '-'",
+                    truncate_for_message(value)
+                )));
+            }
+        }
+        let key = AppId::parse(&format!("{corpid}.{agentid}"))?;
+        Ok((
+            key,
+            WorkIds {
+                corpid: corpid.to_owned(),
+                agentid: agentid.to_owned(),
+            },
+        ))
+    }
+}
+
 /// What a new app needs.
 #[derive(Debug, Clone)]
 pub struct NewApp {
-    /// Its appid.
+    /// Its key: the appid, or `<corpid>.<agentid>` for a WeCom app (see [`WorkIds::key`]).
     pub appid: AppId,
+    /// What sort of app it is.
+    pub kind: AppKind,
+    /// How its access token is fetched.
+    pub token_mode: TokenMode,
+    /// A WeCom app's corpid and agentid; required for [`AppKind::Work`], refused otherwise.
+    pub work: Option<WorkIds>,
     /// Its AppSecret.
     pub secret: Secret,
     /// The message-push token, if any.
     pub token: Option<Secret>,
     /// The EncodingAESKey, if any.
     pub aes_key: Option<Secret>,
+}
+
+impl NewApp {
+    /// An official account in classic mode, with no message token or AES key.
+    pub fn mp(appid: AppId, secret: Secret) -> Self {
+        Self {
+            appid,
+            kind: AppKind::Mp,
+            token_mode: TokenMode::Classic,
+            work: None,
+            secret,
+            token: None,
+            aes_key: None,
+        }
+    }
 }
 
 /// A change to an app's settings; `None` leaves a field as it is.
@@ -188,12 +331,17 @@ pub struct AppUpdate {
     pub token: Option<Secret>,
     /// A new EncodingAESKey.
     pub aes_key: Option<Secret>,
+    /// A new token mode; it takes effect with the next fetch, on every replica.
+    pub token_mode: Option<TokenMode>,
 }
 
 impl AppUpdate {
     /// Whether the update changes nothing.
     pub fn is_empty(&self) -> bool {
-        self.secret.is_none() && self.token.is_none() && self.aes_key.is_none()
+        self.secret.is_none()
+            && self.token.is_none()
+            && self.aes_key.is_none()
+            && self.token_mode.is_none()
     }
 }
 
@@ -226,7 +374,20 @@ mod tests {
     fn appid_pattern() {
         assert!(AppId::parse("wx9e02ddcc34513fd4").is_ok());
         assert!(AppId::parse("a_b-C9").is_ok());
-        for bad in ["", "wx/../x", "wx 1", "wx%20", "wx\u{e9}", &"a".repeat(65)] {
+        assert!(AppId::parse("ww1234.1000002").is_ok());
+        for bad in [
+            "",
+            "wx/../x",
+            "wx 1",
+            "wx%20",
+            "wx\u{e9}",
+            &"a".repeat(65),
+            ".",
+            "..",
+            ".wx",
+            "wx.",
+            "a..b",
+        ] {
             assert!(AppId::parse(bad).is_err(), "{bad:?} should be refused");
         }
         assert!(AppId::parse(&"a".repeat(64)).is_ok());

@@ -17,7 +17,10 @@ use wetoken_migration::{Migrator, MigratorTrait};
 
 use crate::Error;
 use crate::entity::app_info;
-use crate::model::{App, AppId, AppUpdate, Credential, CredentialRecord, Kind, NewApp, Secret};
+use crate::model::{
+    App, AppId, AppKind, AppUpdate, Credential, CredentialRecord, Kind, NewApp, Secret, TokenMode,
+    WorkIds,
+};
 
 /// How to reach the database.
 #[derive(Debug, Clone)]
@@ -69,13 +72,14 @@ impl Kind {
         Alias::new(match self {
             Kind::AccessToken => "wechat_access_token",
             Kind::JsapiTicket => "wechat_jsapi_ticket",
+            Kind::CardTicket => "wechat_card_ticket",
         })
     }
 
     fn value_column(self) -> Alias {
         Alias::new(match self {
             Kind::AccessToken => "access_token",
-            Kind::JsapiTicket => "ticket",
+            Kind::JsapiTicket | Kind::CardTicket => "ticket",
         })
     }
 }
@@ -165,8 +169,18 @@ impl Store {
 
     /// Adds an app. An existing appid is refused and its row left as it was.
     pub async fn insert_app(&self, app: &NewApp, now: DateTime<Utc>) -> Result<(), Error> {
+        if (app.kind == AppKind::Work) != app.work.is_some() {
+            return Err(Error::InvalidInput(
+                "a WeCom app (kind work) needs a corpid and an agentid; other kinds take neither"
+                    .into(),
+            ));
+        }
         let row = app_info::ActiveModel {
             appid: Set(app.appid.as_str().to_owned()),
+            kind: Set(app.kind.as_str().to_owned()),
+            token_mode: Set(app.token_mode.as_str().to_owned()),
+            corpid: Set(app.work.as_ref().map(|w| w.corpid.clone())),
+            agentid: Set(app.work.as_ref().map(|w| w.agentid.clone())),
             secret: Set(app.secret.expose().to_owned()),
             token: Set(app.token.as_ref().map(|s| s.expose().to_owned())),
             aes_key: Set(app.aes_key.as_ref().map(|s| s.expose().to_owned())),
@@ -225,6 +239,9 @@ impl Store {
         }
         if let Some(aes_key) = &update.aes_key {
             row.aes_key = Set(Some(aes_key.expose().to_owned()));
+        }
+        if let Some(mode) = update.token_mode {
+            row.token_mode = Set(mode.as_str().to_owned());
         }
         row.update_time = Set(now);
         row.update(&txn).await?;
@@ -448,20 +465,26 @@ impl Store {
     }
 
     /// Apps whose `kind` credential is missing or expires before `before`, and is not halted:
-    /// what the scheduler should look at. Each comes with its stored expiry, if any.
-    pub async fn due(
-        &self,
-        kind: Kind,
-        before: DateTime<Utc>,
-    ) -> Result<Vec<(AppId, Option<DateTime<Utc>>)>, Error> {
+    /// what the scheduler should look at. Each comes with its stored expiry, if any, and its
+    /// token mode.
+    ///
+    /// Only apps that have the credential are listed: jsapi tickets for official accounts and
+    /// WeCom apps; card tickets only for official accounts that have asked for one before (most
+    /// never use cards).
+    pub async fn due(&self, kind: Kind, before: DateTime<Utc>) -> Result<Vec<Due>, Error> {
         let app = Alias::new("app");
         let cred = Alias::new("cred");
-        let select = Query::select()
+        let mut select = Query::select()
             .column((app.clone(), col("appid")))
             .column((cred.clone(), col("expires_at")))
+            .column((app.clone(), col("token_mode")))
             .from_as(app_info::Entity, app.clone())
             .join_as(
-                JoinType::LeftJoin,
+                if kind == Kind::CardTicket {
+                    JoinType::InnerJoin
+                } else {
+                    JoinType::LeftJoin
+                },
                 kind.table(),
                 cred.clone(),
                 Expr::col((app.clone(), col("appid"))).equals((cred.clone(), col("appid"))),
@@ -475,22 +498,99 @@ impl Store {
                             .or(Expr::col((cred.clone(), col("expires_at"))).lt(before)),
                     )),
             )
-            .order_by((app, col("appid")), Order::Asc)
+            .order_by((app.clone(), col("appid")), Order::Asc)
             .to_owned();
+        let kinds: Vec<&str> = [AppKind::Mp, AppKind::Mini, AppKind::Work]
+            .into_iter()
+            .filter(|k| k.has(kind))
+            .map(AppKind::as_str)
+            .collect();
+        select.and_where(Expr::col((app, col("kind"))).is_in(kinds));
         let rows = self.db.query_all(&select).await?;
         rows.into_iter()
             .map(|row| {
                 let appid: String = row.try_get_by_index(0)?;
-                let expires_at: Option<DateTime<Utc>> = row.try_get_by_index(1)?;
-                Ok((AppId::parse(&appid)?, expires_at))
+                let mode: String = row.try_get_by_index(2)?;
+                Ok(Due {
+                    appid: AppId::parse(&appid)?,
+                    expires_at: row.try_get_by_index(1)?,
+                    token_mode: TokenMode::parse(&mode)?,
+                })
             })
             .collect()
     }
+
+    /// How many stable tokens were forced on `day` for `appid`, and when the last one was.
+    pub async fn forces(
+        &self,
+        appid: &AppId,
+        day: &str,
+    ) -> Result<(i32, Option<DateTime<Utc>>), Error> {
+        let select = Query::select()
+            .columns([col("force_day"), col("force_count"), col("forced_at")])
+            .from(Kind::AccessToken.table())
+            .and_where(Expr::col(col("appid")).eq(appid.as_str()))
+            .to_owned();
+        let Some(row) = self.db.query_one(&select).await? else {
+            return Ok((0, None));
+        };
+        let stored_day: Option<String> = row.try_get_by_index(0)?;
+        let count: i32 = row.try_get_by_index(1)?;
+        let at: Option<DateTime<Utc>> = row.try_get_by_index(2)?;
+        let today = if stored_day.as_deref() == Some(day) {
+            count
+        } else {
+            0
+        };
+        Ok((today, at))
+    }
+
+    /// Counts one forced stable token on `day`. Called by the lease holder only.
+    pub async fn record_force(
+        &self,
+        appid: &AppId,
+        day: &str,
+        count: i32,
+        now: DateTime<Utc>,
+    ) -> Result<(), Error> {
+        let update = Query::update()
+            .table(Kind::AccessToken.table())
+            .value(col("force_day"), day)
+            .value(col("force_count"), count)
+            .value(col("forced_at"), now)
+            .and_where(Expr::col(col("appid")).eq(appid.as_str()))
+            .to_owned();
+        self.db.execute(&update).await?;
+        Ok(())
+    }
+}
+
+/// A credential the scheduler may need to renew.
+#[derive(Debug, Clone)]
+pub struct Due {
+    /// The app.
+    pub appid: AppId,
+    /// When the stored value expires, if one is stored.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// The app's token mode (stable tokens renew on their own schedule).
+    pub token_mode: TokenMode,
 }
 
 fn app_from_row(row: app_info::Model) -> Result<App, Error> {
+    let corrupt =
+        |what: &str| Error::Database(format!("app {:?}: stored {what} is invalid", row.appid));
+    let work = match (&row.corpid, &row.agentid) {
+        (Some(corpid), Some(agentid)) => Some(WorkIds {
+            corpid: corpid.clone(),
+            agentid: agentid.clone(),
+        }),
+        _ => None,
+    };
     Ok(App {
-        appid: AppId::parse(&row.appid)?,
+        appid: AppId::parse(&row.appid).map_err(|_| corrupt("appid"))?,
+        kind: AppKind::parse(&row.kind).map_err(|_| corrupt("kind"))?,
+        token_mode: TokenMode::parse(&row.token_mode).map_err(|_| corrupt("token_mode"))?,
+        work,
         secret: Secret::new(row.secret),
         token: row.token.map(Secret::new),
         aes_key: row.aes_key.map(Secret::new),

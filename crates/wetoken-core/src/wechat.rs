@@ -20,6 +20,8 @@ pub struct WeChatOptions {
     /// next root only when the connection failed, so it never reached WeChat and no token was
     /// issued twice.
     pub fallback_urls: Vec<String>,
+    /// WeCom's API root, `https://qyapi.weixin.qq.com` in production.
+    pub work_base_url: String,
     /// The longest a whole call may take.
     pub timeout: Duration,
     /// The longest connecting may take.
@@ -31,6 +33,7 @@ impl Default for WeChatOptions {
         Self {
             base_url: DEFAULT_BASE_URL.into(),
             fallback_urls: vec![DEFAULT_FALLBACK_URL.into()],
+            work_base_url: DEFAULT_WORK_BASE_URL.into(),
             timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(3),
         }
@@ -39,6 +42,8 @@ impl Default for WeChatOptions {
 
 /// WeChat's nearest access point.
 pub const DEFAULT_BASE_URL: &str = "https://api.weixin.qq.com";
+/// WeCom's API root.
+pub const DEFAULT_WORK_BASE_URL: &str = "https://qyapi.weixin.qq.com";
 /// WeChat's general disaster-recovery domain.
 pub const DEFAULT_FALLBACK_URL: &str = "https://api2.weixin.qq.com";
 
@@ -131,6 +136,8 @@ pub struct WeChat {
     http: reqwest::Client,
     /// The primary root first, then the fallbacks.
     roots: Vec<String>,
+    /// WeCom's API root.
+    work_roots: Vec<String>,
 }
 
 impl WeChat {
@@ -145,7 +152,12 @@ impl WeChat {
             .chain(&options.fallback_urls)
             .map(|u| u.trim_end_matches('/').to_owned())
             .collect();
-        Ok(Self { http, roots })
+        let work_roots = vec![options.work_base_url.trim_end_matches('/').to_owned()];
+        Ok(Self {
+            http,
+            roots,
+            work_roots,
+        })
     }
 
     /// `GET /cgi-bin/token`: a new access token for `appid`.
@@ -159,33 +171,91 @@ impl WeChat {
             ("appid", appid.as_str()),
             ("secret", secret.expose()),
         ];
-        let answer = self.send("/cgi-bin/token", &query).await?;
+        let answer = self.get(&self.roots, "/cgi-bin/token", &query).await?;
         issued(answer.access_token, answer.expires_in, "access_token")
     }
 
-    /// `GET /cgi-bin/ticket/getticket?type=jsapi`: a new jsapi ticket, fetched with `token`.
-    pub async fn jsapi_ticket(&self, token: &str) -> Result<Issued, UpstreamError> {
-        let query = [("access_token", token), ("type", "jsapi")];
-        let answer = self.send("/cgi-bin/ticket/getticket", &query).await?;
+    /// `POST /cgi-bin/stable_token`: the app's stable access token. With `force`, a new one
+    /// (WeChat allows 20 a day, 30 s apart; the caller keeps count).
+    pub async fn stable_token(
+        &self,
+        appid: &AppId,
+        secret: &Secret,
+        force: bool,
+    ) -> Result<Issued, UpstreamError> {
+        let body = serde_json::json!({
+            "grant_type": "client_credential",
+            "appid": appid.as_str(),
+            "secret": secret.expose(),
+            "force_refresh": force,
+        });
+        let answer = self
+            .send(&self.roots, |root| {
+                self.http
+                    .post(format!("{root}/cgi-bin/stable_token"))
+                    .json(&body)
+            })
+            .await?;
+        issued(answer.access_token, answer.expires_in, "access_token")
+    }
+
+    /// `GET /cgi-bin/ticket/getticket`: a new ticket of `ticket_type` (`jsapi` or `wx_card`),
+    /// fetched with `token`.
+    pub async fn ticket(&self, token: &str, ticket_type: &str) -> Result<Issued, UpstreamError> {
+        let query = [("access_token", token), ("type", ticket_type)];
+        let answer = self
+            .get(&self.roots, "/cgi-bin/ticket/getticket", &query)
+            .await?;
         issued(answer.ticket, answer.expires_in, "ticket")
     }
 
-    /// GETs `path` with `query` from the first root that can be connected to.
-    async fn send(&self, path: &str, query: &[(&str, &str)]) -> Result<Answer, UpstreamError> {
+    /// WeCom's `GET /cgi-bin/gettoken`: the access token of one app of a corp. WeCom hands out
+    /// the same token while it is valid.
+    pub async fn work_token(&self, corpid: &str, secret: &Secret) -> Result<Issued, UpstreamError> {
+        let query = [("corpid", corpid), ("corpsecret", secret.expose())];
+        let answer = self
+            .get(&self.work_roots, "/cgi-bin/gettoken", &query)
+            .await?;
+        issued(answer.access_token, answer.expires_in, "access_token")
+    }
+
+    /// WeCom's `GET /cgi-bin/get_jsapi_ticket`: the corp's jsapi ticket, fetched with `token`.
+    pub async fn work_jsapi_ticket(&self, token: &str) -> Result<Issued, UpstreamError> {
+        let query = [("access_token", token)];
+        let answer = self
+            .get(&self.work_roots, "/cgi-bin/get_jsapi_ticket", &query)
+            .await?;
+        issued(answer.ticket, answer.expires_in, "ticket")
+    }
+
+    /// GETs `path` with `query`.
+    async fn get(
+        &self,
+        roots: &[String],
+        path: &str,
+        query: &[(&str, &str)],
+    ) -> Result<Answer, UpstreamError> {
+        self.send(roots, |root| {
+            self.http.get(format!("{root}{path}")).query(query)
+        })
+        .await
+    }
+
+    /// Sends the request `build` makes for a root to the first of `roots` that can be connected
+    /// to, and reads WeChat's answer.
+    async fn send(
+        &self,
+        roots: &[String],
+        build: impl Fn(&str) -> reqwest::RequestBuilder,
+    ) -> Result<Answer, UpstreamError> {
         let mut response = None;
-        for (i, root) in self.roots.iter().enumerate() {
-            match self
-                .http
-                .get(format!("{root}{path}"))
-                .query(query)
-                .send()
-                .await
-            {
+        for (i, root) in roots.iter().enumerate() {
+            match build(root).send().await {
                 Ok(r) => {
                     response = Some(r);
                     break;
                 }
-                Err(e) if e.is_connect() && i + 1 < self.roots.len() => {
+                Err(e) if e.is_connect() && i + 1 < roots.len() => {
                     tracing::warn!(%root, "cannot connect to WeChat; trying the next domain");
                 }
                 // `without_url` everywhere: the URL carries the secret or the token.

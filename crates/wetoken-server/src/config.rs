@@ -31,6 +31,8 @@ pub struct Settings {
     /// disaster-recovery domain when `wechat_base_url` is WeChat's default, none otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wechat_fallback_urls: Option<Vec<String>>,
+    /// WeCom's API root, for apps of kind `work`.
+    pub wechat_work_base_url: String,
     /// How credentials are refreshed.
     pub refresh: EngineConfig,
     /// Limits of the HTTP server.
@@ -61,6 +63,7 @@ impl Default for Settings {
             wechat_base_url: WeChatOptions::default().base_url,
             wechat_timeout_secs: 10,
             wechat_fallback_urls: None,
+            wechat_work_base_url: WeChatOptions::default().work_base_url,
             refresh: EngineConfig::default(),
             http: HttpSettings::default(),
         }
@@ -116,6 +119,7 @@ impl Settings {
         WeChatOptions {
             base_url: self.wechat_base_url.clone(),
             fallback_urls,
+            work_base_url: self.wechat_work_base_url.clone(),
             timeout: Duration::from_secs(self.wechat_timeout_secs),
             ..defaults
         }

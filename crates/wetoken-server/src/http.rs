@@ -18,9 +18,13 @@ use hyper::body::Incoming;
 use serde::Serialize;
 use tracing::{debug, error};
 use wetoken_core::{
-    AppId, AppStatus, AppUpdate, Credential, CredentialRecord, Engine, Kind, NewApp, Secret,
+    AppId, AppKind, AppStatus, AppUpdate, Credential, CredentialRecord, Engine, Kind, NewApp,
+    Secret, TokenMode, WorkIds,
 };
-use wetoken_wire::{AppList, AppShow, AppView, CredentialBody, CredentialState, ErrorBody, code};
+use wetoken_wire::{
+    AppList, AppShow, AppView, Created, CredentialBody, CredentialState, ErrorBody,
+    JssdkConfigBody, code,
+};
 
 use crate::config::HttpSettings;
 
@@ -78,6 +82,7 @@ fn error_response(e: &ApiError) -> Response<Full<Bytes>> {
             E::InvalidInput(m) => (StatusCode::BAD_REQUEST, code::BAD_REQUEST, m.clone()),
             E::UnknownApp(_) => (StatusCode::NOT_FOUND, code::UNKNOWN_APP, e.to_string()),
             E::DuplicateApp(_) => (StatusCode::CONFLICT, code::DUPLICATE_APP, e.to_string()),
+            E::ForceLimited(m) => (StatusCode::TOO_MANY_REQUESTS, code::LIMITED, m.clone()),
             E::Refused { errcode, errmsg } => (StatusCode::BAD_GATEWAY, *errcode, errmsg.clone()),
             E::Halted { .. } => (
                 StatusCode::BAD_GATEWAY,
@@ -133,6 +138,7 @@ fn success() -> Response<Full<Bytes>> {
 enum Route<'a> {
     Health,
     App(&'a str),
+    Jssdk(&'a str),
     Credential {
         appid: &'a str,
         kind: Kind,
@@ -166,6 +172,13 @@ fn route(path: &str) -> Option<Route<'_>> {
     match parts {
         [Some("health" | "healthz"), None, ..] => Some(Route::Health),
         [Some("wechat"), Some("app"), Some(action), None, None] => Some(Route::App(action)),
+        [
+            Some(appid),
+            Some("wechat"),
+            Some("jssdk"),
+            Some("config"),
+            None,
+        ] => Some(Route::Jssdk(appid)),
         [Some("wx"), Some(appid), Some(kind), Some(op), None] => credential(appid, kind, op),
         [Some(appid), Some("wechat"), Some(kind), Some(op), None] => credential(appid, kind, op),
         _ => None,
@@ -213,11 +226,25 @@ async fn dispatch(state: &State, request: Request<Incoming>) -> ApiResult {
                 return Err(ApiError::MethodNotAllowed);
             }
             let appid = AppId::parse(appid)?;
+            // `?type=wx_card` picks the card ticket; only the refresh route needs a body.
+            let params = if refresh || (kind != Kind::AccessToken && parts.uri.query().is_some()) {
+                Params::read(&parts, body, &state.http).await?
+            } else {
+                Params::default()
+            };
+            let kind = match (kind, params.optional("type")) {
+                (Kind::AccessToken, _) | (_, None | Some("jsapi")) => kind,
+                (_, Some("wx_card")) => Kind::CardTicket,
+                (_, Some(other)) => {
+                    return Err(ApiError::BadRequest(format!(
+                        "unknown ticket type {other:?}: expected jsapi or wx_card"
+                    )));
+                }
+            };
             let now_credential = if refresh {
-                let params = Params::read(&parts, body, &state.http).await?;
                 let name = match kind {
                     Kind::AccessToken => "access_token",
-                    Kind::JsapiTicket => "ticket",
+                    Kind::JsapiTicket | Kind::CardTicket => "ticket",
                 };
                 let failed = params.required(name)?;
                 state.engine.refresh(&appid, kind, failed).await?
@@ -231,6 +258,28 @@ async fn dispatch(state: &State, request: Request<Incoming>) -> ApiResult {
             ))
         }
         Route::App(action) => app_route(state, action, &parts, body).await,
+        Route::Jssdk(appid) => {
+            if !(read_only || method == Method::POST) {
+                return Err(ApiError::MethodNotAllowed);
+            }
+            let appid = AppId::parse(appid)?;
+            let params = Params::read(&parts, body, &state.http).await?;
+            let config = state
+                .engine
+                .jssdk_config(&appid, params.required("url")?)
+                .await?;
+            Ok(json(
+                StatusCode::OK,
+                &JssdkConfigBody {
+                    errcode: code::OK,
+                    errmsg: "success".into(),
+                    app_id: config.app_id,
+                    timestamp: config.timestamp,
+                    nonce_str: config.nonce_str,
+                    signature: config.signature,
+                },
+            ))
+        }
     }
 }
 
@@ -255,8 +304,35 @@ async fn app_route(
     let engine = &state.engine;
     match action {
         "create" => {
+            let kind = AppKind::parse(params.optional("kind").unwrap_or("mp"))?;
+            let (appid, work) = if kind == AppKind::Work {
+                // A WeCom app: its corpid (as `corpid`, or as `appid`) and its agentid.
+                let corpid = match params.optional("corpid") {
+                    Some(corpid) => corpid,
+                    None => params.required("appid").map_err(|_| {
+                        ApiError::BadRequest("corpid is required for a WeCom app".into())
+                    })?,
+                };
+                let agentid = params.required("agentid")?;
+                let (key, ids) = WorkIds::key(corpid, agentid)?;
+                (key, Some(ids))
+            } else {
+                if params.optional("agentid").is_some() || params.optional("corpid").is_some() {
+                    return Err(ApiError::BadRequest(
+                        "corpid and agentid are for WeCom apps (kind=work) only".into(),
+                    ));
+                }
+                (AppId::parse(params.required("appid")?)?, None)
+            };
             let app = NewApp {
-                appid: AppId::parse(params.required("appid")?)?,
+                appid,
+                kind,
+                token_mode: params
+                    .optional("token_mode")
+                    .map(TokenMode::parse)
+                    .transpose()?
+                    .unwrap_or_default(),
+                work,
                 secret: params
                     .secret("secret", 255)?
                     .ok_or_else(|| ApiError::BadRequest("secret is required".into()))?,
@@ -264,7 +340,14 @@ async fn app_route(
                 aes_key: params.secret("aes_key", 128)?,
             };
             engine.add_app(&app).await?;
-            Ok(success())
+            Ok(json(
+                StatusCode::OK,
+                &Created {
+                    errcode: code::OK,
+                    errmsg: "success".into(),
+                    appid: app.appid.to_string(),
+                },
+            ))
         }
         "list" => {
             let apps = engine.app_statuses().await?;
@@ -295,6 +378,10 @@ async fn app_route(
                 secret: params.secret("secret", 255)?,
                 token: params.secret("token", 128)?,
                 aes_key: params.secret("aes_key", 128)?,
+                token_mode: params
+                    .optional("token_mode")
+                    .map(TokenMode::parse)
+                    .transpose()?,
             };
             engine.update_app(&appid, &update).await?;
             Ok(success())
@@ -312,7 +399,7 @@ fn credential_response(kind: Kind, c: &Credential, now: DateTime<Utc>) -> Respon
     let value = Some(c.value.clone());
     let (access_token, ticket) = match kind {
         Kind::AccessToken => (value, None),
-        Kind::JsapiTicket => (None, value),
+        Kind::JsapiTicket | Kind::CardTicket => (None, value),
     };
     json(
         StatusCode::OK,
@@ -335,12 +422,17 @@ fn app_view(status: &AppStatus) -> AppView {
     let app = &status.app;
     AppView {
         appid: app.appid.to_string(),
+        kind: app.kind.as_str().into(),
+        token_mode: app.token_mode.as_str().into(),
+        corpid: app.work.as_ref().map(|w| w.corpid.clone()),
+        agentid: app.work.as_ref().map(|w| w.agentid.clone()),
         has_token: app.token.is_some(),
         has_aes_key: app.aes_key.is_some(),
         create_time: app.create_time.to_rfc3339(),
         update_time: app.update_time.to_rfc3339(),
         access_token: credential_state(status.access_token.as_ref()),
         jsapi_ticket: credential_state(status.jsapi_ticket.as_ref()),
+        card_ticket: credential_state(status.card_ticket.as_ref()),
     }
 }
 
@@ -361,6 +453,7 @@ fn credential_state(record: Option<&CredentialRecord>) -> CredentialState {
 
 /// A request's parameters: the query string, overlaid by a form or JSON body.
 /// Parameters a route does not use are ignored.
+#[derive(Default)]
 struct Params(HashMap<String, String>);
 
 impl Params {

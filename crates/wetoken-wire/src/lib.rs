@@ -26,6 +26,8 @@ pub mod code {
     pub const METHOD_NOT_ALLOWED: i64 = 90405;
     /// An app with that appid already exists.
     pub const DUPLICATE_APP: i64 = 90409;
+    /// A limit would be exceeded: a stable token may be forced 20 times a day, 30 s apart.
+    pub const LIMITED: i64 = 90429;
     /// The request body is larger than the server accepts.
     pub const BODY_TOO_LARGE: i64 = 90413;
     /// No route matches the path.
@@ -81,8 +83,18 @@ impl CredentialBody {
 /// An app as the listing routes show it. Secrets are never part of it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AppView {
-    /// The app's WeChat appid.
+    /// The app's key on every route: its appid, or `<corpid>.<agentid>` for a WeCom app.
     pub appid: String,
+    /// `mp` (official account), `mini` (mini program) or `work` (WeCom).
+    pub kind: String,
+    /// `classic` or `stable`.
+    pub token_mode: String,
+    /// A WeCom app's corpid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub corpid: Option<String>,
+    /// A WeCom app's agentid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agentid: Option<String>,
     /// Whether a message-push token is stored.
     pub has_token: bool,
     /// Whether an EncodingAESKey is stored.
@@ -95,6 +107,38 @@ pub struct AppView {
     pub access_token: CredentialState,
     /// The jsapi ticket's state.
     pub jsapi_ticket: CredentialState,
+    /// The card (`wx_card`) ticket's state.
+    pub card_ticket: CredentialState,
+}
+
+/// The answer of `/wechat/app/create`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Created {
+    /// 0.
+    pub errcode: i64,
+    /// `"success"`.
+    pub errmsg: String,
+    /// The new app's key on every route.
+    pub appid: String,
+}
+
+/// The answer of `/{appid}/wechat/jssdk/config`: what a page passes to `wx.config`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JssdkConfigBody {
+    /// 0.
+    pub errcode: i64,
+    /// `"success"`.
+    pub errmsg: String,
+    /// The appid (a WeCom app's corpid).
+    #[serde(rename = "appId")]
+    pub app_id: String,
+    /// Unix seconds.
+    pub timestamp: i64,
+    /// The random string that was signed.
+    #[serde(rename = "nonceStr")]
+    pub nonce_str: String,
+    /// SHA-1 of the ticket, nonce, timestamp and URL.
+    pub signature: String,
 }
 
 /// What is known of one credential of an app, without its value.

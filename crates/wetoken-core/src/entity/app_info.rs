@@ -15,6 +15,14 @@ pub struct Model {
     pub token: Option<String>,
     /// Its EncodingAESKey.
     pub aes_key: Option<String>,
+    /// `mp`, `mini` or `work`.
+    pub kind: String,
+    /// `classic` or `stable`.
+    pub token_mode: String,
+    /// A WeCom app's corpid.
+    pub corpid: Option<String>,
+    /// A WeCom app's agentid.
+    pub agentid: Option<String>,
     /// When it was added.
     pub create_time: DateTimeUtc,
     /// When its settings last changed.

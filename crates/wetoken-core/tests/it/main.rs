@@ -46,12 +46,7 @@ async fn unknown_appids_leave_no_trace() {
     assert_eq!(mock.calls(Endpoint::Token), 0);
 
     mock.add_app("wxreal", "s");
-    let real = NewApp {
-        appid: AppId::parse("wxreal").unwrap(),
-        secret: Secret::new("s"),
-        token: None,
-        aes_key: None,
-    };
+    let real = NewApp::mp(AppId::parse("wxreal").unwrap(), Secret::new("s"));
     engine.add_app(&real).await.unwrap();
     engine.get(&real.appid, Kind::JsapiTicket).await.unwrap();
     assert_eq!(engine.cached_credentials(), 2, "the token and the ticket");
@@ -87,12 +82,7 @@ async fn a_cold_start_of_many_apps_is_paced_not_a_burst() {
         let appid = format!("wxpaced{i:03}");
         mock.add_app(&appid, "s");
         engine
-            .add_app(&NewApp {
-                appid: AppId::parse(&appid).unwrap(),
-                secret: Secret::new("s"),
-                token: None,
-                aes_key: None,
-            })
+            .add_app(&NewApp::mp(AppId::parse(&appid).unwrap(), Secret::new("s")))
             .await
             .unwrap();
     }

@@ -195,6 +195,7 @@ pub fn settings(db: &TestDb, mock: &MockWeChat) -> Settings {
         database_url: db.url.clone(),
         database_max_connections: 8,
         wechat_base_url: mock.url(),
+        wechat_work_base_url: mock.url(),
         wechat_timeout_secs: 2,
         ..Settings::default()
     };
