@@ -4,6 +4,7 @@
 mod harness;
 
 mod api;
+mod beyond;
 mod binary;
 mod client;
 mod cluster;
