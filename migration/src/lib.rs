@@ -14,6 +14,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20261124_000001_create_tables;
 mod m20261124_000002_refresh_lease;
 mod m20261124_000003_app_kinds;
+mod m20261124_000004_call_budget;
 
 /// Every migration of wetoken's schema, in order.
 pub struct Migrator;
@@ -25,6 +26,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261124_000001_create_tables::Migration),
             Box::new(m20261124_000002_refresh_lease::Migration),
             Box::new(m20261124_000003_app_kinds::Migration),
+            Box::new(m20261124_000004_call_budget::Migration),
         ]
     }
 }

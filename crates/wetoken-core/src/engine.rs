@@ -34,7 +34,7 @@ use crate::clock::Clock;
 use crate::model::{
     App, AppId, AppKind, AppUpdate, Credential, CredentialRecord, Kind, NewApp, TokenMode,
 };
-use crate::store::{Failure, Store};
+use crate::store::{Failure, Store, wechat_day};
 use crate::wechat::{Issued, UpstreamError, WeChat};
 
 /// How the engine refreshes. Every field has a default; durations are in seconds unless named
@@ -278,11 +278,6 @@ struct Inner {
     /// Names this process in lease owners.
     replica: String,
     leases: AtomicU64,
-}
-
-/// The day as WeChat counts it for its daily limits (China time), `YYYYMMDD`.
-fn wechat_day(at: DateTime<Utc>) -> String {
-    (at + TimeDelta::hours(8)).format("%Y%m%d").to_string()
 }
 
 /// The error a recorded failure stands for, as other replicas read it back.
@@ -675,6 +670,8 @@ impl Engine {
                 .try_lease(appid, kind, &owner, ttl, now)
                 .await?
             {
+                metrics::counter!("wetoken_lease_acquired_total", "kind" => kind.name())
+                    .increment(1);
                 // The refresh runs in a task of its own: a caller that goes away must not strand
                 // the lease or lose a value WeChat has already issued.
                 let engine = self.clone();
@@ -694,6 +691,7 @@ impl Engine {
             }
             // Another replica (or another request here, through a different slot) holds the
             // lease: wait for its result in the database rather than calling WeChat.
+            metrics::counter!("wetoken_lease_waits_total", "kind" => kind.name()).increment(1);
             let seen = record.as_ref().map(|r| (r.version, r.refresh_time));
             loop {
                 if tokio::time::Instant::now() >= deadline {
@@ -764,7 +762,10 @@ impl Engine {
             }
         }
         let started = self.now();
+        let timer = std::time::Instant::now();
         let fetched = self.fetch(&app, kind, force).await;
+        metrics::histogram!("wetoken_refresh_seconds", "kind" => kind.name())
+            .record(timer.elapsed().as_secs_f64());
         if force && fetched.is_ok() {
             let day = wechat_day(started);
             if let Err(e) = store.record_force(appid, &day, forced_today, started).await {
@@ -909,6 +910,43 @@ impl Engine {
         Ok(count)
     }
 
+    /// Awaits one WeChat call and accounts for it: the calls counter and latency histogram,
+    /// and the app's count of calls today in the database.
+    async fn upstream(
+        &self,
+        app: &App,
+        endpoint: &'static str,
+        call: impl Future<Output = Result<Issued, UpstreamError>>,
+    ) -> Result<Issued, UpstreamError> {
+        let started = std::time::Instant::now();
+        let result = call.await;
+        let outcome = match &result {
+            Ok(_) => "ok".to_owned(),
+            Err(UpstreamError::Refused { errcode, .. }) => errcode.to_string(),
+            Err(UpstreamError::Status(status)) => format!("http_{status}"),
+            Err(UpstreamError::Transport(_)) => "unreachable".to_owned(),
+            Err(UpstreamError::Malformed(_)) => "malformed".to_owned(),
+        };
+        metrics::counter!(
+            "wetoken_upstream_calls_total",
+            "appid" => app.appid.to_string(),
+            "endpoint" => endpoint,
+            "result" => outcome,
+        )
+        .increment(1);
+        metrics::histogram!("wetoken_upstream_seconds", "endpoint" => endpoint)
+            .record(started.elapsed().as_secs_f64());
+        if let Err(e) = self
+            .inner
+            .store
+            .count_call(&app.appid, &wechat_day(self.now()))
+            .await
+        {
+            debug!(error = %e, "could not count an upstream call");
+        }
+        result
+    }
+
     /// One upstream fetch of `kind` for `app`; `force` forces a new stable token.
     ///
     /// A ticket needs a token: if WeChat rejects the one held, the token is refreshed once (as a
@@ -918,7 +956,8 @@ impl Engine {
         if kind == Kind::AccessToken {
             let issued = match (app.kind, app.token_mode, &app.work) {
                 (AppKind::Work, _, Some(work)) => {
-                    wechat.work_token(&work.corpid, &app.secret).await
+                    let call = wechat.work_token(&work.corpid, &app.secret);
+                    self.upstream(app, "work_token", call).await
                 }
                 (AppKind::Work, _, None) => {
                     return Err(FetchError::Other(Error::Database(format!(
@@ -927,17 +966,30 @@ impl Engine {
                     ))));
                 }
                 (_, TokenMode::Stable, _) => {
-                    wechat.stable_token(&app.appid, &app.secret, force).await
+                    let call = wechat.stable_token(&app.appid, &app.secret, force);
+                    self.upstream(app, "stable_token", call).await
                 }
-                (_, TokenMode::Classic, _) => wechat.access_token(&app.appid, &app.secret).await,
+                (_, TokenMode::Classic, _) => {
+                    let call = wechat.access_token(&app.appid, &app.secret);
+                    self.upstream(app, "token", call).await
+                }
             };
             return issued.map_err(FetchError::Upstream);
         }
         let ticket = |token: Arc<Credential>| async move {
             match (app.kind, kind) {
-                (AppKind::Work, _) => wechat.work_jsapi_ticket(&token.value).await,
-                (_, Kind::CardTicket) => wechat.ticket(&token.value, "wx_card").await,
-                _ => wechat.ticket(&token.value, "jsapi").await,
+                (AppKind::Work, _) => {
+                    let call = wechat.work_jsapi_ticket(&token.value);
+                    self.upstream(app, "work_ticket", call).await
+                }
+                (_, Kind::CardTicket) => {
+                    let call = wechat.ticket(&token.value, "wx_card");
+                    self.upstream(app, "ticket", call).await
+                }
+                _ => {
+                    let call = wechat.ticket(&token.value, "jsapi");
+                    self.upstream(app, "ticket", call).await
+                }
             }
         };
         let token = self

@@ -245,6 +245,10 @@ pub struct App {
     pub token_mode: TokenMode,
     /// A WeCom app's corpid and agentid.
     pub work: Option<WorkIds>,
+    /// Upstream calls the operator expects to stay under per day.
+    pub daily_budget: i32,
+    /// Upstream calls made for it today (WeChat's day, China time), by every replica.
+    pub calls_today: i32,
     /// Its AppSecret, which fetches access tokens.
     pub secret: Secret,
     /// The message-push token (for verifying WeChat's callbacks), if set.
@@ -299,6 +303,8 @@ pub struct NewApp {
     pub token_mode: TokenMode,
     /// A WeCom app's corpid and agentid; required for [`AppKind::Work`], refused otherwise.
     pub work: Option<WorkIds>,
+    /// Upstream calls the operator expects to stay under per day (2000 when `None`).
+    pub daily_budget: Option<i32>,
     /// Its AppSecret.
     pub secret: Secret,
     /// The message-push token, if any.
@@ -315,6 +321,7 @@ impl NewApp {
             kind: AppKind::Mp,
             token_mode: TokenMode::Classic,
             work: None,
+            daily_budget: None,
             secret,
             token: None,
             aes_key: None,
@@ -333,6 +340,8 @@ pub struct AppUpdate {
     pub aes_key: Option<Secret>,
     /// A new token mode; it takes effect with the next fetch, on every replica.
     pub token_mode: Option<TokenMode>,
+    /// A new daily budget of upstream calls.
+    pub daily_budget: Option<i32>,
 }
 
 impl AppUpdate {
@@ -342,6 +351,7 @@ impl AppUpdate {
             && self.token.is_none()
             && self.aes_key.is_none()
             && self.token_mode.is_none()
+            && self.daily_budget.is_none()
     }
 }
 

@@ -51,6 +51,10 @@ pub const TABLES: [&str; 3] = [
     "wechat_jsapi_ticket",
 ];
 
+/// The daily budget of upstream calls of an app that was given none: WeChat's token quota for a
+/// typical official account.
+pub const DEFAULT_DAILY_BUDGET: i32 = 2000;
+
 /// A failed refresh, as recorded.
 #[derive(Debug, Clone)]
 pub struct Failure<'a> {
@@ -181,6 +185,9 @@ impl Store {
             token_mode: Set(app.token_mode.as_str().to_owned()),
             corpid: Set(app.work.as_ref().map(|w| w.corpid.clone())),
             agentid: Set(app.work.as_ref().map(|w| w.agentid.clone())),
+            daily_budget: Set(app.daily_budget.unwrap_or(DEFAULT_DAILY_BUDGET)),
+            calls_day: Set(None),
+            calls_today: Set(0),
             secret: Set(app.secret.expose().to_owned()),
             token: Set(app.token.as_ref().map(|s| s.expose().to_owned())),
             aes_key: Set(app.aes_key.as_ref().map(|s| s.expose().to_owned())),
@@ -242,6 +249,9 @@ impl Store {
         }
         if let Some(mode) = update.token_mode {
             row.token_mode = Set(mode.as_str().to_owned());
+        }
+        if let Some(budget) = update.daily_budget {
+            row.daily_budget = Set(budget);
         }
         row.update_time = Set(now);
         row.update(&txn).await?;
@@ -520,6 +530,43 @@ impl Store {
             .collect()
     }
 
+    /// Every stored `kind` credential's expiry, by app.
+    pub async fn expiries(&self, kind: Kind) -> Result<Vec<(AppId, DateTime<Utc>)>, Error> {
+        let select = Query::select()
+            .columns([col("appid"), col("expires_at")])
+            .from(kind.table())
+            .and_where(Expr::col(col("expires_at")).is_not_null())
+            .to_owned();
+        self.db
+            .query_all(&select)
+            .await?
+            .into_iter()
+            .map(|row| {
+                let appid: String = row.try_get_by_index(0)?;
+                Ok((AppId::parse(&appid)?, row.try_get_by_index(1)?))
+            })
+            .collect()
+    }
+
+    /// Counts one upstream call for `appid` on `day`, for every replica to see.
+    pub async fn count_call(&self, appid: &AppId, day: &str) -> Result<(), Error> {
+        let update = Query::update()
+            .table(app_info::Entity)
+            .value(
+                col("calls_today"),
+                Expr::case(
+                    Expr::col(col("calls_day")).eq(day),
+                    Expr::col(col("calls_today")).add(1),
+                )
+                .finally(1),
+            )
+            .value(col("calls_day"), day)
+            .and_where(Expr::col(col("appid")).eq(appid.as_str()))
+            .to_owned();
+        self.db.execute(&update).await?;
+        Ok(())
+    }
+
     /// How many stable tokens were forced on `day` for `appid`, and when the last one was.
     pub async fn forces(
         &self,
@@ -576,6 +623,13 @@ pub struct Due {
     pub token_mode: TokenMode,
 }
 
+/// The day as WeChat counts it for its daily limits (China time), `YYYYMMDD`.
+pub fn wechat_day(at: DateTime<Utc>) -> String {
+    (at + chrono::TimeDelta::hours(8))
+        .format("%Y%m%d")
+        .to_string()
+}
+
 fn app_from_row(row: app_info::Model) -> Result<App, Error> {
     let corrupt =
         |what: &str| Error::Database(format!("app {:?}: stored {what} is invalid", row.appid));
@@ -591,6 +645,12 @@ fn app_from_row(row: app_info::Model) -> Result<App, Error> {
         kind: AppKind::parse(&row.kind).map_err(|_| corrupt("kind"))?,
         token_mode: TokenMode::parse(&row.token_mode).map_err(|_| corrupt("token_mode"))?,
         work,
+        daily_budget: row.daily_budget,
+        calls_today: if row.calls_day.as_deref() == Some(wechat_day(Utc::now()).as_str()) {
+            row.calls_today
+        } else {
+            0
+        },
         secret: Secret::new(row.secret),
         token: row.token.map(Secret::new),
         aes_key: row.aes_key.map(Secret::new),

@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -16,7 +17,7 @@ use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use serde::Serialize;
-use tracing::{debug, error};
+use tracing::{Instrument, debug, error};
 use wetoken_core::{
     AppId, AppKind, AppStatus, AppUpdate, Credential, CredentialRecord, Engine, Kind, NewApp,
     Secret, TokenMode, WorkIds,
@@ -124,6 +125,14 @@ fn json<T: Serialize>(status: StatusCode, body: &T) -> Response<Full<Bytes>> {
     response
 }
 
+fn typed(body: String, content_type: &'static str) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
 fn success() -> Response<Full<Bytes>> {
     json(
         StatusCode::OK,
@@ -136,7 +145,10 @@ fn success() -> Response<Full<Bytes>> {
 
 /// The routes, as matched on path segments.
 enum Route<'a> {
+    Status,
     Health,
+    Live,
+    Metrics,
     App(&'a str),
     Jssdk(&'a str),
     Credential {
@@ -146,7 +158,36 @@ enum Route<'a> {
     },
 }
 
+impl Route<'_> {
+    /// The route's name in metrics.
+    fn label(&self) -> &'static str {
+        match self {
+            Route::Status => "status",
+            Route::Health => "health",
+            Route::Live => "live",
+            Route::Metrics => "metrics",
+            Route::App(_) => "app",
+            Route::Jssdk(_) => "jssdk_config",
+            Route::Credential {
+                kind: Kind::AccessToken,
+                refresh: false,
+                ..
+            } => "token_get",
+            Route::Credential {
+                kind: Kind::AccessToken,
+                refresh: true,
+                ..
+            } => "token_refresh",
+            Route::Credential { refresh: false, .. } => "ticket_get",
+            Route::Credential { refresh: true, .. } => "ticket_refresh",
+        }
+    }
+}
+
 fn route(path: &str) -> Option<Route<'_>> {
+    if path == "/" {
+        return Some(Route::Status);
+    }
     let mut segments = path.strip_prefix('/')?.split('/');
     let parts: [Option<&str>; 5] = std::array::from_fn(|_| segments.next());
     if segments.next().is_some() {
@@ -170,7 +211,9 @@ fn route(path: &str) -> Option<Route<'_>> {
         })
     };
     match parts {
-        [Some("health" | "healthz"), None, ..] => Some(Route::Health),
+        [Some("health" | "healthz" | "ready" | "readyz"), None, ..] => Some(Route::Health),
+        [Some("live" | "livez"), None, ..] => Some(Route::Live),
+        [Some("metrics"), None, ..] => Some(Route::Metrics),
         [Some("wechat"), Some("app"), Some(action), None, None] => Some(Route::App(action)),
         [
             Some(appid),
@@ -190,16 +233,68 @@ pub(crate) async fn handle(
     state: Arc<State>,
     request: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
-    let method = request.method().clone();
+    let request_id = request
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map_or_else(new_request_id, str::to_owned);
+    let label = route(request.uri().path()).map_or("unmatched", |r| r.label());
     // Only the path: the query may carry a secret.
-    let span = tracing::debug_span!("request", %method, path = %request.uri().path());
+    let span = tracing::info_span!(
+        "request",
+        request_id = %request_id,
+        method = %request.method(),
+        path = %request.uri().path(),
+    );
     let timeout = Duration::from_secs(state.http.request_timeout_secs);
-    let answer = tokio::time::timeout(timeout, dispatch(&state, request))
+    let answer = tokio::time::timeout(timeout, dispatch(&state, request).instrument(span.clone()))
         .await
         .unwrap_or(Err(ApiError::Timeout));
-    let response = answer.unwrap_or_else(|e| error_response(&e));
-    span.in_scope(|| debug!(status = response.status().as_u16(), "answered"));
+    let mut response = answer.unwrap_or_else(|e| span.in_scope(|| error_response(&e)));
+    let status = response.status();
+    span.in_scope(|| debug!(status = status.as_u16(), "answered"));
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert(REQUEST_ID, value);
+    }
+    metrics::counter!(
+        "wetoken_http_requests_total",
+        "route" => label,
+        "status" => status_label(status),
+    )
+    .increment(1);
     Ok(response)
+}
+
+/// The header that carries a request's id, taken from the caller when it sends a sane one.
+const REQUEST_ID: &str = "x-request-id";
+
+/// A process-unique request id: a random prefix fixed at start, and a counter.
+fn new_request_id() -> String {
+    static PREFIX: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let prefix = PREFIX.get_or_init(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos() ^ std::process::id().rotate_left(16))
+    });
+    format!("{prefix:08x}-{:x}", NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+fn status_label(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        200 => "200",
+        400 => "400",
+        404 => "404",
+        405 => "405",
+        409 => "409",
+        413 => "413",
+        429 => "429",
+        500 => "500",
+        502 => "502",
+        503 => "503",
+        _ => "other",
+    }
 }
 
 async fn dispatch(state: &State, request: Request<Incoming>) -> ApiResult {
@@ -216,6 +311,26 @@ async fn dispatch(state: &State, request: Request<Incoming>) -> ApiResult {
             }
             state.engine.store().ping().await?;
             Ok(success())
+        }
+        Route::Live => {
+            if !read_only {
+                return Err(ApiError::MethodNotAllowed);
+            }
+            Ok(success())
+        }
+        Route::Metrics => {
+            if !read_only {
+                return Err(ApiError::MethodNotAllowed);
+            }
+            let text = crate::metrics::render(&state.engine).await?;
+            Ok(typed(text, "text/plain; version=0.0.4; charset=utf-8"))
+        }
+        Route::Status => {
+            if !read_only {
+                return Err(ApiError::MethodNotAllowed);
+            }
+            let page = crate::status::page(&state.engine).await?;
+            Ok(typed(page, "text/html; charset=utf-8"))
         }
         Route::Credential {
             appid,
@@ -338,6 +453,7 @@ async fn app_route(
                     .ok_or_else(|| ApiError::BadRequest("secret is required".into()))?,
                 token: params.secret("token", 128)?,
                 aes_key: params.secret("aes_key", 128)?,
+                daily_budget: params.budget()?,
             };
             engine.add_app(&app).await?;
             Ok(json(
@@ -382,6 +498,7 @@ async fn app_route(
                     .optional("token_mode")
                     .map(TokenMode::parse)
                     .transpose()?,
+                daily_budget: params.budget()?,
             };
             engine.update_app(&appid, &update).await?;
             Ok(success())
@@ -426,6 +543,8 @@ fn app_view(status: &AppStatus) -> AppView {
         token_mode: app.token_mode.as_str().into(),
         corpid: app.work.as_ref().map(|w| w.corpid.clone()),
         agentid: app.work.as_ref().map(|w| w.agentid.clone()),
+        daily_budget: app.daily_budget,
+        calls_today: app.calls_today,
         has_token: app.token.is_some(),
         has_aes_key: app.aes_key.is_some(),
         create_time: app.create_time.to_rfc3339(),
@@ -532,6 +651,22 @@ impl Params {
             .ok_or_else(|| ApiError::BadRequest(format!("{name} is required")))
     }
 
+    /// `daily_budget`: a whole number of upstream calls a day.
+    fn budget(&self) -> Result<Option<i32>, ApiError> {
+        self.optional("daily_budget")
+            .map(|v| {
+                v.parse::<i32>()
+                    .ok()
+                    .filter(|n| (1..=1_000_000).contains(n))
+                    .ok_or_else(|| {
+                        ApiError::BadRequest(
+                            "daily_budget must be a whole number from 1 to 1000000".into(),
+                        )
+                    })
+            })
+            .transpose()
+    }
+
     /// A secret-like field: at most `max` characters, no control characters.
     fn secret(&self, name: &str, max: usize) -> Result<Option<Secret>, ApiError> {
         let Some(v) = self.optional(name) else {
@@ -576,9 +711,11 @@ mod tests {
             Some(Route::App("create"))
         ));
         assert!(matches!(route("/health"), Some(Route::Health)));
+        assert!(matches!(route("/"), Some(Route::Status)));
+        assert!(matches!(route("/metrics"), Some(Route::Metrics)));
         for bad in [
             "",
-            "/",
+            "//",
             "/wx1/wechat/token",
             "/wx1/wechat/token/get/",
             "/wx1/wechat/token/get/x",

@@ -20,6 +20,8 @@
 
 mod config;
 mod http;
+mod metrics;
+mod status;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -82,6 +84,8 @@ impl Server {
                 info!(?applied, "applied migrations");
             }
         }
+        metrics::handle();
+        metrics::describe();
         let wechat =
             WeChat::new(&settings.wechat()).map_err(|e| StartError::Settings(e.to_string()))?;
         let engine = Engine::new(store, wechat, clock, settings.refresh.clone())

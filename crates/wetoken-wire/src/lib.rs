@@ -95,6 +95,10 @@ pub struct AppView {
     /// A WeCom app's agentid.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agentid: Option<String>,
+    /// Upstream calls the operator expects to stay under per day.
+    pub daily_budget: i32,
+    /// Upstream calls made for the app today (China time), by every replica.
+    pub calls_today: i32,
     /// Whether a message-push token is stored.
     pub has_token: bool,
     /// Whether an EncodingAESKey is stored.

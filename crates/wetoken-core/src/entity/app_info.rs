@@ -23,6 +23,12 @@ pub struct Model {
     pub corpid: Option<String>,
     /// A WeCom app's agentid.
     pub agentid: Option<String>,
+    /// Upstream calls the operator expects to stay under per day.
+    pub daily_budget: i32,
+    /// The (China) day `calls_today` counts, `YYYYMMDD`.
+    pub calls_day: Option<String>,
+    /// Upstream calls made for the app on `calls_day`, by every replica.
+    pub calls_today: i32,
     /// When it was added.
     pub create_time: DateTimeUtc,
     /// When its settings last changed.

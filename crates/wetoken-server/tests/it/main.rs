@@ -9,3 +9,4 @@ mod binary;
 mod client;
 mod cluster;
 mod engine;
+mod ops;

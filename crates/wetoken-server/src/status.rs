@@ -1,0 +1,146 @@
+//! The status page at `/`: every app, what it holds and how its refreshes go, for a person.
+//!
+//! Server-rendered HTML with inline CSS: no build step, nothing fetched from elsewhere.
+
+use std::fmt::Write;
+
+use chrono::{DateTime, Utc};
+use wetoken_core::{AppStatus, CredentialRecord, Engine, Error};
+
+/// Escapes text for HTML element content and attribute values.
+fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// How a credential's remaining life is shown: its text and its colour class.
+fn life(record: Option<&CredentialRecord>, now: DateTime<Utc>) -> (String, &'static str) {
+    let Some(expires_at) = record
+        .and_then(|r| r.credential.as_ref())
+        .map(|c| c.expires_at)
+    else {
+        return ("none".into(), "none");
+    };
+    let left = (expires_at - now).num_seconds();
+    let class = match left {
+        ..=0 => "expired",
+        1..=600 => "red",
+        601..=1800 => "amber",
+        _ => "green",
+    };
+    let text = if left <= 0 {
+        "expired".into()
+    } else {
+        format!(
+            "{}h {:02}m {:02}s",
+            left / 3600,
+            left % 3600 / 60,
+            left % 60
+        )
+    };
+    (text, class)
+}
+
+fn credential_cell(out: &mut String, record: Option<&CredentialRecord>, now: DateTime<Utc>) {
+    let (text, class) = life(record, now);
+    let message = record.map_or("not fetched yet", |r| r.message.as_str());
+    let halted = if record.is_some_and(|r| r.halted) {
+        " <strong>halted</strong>"
+    } else {
+        ""
+    };
+    let _ = write!(
+        out,
+        "<td class=\"{class}\"><span class=\"left\">{}</span>{halted}<div class=\"msg\">{}</div></td>",
+        escape(&text),
+        escape(message)
+    );
+}
+
+fn row(out: &mut String, status: &AppStatus, now: DateTime<Utc>) {
+    let app = &status.app;
+    let _ = write!(
+        out,
+        "<tr><td class=\"appid\">{}</td><td>{}</td><td>{}</td>",
+        escape(app.appid.as_str()),
+        app.kind.as_str(),
+        app.token_mode.as_str()
+    );
+    credential_cell(out, status.access_token.as_ref(), now);
+    credential_cell(out, status.jsapi_ticket.as_ref(), now);
+    credential_cell(out, status.card_ticket.as_ref(), now);
+    let over = if app.calls_today > app.daily_budget {
+        " class=\"red\""
+    } else {
+        ""
+    };
+    let _ = write!(
+        out,
+        "<td{over}>{} / {}</td></tr>",
+        app.calls_today, app.daily_budget
+    );
+}
+
+/// The whole page.
+pub(crate) async fn page(engine: &Engine) -> Result<String, Error> {
+    let apps = engine.app_statuses().await?;
+    let now = engine.now();
+    let mut out = String::with_capacity(2048 + apps.len() * 512);
+    out.push_str(concat!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">",
+        "<meta http-equiv=\"refresh\" content=\"30\">",
+        "<title>wetoken status</title><style>",
+        "body{font:14px system-ui,sans-serif;margin:2em;color:#222}",
+        "table{border-collapse:collapse;width:100%}",
+        "th,td{border-bottom:1px solid #ddd;padding:.4em .6em;text-align:left;vertical-align:top}",
+        "th{background:#f4f4f4}.appid{font-family:monospace}",
+        ".msg{color:#666;font-size:12px;max-width:28em;overflow-wrap:anywhere}",
+        ".green .left{color:#137333}.amber .left{color:#b06000}",
+        ".red .left,.expired .left,td.red{color:#c5221f;font-weight:bold}.none .left{color:#999}",
+        "</style></head><body><h1>wetoken</h1>"
+    ));
+    let _ = write!(
+        out,
+        "<p>{} apps. Times are what each credential has left at {} UTC; the page reloads every 30 s.</p>",
+        apps.len(),
+        now.format("%Y-%m-%d %H:%M:%S")
+    );
+    out.push_str(concat!(
+        "<table><thead><tr><th>app</th><th>kind</th><th>mode</th>",
+        "<th>access token</th><th>jsapi ticket</th><th>card ticket</th><th>calls today</th>",
+        "</tr></thead><tbody>"
+    ));
+    for status in &apps {
+        row(&mut out, status, now);
+    }
+    if apps.is_empty() {
+        out.push_str(
+            "<tr><td colspan=\"7\">No apps yet: add one with /wechat/app/create.</td></tr>",
+        );
+    }
+    out.push_str("</tbody></table></body></html>");
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_what_html_would_read() {
+        assert_eq!(
+            escape(r#"<script>alert("x")</script> & 'y'"#),
+            "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; &amp; &#39;y&#39;"
+        );
+    }
+}
