@@ -2,12 +2,38 @@
 //!
 //! - `cargo xtask tidy`: checks the architecture invariants of `docs/ARCHITECTURE.md` that a
 //!   machine can check. It also runs as a test, so `cargo test --workspace` catches regressions.
+//! - `cargo xtask bench`: the measurements of `docs/performance.md`.
 
 use std::process::{Command, ExitCode};
+
+mod bench;
 
 fn main() -> ExitCode {
     let task = std::env::args().nth(1);
     match task.as_deref() {
+        Some("ceiling") => {
+            let mut args = std::env::args().skip(2);
+            let port = args.next().and_then(|p| p.parse().ok());
+            let size = args.next().and_then(|s| s.parse().ok());
+            let (Some(port), Some(size)) = (port, size) else {
+                eprintln!("usage: xtask ceiling PORT BODY_BYTES");
+                return ExitCode::FAILURE;
+            };
+            match bench::serve_ceiling(port, size) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("ceiling: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Some("bench") => match bench::run() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("bench: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Some("tidy") => match tidy() {
             Ok(()) => {
                 println!("tidy: ok");
@@ -21,7 +47,7 @@ fn main() -> ExitCode {
             }
         },
         _ => {
-            eprintln!("usage: cargo xtask tidy");
+            eprintln!("usage: cargo xtask tidy|bench");
             ExitCode::FAILURE
         }
     }

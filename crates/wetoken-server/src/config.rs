@@ -92,8 +92,12 @@ impl Settings {
             .merge(Toml::file(file))
             .merge(
                 Env::prefixed(ENV_PREFIX)
-                    // Test-harness variables share the prefix but are not settings.
-                    .filter(|key| !key.as_str().to_ascii_lowercase().starts_with("test_"))
+                    // WETOKEN_LOG (the log filter) and the test harness's WETOKEN_TEST_*
+                    // share the prefix but are not settings.
+                    .filter(|key| {
+                        let key = key.as_str().to_ascii_lowercase();
+                        key != "log" && !key.starts_with("test_")
+                    })
                     .split("__"),
             )
             .merge(overrides)
@@ -142,6 +146,7 @@ mod tests {
             jail.set_env("WETOKEN_DATABASE_URL", "sqlite://env.db");
             jail.set_env("WETOKEN_REFRESH__CONCURRENCY", "9");
             jail.set_env("WETOKEN_TEST_DATABASES", "sqlite");
+            jail.set_env("WETOKEN_LOG", "debug");
             let flags = Figment::new().merge(("listen", "127.0.0.1:2000"));
             let s = Settings::load(Path::new("wetoken.toml"), flags).map_err(|e| *e)?;
             assert_eq!(s.listen, "127.0.0.1:2000".parse().unwrap());

@@ -42,7 +42,7 @@ pub use config::{ENV_PREFIX, HttpSettings, Settings};
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// The database could not be opened or migrated.
-    #[error("database {url}: {source}")]
+    #[error("cannot open database {url}")]
     Database {
         /// The database URL, without its password.
         url: String,
