@@ -1,38 +1,72 @@
 //! A mock of WeChat's API server, for wetoken's tests and demos.
 //!
-//! It is a real HTTP server with WeChat's semantics as `shared/wechat-api.md` describes them:
-//! every `/cgi-bin/token` call issues a new token and cuts the previous one's life to five
-//! minutes; stable tokens are reused while valid and can be forced at most 20 times a day, 30 s
-//! apart; tickets need a valid token; WeCom hands out the same token while it is valid.
-//! Errors come as WeChat sends them: HTTP 200 with `errcode` and an `errmsg` ending in a request id.
+//! [`MockWeChat`] is a real HTTP server on a local port with the semantics that
+//! `shared/wechat-api.md` describes, taking the stricter reading where WeChat documents nothing:
 //!
-//! Tests drive it in-process through [`MockWeChat`]: count calls per [`Endpoint`], queue
-//! [`Fault`]s, invalidate tokens, move its clock. The `wetoken-mock` binary serves the same for
-//! demos, driven over HTTP under `/mock/…` (see the README).
+//! - `GET /cgi-bin/token` issues a new token on every call. The previous one keeps working for
+//!   [`MockConfig::overlap`] (five minutes), and every older one stops at once.
+//! - `POST /cgi-bin/stable_token` hands out the same token while it has more than the overlap
+//!   left; `force_refresh` is honoured at most 20 times in any 24 hours and 30 s apart.
+//! - `GET /cgi-bin/ticket/getticket` needs a valid official-account token (classic or stable).
+//! - WeCom's `GET /cgi-bin/gettoken` hands out the same token per (corpid, secret) while it is
+//!   valid, and `GET /cgi-bin/get_jsapi_ticket` needs such a token.
+//! - `GET /cgi-bin/get_api_domain_ip` and `POST /cgi-bin/menu/create` only check a token.
+//!
+//! Errors come as WeChat sends them: HTTP 200 with a non-zero `errcode` and an `errmsg` ending in a
+//! request id (`rid: 5f5e1000-1a2b3c4d-5e6f7a8b`).
+//!
+//! Tests drive it in-process: count calls per [`Endpoint`], queue [`Fault`]s, invalidate tokens
+//! and move its clock with [`MockWeChat::advance`]. The `wetoken-mock` binary serves the same
+//! thing for demos, driven over HTTP by control routes that are never counted:
+//!
+//! | route | body | effect |
+//! | --- | --- | --- |
+//! | `GET /mock/calls` | | the counters, by [`Endpoint::name`] |
+//! | `POST /mock/apps` | `{"appid":"…","secret":"…"}` | [`MockWeChat::add_app`] |
+//! | `POST /mock/faults` | `{"endpoint":"token","fault":{"errcode":-1},"times":3}` | [`MockWeChat::inject`]; the fault is `{"errcode":n}`, `{"status":n}`, `{"delay_ms":n}` or `"drop"` |
+//! | `POST /mock/reset` | | clears the counters and the queued faults |
+//! | `POST /mock/invalidate` | `{"access_token":"…"}` | [`MockWeChat::invalidate_token`] |
+//! | `POST /mock/advance` | `{"seconds":7200}` | [`MockWeChat::advance`] |
+//!
+//! ```no_run
+//! # async fn demo() -> std::io::Result<()> {
+//! use wetoken_mock::{Endpoint, Fault, MockWeChat};
+//!
+//! let mock = MockWeChat::start().await?;
+//! mock.add_app("wx0123456789abcdef", "secret");
+//! mock.inject(Endpoint::Token, Fault::ErrCode(-1), 1);
+//! // … point the code under test at mock.url() …
+//! assert_eq!(mock.calls(Endpoint::Token), 0);
+//! mock.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
 #![deny(missing_docs)]
 
 mod server;
-mod wechat;
+mod world;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::sync::oneshot;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::wechat::World;
+use crate::world::World;
 
 /// How the mock behaves.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MockConfig {
-    /// The lifetime of issued tokens, in seconds (WeChat: 7200).
+    /// The lifetime of issued access tokens, in seconds (WeChat: 7200).
     pub token_expires_in: u64,
     /// The lifetime of issued tickets, in seconds (WeChat: 7200).
     pub ticket_expires_in: u64,
-    /// How long a superseded token keeps working (WeChat: five minutes).
+    /// How long a superseded token keeps working (WeChat: five minutes). Also the stable token's
+    /// renewal window: a normal stable-token call within this much of its expiry gets a new one.
     pub overlap: Duration,
-    /// Whether an unknown appid is registered by its first token call instead of getting 40013.
+    /// Whether an unknown appid (or corpid) is registered, with the secret it came with, by its
+    /// first token call instead of getting 40013.
     pub auto_register: bool,
 }
 
@@ -47,7 +81,7 @@ impl Default for MockConfig {
     }
 }
 
-/// The mock's API endpoints, as counted and faulted.
+/// The mock's WeChat endpoints, as counted and faulted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Endpoint {
     /// `GET /cgi-bin/token`.
@@ -67,7 +101,7 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
-    /// Every endpoint.
+    /// Every endpoint, in declaration order.
     pub const ALL: [Endpoint; 7] = [
         Endpoint::Token,
         Endpoint::StableToken,
@@ -78,7 +112,8 @@ impl Endpoint {
         Endpoint::WorkTicket,
     ];
 
-    /// The name used by the `/mock/…` control routes.
+    /// The name the `/mock/…` control routes use: `token`, `stable_token`, `ticket`,
+    /// `check_token`, `menu_create`, `work_token` or `work_ticket`.
     pub fn name(self) -> &'static str {
         match self {
             Endpoint::Token => "token",
@@ -95,33 +130,61 @@ impl Endpoint {
     pub fn from_name(name: &str) -> Option<Endpoint> {
         Endpoint::ALL.into_iter().find(|e| e.name() == name)
     }
+
+    /// The URL path WeChat serves it at.
+    pub fn path(self) -> &'static str {
+        match self {
+            Endpoint::Token => "/cgi-bin/token",
+            Endpoint::StableToken => "/cgi-bin/stable_token",
+            Endpoint::Ticket => "/cgi-bin/ticket/getticket",
+            Endpoint::CheckToken => "/cgi-bin/get_api_domain_ip",
+            Endpoint::MenuCreate => "/cgi-bin/menu/create",
+            Endpoint::WorkToken => "/cgi-bin/gettoken",
+            Endpoint::WorkTicket => "/cgi-bin/get_jsapi_ticket",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
 }
 
-/// A fault the next call of an endpoint gets instead of its normal answer.
+/// What the next call of an endpoint gets instead of its normal answer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Fault {
-    /// HTTP 200 with this `errcode`.
+    /// HTTP 200 with this `errcode` (`-1` is WeChat's transient "system error").
     ErrCode(i64),
-    /// This HTTP status with a short text body.
+    /// This HTTP status with a short text body. A number that is no HTTP status gives 500.
     HttpStatus(u16),
     /// The normal answer, this much later.
     Delay(Duration),
-    /// The connection is closed without an answer.
+    /// The connection is closed without any answer.
     Drop,
 }
 
 type Shared = Arc<Mutex<World>>;
 
-fn lock(world: &Shared) -> MutexGuard<'_, World> {
-    world.lock().unwrap_or_else(|e| e.into_inner())
+/// Locks the world; a panic elsewhere while it was held does not make the mock unusable.
+fn lock(world: &Mutex<World>) -> MutexGuard<'_, World> {
+    world
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// A running mock WeChat server. Dropping it stops the server.
+/// A running mock WeChat server. Dropping it stops the server too (without waiting for it).
 pub struct MockWeChat {
     world: Shared,
     addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
+    stop: watch::Sender<bool>,
     task: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for MockWeChat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MockWeChat")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
 }
 
 impl MockWeChat {
@@ -130,19 +193,18 @@ impl MockWeChat {
         Self::start_with(MockConfig::default(), SocketAddr::from(([127, 0, 0, 1], 0))).await
     }
 
-    /// Starts a mock with `config` on `addr`.
+    /// Starts a mock with `config` on `addr` (port 0 picks a free port).
     pub async fn start_with(config: MockConfig, addr: SocketAddr) -> std::io::Result<MockWeChat> {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let world: Shared = Arc::new(Mutex::new(World::new(config)));
-        let (stop, stopped) = oneshot::channel();
-        let task = tokio::spawn(server::serve(listener, world.clone(), async move {
-            let _ = stopped.await;
-        }));
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(server::serve(listener, world.clone(), stopped));
+        tracing::debug!(%addr, "mock WeChat listening");
         Ok(MockWeChat {
             world,
             addr,
-            stop: Some(stop),
+            stop,
             task: Some(task),
         })
     }
@@ -157,59 +219,61 @@ impl MockWeChat {
         self.addr
     }
 
-    /// Registers an app (or a WeCom corp's app secret). For official accounts the secret added
-    /// last is the valid one; a WeCom corp accepts all its secrets.
+    /// Registers an app, or one more secret of it. An id keeps every secret it was given: WeCom's
+    /// `gettoken` accepts any of them (one per WeCom app of the corp), while the official-account
+    /// calls accept only the one added last.
     pub fn add_app(&self, appid: &str, secret: &str) {
         lock(&self.world).add_app(appid, secret);
     }
 
-    /// How many requests reached `endpoint`, faults included.
+    /// How many requests reached `endpoint` since the start or the last reset, whatever they got:
+    /// successes, errors and injected faults alike.
     pub fn calls(&self, endpoint: Endpoint) -> u64 {
-        lock(&self.world).calls.get(&endpoint).copied().unwrap_or(0)
+        lock(&self.world).calls[endpoint.index()]
     }
 
-    /// Sets every counter to zero.
+    /// Sets every counter back to zero.
     pub fn reset_calls(&self) {
-        lock(&self.world).calls.clear();
+        lock(&self.world).calls = [0; Endpoint::ALL.len()];
     }
 
-    /// The next `times` calls of `endpoint` get `fault`, after any faults queued before.
+    /// The next `times` calls of `endpoint` get `fault`, once the faults queued before are used up.
     pub fn inject(&self, endpoint: Endpoint, fault: Fault, times: u32) {
-        let mut world = lock(&self.world);
-        let queue = world.faults.entry(endpoint).or_default();
-        queue.extend(std::iter::repeat_n(fault, times as usize));
+        lock(&self.world).inject(endpoint, fault, times);
     }
 
     /// Drops every queued fault.
     pub fn clear_faults(&self) {
-        lock(&self.world).faults.clear();
+        lock(&self.world).clear_faults();
     }
 
-    /// Makes WeChat reject `token` with 40001 from now on.
+    /// Invalidates `token` on WeChat's side (as a secret reset would): from now on it gets 40001.
+    /// The stable-token and WeCom calls then hand out a new token instead of this one.
     pub fn invalidate_token(&self, token: &str) {
         lock(&self.world).invalidate(token);
     }
 
-    /// The newest classic access token issued for `appid`.
+    /// The newest classic access token (`/cgi-bin/token`) issued for `appid`, valid or not.
     pub fn current_token(&self, appid: &str) -> Option<String> {
         lock(&self.world).current_token(appid)
     }
 
-    /// The newest ticket of `kind` (`"jsapi"` or `"wx_card"`) issued for `appid`.
+    /// The newest ticket of `kind` (`"jsapi"` or `"wx_card"`) issued for `appid`. A WeCom corp's
+    /// jsapi ticket is `current_ticket(corpid, "jsapi")`.
     pub fn current_ticket(&self, appid: &str, kind: &str) -> Option<String> {
         lock(&self.world).current_ticket(appid, kind)
     }
 
-    /// Moves the mock's clock forward.
+    /// Moves the mock's clock forward: expiry, overlaps and force limits are judged on real time
+    /// plus every advance so far.
     pub fn advance(&self, by: Duration) {
         lock(&self.world).advance(by);
     }
 
-    /// Stops the server and waits for it.
+    /// Stops the server: no new connections, requests in flight are answered (for at most
+    /// 2 s), then every connection is closed.
     pub async fn shutdown(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
+        let _ = self.stop.send(true);
         if let Some(task) = self.task.take() {
             let _ = task.await;
         }
@@ -218,8 +282,7 @@ impl MockWeChat {
 
 impl Drop for MockWeChat {
     fn drop(&mut self) {
-        if let Some(task) = self.task.take() {
-            task.abort();
-        }
+        // The server task sees this and shuts down on its own.
+        let _ = self.stop.send(true);
     }
 }

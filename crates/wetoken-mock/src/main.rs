@@ -1,59 +1,109 @@
 //! `wetoken-mock`: the mock WeChat API server, for demos.
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use clap::Parser;
+use tracing_subscriber::EnvFilter;
 use wetoken_mock::{MockConfig, MockWeChat};
 
-/// A mock of WeChat's API server with WeChat's token semantics.
+/// A mock of WeChat's API server with WeChat's token semantics, call counters and faults.
 ///
-/// Control it over HTTP: GET /mock/calls, POST /mock/apps {"appid","secret"},
-/// POST /mock/faults {"endpoint":"token","fault":{"errcode":-1},"times":3},
-/// POST /mock/invalidate {"access_token"}, POST /mock/reset.
-#[derive(Parser)]
+/// Control it over HTTP: GET /mock/calls; POST /mock/apps {"appid","secret"};
+/// POST /mock/faults {"endpoint":"token","fault":{"errcode":-1}|{"status":500}|{"delay_ms":100}|"drop","times":3};
+/// POST /mock/invalidate {"access_token"}; POST /mock/advance {"seconds"}; POST /mock/reset.
+#[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
     /// The address to listen on.
     #[arg(long, default_value = "127.0.0.1:9998")]
     listen: SocketAddr,
-    /// An app to know, as APPID:SECRET; repeat for more.
-    #[arg(long = "app", value_name = "APPID:SECRET")]
-    apps: Vec<String>,
+    /// An app (or WeCom corp) to know, as APPID:SECRET; repeat for more.
+    #[arg(long = "app", value_name = "APPID:SECRET", value_parser = parse_app)]
+    apps: Vec<(String, String)>,
     /// Register unknown appids on their first token call instead of answering 40013.
     #[arg(long)]
     auto_register: bool,
-    /// The lifetime of issued tokens and tickets, in seconds.
-    #[arg(long, default_value_t = 7200)]
+    /// The lifetime of issued access tokens, in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 7200)]
     token_expires_in: u64,
+    /// The lifetime of issued tickets, in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 7200)]
+    ticket_expires_in: u64,
+}
+
+fn parse_app(text: &str) -> Result<(String, String), String> {
+    match text.split_once(':') {
+        Some((appid, secret)) if !appid.is_empty() && !secret.is_empty() => {
+            Ok((appid.to_owned(), secret.to_owned()))
+        }
+        _ => Err(format!("expected APPID:SECRET, got {text:?}")),
+    }
+}
+
+/// Resolves on Ctrl-C, or on SIGTERM where there is one.
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt().with_env_filter("info").init();
+    // Logs go to stderr (stdout carries the URL line), every WeChat call at debug level;
+    // RUST_LOG overrides the levels.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| EnvFilter::new("info,wetoken_mock=debug")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
     let args = Args::parse();
     let config = MockConfig {
         token_expires_in: args.token_expires_in,
-        ticket_expires_in: args.token_expires_in,
+        ticket_expires_in: args.ticket_expires_in,
         auto_register: args.auto_register,
         ..MockConfig::default()
     };
     let mock = match MockWeChat::start_with(config, args.listen).await {
         Ok(mock) => mock,
-        Err(e) => {
-            eprintln!("wetoken-mock: cannot listen on {}: {e}", args.listen);
+        Err(error) => {
+            tracing::error!(listen = %args.listen, %error, "cannot listen");
+            eprintln!("wetoken-mock: cannot listen on {}: {error}", args.listen);
             return ExitCode::FAILURE;
         }
     };
-    for app in &args.apps {
-        let Some((appid, secret)) = app.split_once(':') else {
-            eprintln!("wetoken-mock: --app takes APPID:SECRET, got {app:?}");
-            return ExitCode::FAILURE;
-        };
+    for (appid, secret) in &args.apps {
         mock.add_app(appid, secret);
     }
+    tracing::info!(
+        url = %mock.url(),
+        apps = args.apps.len(),
+        auto_register = args.auto_register,
+        "mock WeChat started"
+    );
     println!("mock WeChat listening on {}", mock.url());
-    let _ = tokio::signal::ctrl_c().await;
+    stop_signal().await;
+    tracing::info!("stopping");
     mock.shutdown().await;
     ExitCode::SUCCESS
 }

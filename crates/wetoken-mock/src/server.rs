@@ -1,52 +1,76 @@
-//! The mock's HTTP side: routing, counting, faults and the `/mock/…` control routes.
+//! The mock's HTTP side: serving, routing, counting, faults and the `/mock/…` control routes.
 
-use std::collections::HashMap;
-use std::future::Future;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
+use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
 
-use crate::wechat::error;
+use crate::world::{Params, Reply, StableRequest};
 use crate::{Endpoint, Fault, Shared, lock};
 
-/// Serves until `shutdown` resolves.
-pub(crate) async fn serve(
-    listener: TcpListener,
-    world: Shared,
-    shutdown: impl Future<Output = ()>,
-) {
+/// The largest request body read; a larger one is answered as malformed.
+const BODY_LIMIT: usize = 1 << 20;
+/// How long a shutdown waits for requests in flight.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+type Body = Full<Bytes>;
+
+/// Serves `listener` until `stop` turns true (or its sender goes away).
+pub(crate) async fn serve(listener: TcpListener, world: Shared, mut stop: watch::Receiver<bool>) {
     let builder = auto::Builder::new(TokioExecutor::new());
     let graceful = GracefulShutdown::new();
-    tokio::pin!(shutdown);
+    let mut connections = JoinSet::new();
     loop {
         tokio::select! {
-            accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
-                let world = world.clone();
-                let service = service_fn(move |request| handle(world.clone(), request));
-                let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-                let connection = graceful.watch(connection);
-                tokio::spawn(async move {
-                    let _ = connection.await;
-                });
-            }
-            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let world = world.clone();
+                    let service = service_fn(move |request| handle(world.clone(), request));
+                    let connection = builder
+                        .serve_connection(TokioIo::new(stream), service)
+                        .into_owned();
+                    let connection = graceful.watch(connection);
+                    connections.spawn(async move {
+                        if let Err(error) = connection.await {
+                            tracing::debug!(%peer, %error, "mock WeChat connection ended");
+                        }
+                    });
+                }
+                Err(error) => {
+                    // Out of file descriptors and the like: wait a little rather than spin.
+                    tracing::warn!(%error, "mock WeChat cannot accept");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            () = async {
+                // A dropped sender counts as a stop too.
+                let _ = stop.wait_for(|stopped| *stopped).await;
+            } => break,
         }
     }
     drop(listener);
-    let _ = tokio::time::timeout(Duration::from_secs(2), graceful.shutdown()).await;
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::debug!("mock WeChat: requests still in flight at shutdown are cut");
+    }
+    connections.shutdown().await;
 }
 
-/// Why a connection is cut without an answer (the [`Fault::Drop`]).
+/// The error that makes hyper close the connection without an answer ([`Fault::Drop`]).
 #[derive(Debug)]
 struct Dropped;
 
@@ -58,192 +82,268 @@ impl std::fmt::Display for Dropped {
 
 impl std::error::Error for Dropped {}
 
-fn json_response(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
+fn json_response(status: StatusCode, body: &Value) -> Response<Body> {
     let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
     *response.status_mut() = status;
+    // What WeChat sends, "encoding" and all.
     response.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json; encoding=utf-8"),
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json; encoding=utf-8"),
     );
     response
 }
 
-fn endpoint_of(path: &str) -> Option<(Endpoint, Method)> {
-    let (endpoint, wants) = match path {
-        "/cgi-bin/token" => (Endpoint::Token, Method::GET),
-        "/cgi-bin/stable_token" => (Endpoint::StableToken, Method::POST),
-        "/cgi-bin/ticket/getticket" => (Endpoint::Ticket, Method::GET),
-        "/cgi-bin/get_api_domain_ip" => (Endpoint::CheckToken, Method::GET),
-        "/cgi-bin/menu/create" => (Endpoint::MenuCreate, Method::POST),
-        "/cgi-bin/gettoken" => (Endpoint::WorkToken, Method::GET),
-        "/cgi-bin/get_jsapi_ticket" => (Endpoint::WorkTicket, Method::GET),
-        _ => return None,
-    };
-    Some((endpoint, wants))
+fn text_response(status: StatusCode, text: &'static str) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
 }
 
-async fn handle(
-    world: Shared,
-    request: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Dropped> {
-    let (parts, body) = request.into_parts();
-    let body = body
+fn query_params(query: Option<&str>) -> Params {
+    let mut params = Params::new();
+    for (name, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        params
+            .entry(name.into_owned())
+            .or_insert_with(|| value.into_owned());
+    }
+    params
+}
+
+async fn read_body(body: Incoming) -> Option<Bytes> {
+    Limited::new(body, BODY_LIMIT)
         .collect()
         .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
-    let path = parts.uri.path();
-    if let Some(control) = path.strip_prefix("/mock/") {
-        return Ok(control_route(&world, &parts.method, control, &body));
-    }
-    let Some((endpoint, wants)) = endpoint_of(path) else {
-        return Ok(json_response(
-            StatusCode::NOT_FOUND,
-            &error(404, "mock WeChat has no such API"),
-        ));
-    };
-    let fault = {
-        let mut w = lock(&world);
-        *w.calls.entry(endpoint).or_insert(0) += 1;
-        w.faults.get_mut(&endpoint).and_then(|q| q.pop_front())
-    };
-    match fault {
-        Some(Fault::ErrCode(code)) => {
-            return Ok(json_response(
-                StatusCode::OK,
-                &error(code, "injected fault"),
-            ));
-        }
-        Some(Fault::HttpStatus(status)) => {
-            let mut response = Response::new(Full::new(Bytes::from_static(b"injected fault")));
-            *response.status_mut() =
-                StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            return Ok(response);
-        }
-        Some(Fault::Drop) => return Err(Dropped),
-        Some(Fault::Delay(by)) => tokio::time::sleep(by).await,
-        None => {}
-    }
-    let mut params: HashMap<String, String> = parts
-        .uri
-        .query()
-        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
-        .unwrap_or_default();
-    if wants == Method::POST {
-        if parts.method != Method::POST {
-            return Ok(json_response(
-                StatusCode::OK,
-                &error(43002, "require POST method"),
-            ));
-        }
-        match serde_json::from_slice::<serde_json::Map<String, Value>>(&body) {
-            Ok(object) => {
-                for (key, value) in object {
-                    let text = match value {
-                        Value::String(s) => s,
-                        other => other.to_string(),
-                    };
-                    params.insert(key, text);
-                }
-            }
-            Err(_) => {
-                return Ok(json_response(
-                    StatusCode::OK,
-                    &error(47001, "data format error"),
-                ));
-            }
-        }
-    }
-    let answer = lock(&world).answer(endpoint, &params);
-    Ok(json_response(StatusCode::OK, &answer))
+        .ok()
+        .map(|collected| collected.to_bytes())
 }
 
-fn control_route(
-    world: &Shared,
-    method: &Method,
-    route: &str,
-    body: &[u8],
-) -> Response<Full<Bytes>> {
-    let ok = || json_response(StatusCode::OK, &json!({"errcode": 0, "errmsg": "ok"}));
-    let bad = |m: &str| {
-        json_response(
-            StatusCode::BAD_REQUEST,
-            &json!({"errcode": 400, "errmsg": m}),
-        )
+fn wants_post(endpoint: Endpoint) -> bool {
+    matches!(endpoint, Endpoint::StableToken | Endpoint::MenuCreate)
+}
+
+async fn handle(world: Shared, request: Request<Incoming>) -> Result<Response<Body>, Dropped> {
+    let (parts, body) = request.into_parts();
+    let path = parts.uri.path();
+    if let Some(route) = path.strip_prefix("/mock/") {
+        let body = read_body(body).await;
+        return Ok(control(&world, &parts.method, route, body.as_deref()));
+    }
+    let Some(endpoint) = Endpoint::ALL.into_iter().find(|e| e.path() == path) else {
+        tracing::debug!(method = %parts.method, path, "mock WeChat: no such API");
+        let answer = lock(&world).error(404, &format!("mock WeChat has no API at {path}"));
+        return Ok(json_response(StatusCode::NOT_FOUND, &answer));
     };
-    let input: Value = if body.is_empty() {
-        Value::Null
+    let fault = lock(&world).record(endpoint);
+    match fault {
+        Some(Fault::ErrCode(code)) => {
+            tracing::debug!(
+                endpoint = endpoint.name(),
+                code,
+                "mock WeChat: injected errcode"
+            );
+            let answer = lock(&world).error(code, "injected fault");
+            return Ok(json_response(StatusCode::OK, &answer));
+        }
+        Some(Fault::HttpStatus(status)) => {
+            tracing::debug!(
+                endpoint = endpoint.name(),
+                status,
+                "mock WeChat: injected status"
+            );
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            return Ok(text_response(status, "injected fault\n"));
+        }
+        Some(Fault::Drop) => {
+            tracing::debug!(endpoint = endpoint.name(), "mock WeChat: injected drop");
+            return Err(Dropped);
+        }
+        Some(Fault::Delay(by)) => {
+            tracing::debug!(
+                endpoint = endpoint.name(),
+                ?by,
+                "mock WeChat: injected delay"
+            );
+            tokio::time::sleep(by).await;
+        }
+        None => {}
+    }
+
+    let reply = answer(&world, endpoint, &parts.method, parts.uri.query(), body).await;
+    let (Ok(value) | Err(value)) = reply;
+    let errcode = value.get("errcode").and_then(|c| c.as_i64()).unwrap_or(0);
+    tracing::debug!(endpoint = endpoint.name(), errcode, "mock WeChat answered");
+    Ok(json_response(StatusCode::OK, &value))
+}
+
+/// The normal answer of `endpoint`.
+async fn answer(
+    world: &Shared,
+    endpoint: Endpoint,
+    method: &Method,
+    query: Option<&str>,
+    body: Incoming,
+) -> Reply {
+    if wants_post(endpoint) && method != Method::POST {
+        return Err(lock(world).error(43002, "require POST method"));
+    }
+    if !wants_post(endpoint) && method != Method::GET {
+        return Err(lock(world).error(43001, "require GET method"));
+    }
+    let params = query_params(query);
+    let body = if wants_post(endpoint) {
+        read_body(body).await
     } else {
-        match serde_json::from_slice(body) {
-            Ok(v) => v,
-            Err(e) => return bad(&format!("body is not JSON: {e}")),
+        None
+    };
+    let mut w = lock(world);
+    match endpoint {
+        Endpoint::Token => w.token(&params),
+        Endpoint::StableToken => {
+            let parsed = body
+                .as_deref()
+                .and_then(|b| serde_json::from_slice::<StableRequest>(b).ok());
+            match parsed {
+                Some(request) => w.stable_token(&request),
+                None => Err(w.error(47001, "data format error")),
+            }
+        }
+        Endpoint::Ticket => w.ticket(&params),
+        Endpoint::CheckToken => w.check_only(&params),
+        Endpoint::MenuCreate => w.menu_create(&params, body.as_deref().unwrap_or_default()),
+        Endpoint::WorkToken => w.work_token(&params),
+        Endpoint::WorkTicket => w.work_ticket(&params),
+    }
+}
+
+#[derive(Deserialize)]
+struct AppBody {
+    appid: String,
+    secret: String,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum FaultSpec {
+    Word(String),
+    ErrCode { errcode: i64 },
+    Status { status: u16 },
+    Delay { delay_ms: u64 },
+}
+
+fn one() -> u32 {
+    1
+}
+
+#[derive(Deserialize)]
+struct FaultBody {
+    endpoint: String,
+    fault: FaultSpec,
+    #[serde(default = "one")]
+    times: u32,
+}
+
+#[derive(Deserialize)]
+struct InvalidateBody {
+    access_token: String,
+}
+
+#[derive(Deserialize)]
+struct AdvanceBody {
+    seconds: u64,
+}
+
+fn parse<T: serde::de::DeserializeOwned>(body: Option<&[u8]>) -> Result<T, String> {
+    serde_json::from_slice(body.unwrap_or_default()).map_err(|e| format!("bad body: {e}"))
+}
+
+fn ok() -> Value {
+    json!({"errcode": 0, "errmsg": "ok"})
+}
+
+enum Route {
+    Calls,
+    Apps,
+    Faults,
+    Reset,
+    Invalidate,
+    Advance,
+}
+
+/// The `/mock/…` control routes; never counted, never faulted.
+fn control(world: &Shared, method: &Method, route: &str, body: Option<&[u8]>) -> Response<Body> {
+    let (route, wanted) = match route {
+        "calls" => (Route::Calls, Method::GET),
+        "apps" => (Route::Apps, Method::POST),
+        "faults" => (Route::Faults, Method::POST),
+        "reset" => (Route::Reset, Method::POST),
+        "invalidate" => (Route::Invalidate, Method::POST),
+        "advance" => (Route::Advance, Method::POST),
+        _ => {
+            return json_response(
+                StatusCode::NOT_FOUND,
+                &json!({"errcode": 404, "errmsg": format!("no control route /mock/{route}")}),
+            );
         }
     };
-    let text = |key: &str| input.get(key).and_then(Value::as_str).map(str::to_owned);
-    match (method.clone(), route) {
-        (Method::GET, "calls") => {
+    if *method != wanted {
+        return json_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &json!({"errcode": 405, "errmsg": format!("this control route takes {wanted}")}),
+        );
+    }
+    let result = match route {
+        Route::Calls => {
             let w = lock(world);
             let counts: serde_json::Map<String, Value> = Endpoint::ALL
                 .into_iter()
-                .map(|e| {
-                    (
-                        e.name().to_owned(),
-                        json!(w.calls.get(&e).copied().unwrap_or(0)),
-                    )
-                })
+                .map(|e| (e.name().to_owned(), json!(w.calls[e.index()])))
                 .collect();
-            json_response(StatusCode::OK, &Value::Object(counts))
+            Ok(Value::Object(counts))
         }
-        (Method::POST, "apps") => match (text("appid"), text("secret")) {
-            (Some(appid), Some(secret)) => {
-                lock(world).add_app(&appid, &secret);
-                ok()
-            }
-            _ => bad("need appid and secret"),
-        },
-        (Method::POST, "faults") => {
-            let Some(endpoint) = text("endpoint").as_deref().and_then(Endpoint::from_name) else {
-                return bad("unknown endpoint");
-            };
-            let times = input.get("times").and_then(Value::as_u64).unwrap_or(1) as usize;
-            let fault = match input.get("fault") {
-                Some(Value::String(s)) if s == "drop" => Fault::Drop,
-                Some(Value::Object(f)) => {
-                    if let Some(code) = f.get("errcode").and_then(Value::as_i64) {
-                        Fault::ErrCode(code)
-                    } else if let Some(status) = f.get("status").and_then(Value::as_u64) {
-                        Fault::HttpStatus(status as u16)
-                    } else if let Some(ms) = f.get("delay_ms").and_then(Value::as_u64) {
-                        Fault::Delay(Duration::from_millis(ms))
-                    } else {
-                        return bad("fault needs errcode, status or delay_ms");
-                    }
+        Route::Apps => parse::<AppBody>(body).map(|app| {
+            lock(world).add_app(&app.appid, &app.secret);
+            ok()
+        }),
+        Route::Faults => parse::<FaultBody>(body).and_then(|spec| {
+            let endpoint = Endpoint::from_name(&spec.endpoint)
+                .ok_or_else(|| format!("no endpoint {:?}", spec.endpoint))?;
+            let fault = match spec.fault {
+                FaultSpec::Word(word) if word == "drop" => Fault::Drop,
+                FaultSpec::Word(word) => return Err(format!("no fault {word:?}")),
+                FaultSpec::ErrCode { errcode } => Fault::ErrCode(errcode),
+                FaultSpec::Status { status } if StatusCode::from_u16(status).is_ok() => {
+                    Fault::HttpStatus(status)
                 }
-                _ => return bad("fault must be \"drop\" or an object"),
+                FaultSpec::Status { status } => return Err(format!("{status} is no HTTP status")),
+                FaultSpec::Delay { delay_ms } => Fault::Delay(Duration::from_millis(delay_ms)),
             };
+            lock(world).inject(endpoint, fault, spec.times);
+            Ok(ok())
+        }),
+        Route::Reset => {
             let mut w = lock(world);
-            w.faults
-                .entry(endpoint)
-                .or_default()
-                .extend(std::iter::repeat_n(fault, times));
-            ok()
+            w.calls = [0; Endpoint::ALL.len()];
+            w.clear_faults();
+            Ok(ok())
         }
-        (Method::POST, "reset") => {
-            let mut w = lock(world);
-            w.calls.clear();
-            w.faults.clear();
+        Route::Invalidate => parse::<InvalidateBody>(body).map(|b| {
+            lock(world).invalidate(&b.access_token);
             ok()
-        }
-        (Method::POST, "invalidate") => match text("access_token") {
-            Some(token) => {
-                lock(world).invalidate(&token);
-                ok()
-            }
-            None => bad("need access_token"),
-        },
-        _ => json_response(
-            StatusCode::NOT_FOUND,
-            &json!({"errcode": 404, "errmsg": "no such control route"}),
+        }),
+        Route::Advance => parse::<AdvanceBody>(body).map(|b| {
+            lock(world).advance(Duration::from_secs(b.seconds));
+            ok()
+        }),
+    };
+    match result {
+        Ok(answer) => json_response(StatusCode::OK, &answer),
+        Err(message) => json_response(
+            StatusCode::BAD_REQUEST,
+            &json!({"errcode": 400, "errmsg": message}),
         ),
     }
 }

@@ -1,1 +1,8 @@
-//! tests
+//! Integration tests of the mock WeChat: a real server on a loopback port, driven over HTTP.
+
+mod control;
+mod faults;
+mod official;
+mod stable;
+mod support;
+mod wecom;

@@ -1,0 +1,438 @@
+//! WeChat's semantics without HTTP: which apps exist, which tokens are valid until when, what
+//! each call answers. Times are Unix milliseconds on the mock clock.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rand::Rng;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::{Endpoint, Fault, MockConfig};
+
+/// Parsed query parameters; the first of repeated names wins.
+pub(crate) type Params = HashMap<String, String>;
+
+/// The answer to a call: a success body, or a WeChat error body.
+pub(crate) type Reply = Result<Value, Value>;
+
+const DAY_MS: u64 = 86_400_000;
+const FORCES_PER_DAY: usize = 20;
+const FORCE_SPACING_MS: u64 = 30_000;
+const TOKEN_ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-";
+
+const INVALID_TOKEN: &str = "invalid credential, access_token is invalid or not latest";
+
+/// What kind of token a grant is; each API accepts only some kinds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    /// From `/cgi-bin/token`.
+    Classic,
+    /// From `/cgi-bin/stable_token`.
+    Stable,
+    /// From WeCom's `/cgi-bin/gettoken`.
+    Work,
+}
+
+/// A token WeChat still knows. A token that is not in the table gets 40001.
+struct Grant {
+    /// The appid, or the corpid for WeCom.
+    owner: String,
+    kind: Kind,
+    valid_until: u64,
+}
+
+/// The tokens of one issuer (an app's classic tokens, its stable tokens, or one WeCom app's).
+#[derive(Default)]
+struct Series {
+    current: Option<String>,
+    previous: Option<String>,
+}
+
+#[derive(Default)]
+struct StableApp {
+    series: Series,
+    /// When forced refreshes were honoured, oldest first, within the last day.
+    forces: VecDeque<u64>,
+}
+
+/// The body of `POST /cgi-bin/stable_token`. A field of the wrong JSON type makes it malformed.
+#[derive(Debug, Deserialize)]
+pub(crate) struct StableRequest {
+    grant_type: Option<String>,
+    appid: Option<String>,
+    secret: Option<String>,
+    force_refresh: Option<bool>,
+}
+
+/// The mock clock: real time (monotonic since the start) plus every advance.
+struct Clock {
+    start_unix: Duration,
+    started: Instant,
+    offset: Duration,
+}
+
+impl Clock {
+    fn new() -> Self {
+        Self {
+            start_unix: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default(),
+            started: Instant::now(),
+            offset: Duration::ZERO,
+        }
+    }
+
+    fn now(&self) -> Duration {
+        self.start_unix + self.started.elapsed() + self.offset
+    }
+}
+
+/// Everything the mock remembers.
+pub(crate) struct World {
+    config: MockConfig,
+    clock: Clock,
+    /// appid (or corpid) → its secrets, oldest first; the last is the official-account secret.
+    apps: HashMap<String, Vec<String>>,
+    grants: HashMap<String, Grant>,
+    classic: HashMap<String, Series>,
+    stable: HashMap<String, StableApp>,
+    /// (corpid, corpsecret) → that WeCom app's tokens.
+    work: HashMap<(String, String), Series>,
+    /// (appid or corpid, ticket type) → the newest ticket.
+    tickets: HashMap<(String, String), String>,
+    /// Requests per endpoint, by [`Endpoint::index`].
+    pub calls: [u64; Endpoint::ALL.len()],
+    /// Queued faults per endpoint, each with how many calls it still applies to.
+    faults: [VecDeque<(Fault, u32)>; Endpoint::ALL.len()],
+}
+
+fn missing(value: Option<&str>) -> Option<&str> {
+    value.filter(|v| !v.is_empty())
+}
+
+fn random_string(prefix: &str, len: usize) -> String {
+    let mut rng = rand::rng();
+    let mut out = String::with_capacity(prefix.len() + len);
+    out.push_str(prefix);
+    out.extend((0..len).map(|_| TOKEN_ALPHABET[rng.random_range(0..TOKEN_ALPHABET.len())] as char));
+    out
+}
+
+/// Makes `token` the current one of `series`: the current one becomes the previous and lives at
+/// most `cut` more, the previous one is forgotten (so it gets 40001 from now on).
+fn rotate(grants: &mut HashMap<String, Grant>, series: &mut Series, token: String, cut: u64) {
+    if let Some(oldest) = series.previous.take() {
+        grants.remove(&oldest);
+    }
+    if let Some(old) = series.current.take() {
+        if let Some(grant) = grants.get_mut(&old) {
+            grant.valid_until = grant.valid_until.min(cut);
+        }
+        series.previous = Some(old);
+    }
+    series.current = Some(token);
+}
+
+impl World {
+    pub fn new(config: MockConfig) -> Self {
+        Self {
+            config,
+            clock: Clock::new(),
+            apps: HashMap::new(),
+            grants: HashMap::new(),
+            classic: HashMap::new(),
+            stable: HashMap::new(),
+            work: HashMap::new(),
+            tickets: HashMap::new(),
+            calls: [0; Endpoint::ALL.len()],
+            faults: std::array::from_fn(|_| VecDeque::new()),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.clock.now().as_millis() as u64
+    }
+
+    fn lifetime_ms(&self) -> u64 {
+        self.config.token_expires_in.saturating_mul(1000)
+    }
+
+    fn overlap_ms(&self) -> u64 {
+        self.config.overlap.as_millis() as u64
+    }
+
+    /// A WeChat error body: `errmsg` ends with a request id whose first group is the Unix time.
+    pub fn error(&self, errcode: i64, text: &str) -> Value {
+        let mut rng = rand::rng();
+        let secs = self.clock.now().as_secs() as u32;
+        let (a, b): (u32, u32) = (rng.random(), rng.random());
+        json!({
+            "errcode": errcode,
+            "errmsg": format!("{text} rid: {secs:08x}-{a:08x}-{b:08x}"),
+        })
+    }
+
+    pub fn advance(&mut self, by: Duration) {
+        self.clock.offset += by;
+    }
+
+    pub fn add_app(&mut self, appid: &str, secret: &str) {
+        let secrets = self.apps.entry(appid.to_owned()).or_default();
+        secrets.retain(|s| s != secret);
+        secrets.push(secret.to_owned());
+    }
+
+    pub fn invalidate(&mut self, token: &str) {
+        self.grants.remove(token);
+    }
+
+    pub fn current_token(&self, appid: &str) -> Option<String> {
+        self.classic.get(appid)?.current.clone()
+    }
+
+    pub fn current_ticket(&self, appid: &str, kind: &str) -> Option<String> {
+        self.tickets
+            .get(&(appid.to_owned(), kind.to_owned()))
+            .cloned()
+    }
+
+    /// Counts a call of `endpoint` and takes the fault it gets, if one is queued.
+    pub fn record(&mut self, endpoint: Endpoint) -> Option<Fault> {
+        self.calls[endpoint.index()] += 1;
+        let queue = &mut self.faults[endpoint.index()];
+        let (fault, left) = queue.front_mut()?;
+        let fault = fault.clone();
+        *left -= 1;
+        if *left == 0 {
+            queue.pop_front();
+        }
+        Some(fault)
+    }
+
+    pub fn inject(&mut self, endpoint: Endpoint, fault: Fault, times: u32) {
+        if times > 0 {
+            self.faults[endpoint.index()].push_back((fault, times));
+        }
+    }
+
+    pub fn clear_faults(&mut self) {
+        self.faults.iter_mut().for_each(VecDeque::clear);
+    }
+
+    /// A new token nobody holds yet, valid for the configured lifetime from now.
+    fn mint(&mut self, owner: &str, kind: Kind) -> String {
+        let (prefix, len) = match kind {
+            Kind::Classic | Kind::Stable => ("86_", 147),
+            Kind::Work => ("", 150),
+        };
+        let token = loop {
+            let candidate = random_string(prefix, len);
+            if !self.grants.contains_key(&candidate) {
+                break candidate;
+            }
+        };
+        let valid_until = self.now().saturating_add(self.lifetime_ms());
+        self.grants.insert(
+            token.clone(),
+            Grant {
+                owner: owner.to_owned(),
+                kind,
+                valid_until,
+            },
+        );
+        token
+    }
+
+    /// How many milliseconds `token` still has, or `None` if WeChat does not know it.
+    fn remaining(&self, token: &str) -> Option<u64> {
+        let now = self.now();
+        self.grants
+            .get(token)
+            .map(|g| g.valid_until.saturating_sub(now))
+    }
+
+    /// The owner of the `access_token` parameter, if it is a live token of one of `kinds`.
+    fn check_token(&self, params: &Params, kinds: &[Kind]) -> Result<String, Value> {
+        let Some(token) = missing(params.get("access_token").map(String::as_str)) else {
+            return Err(self.error(41001, "access_token missing"));
+        };
+        match self.grants.get(token) {
+            Some(grant) if kinds.contains(&grant.kind) => {
+                if self.now() >= grant.valid_until {
+                    Err(self.error(42001, "access_token expired"))
+                } else {
+                    Ok(grant.owner.clone())
+                }
+            }
+            _ => Err(self.error(40001, INVALID_TOKEN)),
+        }
+    }
+
+    /// The checks `/cgi-bin/token` and `/cgi-bin/stable_token` share; gives the appid.
+    fn check_app(
+        &mut self,
+        grant_type: Option<&str>,
+        appid: Option<&str>,
+        secret: Option<&str>,
+    ) -> Result<String, Value> {
+        if grant_type != Some("client_credential") {
+            return Err(self.error(40002, "invalid grant_type"));
+        }
+        let Some(appid) = missing(appid) else {
+            return Err(self.error(41002, "appid missing"));
+        };
+        let Some(secret) = missing(secret) else {
+            return Err(self.error(41004, "appsecret missing"));
+        };
+        match self.apps.get(appid) {
+            None if self.config.auto_register => {
+                self.add_app(appid, secret);
+                Ok(appid.to_owned())
+            }
+            None => Err(self.error(40013, "invalid appid")),
+            Some(secrets) if secrets.last().map(String::as_str) != Some(secret) => {
+                Err(self.error(40125, "invalid appsecret"))
+            }
+            Some(_) => Ok(appid.to_owned()),
+        }
+    }
+
+    /// `GET /cgi-bin/token`: a new token every time.
+    pub fn token(&mut self, params: &Params) -> Reply {
+        let get = |name: &str| params.get(name).map(String::as_str);
+        let appid = self.check_app(get("grant_type"), get("appid"), get("secret"))?;
+        let token = self.mint(&appid, Kind::Classic);
+        let cut = self.now().saturating_add(self.overlap_ms());
+        let series = self.classic.entry(appid).or_default();
+        rotate(&mut self.grants, series, token.clone(), cut);
+        // A success carries no errcode at all.
+        Ok(json!({"access_token": token, "expires_in": self.config.token_expires_in}))
+    }
+
+    /// `POST /cgi-bin/stable_token`.
+    pub fn stable_token(&mut self, request: &StableRequest) -> Reply {
+        let appid = self.check_app(
+            request.grant_type.as_deref(),
+            request.appid.as_deref(),
+            request.secret.as_deref(),
+        )?;
+        let now = self.now();
+        let overlap = self.overlap_ms();
+        let app = self.stable.entry(appid.clone()).or_default();
+        while app
+            .forces
+            .front()
+            .is_some_and(|&t| now.saturating_sub(t) >= DAY_MS)
+        {
+            app.forces.pop_front();
+        }
+        let forced = request.force_refresh == Some(true)
+            && app.forces.len() < FORCES_PER_DAY
+            && app
+                .forces
+                .back()
+                .is_none_or(|&t| now.saturating_sub(t) >= FORCE_SPACING_MS);
+        if forced {
+            app.forces.push_back(now);
+        }
+        let current = app.series.current.clone();
+        // Normal mode renews only an unknown, invalidated, expired or nearly expired token.
+        let renew = forced
+            || current
+                .as_deref()
+                .and_then(|t| self.remaining(t))
+                .is_none_or(|left| left <= overlap);
+        let token = if renew {
+            let token = self.mint(&appid, Kind::Stable);
+            let series = &mut self.stable.entry(appid).or_default().series;
+            rotate(
+                &mut self.grants,
+                series,
+                token.clone(),
+                now.saturating_add(overlap),
+            );
+            token
+        } else {
+            current.unwrap_or_default()
+        };
+        let expires_in = self.remaining(&token).unwrap_or(0) / 1000;
+        Ok(json!({"access_token": token, "expires_in": expires_in}))
+    }
+
+    /// `GET /cgi-bin/ticket/getticket`: a new ticket every time.
+    pub fn ticket(&mut self, params: &Params) -> Reply {
+        let appid = self.check_token(params, &[Kind::Classic, Kind::Stable])?;
+        let kind = params.get("type").map(String::as_str).unwrap_or_default();
+        if kind != "jsapi" && kind != "wx_card" {
+            return Err(self.error(40097, "invalid args"));
+        }
+        Ok(self.new_ticket(appid, kind))
+    }
+
+    fn new_ticket(&mut self, owner: String, kind: &str) -> Value {
+        let ticket = random_string("", 86);
+        self.tickets
+            .insert((owner, kind.to_owned()), ticket.clone());
+        json!({
+            "errcode": 0,
+            "errmsg": "ok",
+            "ticket": ticket,
+            "expires_in": self.config.ticket_expires_in,
+        })
+    }
+
+    /// `GET /cgi-bin/get_api_domain_ip`: checks any token.
+    pub fn check_only(&self, params: &Params) -> Reply {
+        self.check_token(params, &[Kind::Classic, Kind::Stable, Kind::Work])?;
+        Ok(json!({"ip_list": ["127.0.0.1"]}))
+    }
+
+    /// `POST /cgi-bin/menu/create`: checks any token, then that the body is JSON.
+    pub fn menu_create(&self, params: &Params, body: &[u8]) -> Reply {
+        self.check_token(params, &[Kind::Classic, Kind::Stable, Kind::Work])?;
+        if serde_json::from_slice::<serde::de::IgnoredAny>(body).is_err() {
+            return Err(self.error(47001, "data format error"));
+        }
+        Ok(json!({"errcode": 0, "errmsg": "ok"}))
+    }
+
+    /// WeCom's `GET /cgi-bin/gettoken`: the same token while it is valid.
+    pub fn work_token(&mut self, params: &Params) -> Reply {
+        let Some(corpid) = missing(params.get("corpid").map(String::as_str)) else {
+            return Err(self.error(41002, "corpid missing"));
+        };
+        let Some(secret) = missing(params.get("corpsecret").map(String::as_str)) else {
+            return Err(self.error(41004, "corpsecret missing"));
+        };
+        match self.apps.get(corpid) {
+            None if self.config.auto_register => self.add_app(corpid, secret),
+            None => return Err(self.error(40013, "invalid corpid")),
+            Some(secrets) if !secrets.iter().any(|s| s == secret) => {
+                return Err(self.error(40001, "invalid credential, corpsecret is invalid"));
+            }
+            Some(_) => {}
+        }
+        let key = (corpid.to_owned(), secret.to_owned());
+        let current = self.work.get(&key).and_then(|s| s.current.clone());
+        let live = current.filter(|t| self.remaining(t).is_some_and(|left| left > 0));
+        let token = match live {
+            Some(token) => token,
+            None => {
+                let token = self.mint(corpid, Kind::Work);
+                let cut = self.now().saturating_add(self.overlap_ms());
+                let series = self.work.entry(key).or_default();
+                rotate(&mut self.grants, series, token.clone(), cut);
+                token
+            }
+        };
+        let expires_in = self.remaining(&token).unwrap_or(0) / 1000;
+        Ok(json!({"errcode": 0, "errmsg": "ok", "access_token": token, "expires_in": expires_in}))
+    }
+
+    /// WeCom's `GET /cgi-bin/get_jsapi_ticket`: a new ticket every time, for a WeCom token.
+    pub fn work_ticket(&mut self, params: &Params) -> Reply {
+        let corpid = self.check_token(params, &[Kind::Work])?;
+        Ok(self.new_ticket(corpid, "jsapi"))
+    }
+}
