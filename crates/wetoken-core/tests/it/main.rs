@@ -12,6 +12,11 @@ use wetoken_core::{
 use wetoken_mock::{Endpoint, MockWeChat};
 
 async fn engine(mock: &MockWeChat) -> Engine {
+    engine_with(mock, EngineConfig::default()).await
+}
+
+/// An engine over a fresh in-memory SQLite database, calling `mock`.
+async fn engine_with(mock: &MockWeChat, config: EngineConfig) -> Engine {
     let store = Store::connect(&DatabaseOptions::new("sqlite::memory:"))
         .await
         .unwrap();
@@ -22,7 +27,7 @@ async fn engine(mock: &MockWeChat) -> Engine {
     })
     .unwrap();
     let clock = Arc::new(ManualClock::new(Utc::now()));
-    Engine::new(store, wechat, clock, EngineConfig::default()).unwrap()
+    Engine::new(store, wechat, clock, config).unwrap()
 }
 
 #[tokio::test]
@@ -55,15 +60,6 @@ async fn unknown_appids_leave_no_trace() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cold_start_of_many_apps_is_paced_not_a_burst() {
     let mock = MockWeChat::start().await.unwrap();
-    let store = Store::connect(&DatabaseOptions::new("sqlite::memory:"))
-        .await
-        .unwrap();
-    store.migrate().await.unwrap();
-    let wechat = WeChat::new(&WeChatOptions {
-        base_url: mock.url(),
-        ..WeChatOptions::default()
-    })
-    .unwrap();
     let config = EngineConfig {
         max_refresh_rate: 40,
         concurrency: 8,
@@ -71,13 +67,7 @@ async fn a_cold_start_of_many_apps_is_paced_not_a_burst() {
         refresh_tickets: false,
         ..EngineConfig::default()
     };
-    let engine = Engine::new(
-        store,
-        wechat,
-        Arc::new(ManualClock::new(Utc::now())),
-        config,
-    )
-    .unwrap();
+    let engine = engine_with(&mock, config).await;
     for i in 0..120 {
         let appid = format!("wxpaced{i:03}");
         mock.add_app(&appid, "s");

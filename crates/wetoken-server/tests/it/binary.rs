@@ -5,15 +5,7 @@ use std::time::Duration;
 
 use wetoken_mock::Endpoint;
 
-use crate::harness::{SECRET, eventually, mock_with};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use crate::harness::{self, SECRET, eventually, free_port, mock_with};
 
 fn scratch_dir(name: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("wetoken-bin-{name}-{}", std::process::id()));
@@ -23,14 +15,8 @@ fn scratch_dir(name: &str) -> std::path::PathBuf {
 }
 
 fn server_command(dir: &std::path::Path) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_wetoken-server"));
+    let mut command = harness::server_command();
     command.current_dir(dir);
-    // The harness's own WETOKEN_TEST_* variables are not settings; anything else would be.
-    for (key, _) in std::env::vars() {
-        if key.starts_with("WETOKEN_") && !key.starts_with("WETOKEN_TEST_") {
-            command.env_remove(key);
-        }
-    }
     command
 }
 

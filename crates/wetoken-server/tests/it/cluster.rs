@@ -15,7 +15,7 @@ use serde_json::Value;
 use tokio::net::{TcpListener, TcpStream};
 use wetoken_mock::{Endpoint, Fault, MockConfig, MockWeChat};
 
-use crate::harness::{SECRET, TestDb, eventually, mock_with};
+use crate::harness::{SECRET, TestDb, eventually, free_port, mock_with, server_command};
 
 /// A `wetoken-server` process.
 struct Replica {
@@ -23,24 +23,11 @@ struct Replica {
     url: String,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 impl Replica {
     /// Starts a replica on `database_url` with WeChat at `wechat`, and waits until it answers.
     async fn start(database_url: &str, wechat: &str, env: &[(&str, &str)]) -> Replica {
         let port = free_port();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_wetoken-server"));
-        for (key, _) in std::env::vars() {
-            if key.starts_with("WETOKEN_") && !key.starts_with("WETOKEN_TEST_") {
-                command.env_remove(key);
-            }
-        }
+        let mut command = server_command();
         command
             .args(["start", "--listen", &format!("127.0.0.1:{port}")])
             .args(["--database-url", database_url, "--wechat-base-url", wechat])

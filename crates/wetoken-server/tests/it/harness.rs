@@ -332,3 +332,24 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The `wetoken-server` binary, with none of the developer's `WETOKEN_*` settings leaking in
+/// (the harness's own `WETOKEN_TEST_*` stay: they are not settings).
+pub fn server_command() -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_wetoken-server"));
+    for (key, _) in std::env::vars() {
+        if key.starts_with("WETOKEN_") && !key.starts_with("WETOKEN_TEST_") {
+            command.env_remove(key);
+        }
+    }
+    command
+}
