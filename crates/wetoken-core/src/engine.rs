@@ -382,6 +382,21 @@ impl Engine {
             .await
     }
 
+    /// Fetches a new credential now, whatever the stored one's state (an operator's forced
+    /// refresh). It goes through the lease like any refresh, so replicas still fetch once.
+    pub async fn force_refresh(&self, appid: &AppId, kind: Kind) -> Result<Arc<Credential>, Error> {
+        let current = self
+            .inner
+            .store
+            .credential(appid, kind)
+            .await?
+            .and_then(|r| r.credential);
+        match current {
+            Some(c) => self.refresh(appid, kind, &c.value).await,
+            None => self.get(appid, kind).await,
+        }
+    }
+
     /// Adds an app.
     pub async fn add_app(&self, app: &NewApp) -> Result<(), Error> {
         self.inner.store.insert_app(app, self.now()).await?;

@@ -33,6 +33,15 @@ pub struct Settings {
     pub wechat_fallback_urls: Option<Vec<String>>,
     /// WeCom's API root, for apps of kind `work`.
     pub wechat_work_base_url: String,
+    /// The key the admin routes (`/wechat/app/*`, the status page) require as
+    /// `Authorization: Bearer <key>`. Unset, they answer only callers in `admin_networks`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_key: Option<String>,
+    /// A file holding the admin key (its first line), for secrets mounted as files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_key_file: Option<std::path::PathBuf>,
+    /// Where the admin routes may be called from while no admin key is set (CIDR blocks).
+    pub admin_networks: Vec<String>,
     /// How credentials are refreshed.
     pub refresh: EngineConfig,
     /// Limits of the HTTP server.
@@ -64,6 +73,9 @@ impl Default for Settings {
             wechat_timeout_secs: 10,
             wechat_fallback_urls: None,
             wechat_work_base_url: WeChatOptions::default().work_base_url,
+            admin_key: None,
+            admin_key_file: None,
+            admin_networks: vec!["127.0.0.0/8".into(), "::1/128".into()],
             refresh: EngineConfig::default(),
             http: HttpSettings::default(),
         }
@@ -103,6 +115,39 @@ impl Settings {
             .merge(overrides)
             .extract()
             .map_err(Box::new)
+    }
+
+    /// The admin key, from `admin_key` or the first line of `admin_key_file`.
+    pub fn admin_key(&self) -> Result<Option<String>, String> {
+        match (&self.admin_key, &self.admin_key_file) {
+            (Some(_), Some(_)) => Err("set admin_key or admin_key_file, not both".into()),
+            (Some(key), None) => Ok(Some(key.clone())),
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("reading admin_key_file {}: {e}", path.display()))?;
+                let key = text.lines().next().unwrap_or_default().trim().to_owned();
+                Ok(Some(key))
+            }
+            (None, None) => Ok(None),
+        }
+        .and_then(|key| match key {
+            Some(key) if key.len() < 16 => {
+                Err("the admin key must be at least 16 characters".into())
+            }
+            key => Ok(key),
+        })
+    }
+
+    /// The admin networks, parsed.
+    pub fn admin_networks(&self) -> Result<Vec<ipnet::IpNet>, String> {
+        self.admin_networks
+            .iter()
+            .map(|n| {
+                n.parse::<ipnet::IpNet>()
+                    .or_else(|_| n.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| format!("admin_networks: {n:?} is not an address or CIDR block"))
+            })
+            .collect()
     }
 
     /// The database part, as the engine takes it.

@@ -17,7 +17,7 @@ use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use serde::Serialize;
-use tracing::{Instrument, debug, error};
+use tracing::{Instrument, debug, error, warn};
 use wetoken_core::{
     AppId, AppKind, AppStatus, AppUpdate, Credential, CredentialRecord, Engine, Kind, NewApp,
     Secret, TokenMode, WorkIds,
@@ -32,12 +32,49 @@ use crate::config::HttpSettings;
 pub(crate) struct State {
     pub engine: Engine,
     pub http: HttpSettings,
+    pub admin: AdminPolicy,
+}
+
+/// Who may use the admin routes.
+pub(crate) struct AdminPolicy {
+    /// When set, callers must present it as a bearer token, from anywhere.
+    pub key: Option<String>,
+    /// While no key is set, callers must come from one of these.
+    pub networks: Vec<ipnet::IpNet>,
+}
+
+impl AdminPolicy {
+    fn check(&self, headers: &http::HeaderMap, peer: std::net::IpAddr) -> Result<(), ApiError> {
+        use subtle::ConstantTimeEq;
+        match &self.key {
+            Some(key) => {
+                let presented = headers
+                    .get(http::header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("Bearer "))
+                    .unwrap_or_default();
+                // Constant time in the key's content; only the (public) length can show.
+                if bool::from(presented.as_bytes().ct_eq(key.as_bytes())) {
+                    Ok(())
+                } else {
+                    Err(ApiError::Unauthorized)
+                }
+            }
+            None if self.networks.iter().any(|n| n.contains(&peer)) => Ok(()),
+            None => Err(ApiError::Forbidden(
+                "the admin routes answer only local callers until an admin key is configured"
+                    .into(),
+            )),
+        }
+    }
 }
 
 /// Why a request failed, before or inside the engine.
 #[derive(Debug)]
 enum ApiError {
     BadRequest(String),
+    Unauthorized,
+    Forbidden(String),
     BodyTooLarge(usize),
     NotFound,
     MethodNotAllowed,
@@ -58,6 +95,12 @@ fn error_response(e: &ApiError) -> Response<Full<Bytes>> {
     use wetoken_core::Error as E;
     let (status, errcode, errmsg) = match e {
         ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, code::BAD_REQUEST, m.clone()),
+        ApiError::Unauthorized => (
+            StatusCode::UNAUTHORIZED,
+            code::UNAUTHORIZED,
+            "this route needs the admin key: Authorization: Bearer <key>".into(),
+        ),
+        ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, code::FORBIDDEN, m.clone()),
         ApiError::BodyTooLarge(limit) => (
             StatusCode::PAYLOAD_TOO_LARGE,
             code::BODY_TOO_LARGE,
@@ -230,6 +273,7 @@ fn route(path: &str) -> Option<Route<'_>> {
 /// Serves one request. Never fails: every error becomes a JSON answer.
 pub(crate) async fn handle(
     state: Arc<State>,
+    peer: std::net::IpAddr,
     request: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let request_id = request
@@ -247,9 +291,12 @@ pub(crate) async fn handle(
         path = %request.uri().path(),
     );
     let timeout = Duration::from_secs(state.http.request_timeout_secs);
-    let answer = tokio::time::timeout(timeout, dispatch(&state, request).instrument(span.clone()))
-        .await
-        .unwrap_or(Err(ApiError::Timeout));
+    let answer = tokio::time::timeout(
+        timeout,
+        dispatch(&state, peer, request).instrument(span.clone()),
+    )
+    .await
+    .unwrap_or(Err(ApiError::Timeout));
     let mut response = answer.unwrap_or_else(|e| span.in_scope(|| error_response(&e)));
     let status = response.status();
     span.in_scope(|| debug!(status = status.as_u16(), "answered"));
@@ -313,11 +360,14 @@ fn status_label(status: StatusCode) -> &'static str {
     }
 }
 
-async fn dispatch(state: &State, request: Request<Incoming>) -> ApiResult {
+async fn dispatch(state: &State, peer: std::net::IpAddr, request: Request<Incoming>) -> ApiResult {
     let (parts, body) = request.into_parts();
     let Some(route) = route(parts.uri.path()) else {
         return Err(ApiError::NotFound);
     };
+    if matches!(route, Route::App(_) | Route::Status) {
+        state.admin.check(&parts.headers, peer)?;
+    }
     let method = &parts.method;
     let read_only = method == Method::GET || method == Method::HEAD;
     match route {
@@ -425,13 +475,20 @@ async fn app_route(
         // The Go clients create apps with GET and a query string.
         "create" => method == Method::GET || method == Method::POST,
         "list" | "show" => method == Method::GET,
-        "update" | "delete" => method == Method::POST,
+        "update" | "delete" | "refresh" => method == Method::POST,
         _ => return Err(ApiError::NotFound),
     };
     if !allowed {
         return Err(ApiError::MethodNotAllowed);
     }
     let params = Params::read(parts, body, &state.http).await?;
+    if action == "create" && method == Method::GET && params.optional("secret").is_some() {
+        // Never the secret itself: the Go clients' way still works, but should end.
+        warn!(
+            appid = params.optional("appid").unwrap_or_default(),
+            "deprecated: an app was created with its secret in a GET query string; POST it in the body"
+        );
+    }
     let engine = &state.engine;
     match action {
         "create" => {
@@ -523,6 +580,21 @@ async fn app_route(
             let appid = AppId::parse(params.required("appid")?)?;
             engine.delete_app(&appid).await?;
             Ok(success())
+        }
+        "refresh" => {
+            let appid = AppId::parse(params.required("appid")?)?;
+            let kind = match params.optional("kind").unwrap_or("token") {
+                "token" => Kind::AccessToken,
+                "ticket" | "jsapi" => Kind::JsapiTicket,
+                "wx_card" => Kind::CardTicket,
+                other => {
+                    return Err(ApiError::BadRequest(format!(
+                        "unknown kind {other:?}: expected token, ticket or wx_card"
+                    )));
+                }
+            };
+            let credential = engine.force_refresh(&appid, kind).await?;
+            Ok(credential_response(kind, &credential, engine.now()))
         }
         _ => Err(ApiError::NotFound),
     }

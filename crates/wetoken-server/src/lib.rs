@@ -90,10 +90,21 @@ impl Server {
             WeChat::new(&settings.wechat()).map_err(|e| StartError::Settings(e.to_string()))?;
         let engine = Engine::new(store, wechat, clock, settings.refresh.clone())
             .map_err(|e| StartError::Settings(e.to_string()))?;
+        let admin = http::AdminPolicy {
+            key: settings.admin_key().map_err(StartError::Settings)?,
+            networks: settings.admin_networks().map_err(StartError::Settings)?,
+        };
+        if admin.key.is_none() {
+            warn!(
+                networks = ?settings.admin_networks,
+                "no admin key is configured: the admin routes answer only these networks"
+            );
+        }
         Ok(Self {
             state: Arc::new(http::State {
                 engine,
                 http: settings.http.clone(),
+                admin,
             }),
         })
     }
@@ -136,7 +147,7 @@ impl Server {
         loop {
             tokio::select! {
                 accepted = listener.accept() => {
-                    let (stream, _peer) = match accepted {
+                    let (stream, peer) = match accepted {
                         Ok(conn) => conn,
                         Err(e) => {
                             // Out of file descriptors and the like: pause instead of spinning.
@@ -147,7 +158,9 @@ impl Server {
                     };
                     let _ = stream.set_nodelay(true);
                     let state = state.clone();
-                    let service = service_fn(move |request| http::handle(state.clone(), request));
+                    let peer = peer.ip().to_canonical();
+                    let service =
+                        service_fn(move |request| http::handle(state.clone(), peer, request));
                     let connection = builder
                         .serve_connection(TokioIo::new(stream), service)
                         .into_owned();

@@ -20,6 +20,12 @@ pub mod code {
     pub const OK: i64 = 0;
     /// The request is malformed: a bad appid, a missing parameter, a body that is not JSON.
     pub const BAD_REQUEST: i64 = 90400;
+    /// The route needs the admin key (`Authorization: Bearer <key>`), and none or a wrong one
+    /// came.
+    pub const UNAUTHORIZED: i64 = 90401;
+    /// The route is not open to this caller (the admin routes, from outside `admin_networks`
+    /// while no admin key is configured).
+    pub const FORBIDDEN: i64 = 90403;
     /// No app with that appid is registered.
     pub const UNKNOWN_APP: i64 = 90404;
     /// The route exists but not for this HTTP method.

@@ -10,3 +10,4 @@ mod client;
 mod cluster;
 mod engine;
 mod ops;
+mod security;
