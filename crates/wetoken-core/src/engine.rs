@@ -62,6 +62,8 @@ pub struct EngineConfig {
     pub backoff_max_secs: u64,
     /// Whether the scheduler also renews jsapi tickets (otherwise they are fetched on demand).
     pub refresh_tickets: bool,
+    /// The most calls to WeChat this process makes at once, requests and scheduler together.
+    pub max_upstream_concurrency: usize,
     /// How long a replica's refresh lease lasts, in milliseconds. It must outlast a refresh
     /// (a WeChat call and a database write); a holder that dies loses it after this long.
     pub lease_ms: u64,
@@ -87,6 +89,7 @@ impl Default for EngineConfig {
             backoff_base_secs: 2,
             backoff_max_secs: 300,
             refresh_tickets: true,
+            max_upstream_concurrency: 16,
             lease_ms: 30_000,
             lease_poll_ms: 100,
             cache_check_ms: 1_000,
@@ -125,8 +128,14 @@ impl EngineConfig {
         if self.refresh_ahead_secs + self.jitter_secs >= 7200 {
             return bad("refresh_ahead_secs + jitter_secs must be below 7200 s");
         }
-        if self.concurrency == 0 || self.scan_interval_ms == 0 || self.max_refresh_rate == 0 {
-            return bad("concurrency, scan_interval_ms and max_refresh_rate must be positive");
+        if self.concurrency == 0
+            || self.scan_interval_ms == 0
+            || self.max_refresh_rate == 0
+            || self.max_upstream_concurrency == 0
+        {
+            return bad(
+                "concurrency, scan_interval_ms, max_refresh_rate and max_upstream_concurrency must be positive",
+            );
         }
         if self.backoff_base_secs == 0 || self.backoff_max_secs < self.backoff_base_secs {
             return bad("need 0 < backoff_base_secs <= backoff_max_secs");
@@ -277,6 +286,8 @@ struct Inner {
     slots: [RwLock<HashMap<String, Arc<Slot>>>; 3],
     /// Names this process in lease owners.
     replica: String,
+    /// Bounds the calls to WeChat in flight.
+    upstream: Semaphore,
     leases: AtomicU64,
 }
 
@@ -314,6 +325,7 @@ impl Engine {
         config: EngineConfig,
     ) -> Result<Self, Error> {
         config.validate()?;
+        let upstream = Semaphore::new(config.max_upstream_concurrency);
         Ok(Self {
             inner: Arc::new(Inner {
                 store,
@@ -322,6 +334,7 @@ impl Engine {
                 config,
                 slots: Default::default(),
                 replica: replica_name(),
+                upstream,
                 leases: AtomicU64::new(0),
             }),
         })
@@ -933,6 +946,7 @@ impl Engine {
         endpoint: &'static str,
         call: impl Future<Output = Result<Issued, UpstreamError>>,
     ) -> Result<Issued, UpstreamError> {
+        let _permit = self.inner.upstream.acquire().await;
         let started = std::time::Instant::now();
         let result = call.await;
         let outcome = match &result {

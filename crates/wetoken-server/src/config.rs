@@ -60,6 +60,8 @@ pub struct HttpSettings {
     pub request_timeout_secs: u64,
     /// How long shutdown waits for in-flight requests, in seconds.
     pub shutdown_timeout_secs: u64,
+    /// The most connections served at once; further ones are closed at once.
+    pub max_connections: usize,
 }
 
 impl Default for Settings {
@@ -89,6 +91,7 @@ impl Default for HttpSettings {
             header_read_timeout_secs: 10,
             request_timeout_secs: 30,
             shutdown_timeout_secs: 10,
+            max_connections: 10_000,
         }
     }
 }

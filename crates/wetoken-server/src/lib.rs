@@ -142,6 +142,7 @@ impl Server {
             .timer(TokioTimer::new())
             .header_read_timeout(Duration::from_secs(state.http.header_read_timeout_secs));
         let graceful = GracefulShutdown::new();
+        let connections = Arc::new(tokio::sync::Semaphore::new(state.http.max_connections));
         info!(addr = %listener.local_addr()?, "serving");
         tokio::pin!(shutdown);
         loop {
@@ -156,6 +157,12 @@ impl Server {
                             continue;
                         }
                     };
+                    let Ok(permit) = connections.clone().try_acquire_owned() else {
+                        // Over the limit: close it rather than queue it.
+                        tracing::debug!(%peer, "connection limit reached; closing a new connection");
+                        drop(stream);
+                        continue;
+                    };
                     let _ = stream.set_nodelay(true);
                     let state = state.clone();
                     let peer = peer.ip().to_canonical();
@@ -169,6 +176,7 @@ impl Server {
                         if let Err(e) = connection.await {
                             tracing::debug!(error = %e, "connection ended with an error");
                         }
+                        drop(permit);
                     });
                 }
                 _ = &mut shutdown => break,

@@ -9,5 +9,6 @@ mod binary;
 mod client;
 mod cluster;
 mod engine;
+mod limits;
 mod ops;
 mod security;

@@ -1,0 +1,139 @@
+//! Resource limits against hostile or careless clients: slow headers, too many connections,
+//! too many refreshes at once.
+
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use wetoken_mock::{Endpoint, Fault};
+
+use crate::harness::{Backend, TestDb, TestServer, mock_with, settings};
+
+async fn sqlite() -> TestDb {
+    TestDb::create(Backend::Sqlite)
+        .await
+        .expect("SQLite is always tested")
+}
+
+fn addr(server: &TestServer) -> String {
+    server.url.trim_start_matches("http://").to_owned()
+}
+
+/// Reads until the server closes the connection; how long that took, and what it sent.
+async fn until_closed(stream: &mut TcpStream, limit: Duration) -> (Duration, Vec<u8>) {
+    let started = Instant::now();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        match tokio::time::timeout(
+            limit.saturating_sub(started.elapsed()),
+            stream.read(&mut buf),
+        )
+        .await
+        {
+            Ok(Ok(0)) | Ok(Err(_)) => return (started.elapsed(), got),
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Err(_) => panic!("the server kept the connection open for {limit:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_headers_are_cut_off() {
+    let db = sqlite().await;
+    let mock = mock_with(&[]).await;
+    let mut s = settings(&db, &mock);
+    s.http.header_read_timeout_secs = 1;
+    let server = TestServer::start(s).await;
+
+    // Slowloris: a request line, then one header byte now and then, never the blank line.
+    let mut stream = TcpStream::connect(addr(&server)).await.unwrap();
+    stream
+        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .await
+        .unwrap();
+    let trickle = async {
+        for _ in 0..10 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            if stream.write_all(b"a").await.is_err() {
+                break;
+            }
+        }
+    };
+    trickle.await;
+    let (took, _) = until_closed(&mut stream, Duration::from_secs(10)).await;
+    assert!(took < Duration::from_secs(5), "closed after {took:?}");
+    // Normal requests are unaffected.
+    assert_eq!(server.get("/health").await.0, 200);
+    server.stop().await;
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_the_limit_are_closed() {
+    let db = sqlite().await;
+    let mock = mock_with(&[]).await;
+    let mut s = settings(&db, &mock);
+    s.http.max_connections = 2;
+    let server = TestServer::start(s).await;
+
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        held.push(TcpStream::connect(addr(&server)).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut third = TcpStream::connect(addr(&server)).await.unwrap();
+    let _ = third
+        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await;
+    let (_, answer) = until_closed(&mut third, Duration::from_secs(5)).await;
+    assert!(
+        answer.is_empty(),
+        "over the limit, no answer: {:?}",
+        String::from_utf8_lossy(&answer)
+    );
+
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut fourth = TcpStream::connect(addr(&server)).await.unwrap();
+    fourth
+        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let (_, answer) = until_closed(&mut fourth, Duration::from_secs(5)).await;
+    assert!(
+        answer.starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&answer)
+    );
+    server.stop().await;
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_calls_are_bounded() {
+    let db = sqlite().await;
+    let apps: Vec<String> = (0..4).map(|i| format!("wxbound{i}")).collect();
+    let ids: Vec<&str> = apps.iter().map(String::as_str).collect();
+    let mock = mock_with(&ids).await;
+    let mut s = settings(&db, &mock);
+    s.refresh.max_upstream_concurrency = 1;
+    let server = TestServer::start(s).await;
+    for app in &apps {
+        server.add_app(app).await;
+    }
+    mock.inject(Endpoint::Token, Fault::Delay(Duration::from_millis(300)), 4);
+    let started = Instant::now();
+    let tokens = join_all(apps.iter().map(|app| server.token(app))).await;
+    // One at a time: four 300 ms calls cannot finish sooner than 1.2 s.
+    assert!(
+        started.elapsed() >= Duration::from_millis(1200),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(tokens.len(), 4);
+    assert_eq!(mock.calls(Endpoint::Token), 4);
+    server.stop().await;
+    db.drop_db().await;
+}
