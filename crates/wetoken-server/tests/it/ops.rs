@@ -178,6 +178,7 @@ async fn status_page_in_a_real_browser(db: &TestDb) {
 
     let profile = std::env::temp_dir().join(format!("wetoken-chromium-{}", rand_u32()));
     let url = format!("{}/", server.url);
+    let profile_dir = profile.clone();
     let output = tokio::task::spawn_blocking(move || {
         Command::new(browser)
             .args([
@@ -199,6 +200,7 @@ async fn status_page_in_a_real_browser(db: &TestDb) {
     .await
     .unwrap()
     .expect("run chromium");
+    let _ = std::fs::remove_dir_all(&profile_dir);
     let dom = String::from_utf8_lossy(&output.stdout);
     assert!(
         dom.contains("<h1>wetoken</h1>"),
