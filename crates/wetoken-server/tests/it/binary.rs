@@ -32,6 +32,8 @@ async fn default_start_creates_sqlite_serves_and_exits_cleanly_on_sigterm() {
             &format!("127.0.0.1:{port}"),
             "--wechat-base-url",
             &mock.url(),
+            "--log-format",
+            "json",
         ])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -93,6 +95,24 @@ async fn default_start_creates_sqlite_serves_and_exits_cleanly_on_sigterm() {
         output.status
     );
     assert!(!log.contains(SECRET), "the secret reached the log:\n{log}");
+    // --log-format json: one JSON object a line; what happens in a request carries its id.
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let added = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "app added")
+        .unwrap_or_else(|| panic!("no 'app added' line in\n{log}"));
+    assert!(added["span"]["request_id"].is_string(), "{added}");
+    // The GET create with the secret in its query was logged, as deprecated, without it.
+    assert!(
+        lines.iter().any(|l| l["fields"]["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("deprecated"))),
+        "{log}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
