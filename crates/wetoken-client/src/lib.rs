@@ -1,30 +1,36 @@
-//! Pull WeChat access tokens and jsapi tickets from a wetoken server.
+//! Pull WeChat access tokens and tickets from a wetoken server.
 //!
 //! A service that calls WeChat should never fetch tokens itself: every fetch ends the previous
-//! token for everybody else. It asks wetoken instead, by the URL of the app's route:
+//! token for everybody else. It asks wetoken instead, by the URL of the app's route, as the Go
+//! SDK's `NewDefaultAccessTokenByURL` did.
 //!
-//! ```no_run
-//! # async fn run() -> Result<(), wetoken_client::Error> {
-//! let source = wetoken_client::AccessToken::by_url(
-//!     "http://127.0.0.1:9999/wx9e02ddcc34513fd4/wechat/token/get",
-//! )?;
-//! let token = source.token().await?; // cached until shortly before it expires
-//! # let _ = token; Ok(()) }
-//! ```
+//! - [`AccessToken`] and [`JsapiTicket`] cache the value until [`Builder::margin`] before it
+//!   expires; concurrent callers share one request.
+//! - [`TokenSource::invalidate`] reports a value WeChat rejected; the server refreshes once, and
+//!   several reports of one value here make one request.
+//! - [`call`] runs a WeChat API call and retries it once with a fresh token when WeChat answers
+//!   40001, 40014 or 42001.
+//! - A [`Builder`] takes several server URLs and fails over on connection errors and 5xx answers,
+//!   never on 4xx.
 //!
-//! The value is cached in the process until a minute before it expires; concurrent callers share
-//! one request to the server.
+//! This crate depends on the wire types and reqwest only: nothing of the server.
+#![doc = include_str!("../README.md")]
 #![deny(missing_docs)]
 
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::Mutex;
 use wetoken_wire::{CredentialBody, ErrorBody};
 
+#[cfg(feature = "blocking")]
+pub mod blocking;
+
 /// Why no credential could be had.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
-    /// The URL given is not an http(s) URL.
+    /// A URL given is not an http(s) URL of a token or ticket route.
     #[error("invalid wetoken URL {url:?}: {reason}")]
     InvalidUrl {
         /// The URL as given.
@@ -32,24 +38,188 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
-    /// The server could not be reached or did not answer in time.
-    #[error("wetoken server unreachable: {0}")]
-    Transport(String),
-    /// The server answered with an error body, kept as it came.
+    /// No server could be reached.
+    #[error("wetoken server {url} unreachable: {message}")]
+    Transport {
+        /// The last server tried.
+        url: String,
+        /// What failed.
+        message: String,
+    },
+    /// A server did not answer within the timeout.
+    #[error("wetoken server {url} did not answer in time")]
+    Timeout {
+        /// The server.
+        url: String,
+    },
+    /// The server refused, with its `{"errcode","errmsg"}` kept as it came.
     #[error("wetoken answered HTTP {status}: errcode {}: {}", .body.errcode, .body.errmsg)]
     Refused {
         /// The HTTP status.
         status: u16,
-        /// The server's `{"errcode","errmsg"}`.
+        /// The server's error body.
         body: ErrorBody,
     },
-    /// The server's answer was not what a wetoken server sends.
-    #[error("unexpected answer from the wetoken server: {0}")]
-    Malformed(String),
+    /// The answer was not what a wetoken server sends.
+    #[error("unexpected answer from {url}: {message}")]
+    Malformed {
+        /// The server.
+        url: String,
+        /// What was wrong.
+        message: String,
+    },
 }
 
-/// Life a cached value must have left to be handed out.
-const MARGIN: Duration = Duration::from_secs(60);
+/// Which ticket a [`JsapiTicket`] pulls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TicketKind {
+    /// The jsapi ticket, for `wx.config`.
+    #[default]
+    Jsapi,
+    /// The `wx_card` api_ticket, for card signatures.
+    Card,
+}
+
+/// Anything that hands out a token and takes reports of rejected ones: what a WeChat API client
+/// should take, so it works with wetoken, a fixed token in tests, or anything else.
+pub trait TokenSource: Send + Sync {
+    /// The current token.
+    fn token(&self) -> impl Future<Output = Result<String, Error>> + Send;
+    /// Reports `bad` as rejected by WeChat.
+    fn invalidate(&self, bad: &str) -> impl Future<Output = Result<(), Error>> + Send;
+}
+
+/// A source that always hands out the same token; for tests.
+#[derive(Debug, Clone)]
+pub struct FixedToken(pub String);
+
+impl TokenSource for FixedToken {
+    async fn token(&self) -> Result<String, Error> {
+        Ok(self.0.clone())
+    }
+
+    async fn invalidate(&self, _bad: &str) -> Result<(), Error> {
+        Ok(())
+    }
+}
+
+/// Options for a source. Start from [`AccessToken::builder`] or [`JsapiTicket::builder`].
+#[derive(Debug, Clone)]
+pub struct Builder {
+    urls: Vec<String>,
+    margin: Duration,
+    timeout: Duration,
+    connect_timeout: Duration,
+    ticket: Option<TicketKind>,
+}
+
+impl Builder {
+    fn new(ticket: Option<TicketKind>) -> Self {
+        Self {
+            urls: Vec::new(),
+            margin: Duration::from_secs(60),
+            timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(2),
+            ticket,
+        }
+    }
+
+    /// Adds a server's URL for the credential's `get` route; tried in the order added.
+    pub fn url(mut self, url: impl Into<String>) -> Self {
+        self.urls.push(url.into());
+        self
+    }
+
+    /// Adds several servers' URLs.
+    pub fn urls<I: IntoIterator<Item = S>, S: Into<String>>(mut self, urls: I) -> Self {
+        self.urls.extend(urls.into_iter().map(Into::into));
+        self
+    }
+
+    /// How much life a cached value must have left to be handed out (default 60 s).
+    pub fn margin(mut self, margin: Duration) -> Self {
+        self.margin = margin;
+        self
+    }
+
+    /// How long one request to a server may take (default 5 s).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// How long connecting to a server may take (default 2 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    fn source(self) -> Result<Source, Error> {
+        if self.urls.is_empty() {
+            return Err(Error::InvalidUrl {
+                url: String::new(),
+                reason: "no server URL given".into(),
+            });
+        }
+        let routes = self
+            .urls
+            .iter()
+            .map(|u| Route::parse(u, self.ticket))
+            .collect::<Result<Vec<_>, _>>()?;
+        let http = reqwest::Client::builder()
+            .timeout(self.timeout)
+            .connect_timeout(self.connect_timeout)
+            .build()
+            .map_err(|e| Error::Transport {
+                url: self.urls[0].clone(),
+                message: e.to_string(),
+            })?;
+        Ok(Source {
+            routes,
+            preferred: AtomicUsize::new(0),
+            http,
+            margin: self.margin,
+            cached: Mutex::new(None),
+            field: if self.ticket.is_some() {
+                "ticket"
+            } else {
+                "access_token"
+            },
+        })
+    }
+}
+
+/// One server's `get` and `refresh` URLs for the credential.
+#[derive(Debug)]
+struct Route {
+    get: reqwest::Url,
+    refresh: reqwest::Url,
+}
+
+impl Route {
+    /// The refresh route is the get route with its last segment `get` replaced by `refresh`,
+    /// keeping the query (`type=wx_card`).
+    fn parse(url: &str, ticket: Option<TicketKind>) -> Result<Route, Error> {
+        let invalid = |reason: &str| Error::InvalidUrl {
+            url: url.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let mut get = reqwest::Url::parse(url).map_err(|e| invalid(&e.to_string()))?;
+        if !matches!(get.scheme(), "http" | "https") || get.host_str().is_none() {
+            return Err(invalid("the scheme must be http or https, with a host"));
+        }
+        if ticket == Some(TicketKind::Card) && !get.query_pairs().any(|(k, _)| k == "type") {
+            get.query_pairs_mut().append_pair("type", "wx_card");
+        }
+        let path = get.path().to_owned();
+        let Some(base) = path.strip_suffix("/get") else {
+            return Err(invalid("expected the route's URL, ending in /get"));
+        };
+        let mut refresh = get.clone();
+        refresh.set_path(&format!("{base}/refresh"));
+        Ok(Route { get, refresh })
+    }
+}
 
 struct Cached {
     value: String,
@@ -58,76 +228,131 @@ struct Cached {
     expires_at: SystemTime,
 }
 
-/// One credential route, cached: the implementation behind [`AccessToken`] and [`JsapiTicket`].
+/// The implementation behind [`AccessToken`] and [`JsapiTicket`].
 struct Source {
-    url: reqwest::Url,
+    routes: Vec<Route>,
+    /// The server that answered last; tried first.
+    preferred: AtomicUsize,
     http: reqwest::Client,
+    margin: Duration,
     cached: Mutex<Option<Cached>>,
+    /// The body field, and the refresh route's parameter: `access_token` or `ticket`.
+    field: &'static str,
 }
 
 impl Source {
-    fn new(url: &str) -> Result<Self, Error> {
-        let invalid = |reason: String| Error::InvalidUrl {
-            url: url.to_owned(),
-            reason,
-        };
-        let parsed = reqwest::Url::parse(url).map_err(|e| invalid(e.to_string()))?;
-        if !matches!(parsed.scheme(), "http" | "https") {
-            return Err(invalid("the scheme must be http or https".into()));
-        }
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(5))
-            .connect_timeout(Duration::from_secs(2))
-            .build()
-            .map_err(|e| Error::Transport(e.to_string()))?;
-        Ok(Self {
-            url: parsed,
-            http,
-            cached: Mutex::new(None),
-        })
-    }
-
     async fn get(&self) -> Result<String, Error> {
         let mut cached = self.cached.lock().await;
         if let Some(c) = cached.as_ref()
-            && c.fetched.elapsed() + MARGIN < c.expires_in
+            && c.fetched.elapsed() + self.margin < c.expires_in
         {
             return Ok(c.value.clone());
         }
-        let response = self
-            .http
-            .get(self.url.clone())
-            .send()
-            .await
-            .map_err(|e| Error::Transport(e.to_string()))?;
-        let status = response.status().as_u16();
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| Error::Transport(e.to_string()))?;
-        if status != 200 {
-            let body: ErrorBody = serde_json::from_slice(&bytes)
-                .map_err(|_| Error::Malformed(format!("HTTP {status} without an error body")))?;
-            return Err(Error::Refused { status, body });
+        let value = self.ask(|r| r.get.clone()).await?;
+        let answer = value.value.clone();
+        *cached = Some(value);
+        Ok(answer)
+    }
+
+    async fn invalidate(&self, bad: &str) -> Result<(), Error> {
+        let mut cached = self.cached.lock().await;
+        // Someone already replaced it: nothing to report.
+        if cached.as_ref().is_some_and(|c| c.value != bad) {
+            return Ok(());
         }
-        let body: CredentialBody =
-            serde_json::from_slice(&bytes).map_err(|e| Error::Malformed(e.to_string()))?;
-        let value = body
-            .value()
-            .ok_or_else(|| Error::Malformed("no access_token or ticket in the answer".into()))?
-            .to_owned();
-        let expires_in = Duration::from_secs(body.expires_in.max(0) as u64);
-        *cached = Some(Cached {
-            value: value.clone(),
-            fetched: Instant::now(),
-            expires_in,
-            expires_at: SystemTime::now() + expires_in,
-        });
-        Ok(value)
+        let field = self.field;
+        let fresh = self
+            .ask(|r| {
+                let mut url = r.refresh.clone();
+                url.query_pairs_mut().append_pair(field, bad);
+                url
+            })
+            .await?;
+        *cached = Some(fresh);
+        Ok(())
     }
 
     async fn expires_at(&self) -> Option<SystemTime> {
         self.cached.lock().await.as_ref().map(|c| c.expires_at)
+    }
+
+    /// Asks the servers in turn, starting with the one that answered last, until one answers;
+    /// moves on only after a connection error, a timeout or a 5xx.
+    async fn ask(&self, url_of: impl Fn(&Route) -> reqwest::Url) -> Result<Cached, Error> {
+        let first = self.preferred.load(Ordering::Relaxed);
+        let mut last = None;
+        for i in 0..self.routes.len() {
+            let index = (first + i) % self.routes.len();
+            let url = url_of(&self.routes[index]);
+            match self.ask_one(url).await {
+                Ok(answer) => {
+                    self.preferred.store(index, Ordering::Relaxed);
+                    return Ok(answer);
+                }
+                Err(e @ (Error::Transport { .. } | Error::Timeout { .. })) => last = Some(e),
+                Err(e @ Error::Refused { status, .. }) if status >= 500 => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or(Error::InvalidUrl {
+            url: String::new(),
+            reason: "no server URL given".into(),
+        }))
+    }
+
+    async fn ask_one(&self, url: reqwest::Url) -> Result<Cached, Error> {
+        // The query may hold a rejected token: name servers by host and path only.
+        let name = format!(
+            "{}://{}{}",
+            url.scheme(),
+            url.host_str().unwrap_or_default(),
+            url.port().map(|p| format!(":{p}")).unwrap_or_default()
+        ) + url.path();
+        let failed = |e: reqwest::Error| {
+            if e.is_timeout() {
+                Error::Timeout { url: name.clone() }
+            } else {
+                Error::Transport {
+                    url: name.clone(),
+                    message: e.without_url().to_string(),
+                }
+            }
+        };
+        let response = self.http.get(url.clone()).send().await.map_err(failed)?;
+        let status = response.status().as_u16();
+        let bytes = response.bytes().await.map_err(failed)?;
+        let malformed = |message: String| Error::Malformed {
+            url: name.clone(),
+            message,
+        };
+        if status != 200 {
+            return match serde_json::from_slice::<ErrorBody>(&bytes) {
+                Ok(body) => Err(Error::Refused { status, body }),
+                Err(_) if status >= 500 => Err(Error::Refused {
+                    status,
+                    body: ErrorBody {
+                        errcode: -1,
+                        errmsg: format!("HTTP {status} without a wetoken error body"),
+                    },
+                }),
+                Err(_) => Err(malformed(format!("HTTP {status} without an error body"))),
+            };
+        }
+        let body: CredentialBody = serde_json::from_slice(&bytes)
+            .map_err(|e| malformed(format!("not a credential answer: {e}")))?;
+        let value = match self.field {
+            "ticket" => body.ticket.clone(),
+            _ => body.access_token.clone(),
+        }
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| malformed(format!("no {} in the answer", self.field)))?;
+        let expires_in = Duration::from_secs(body.expires_in.max(0) as u64);
+        Ok(Cached {
+            value,
+            fetched: Instant::now(),
+            expires_in,
+            expires_at: SystemTime::now() + expires_in,
+        })
     }
 }
 
@@ -135,14 +360,15 @@ impl Source {
 pub struct AccessToken(Source);
 
 impl AccessToken {
-    /// A source for the token route at `url`. A malformed URL is refused here.
+    /// A source for the token route at `url`, with default options. A malformed URL is refused
+    /// here.
     pub fn by_url(url: &str) -> Result<Self, Error> {
-        Source::new(url).map(Self)
+        Self::builder().url(url).build()
     }
 
-    /// The token, from the cache while it has more than a minute left, else from the server.
-    pub async fn token(&self) -> Result<String, Error> {
-        self.0.get().await
+    /// Options, and several servers.
+    pub fn builder() -> AccessTokenBuilder {
+        AccessTokenBuilder(Builder::new(None))
     }
 
     /// When the cached token expires, if one is cached.
@@ -151,23 +377,170 @@ impl AccessToken {
     }
 }
 
-/// An app's jsapi ticket, pulled from wetoken's `/{appid}/wechat/ticket/get` route.
+impl TokenSource for AccessToken {
+    /// The token, from the cache while it has more than the margin left, else from a server.
+    async fn token(&self) -> Result<String, Error> {
+        self.0.get().await
+    }
+
+    /// Reports a token WeChat rejected and caches the server's answer. Reports of a token that
+    /// was already replaced make no request.
+    async fn invalidate(&self, bad: &str) -> Result<(), Error> {
+        self.0.invalidate(bad).await
+    }
+}
+
+/// Builds an [`AccessToken`].
+#[derive(Debug, Clone)]
+pub struct AccessTokenBuilder(Builder);
+
+impl AccessTokenBuilder {
+    /// Adds a server's token route URL; servers are tried in the order added.
+    pub fn url(self, url: impl Into<String>) -> Self {
+        Self(self.0.url(url))
+    }
+    /// Adds several servers' token route URLs.
+    pub fn urls<I: IntoIterator<Item = S>, S: Into<String>>(self, urls: I) -> Self {
+        Self(self.0.urls(urls))
+    }
+    /// How much life a cached token must have left to be handed out (default 60 s).
+    pub fn margin(self, margin: Duration) -> Self {
+        Self(self.0.margin(margin))
+    }
+    /// How long one request may take (default 5 s).
+    pub fn timeout(self, timeout: Duration) -> Self {
+        Self(self.0.timeout(timeout))
+    }
+    /// How long connecting may take (default 2 s).
+    pub fn connect_timeout(self, timeout: Duration) -> Self {
+        Self(self.0.connect_timeout(timeout))
+    }
+    /// The source; fails on a malformed URL or none at all.
+    pub fn build(self) -> Result<AccessToken, Error> {
+        self.0.source().map(AccessToken)
+    }
+}
+
+/// An app's jsapi (or card) ticket, pulled from wetoken's `/{appid}/wechat/ticket/get` route.
 pub struct JsapiTicket(Source);
 
 impl JsapiTicket {
-    /// A source for the ticket route at `url`. A malformed URL is refused here.
+    /// A source for the ticket route at `url`, with default options.
     pub fn by_url(url: &str) -> Result<Self, Error> {
-        Source::new(url).map(Self)
+        Self::builder().url(url).build()
     }
 
-    /// The ticket, from the cache while it has more than a minute left, else from the server.
+    /// Options, the ticket kind, and several servers.
+    pub fn builder() -> JsapiTicketBuilder {
+        JsapiTicketBuilder(Builder::new(Some(TicketKind::Jsapi)))
+    }
+
+    /// The ticket, from the cache while it has more than the margin left, else from a server.
     pub async fn ticket(&self) -> Result<String, Error> {
         self.0.get().await
+    }
+
+    /// Reports a ticket WeChat rejected and caches the server's answer.
+    pub async fn invalidate(&self, bad: &str) -> Result<(), Error> {
+        self.0.invalidate(bad).await
     }
 
     /// When the cached ticket expires, if one is cached.
     pub async fn expires_at(&self) -> Option<SystemTime> {
         self.0.expires_at().await
+    }
+}
+
+/// Builds a [`JsapiTicket`].
+#[derive(Debug, Clone)]
+pub struct JsapiTicketBuilder(Builder);
+
+impl JsapiTicketBuilder {
+    /// Adds a server's ticket route URL; servers are tried in the order added.
+    pub fn url(self, url: impl Into<String>) -> Self {
+        Self(self.0.url(url))
+    }
+    /// Adds several servers' ticket route URLs.
+    pub fn urls<I: IntoIterator<Item = S>, S: Into<String>>(self, urls: I) -> Self {
+        Self(self.0.urls(urls))
+    }
+    /// Which ticket: the jsapi ticket (default) or the `wx_card` ticket.
+    pub fn kind(mut self, kind: TicketKind) -> Self {
+        self.0.ticket = Some(kind);
+        self
+    }
+    /// How much life a cached ticket must have left to be handed out (default 60 s).
+    pub fn margin(self, margin: Duration) -> Self {
+        Self(self.0.margin(margin))
+    }
+    /// How long one request may take (default 5 s).
+    pub fn timeout(self, timeout: Duration) -> Self {
+        Self(self.0.timeout(timeout))
+    }
+    /// The source; fails on a malformed URL or none at all.
+    pub fn build(self) -> Result<JsapiTicket, Error> {
+        self.0.source().map(JsapiTicket)
+    }
+}
+
+/// WeChat's codes for a rejected access token.
+pub const TOKEN_REJECTED: [i64; 3] = [40001, 40014, 42001];
+
+/// Why a WeChat API call through [`call`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// No token could be had.
+    #[error(transparent)]
+    Token(#[from] Error),
+    /// WeChat could not be reached or its answer not read.
+    #[error("WeChat call failed: {0}")]
+    Transport(String),
+    /// WeChat answered with a non-zero errcode (after the one retry, for a rejected token).
+    #[error("WeChat refused: errcode {errcode}: {errmsg}")]
+    WeChat {
+        /// WeChat's code.
+        errcode: i64,
+        /// WeChat's message.
+        errmsg: String,
+    },
+}
+
+/// Runs a WeChat API call with a token from `source`: `request` gets the token and returns
+/// WeChat's JSON answer. When WeChat answers 40001, 40014 or 42001 (HTTP 200), the token is
+/// reported and the call made once more with a fresh one; any other non-zero `errcode` comes
+/// back as [`CallError::WeChat`].
+pub async fn call<S, F, Fut>(source: &S, request: F) -> Result<serde_json::Value, CallError>
+where
+    S: TokenSource,
+    F: Fn(String) -> Fut,
+    Fut: Future<Output = Result<serde_json::Value, reqwest::Error>>,
+{
+    let mut retried = false;
+    loop {
+        let token = source.token().await?;
+        let answer = request(token.clone())
+            .await
+            .map_err(|e| CallError::Transport(e.without_url().to_string()))?;
+        let errcode = answer
+            .get("errcode")
+            .and_then(serde_json::Value::as_i64)
+            .unwrap_or(0);
+        if errcode == 0 {
+            return Ok(answer);
+        }
+        if TOKEN_REJECTED.contains(&errcode) && !retried {
+            retried = true;
+            source.invalidate(&token).await?;
+            continue;
+        }
+        return Err(CallError::WeChat {
+            errcode,
+            errmsg: answer
+                .get("errmsg")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or_default()
+                .to_owned(),
+        });
     }
 }
 
@@ -177,12 +550,76 @@ mod tests {
 
     #[test]
     fn malformed_urls_are_refused() {
-        for bad in ["", "127.0.0.1:9999/x", "ftp://host/x", "http://"] {
+        for bad in [
+            "",
+            "127.0.0.1:9999/x",
+            "ftp://host/wx/wechat/token/get",
+            "http://",
+            "http://127.0.0.1:9999/wx1/wechat/token",
+        ] {
             assert!(
                 matches!(AccessToken::by_url(bad), Err(Error::InvalidUrl { .. })),
                 "{bad:?}"
             );
         }
         assert!(AccessToken::by_url("http://127.0.0.1:9999/wx1/wechat/token/get").is_ok());
+        assert!(matches!(
+            AccessToken::builder().build(),
+            Err(Error::InvalidUrl { .. })
+        ));
+    }
+
+    #[test]
+    fn refresh_routes_follow_get_routes() {
+        let r = Route::parse("http://h:1/wx1/wechat/token/get?wx1&secret=s", None).unwrap();
+        assert_eq!(
+            r.refresh.as_str(),
+            "http://h:1/wx1/wechat/token/refresh?wx1&secret=s"
+        );
+        let r = Route::parse("http://h/wx/wx1/ticket/get", Some(TicketKind::Card)).unwrap();
+        assert_eq!(r.get.as_str(), "http://h/wx/wx1/ticket/get?type=wx_card");
+        assert_eq!(
+            r.refresh.as_str(),
+            "http://h/wx/wx1/ticket/refresh?type=wx_card"
+        );
+    }
+
+    #[tokio::test]
+    async fn call_retries_once_on_a_rejected_token() {
+        let source = FixedToken("t".into());
+        let calls = std::sync::atomic::AtomicUsize::new(0);
+        let answer = call(&source, |_token| {
+            let n = calls.fetch_add(1, Ordering::SeqCst);
+            async move {
+                Ok::<_, reqwest::Error>(if n == 0 {
+                    serde_json::json!({"errcode": 40001, "errmsg": "invalid credential"})
+                } else {
+                    serde_json::json!({"errcode": 0, "errmsg": "ok"})
+                })
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(answer["errcode"], 0);
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+
+        let calls = std::sync::atomic::AtomicUsize::new(0);
+        let err = call(&source, |_token| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            async {
+                Ok::<_, reqwest::Error>(serde_json::json!({"errcode": 42001, "errmsg": "expired"}))
+            }
+        })
+        .await
+        .unwrap_err();
+        assert!(matches!(err, CallError::WeChat { errcode: 42001, .. }));
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "exactly one retry");
+
+        let err = call(&source, |_token| async {
+            Ok::<_, reqwest::Error>(serde_json::json!({"errcode": 45009, "errmsg": "quota"}))
+        })
+        .await
+        .unwrap_err();
+        assert!(matches!(err, CallError::WeChat { errcode: 45009, .. }));
     }
 }
