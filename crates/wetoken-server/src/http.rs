@@ -153,7 +153,15 @@ fn error_response(e: &ApiError) -> Response<Full<Bytes>> {
             }
         },
     };
-    json(status, &ErrorBody { errcode, errmsg })
+    let mut response = json(status, &ErrorBody { errcode, errmsg });
+    if matches!(e, ApiError::BodyTooLarge(_)) {
+        // The rest of the body was not read, so the connection cannot carry another request:
+        // say so, or a client may reuse it and find it closed.
+        response
+            .headers_mut()
+            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
 }
 
 fn json<T: Serialize>(status: StatusCode, body: &T) -> Response<Full<Bytes>> {
