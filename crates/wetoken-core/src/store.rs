@@ -31,6 +31,8 @@ pub struct DatabaseOptions {
     pub max_connections: u32,
     /// How long to wait for a connection before failing.
     pub connect_timeout: Duration,
+    /// How long a connection may live before it is replaced, if limited.
+    pub max_lifetime: Option<Duration>,
 }
 
 impl DatabaseOptions {
@@ -40,15 +42,17 @@ impl DatabaseOptions {
             url: url.into(),
             max_connections: 16,
             connect_timeout: Duration::from_secs(5),
+            max_lifetime: None,
         }
     }
 }
 
 /// The tables wetoken owns, as named in the Go wetoken.
-pub const TABLES: [&str; 3] = [
+pub const TABLES: [&str; 4] = [
     "wechat_app_info",
     "wechat_access_token",
     "wechat_jsapi_ticket",
+    "wechat_card_ticket",
 ];
 
 /// The daily budget of upstream calls of an app that was given none: WeChat's token quota for a
@@ -118,6 +122,9 @@ impl Store {
             .connect_timeout(options.connect_timeout)
             .acquire_timeout(options.connect_timeout)
             .sqlx_logging(false);
+        if let Some(lifetime) = options.max_lifetime {
+            connect.max_lifetime(lifetime);
+        }
         if options.url.contains(":memory:") {
             // Every in-memory SQLite connection is a separate database.
             connect.max_connections(1);
@@ -164,6 +171,18 @@ impl Store {
                 (name, done)
             })
             .collect())
+    }
+
+    /// Which of wetoken's tables exist in this database.
+    pub async fn tables_present(&self) -> Result<Vec<&'static str>, Error> {
+        let manager = wetoken_migration::SchemaManager::new(&self.db);
+        let mut present = Vec::new();
+        for table in TABLES {
+            if manager.has_table(table).await? {
+                present.push(table);
+            }
+        }
+        Ok(present)
     }
 
     /// Checks that the database answers.

@@ -1,0 +1,272 @@
+//! The database node at `/<platform>/var/db/<name>`, in either of its two forms:
+//!
+//! - the Go/hydra form, `{"provider":"mysql","connString":"user:pass@tcp(host:3306)/db?charset=utf8"}`,
+//!   whose Go MySQL DSN is translated into a `mysql://` URL;
+//! - a plain `{"url":"postgres://…"}` (also `mysql://…` and `sqlite://…`).
+//!
+//! Pool settings are read from either form: `maxOpen` (or `max_open`), `maxIdle` (`max_idle`),
+//! `lifeTime` (`lifetime`, seconds).
+
+use serde_json::Value;
+
+/// Connection settings read from a database node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DatabaseNode {
+    /// The connection URL.
+    pub url: String,
+    /// The most connections to open.
+    pub max_open: Option<u32>,
+    /// The most idle connections to keep.
+    pub max_idle: Option<u32>,
+    /// How long a connection may live, in seconds.
+    pub lifetime_secs: Option<u64>,
+}
+
+/// Reads a database node.
+pub fn parse(node: &Value) -> Result<DatabaseNode, String> {
+    let Some(object) = node.as_object() else {
+        return Err("a database node is a JSON object".into());
+    };
+    let text = |keys: &[&str]| keys.iter().find_map(|k| object.get(*k)?.as_str());
+    let number = |keys: &[&str]| -> Result<Option<u64>, String> {
+        match keys.iter().find_map(|k| object.get(*k)) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => v
+                .as_u64()
+                .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+                .map(Some)
+                .ok_or_else(|| format!("{} must be a whole number", keys[0])),
+        }
+    };
+    let url = match (text(&["url"]), text(&["provider"])) {
+        (Some(url), _) => {
+            let scheme = url.split("://").next().unwrap_or_default();
+            if !matches!(scheme, "mysql" | "postgres" | "postgresql" | "sqlite") {
+                return Err(format!(
+                    "url must be mysql://, postgres:// or sqlite://, not {scheme}://"
+                ));
+            }
+            url.to_owned()
+        }
+        (None, Some("mysql")) => {
+            let dsn = text(&["connString", "conn_string", "connstring"])
+                .ok_or("a mysql node needs connString")?;
+            go_mysql_dsn_to_url(dsn)?
+        }
+        (None, Some(provider @ ("oracle" | "ora" | "oci8" | "godror"))) => {
+            return Err(format!(
+                "provider {provider:?} is not supported: use mysql or postgres"
+            ));
+        }
+        (None, Some("postgres" | "postgresql")) => {
+            let conn = text(&["connString", "conn_string", "connstring"])
+                .ok_or("a postgres node needs connString (a postgres:// URL)")?;
+            if !conn.starts_with("postgres://") && !conn.starts_with("postgresql://") {
+                return Err("a postgres connString must be a postgres:// URL".into());
+            }
+            conn.to_owned()
+        }
+        (None, Some(other)) => {
+            return Err(format!(
+                "provider {other:?} is not supported: use mysql or postgres"
+            ));
+        }
+        (None, None) => return Err("a database node needs url, or provider and connString".into()),
+    };
+    let to_u32 = |v: Option<u64>, key: &str| -> Result<Option<u32>, String> {
+        v.map(|n| u32::try_from(n).map_err(|_| format!("{key} is too large")))
+            .transpose()
+    };
+    Ok(DatabaseNode {
+        url,
+        max_open: to_u32(number(&["maxOpen", "max_open"])?, "maxOpen")?,
+        max_idle: to_u32(number(&["maxIdle", "max_idle"])?, "maxIdle")?,
+        lifetime_secs: number(&["lifeTime", "lifetime", "life_time"])?,
+    })
+}
+
+/// Percent-encodes everything but RFC 3986's unreserved characters.
+fn encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Translates a Go MySQL DSN, `[user[:password]@][net[(addr)]]/dbname[?param=value&…]`, into a
+/// `mysql://` URL. The user and password may hold any character (`@`, `:`, `/` included): the
+/// DSN's last `/` starts the database name and the last `@` before it ends the password, as the
+/// Go driver reads it. Parameters the Rust driver also knows (`charset`, `collation`) are kept;
+/// Go-only ones (`parseTime`, `loc`, `timeout`, …) are dropped.
+pub fn go_mysql_dsn_to_url(dsn: &str) -> Result<String, String> {
+    let (before_query, query) = match dsn.rfind('?') {
+        // A '?' belongs to the query only if it comes after the database's '/'.
+        Some(q) if dsn[..q].rfind('/').is_some() => (&dsn[..q], Some(&dsn[q + 1..])),
+        _ => (dsn, None),
+    };
+    let slash = before_query
+        .rfind('/')
+        .ok_or("a Go MySQL DSN needs /dbname")?;
+    let (head, dbname) = (&before_query[..slash], &before_query[slash + 1..]);
+    let (userinfo, address) = match head.rfind('@') {
+        Some(at) => (Some(&head[..at]), &head[at + 1..]),
+        None => (None, head),
+    };
+    let (user, password) = match userinfo {
+        Some(info) => match info.split_once(':') {
+            Some((u, p)) => (u, Some(p)),
+            None => (info, None),
+        },
+        None => ("", None),
+    };
+    let (net, addr) = match address.find('(') {
+        Some(open) if address.ends_with(')') => {
+            (&address[..open], &address[open + 1..address.len() - 1])
+        }
+        Some(_) => return Err(format!("malformed address {address:?} in the DSN")),
+        None if address.is_empty() => ("tcp", ""),
+        None => (address, ""),
+    };
+    let mut params: Vec<(String, String)> = Vec::new();
+    let host = match net {
+        "tcp" | "tcp4" | "tcp6" => {
+            if addr.is_empty() {
+                "127.0.0.1:3306".to_owned()
+            } else if addr.contains(':') || addr.starts_with('[') {
+                addr.to_owned()
+            } else {
+                format!("{addr}:3306")
+            }
+        }
+        "unix" => {
+            params.push(("socket".into(), addr.to_owned()));
+            "localhost".to_owned()
+        }
+        other => return Err(format!("network {other:?} in the DSN is not supported")),
+    };
+    for pair in query
+        .unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if matches!(key, "charset" | "collation") {
+            // Go takes a list of charsets; the first is the one wanted.
+            let value = value.split(',').next().unwrap_or_default();
+            params.push((key.to_owned(), value.to_owned()));
+        }
+    }
+    let mut url = String::from("mysql://");
+    if !user.is_empty() || password.is_some() {
+        url.push_str(&encode(user));
+        if let Some(password) = password {
+            url.push(':');
+            url.push_str(&encode(password));
+        }
+        url.push('@');
+    }
+    url.push_str(&host);
+    url.push('/');
+    url.push_str(&encode(dbname));
+    if !params.is_empty() {
+        url.push('?');
+        let joined: Vec<String> = params
+            .iter()
+            .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
+            .collect();
+        url.push_str(&joined.join("&"));
+    }
+    Ok(url)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    #[test]
+    fn the_go_readme_form() {
+        assert_eq!(
+            go_mysql_dsn_to_url("root:123456@tcp(192.168.0.36:3306)/mall?charset=utf8").unwrap(),
+            "mysql://root:123456@192.168.0.36:3306/mall?charset=utf8"
+        );
+        assert_eq!(
+            go_mysql_dsn_to_url("u@tcp(db)/x?parseTime=true&loc=Local&charset=utf8mb4,utf8")
+                .unwrap(),
+            "mysql://u@db:3306/x?charset=utf8mb4"
+        );
+        assert_eq!(
+            go_mysql_dsn_to_url("/x").unwrap(),
+            "mysql://127.0.0.1:3306/x"
+        );
+        assert_eq!(
+            go_mysql_dsn_to_url("u:p@unix(/run/mysqld/mysqld.sock)/x").unwrap(),
+            "mysql://u:p@localhost/x?socket=%2Frun%2Fmysqld%2Fmysqld.sock"
+        );
+        assert!(go_mysql_dsn_to_url("no-database").is_err());
+        assert!(go_mysql_dsn_to_url("u@pipe(x)/db").is_err());
+    }
+
+    #[test]
+    fn node_forms() {
+        let go = parse(&json!({"provider": "mysql", "connString": "a:b@tcp(h:1)/d", "maxOpen": 20, "maxIdle": "5", "lifeTime": 600})).unwrap();
+        assert_eq!(go.url, "mysql://a:b@h:1/d");
+        assert_eq!(
+            (go.max_open, go.max_idle, go.lifetime_secs),
+            (Some(20), Some(5), Some(600))
+        );
+        let plain = parse(&json!({"url": "postgres://u@h/db"})).unwrap();
+        assert_eq!(
+            (plain.url.as_str(), plain.max_open),
+            ("postgres://u@h/db", None)
+        );
+        assert!(parse(&json!({"url": "sqlite://wetoken.db"})).is_ok());
+        let oracle = parse(&json!({"provider": "oracle", "connString": "x"})).unwrap_err();
+        assert!(
+            oracle.contains("not supported") && oracle.contains("mysql or postgres"),
+            "{oracle}"
+        );
+        for bad in [
+            json!([]),
+            json!({}),
+            json!({"url": "redis://x"}),
+            json!({"provider": "mysql"}),
+            json!({"url": "mysql://h/d", "maxOpen": -1}),
+        ] {
+            assert!(parse(&bad).is_err(), "{bad}");
+        }
+    }
+
+    proptest! {
+        /// Any user, password, database name and parameter value survive the translation: the
+        /// URL parses, and its parts decode to what the DSN held.
+        #[test]
+        fn odd_credentials_survive(
+            user in "[a-zA-Z0-9_]{1,12}",
+            password in "[ -~]{0,24}",
+            db in "[a-zA-Z0-9_$-]{1,16}",
+            charset in "[a-z0-9]{1,10}",
+            port in 1u16..,
+        ) {
+            // Go reads the first ':' of the user info as the separator, so the user has none.
+            let dsn = format!("{user}:{password}@tcp(db.example:{port})/{db}?parseTime=true&charset={charset}");
+            let url = go_mysql_dsn_to_url(&dsn).unwrap();
+            let parsed = url::Url::parse(&url).unwrap();
+            prop_assert_eq!(parsed.scheme(), "mysql");
+            let decode = |s: &str| String::from_utf8(url::form_urlencoded::parse(format!("x={}", s.replace('+', "%2B")).as_bytes()).next().unwrap().1.as_bytes().to_vec()).unwrap();
+            prop_assert_eq!(decode(parsed.username()), user);
+            prop_assert_eq!(decode(parsed.password().unwrap_or_default()), password);
+            prop_assert_eq!(parsed.host_str(), Some("db.example"));
+            prop_assert_eq!(parsed.port_or_known_default(), Some(port));
+            prop_assert_eq!(decode(parsed.path().trim_start_matches('/')), db);
+            let pairs: Vec<(String, String)> = parsed.query_pairs().into_owned().collect();
+            prop_assert_eq!(pairs, vec![("charset".to_owned(), charset)]);
+        }
+    }
+}
