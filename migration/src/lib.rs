@@ -15,6 +15,8 @@ mod m20261124_000001_create_tables;
 mod m20261124_000002_refresh_lease;
 mod m20261124_000003_app_kinds;
 mod m20261124_000004_call_budget;
+mod m20261125_000005_consumer_keys;
+mod m20261125_000006_secret_columns;
 
 /// Every migration of wetoken's schema, in order.
 pub struct Migrator;
@@ -27,6 +29,8 @@ impl MigratorTrait for Migrator {
             Box::new(m20261124_000002_refresh_lease::Migration),
             Box::new(m20261124_000003_app_kinds::Migration),
             Box::new(m20261124_000004_call_budget::Migration),
+            Box::new(m20261125_000005_consumer_keys::Migration),
+            Box::new(m20261125_000006_secret_columns::Migration),
         ]
     }
 }

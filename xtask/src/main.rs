@@ -3,10 +3,17 @@
 //! - `cargo xtask tidy`: checks the architecture invariants of `docs/ARCHITECTURE.md` that a
 //!   machine can check. It also runs as a test, so `cargo test --workspace` catches regressions.
 //! - `cargo xtask bench`: the measurements of `docs/performance.md`.
+//! - `cargo xtask test [ARGS]`: the README's test command: a ZooKeeper for the registry tests,
+//!   then `cargo test --workspace ARGS`.
+//! - `cargo xtask zookeeper start|stop`: that ZooKeeper alone.
+//! - `cargo xtask fuzz [--secs N] [TARGET…]`: each cargo-fuzz target in `fuzz/` for N seconds
+//!   (20 by default); see `fuzz.rs`.
 
 use std::process::{Command, ExitCode};
 
 mod bench;
+mod fuzz;
+mod zookeeper;
 
 fn main() -> ExitCode {
     let task = std::env::args().nth(1);
@@ -34,6 +41,16 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Some("fuzz") => {
+            let args: Vec<String> = std::env::args().skip(2).collect();
+            match fuzz::run(&args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("fuzz: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Some("tidy") => match tidy() {
             Ok(()) => {
                 println!("tidy: ok");
@@ -46,8 +63,33 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Some("test") => {
+            let args: Vec<String> = std::env::args().skip(2).collect();
+            match zookeeper::test(&args) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::FAILURE,
+                Err(e) => {
+                    eprintln!("test: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Some("zookeeper") => {
+            let result = match std::env::args().nth(2).as_deref() {
+                Some("start") => zookeeper::start(),
+                Some("stop") => zookeeper::stop(),
+                _ => Err(anyhow::anyhow!("usage: cargo xtask zookeeper start|stop")),
+            };
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("zookeeper: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         _ => {
-            eprintln!("usage: cargo xtask tidy|bench");
+            eprintln!("usage: cargo xtask tidy|bench|test|zookeeper|fuzz [--secs N]");
             ExitCode::FAILURE
         }
     }
@@ -72,6 +114,11 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
         ],
     ),
     ("wetoken-wire", &["reqwest", "hyper", "sea-orm", "tokio"]),
+    // The registry reads configuration: it knows nothing of HTTP or the database layer.
+    (
+        "wetoken-registry",
+        &["hyper", "reqwest", "sea-orm", "sqlx", "wetoken-core"],
+    ),
 ];
 
 /// Crates a package must not name as a direct dependency.

@@ -1,12 +1,21 @@
 //! `wetoken-cli`: the operator's tool for wetoken's database.
+//!
+//! Every command works on the database directly, so it needs no running server: `install` finds
+//! the database through a registry's database node, the others take `--database-url` or a
+//! registry (`-r`).
 
 use std::process::ExitCode;
 
-use anyhow::Context;
+use anyhow::{Context, anyhow, bail};
 use clap::{Parser, Subcommand};
 use wetoken_core::{DatabaseOptions, Store};
 
-/// Manage wetoken's database.
+mod apps;
+mod keys;
+mod secrets;
+
+/// Manage wetoken's database: tables, apps, consumer keys, the master key, and the tokens and
+/// tickets it holds.
 #[derive(Parser)]
 #[command(version, about, long_about = None)]
 struct Cli {
@@ -22,9 +31,11 @@ enum Command {
     /// {"provider":"mysql","connString":"user:pass@tcp(host:3306)/db"} or {"url":"postgres://…"},
     /// connects, and applies wetoken's migrations. A second run changes nothing and says so.
     ///
-    /// Example: wetoken-cli install fs:///etc/wetoken mall
+    /// Examples: wetoken-cli install zk://127.0.0.1:2181 mall;
+    /// wetoken-cli install fs:///etc/wetoken mall
     Install {
-        /// The registry: fs://<dir> (each node a file under dir).
+        /// The registry: fs://<dir> (each node a file under dir) or
+        /// zk://host[:port][,host[:port]…][/chroot] (ZooKeeper).
         registry: String,
         /// The platform whose database node to read.
         platform: String,
@@ -33,10 +44,36 @@ enum Command {
         db_name: String,
     },
     /// Create or inspect wetoken's tables (wechat_app_info, wechat_access_token,
-    /// wechat_jsapi_ticket).
+    /// wechat_jsapi_ticket, wechat_card_ticket).
     Migrate {
         #[command(subcommand)]
         action: MigrateAction,
+    },
+    /// Add, list, show, change or remove apps. App secrets are never printed.
+    App {
+        #[command(subcommand)]
+        action: apps::AppAction,
+    },
+    /// Get an app's access token: the stored one while it is fresh, else a new one from WeChat
+    /// (taking the same lease as the servers, so a cluster still fetches once).
+    Token {
+        #[command(subcommand)]
+        action: apps::CredentialAction,
+    },
+    /// Get an app's jsapi ticket (or, with --type wx_card, its card ticket), as `token` does.
+    Ticket {
+        #[command(subcommand)]
+        action: apps::TicketAction,
+    },
+    /// Manage consumer keys: who may read which app's tokens and tickets.
+    Key {
+        #[command(subcommand)]
+        action: keys::KeyAction,
+    },
+    /// The master key app secrets are encrypted under: make one, see how rows are held, rotate.
+    Secrets {
+        #[command(subcommand)]
+        action: secrets::SecretsAction,
     },
 }
 
@@ -48,8 +85,9 @@ enum MigrateAction {
     Status(DatabaseArg),
 }
 
-#[derive(clap::Args)]
-struct DatabaseArg {
+/// Which database to work on: a URL, or a registry's database node.
+#[derive(clap::Args, Clone)]
+pub(crate) struct DatabaseArg {
     /// sqlite://wetoken.db, mysql://user:pass@host/db or postgres://user@host/db.
     #[arg(
         long,
@@ -57,6 +95,58 @@ struct DatabaseArg {
         default_value = "sqlite://wetoken.db"
     )]
     database_url: String,
+    /// Find the database through this registry's node /<platform>/var/db/<db-name> instead
+    /// (over --database-url and WETOKEN_DATABASE_URL): fs://<dir> or zk://host[:port][/chroot].
+    #[arg(long, short = 'r')]
+    registry: Option<String>,
+    /// With --registry: the platform.
+    #[arg(long, default_value = "wetoken", requires = "registry")]
+    platform: String,
+    /// With --registry: the database node's name.
+    #[arg(long, default_value = "db", requires = "registry")]
+    db_name: String,
+    #[command(flatten)]
+    keys: secrets::MasterKeyArgs,
+}
+
+impl DatabaseArg {
+    /// Opens the database with the master keyring, if one is configured, so secrets are written
+    /// encrypted and read decrypted; the schema is not touched.
+    async fn open(&self) -> anyhow::Result<Store> {
+        let keyring = self.keys.keyring()?;
+        match &self.registry {
+            Some(registry) => {
+                open_from_registry(registry, &self.platform, &self.db_name, keyring).await
+            }
+            None => {
+                let mut options = DatabaseOptions::new(&self.database_url);
+                options.keyring = keyring;
+                Store::connect(&options)
+                    .await
+                    .context("opening the database")
+            }
+        }
+    }
+
+    /// Opens the database and checks that wetoken's tables are up to date.
+    pub(crate) async fn open_installed(&self) -> anyhow::Result<Store> {
+        let store = self.open().await?;
+        let pending: Vec<String> = store
+            .migration_status()
+            .await
+            .context("reading the schema's state")?
+            .into_iter()
+            .filter_map(|(name, applied)| (!applied).then_some(name))
+            .collect();
+        if !pending.is_empty() {
+            bail!(
+                "the database is missing {} of wetoken's migrations ({}): run `wetoken-cli migrate up` (or `install`) first",
+                pending.len(),
+                pending.join(", ")
+            );
+        }
+        Ok(store)
+    }
 }
 
 fn main() -> ExitCode {
@@ -80,41 +170,27 @@ fn main() -> ExitCode {
     }
 }
 
-async fn connect(arg: &DatabaseArg) -> anyhow::Result<Store> {
-    Store::connect(&DatabaseOptions::new(&arg.database_url))
-        .await
-        .context("opening the database")
-}
-
-/// Creates the tables in the database a registry names; see `Command::Install`.
-async fn install(registry: &str, platform: &str, db_name: &str) -> anyhow::Result<()> {
-    use anyhow::anyhow;
-    let registry = wetoken_registry::Registry::open(registry)?;
+/// Opens the database that a registry's database node names.
+async fn open_from_registry(
+    registry: &str,
+    platform: &str,
+    db_name: &str,
+    keyring: Option<std::sync::Arc<wetoken_core::Keyring>>,
+) -> anyhow::Result<Store> {
+    let registry = wetoken_registry::Registry::open(registry).await?;
     let path = wetoken_registry::database_node(platform, db_name).map_err(|e| anyhow!(e))?;
-    let node = registry.read_json(&path)?;
+    let node = registry.read_json(&path).await?;
     let node = wetoken_registry::database::parse(&node)
-        .map_err(|e| anyhow!("registry {}: node {path}: {e}", registry.url()))?;
+        .map_err(|e| anyhow!("registry {}: node {path} is malformed: {e}", registry.url()))?;
     let mut options = DatabaseOptions::new(&node.url);
     if let Some(max_open) = node.max_open {
         options.max_connections = max_open.max(1);
     }
     options.max_lifetime = node.lifetime_secs.map(std::time::Duration::from_secs);
-    let store = Store::connect(&options)
+    options.keyring = keyring;
+    Store::connect(&options)
         .await
-        .with_context(|| format!("opening the database that {path} names"))?;
-    let before = store.tables_present().await?;
-    let applied = store.migrate().await.context("applying migrations")?;
-    let after = store.tables_present().await?;
-    for table in after.iter().filter(|t| !before.contains(t)) {
-        println!("created table {table}");
-    }
-    for name in &applied {
-        println!("applied migration {name}");
-    }
-    if applied.is_empty() {
-        println!("nothing to do: wetoken's tables are in place and up to date");
-    }
-    Ok(())
+        .with_context(|| format!("opening the database that {path} names"))
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -123,10 +199,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             registry,
             platform,
             db_name,
-        } => install(&registry, &platform, &db_name).await?,
+        } => {
+            let store = open_from_registry(&registry, &platform, &db_name, None).await?;
+            let installed = store.install().await.context("applying migrations")?;
+            print!("{installed}");
+        }
+        Command::Key { action } => keys::run(action).await?,
+        Command::Secrets { action } => secrets::run(action).await?,
         Command::Migrate { action } => match action {
             MigrateAction::Up(db) => {
-                let store = connect(&db).await?;
+                let store = db.open().await?;
                 let applied = store.migrate().await.context("applying migrations")?;
                 if applied.is_empty() {
                     println!("nothing to do: every migration is already applied");
@@ -136,13 +218,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
             MigrateAction::Status(db) => {
-                let store = connect(&db).await?;
+                let store = db.open().await?;
                 for (name, applied) in store.migration_status().await? {
                     let state = if applied { "applied" } else { "pending" };
                     println!("{state:8} {name}");
                 }
             }
         },
+        Command::App { action } => apps::app(action).await?,
+        Command::Token { action } => apps::token(action).await?,
+        Command::Ticket { action } => apps::ticket(action).await?,
     }
     Ok(())
 }

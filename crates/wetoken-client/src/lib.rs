@@ -12,6 +12,7 @@
 //!   40001, 40014 or 42001.
 //! - A [`Builder`] takes several server URLs and fails over on connection errors and 5xx answers,
 //!   never on 4xx.
+//! - [`JssdkConfig`] asks the server to sign a page's `wx.config`.
 //!
 //! This crate depends on the wire types and reqwest only: nothing of the server.
 #![doc = include_str!("../README.md")]
@@ -111,6 +112,8 @@ pub struct Builder {
     timeout: Duration,
     connect_timeout: Duration,
     ticket: Option<TicketKind>,
+    /// `Bearer <consumer key>`, marked sensitive so its `Debug` hides it.
+    authorization: Option<reqwest::header::HeaderValue>,
 }
 
 impl Builder {
@@ -121,7 +124,26 @@ impl Builder {
             timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(2),
             ticket,
+            authorization: None,
         }
+    }
+
+    /// The consumer key to present (`Authorization: Bearer <key>`), for servers that have
+    /// consumer keys (`wetoken-cli key add`). A key that cannot be a header value is refused by
+    /// `build`.
+    pub fn key(mut self, key: impl AsRef<str>) -> Self {
+        let value = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", key.as_ref()))
+            .map(|mut v| {
+                v.set_sensitive(true);
+                v
+            });
+        // An invalid key is kept as an empty value and refused in `source`.
+        self.authorization = Some(value.unwrap_or_else(|_| {
+            let mut empty = reqwest::header::HeaderValue::from_static("");
+            empty.set_sensitive(true);
+            empty
+        }));
+        self
     }
 
     /// Adds a server's URL for the credential's `get` route; tried in the order added.
@@ -154,6 +176,33 @@ impl Builder {
         self
     }
 
+    fn servers(&self) -> Result<Servers, Error> {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(value) = &self.authorization {
+            if value.is_empty() {
+                return Err(Error::InvalidUrl {
+                    url: self.urls.first().cloned().unwrap_or_default(),
+                    reason: "the consumer key holds characters a header cannot".into(),
+                });
+            }
+            headers.insert(reqwest::header::AUTHORIZATION, value.clone());
+        }
+        let http = reqwest::Client::builder()
+            .timeout(self.timeout)
+            .connect_timeout(self.connect_timeout)
+            .default_headers(headers)
+            .build()
+            .map_err(|e| Error::Transport {
+                url: self.urls.first().cloned().unwrap_or_default(),
+                message: e.to_string(),
+            })?;
+        Ok(Servers {
+            count: self.urls.len(),
+            preferred: AtomicUsize::new(0),
+            http,
+        })
+    }
+
     fn source(self) -> Result<Source, Error> {
         if self.urls.is_empty() {
             return Err(Error::InvalidUrl {
@@ -166,18 +215,9 @@ impl Builder {
             .iter()
             .map(|u| Route::parse(u, self.ticket))
             .collect::<Result<Vec<_>, _>>()?;
-        let http = reqwest::Client::builder()
-            .timeout(self.timeout)
-            .connect_timeout(self.connect_timeout)
-            .build()
-            .map_err(|e| Error::Transport {
-                url: self.urls[0].clone(),
-                message: e.to_string(),
-            })?;
         Ok(Source {
             routes,
-            preferred: AtomicUsize::new(0),
-            http,
+            servers: self.servers()?,
             margin: self.margin,
             cached: Mutex::new(None),
             field: if self.ticket.is_some() {
@@ -187,6 +227,21 @@ impl Builder {
             },
         })
     }
+}
+
+/// `url` parsed, if it is an http(s) URL with a host.
+fn http_url(url: &str) -> Result<reqwest::Url, Error> {
+    let invalid = |reason: String| Error::InvalidUrl {
+        url: url.to_owned(),
+        reason,
+    };
+    let parsed = reqwest::Url::parse(url).map_err(|e| invalid(e.to_string()))?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+        return Err(invalid(
+            "the scheme must be http or https, with a host".into(),
+        ));
+    }
+    Ok(parsed)
 }
 
 /// One server's `get` and `refresh` URLs for the credential.
@@ -204,10 +259,7 @@ impl Route {
             url: url.to_owned(),
             reason: reason.to_owned(),
         };
-        let mut get = reqwest::Url::parse(url).map_err(|e| invalid(&e.to_string()))?;
-        if !matches!(get.scheme(), "http" | "https") || get.host_str().is_none() {
-            return Err(invalid("the scheme must be http or https, with a host"));
-        }
+        let mut get = http_url(url)?;
         if ticket == Some(TicketKind::Card) && !get.query_pairs().any(|(k, _)| k == "type") {
             get.query_pairs_mut().append_pair("type", "wx_card");
         }
@@ -231,9 +283,7 @@ struct Cached {
 /// The implementation behind [`AccessToken`] and [`JsapiTicket`].
 struct Source {
     routes: Vec<Route>,
-    /// The server that answered last; tried first.
-    preferred: AtomicUsize,
-    http: reqwest::Client,
+    servers: Servers,
     margin: Duration,
     cached: Mutex<Option<Cached>>,
     /// The body field, and the refresh route's parameter: `access_token` or `ticket`.
@@ -276,15 +326,61 @@ impl Source {
         self.cached.lock().await.as_ref().map(|c| c.expires_at)
     }
 
-    /// Asks the servers in turn, starting with the one that answered last, until one answers;
-    /// moves on only after a connection error, a timeout or a 5xx.
+    /// Asks the servers for the credential at the route `url_of` picks.
     async fn ask(&self, url_of: impl Fn(&Route) -> reqwest::Url) -> Result<Cached, Error> {
+        self.servers
+            .ask(
+                |i| url_of(&self.routes[i]),
+                |name, bytes| self.parse(name, bytes),
+            )
+            .await
+    }
+
+    fn parse(&self, name: &str, bytes: &[u8]) -> Result<Cached, Error> {
+        let malformed = |message: String| Error::Malformed {
+            url: name.to_owned(),
+            message,
+        };
+        let body: CredentialBody = serde_json::from_slice(bytes)
+            .map_err(|e| malformed(format!("not a credential answer: {e}")))?;
+        let value = match self.field {
+            "ticket" => body.ticket.clone(),
+            _ => body.access_token.clone(),
+        }
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| malformed(format!("no {} in the answer", self.field)))?;
+        let expires_in = Duration::from_secs(body.expires_in.max(0) as u64);
+        Ok(Cached {
+            value,
+            fetched: Instant::now(),
+            expires_in,
+            expires_at: SystemTime::now() + expires_in,
+        })
+    }
+}
+
+/// The servers a source asks, in turn, with failover.
+struct Servers {
+    count: usize,
+    /// The server that answered last; tried first.
+    preferred: AtomicUsize,
+    http: reqwest::Client,
+}
+
+impl Servers {
+    /// Asks the servers in turn, starting with the one that answered last, until one answers;
+    /// moves on only after a connection error, a timeout or a 5xx. `url_of` gives server `i`'s
+    /// URL, and `parse` reads a 200 answer (given the server's name for messages).
+    async fn ask<T>(
+        &self,
+        url_of: impl Fn(usize) -> reqwest::Url,
+        parse: impl Fn(&str, &[u8]) -> Result<T, Error>,
+    ) -> Result<T, Error> {
         let first = self.preferred.load(Ordering::Relaxed);
         let mut last = None;
-        for i in 0..self.routes.len() {
-            let index = (first + i) % self.routes.len();
-            let url = url_of(&self.routes[index]);
-            match self.ask_one(url).await {
+        for i in 0..self.count {
+            let index = (first + i) % self.count;
+            match self.ask_one(url_of(index), &parse).await {
                 Ok(answer) => {
                     self.preferred.store(index, Ordering::Relaxed);
                     return Ok(answer);
@@ -300,7 +396,11 @@ impl Source {
         }))
     }
 
-    async fn ask_one(&self, url: reqwest::Url) -> Result<Cached, Error> {
+    async fn ask_one<T>(
+        &self,
+        url: reqwest::Url,
+        parse: impl Fn(&str, &[u8]) -> Result<T, Error>,
+    ) -> Result<T, Error> {
         // The query may hold a rejected token: name servers by host and path only.
         let name = format!(
             "{}://{}{}",
@@ -321,10 +421,6 @@ impl Source {
         let response = self.http.get(url.clone()).send().await.map_err(failed)?;
         let status = response.status().as_u16();
         let bytes = response.bytes().await.map_err(failed)?;
-        let malformed = |message: String| Error::Malformed {
-            url: name.clone(),
-            message,
-        };
         if status != 200 {
             return match serde_json::from_slice::<ErrorBody>(&bytes) {
                 Ok(body) => Err(Error::Refused { status, body }),
@@ -335,24 +431,13 @@ impl Source {
                         errmsg: format!("HTTP {status} without a wetoken error body"),
                     },
                 }),
-                Err(_) => Err(malformed(format!("HTTP {status} without an error body"))),
+                Err(_) => Err(Error::Malformed {
+                    url: name.clone(),
+                    message: format!("HTTP {status} without an error body"),
+                }),
             };
         }
-        let body: CredentialBody = serde_json::from_slice(&bytes)
-            .map_err(|e| malformed(format!("not a credential answer: {e}")))?;
-        let value = match self.field {
-            "ticket" => body.ticket.clone(),
-            _ => body.access_token.clone(),
-        }
-        .filter(|v| !v.is_empty())
-        .ok_or_else(|| malformed(format!("no {} in the answer", self.field)))?;
-        let expires_in = Duration::from_secs(body.expires_in.max(0) as u64);
-        Ok(Cached {
-            value,
-            fetched: Instant::now(),
-            expires_in,
-            expires_at: SystemTime::now() + expires_in,
-        })
+        parse(&name, &bytes)
     }
 }
 
@@ -414,6 +499,10 @@ impl AccessTokenBuilder {
     /// How long connecting may take (default 2 s).
     pub fn connect_timeout(self, timeout: Duration) -> Self {
         Self(self.0.connect_timeout(timeout))
+    }
+    /// The consumer key to present, for servers that require one.
+    pub fn key(self, key: impl AsRef<str>) -> Self {
+        Self(self.0.key(key))
     }
     /// The source; fails on a malformed URL or none at all.
     pub fn build(self) -> Result<AccessToken, Error> {
@@ -477,9 +566,117 @@ impl JsapiTicketBuilder {
     pub fn timeout(self, timeout: Duration) -> Self {
         Self(self.0.timeout(timeout))
     }
+    /// The consumer key to present, for servers that require one.
+    pub fn key(self, key: impl AsRef<str>) -> Self {
+        Self(self.0.key(key))
+    }
     /// The source; fails on a malformed URL or none at all.
     pub fn build(self) -> Result<JsapiTicket, Error> {
         self.0.source().map(JsapiTicket)
+    }
+}
+
+/// Signs `wx.config` for an app's pages, through wetoken's `/{appid}/wechat/jssdk/config`
+/// route: the server signs with the app's current jsapi ticket, so the ticket never leaves it.
+///
+/// ```no_run
+/// # async fn page() -> Result<(), wetoken_client::Error> {
+/// let jssdk = wetoken_client::JssdkConfig::by_url(
+///     "http://127.0.0.1:9999/wx9e02ddcc34513fd4/wechat/jssdk/config",
+/// )?;
+/// let config = jssdk.sign("https://shop.example/pay?order=7").await?;
+/// println!("wx.config({{appId: {:?}, signature: {:?}, …}})", config.app_id, config.signature);
+/// # Ok(()) }
+/// ```
+pub struct JssdkConfig {
+    routes: Vec<reqwest::Url>,
+    servers: Servers,
+}
+
+impl JssdkConfig {
+    /// A signer for the route at `url` (ending in `/jssdk/config`), with default options.
+    pub fn by_url(url: &str) -> Result<Self, Error> {
+        Self::builder().url(url).build()
+    }
+
+    /// Options, and several servers.
+    pub fn builder() -> JssdkConfigBuilder {
+        JssdkConfigBuilder(Builder::new(None))
+    }
+
+    /// What `wx.config` needs for the page at `page_url` (its full http(s) URL; a `#` fragment
+    /// is dropped by the server). Each call asks a server: a signature is not cached.
+    pub async fn sign(&self, page_url: &str) -> Result<wetoken_wire::JssdkConfigBody, Error> {
+        self.servers
+            .ask(
+                |i| {
+                    let mut url = self.routes[i].clone();
+                    url.query_pairs_mut().append_pair("url", page_url);
+                    url
+                },
+                |name, bytes| {
+                    serde_json::from_slice(bytes).map_err(|e| Error::Malformed {
+                        url: name.to_owned(),
+                        message: format!("not a jssdk config answer: {e}"),
+                    })
+                },
+            )
+            .await
+    }
+}
+
+/// Builds a [`JssdkConfig`].
+#[derive(Debug, Clone)]
+pub struct JssdkConfigBuilder(Builder);
+
+impl JssdkConfigBuilder {
+    /// The consumer key to present, for servers that have consumer keys.
+    pub fn key(self, key: impl AsRef<str>) -> Self {
+        Self(self.0.key(key))
+    }
+    /// Adds a server's `/jssdk/config` route URL; servers are tried in the order added.
+    pub fn url(self, url: impl Into<String>) -> Self {
+        Self(self.0.url(url))
+    }
+    /// Adds several servers' route URLs.
+    pub fn urls<I: IntoIterator<Item = S>, S: Into<String>>(self, urls: I) -> Self {
+        Self(self.0.urls(urls))
+    }
+    /// How long one request may take (default 5 s).
+    pub fn timeout(self, timeout: Duration) -> Self {
+        Self(self.0.timeout(timeout))
+    }
+    /// How long connecting may take (default 2 s).
+    pub fn connect_timeout(self, timeout: Duration) -> Self {
+        Self(self.0.connect_timeout(timeout))
+    }
+    /// The signer; fails on a malformed URL or none at all.
+    pub fn build(self) -> Result<JssdkConfig, Error> {
+        if self.0.urls.is_empty() {
+            return Err(Error::InvalidUrl {
+                url: String::new(),
+                reason: "no server URL given".into(),
+            });
+        }
+        let routes = self
+            .0
+            .urls
+            .iter()
+            .map(|u| {
+                let url = http_url(u)?;
+                if !url.path().ends_with("/jssdk/config") {
+                    return Err(Error::InvalidUrl {
+                        url: u.clone(),
+                        reason: "expected the route's URL, ending in /jssdk/config".into(),
+                    });
+                }
+                Ok(url)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(JssdkConfig {
+            routes,
+            servers: self.0.servers()?,
+        })
     }
 }
 

@@ -50,6 +50,10 @@ pub enum Error {
     /// The database failed otherwise.
     #[error("database error: {0}")]
     Database(String),
+    /// A stored secret cannot be read: it was altered, or is encrypted under a master key that is
+    /// not configured. The text names the app and column, never the value.
+    #[error("{0}")]
+    Secret(String),
 }
 
 impl Error {

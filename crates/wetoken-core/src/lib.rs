@@ -23,20 +23,26 @@
 #![deny(missing_docs)]
 
 pub mod clock;
+pub mod crypto;
 mod engine;
 pub mod entity;
 mod error;
+pub mod keys;
 pub mod model;
+pub mod secrets;
 pub mod sign;
 pub mod store;
 pub mod wechat;
 
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use crypto::{KeySources, Keyring};
 pub use engine::{AppStatus, Engine, EngineConfig, JssdkConfig};
 pub use error::Error;
+pub use keys::{ConsumerKey, KeyTable, NewConsumerKey};
 pub use model::{
     App, AppId, AppKind, AppUpdate, Credential, CredentialRecord, Kind, NewApp, Secret, TokenMode,
     WorkIds,
 };
-pub use store::{DatabaseOptions, Store};
+pub use secrets::{Reseal, ResealReport, SecretsReport};
+pub use store::{DatabaseOptions, Installed, Store};
 pub use wechat::{UpstreamError, WeChat, WeChatOptions};

@@ -84,6 +84,25 @@ impl Secret {
     pub fn expose(&self) -> &str {
         &self.0
     }
+
+    /// The longest app secret accepted.
+    pub const MAX_APP_SECRET: usize = 255;
+    /// The longest message token or AES key accepted.
+    pub const MAX_MESSAGE_KEY: usize = 128;
+
+    /// A secret-like input named `name`: at most `max` characters, none of them control
+    /// characters. The error names the field, never the value.
+    pub fn checked(name: &str, value: &str, max: usize) -> Result<Self, Error> {
+        if value.is_empty() {
+            return Err(Error::InvalidInput(format!("{name} must not be empty")));
+        }
+        if value.chars().count() > max || value.chars().any(char::is_control) {
+            return Err(Error::InvalidInput(format!(
+                "{name} must be at most {max} printable characters"
+            )));
+        }
+        Ok(Self::new(value))
+    }
 }
 
 impl fmt::Debug for Secret {
@@ -314,6 +333,33 @@ pub struct NewApp {
 }
 
 impl NewApp {
+    /// The key and WeCom ids of a new app of `kind`. A WeCom app (`work`) is keyed
+    /// `<corpid>.<agentid>`; its corpid may come as `corpid` or as `appid`. Other kinds take an
+    /// appid and neither corpid nor agentid.
+    pub fn identify(
+        kind: AppKind,
+        appid: Option<&str>,
+        corpid: Option<&str>,
+        agentid: Option<&str>,
+    ) -> Result<(AppId, Option<WorkIds>), Error> {
+        if kind == AppKind::Work {
+            let corpid = corpid
+                .or(appid)
+                .ok_or_else(|| Error::InvalidInput("corpid is required for a WeCom app".into()))?;
+            let agentid = agentid
+                .ok_or_else(|| Error::InvalidInput("agentid is required for a WeCom app".into()))?;
+            let (key, ids) = WorkIds::key(corpid, agentid)?;
+            Ok((key, Some(ids)))
+        } else if corpid.is_some() || agentid.is_some() {
+            Err(Error::InvalidInput(
+                "corpid and agentid are for WeCom apps (kind=work) only".into(),
+            ))
+        } else {
+            let appid = appid.ok_or_else(|| Error::InvalidInput("appid is required".into()))?;
+            Ok((AppId::parse(appid)?, None))
+        }
+    }
+
     /// An official account in classic mode, with no message token or AES key.
     pub fn mp(appid: AppId, secret: Secret) -> Self {
         Self {
@@ -345,6 +391,23 @@ pub struct AppUpdate {
 }
 
 impl AppUpdate {
+    /// The range a daily budget of upstream calls must be in.
+    pub const BUDGETS: std::ops::RangeInclusive<i32> = 1..=1_000_000;
+
+    /// Checks a daily budget given as text.
+    pub fn budget(text: &str) -> Result<i32, Error> {
+        text.parse::<i32>()
+            .ok()
+            .filter(|n| Self::BUDGETS.contains(n))
+            .ok_or_else(|| {
+                Error::InvalidInput(format!(
+                    "daily_budget must be a whole number from {} to {}",
+                    Self::BUDGETS.start(),
+                    Self::BUDGETS.end()
+                ))
+            })
+    }
+
     /// Whether the update changes nothing.
     pub fn is_empty(&self) -> bool {
         self.secret.is_none()

@@ -5,6 +5,7 @@
 //! so one set of sea-query statements serves both, with the table and value column taken from
 //! [`Kind`].
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -16,6 +17,7 @@ use sea_orm::{
 use wetoken_migration::{Migrator, MigratorTrait};
 
 use crate::Error;
+use crate::crypto::{Keyring, SealError, is_sealed};
 use crate::entity::app_info;
 use crate::model::{
     App, AppId, AppKind, AppUpdate, Credential, CredentialRecord, Kind, NewApp, Secret, TokenMode,
@@ -33,6 +35,9 @@ pub struct DatabaseOptions {
     pub connect_timeout: Duration,
     /// How long a connection may live before it is replaced, if limited.
     pub max_lifetime: Option<Duration>,
+    /// The master keys app secrets are encrypted with; `None` stores them in plain text (and
+    /// refuses to read encrypted ones). See [`crate::crypto`].
+    pub keyring: Option<Arc<Keyring>>,
 }
 
 impl DatabaseOptions {
@@ -43,16 +48,18 @@ impl DatabaseOptions {
             max_connections: 16,
             connect_timeout: Duration::from_secs(5),
             max_lifetime: None,
+            keyring: None,
         }
     }
 }
 
 /// The tables wetoken owns, as named in the Go wetoken.
-pub const TABLES: [&str; 4] = [
+pub const TABLES: [&str; 5] = [
     "wechat_app_info",
     "wechat_access_token",
     "wechat_jsapi_ticket",
     "wechat_card_ticket",
+    "wetoken_consumer_key",
 ];
 
 /// The daily budget of upstream calls of an app that was given none: WeChat's token quota for a
@@ -100,7 +107,11 @@ fn col(name: &'static str) -> Alias {
 #[derive(Debug, Clone)]
 pub struct Store {
     db: DatabaseConnection,
+    keyring: Option<Arc<Keyring>>,
 }
+
+/// The secret-like columns of `wechat_app_info`, encrypted when a master key is configured.
+pub(crate) const SECRET_COLUMNS: [&str; 3] = ["secret", "token", "aes_key"];
 
 impl Store {
     /// Connects to the database `options` names.
@@ -130,12 +141,57 @@ impl Store {
             connect.max_connections(1);
         }
         let db = Database::connect(connect).await.map_err(Error::from)?;
-        Ok(Self { db })
+        Ok(Self {
+            db,
+            keyring: options.keyring.clone(),
+        })
     }
 
-    /// Wraps an open connection.
+    /// Wraps an open connection. Secrets are stored in plain text unless
+    /// [`Store::with_keyring`] says otherwise.
     pub fn from_connection(db: DatabaseConnection) -> Self {
-        Self { db }
+        Self { db, keyring: None }
+    }
+
+    /// The same store, encrypting and decrypting secrets with `keyring`.
+    pub fn with_keyring(mut self, keyring: Option<Arc<Keyring>>) -> Self {
+        self.keyring = keyring;
+        self
+    }
+
+    /// The keyring secrets are encrypted with, if any.
+    pub fn keyring(&self) -> Option<&Keyring> {
+        self.keyring.as_deref()
+    }
+
+    /// The stored form of a secret-like value of `appid`'s `column`: encrypted under the current
+    /// master key, or as it is when none is configured.
+    pub(crate) fn seal(&self, appid: &str, column: &str, plain: &str) -> Result<String, Error> {
+        match &self.keyring {
+            Some(keyring) => Ok(keyring.seal(plain, &secret_context(appid, column))),
+            // A plain value that looks encrypted would be refused when read back.
+            None if is_sealed(plain) => Err(Error::InvalidInput(format!(
+                "{column} must not start with \"wtenc:\""
+            ))),
+            None => Ok(plain.to_owned()),
+        }
+    }
+
+    /// The plain text of a stored secret-like value. A plain value is read as it is (rows from
+    /// before encryption); an encrypted one needs its key and must authenticate.
+    pub(crate) fn open(&self, appid: &str, column: &str, stored: String) -> Result<String, Error> {
+        if !is_sealed(&stored) {
+            return Ok(stored);
+        }
+        let opened = match &self.keyring {
+            Some(keyring) => keyring.open(&stored, &secret_context(appid, column)),
+            None => Err(SealError::NoKey),
+        };
+        opened.map_err(|e| {
+            Error::Secret(format!(
+                "the stored {column} of app {appid} cannot be decrypted: {e}"
+            ))
+        })
     }
 
     /// The underlying connection.
@@ -154,6 +210,20 @@ impl Store {
             Migrator::up(&self.db, None).await?;
         }
         Ok(pending)
+    }
+
+    /// Creates wetoken's tables, or brings them up to date: the migrations applied, and the
+    /// tables this created. Running it again changes nothing.
+    pub async fn install(&self) -> Result<Installed, Error> {
+        let before = self.tables_present().await?;
+        let applied = self.migrate().await?;
+        let created = self
+            .tables_present()
+            .await?
+            .into_iter()
+            .filter(|t| !before.contains(t))
+            .collect();
+        Ok(Installed { created, applied })
     }
 
     /// Every migration wetoken knows, with whether it has been applied here.
@@ -207,9 +277,17 @@ impl Store {
             daily_budget: Set(app.daily_budget.unwrap_or(DEFAULT_DAILY_BUDGET)),
             calls_day: Set(None),
             calls_today: Set(0),
-            secret: Set(app.secret.expose().to_owned()),
-            token: Set(app.token.as_ref().map(|s| s.expose().to_owned())),
-            aes_key: Set(app.aes_key.as_ref().map(|s| s.expose().to_owned())),
+            secret: Set(self.seal(app.appid.as_str(), "secret", app.secret.expose())?),
+            token: Set(app
+                .token
+                .as_ref()
+                .map(|s| self.seal(app.appid.as_str(), "token", s.expose()))
+                .transpose()?),
+            aes_key: Set(app
+                .aes_key
+                .as_ref()
+                .map(|s| self.seal(app.appid.as_str(), "aes_key", s.expose()))
+                .transpose()?),
             create_time: Set(now),
             update_time: Set(now),
         };
@@ -227,7 +305,7 @@ impl Store {
         let row = app_info::Entity::find_by_id(appid.as_str().to_owned())
             .one(&self.db)
             .await?;
-        row.map(app_from_row).transpose()
+        row.map(|row| self.app_from_row(row)).transpose()
     }
 
     /// Every app, ordered by appid.
@@ -237,7 +315,7 @@ impl Store {
             .all(&self.db)
             .await?
             .into_iter()
-            .map(app_from_row)
+            .map(|row| self.app_from_row(row))
             .collect()
     }
 
@@ -257,14 +335,15 @@ impl Store {
             return Err(Error::UnknownApp(appid.clone()));
         };
         let mut row: app_info::ActiveModel = row.into();
+        let id = appid.as_str();
         if let Some(secret) = &update.secret {
-            row.secret = Set(secret.expose().to_owned());
+            row.secret = Set(self.seal(id, "secret", secret.expose())?);
         }
         if let Some(token) = &update.token {
-            row.token = Set(Some(token.expose().to_owned()));
+            row.token = Set(Some(self.seal(id, "token", token.expose())?));
         }
         if let Some(aes_key) = &update.aes_key {
-            row.aes_key = Set(Some(aes_key.expose().to_owned()));
+            row.aes_key = Set(Some(self.seal(id, "aes_key", aes_key.expose())?));
         }
         if let Some(mode) = update.token_mode {
             row.token_mode = Set(mode.as_str().to_owned());
@@ -642,6 +721,34 @@ pub struct Due {
     pub token_mode: TokenMode,
 }
 
+/// What [`Store::install`] did. Its `Display` is the report an operator reads: one line per table
+/// created and per migration applied, or that there was nothing to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Installed {
+    /// The tables that did not exist before.
+    pub created: Vec<&'static str>,
+    /// The migrations applied, by name.
+    pub applied: Vec<String>,
+}
+
+impl std::fmt::Display for Installed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for table in &self.created {
+            writeln!(f, "created table {table}")?;
+        }
+        for name in &self.applied {
+            writeln!(f, "applied migration {name}")?;
+        }
+        if self.applied.is_empty() {
+            writeln!(
+                f,
+                "nothing to do: wetoken's tables are in place and up to date"
+            )?;
+        }
+        Ok(())
+    }
+}
+
 /// The day as WeChat counts it for its daily limits (China time), `YYYYMMDD`.
 pub fn wechat_day(at: DateTime<Utc>) -> String {
     (at + chrono::TimeDelta::hours(8))
@@ -649,7 +756,32 @@ pub fn wechat_day(at: DateTime<Utc>) -> String {
         .to_string()
 }
 
-fn app_from_row(row: app_info::Model) -> Result<App, Error> {
+/// What a secret-like value is bound to: its table, column and appid. A ciphertext copied to
+/// another row or column does not decrypt there.
+pub(crate) fn secret_context(appid: &str, column: &str) -> Vec<u8> {
+    format!("wetoken/wechat_app_info/{column}/{appid}").into_bytes()
+}
+
+impl Store {
+    fn app_from_row(&self, row: app_info::Model) -> Result<App, Error> {
+        let open = |column, value| self.open(&row.appid, column, value).map(Secret::new);
+        let secret = open("secret", row.secret.clone())?;
+        let token = row.token.clone().map(|v| open("token", v)).transpose()?;
+        let aes_key = row
+            .aes_key
+            .clone()
+            .map(|v| open("aes_key", v))
+            .transpose()?;
+        app_from_row(row, secret, token, aes_key)
+    }
+}
+
+fn app_from_row(
+    row: app_info::Model,
+    secret: Secret,
+    token: Option<Secret>,
+    aes_key: Option<Secret>,
+) -> Result<App, Error> {
     let corrupt =
         |what: &str| Error::Database(format!("app {:?}: stored {what} is invalid", row.appid));
     let work = match (&row.corpid, &row.agentid) {
@@ -670,9 +802,9 @@ fn app_from_row(row: app_info::Model) -> Result<App, Error> {
         } else {
             0
         },
-        secret: Secret::new(row.secret),
-        token: row.token.map(Secret::new),
-        aes_key: row.aes_key.map(Secret::new),
+        secret,
+        token,
+        aes_key,
         create_time: row.create_time,
         update_time: row.update_time,
     })

@@ -40,6 +40,30 @@ impl Default for WeChatOptions {
     }
 }
 
+impl WeChatOptions {
+    /// Options for the API roots given. Without `fallback_urls`, a call that cannot connect to
+    /// `base_url` falls back to WeChat's disaster-recovery domain when `base_url` is WeChat's own,
+    /// and to nothing otherwise (a mock, a proxy).
+    pub fn with_base_urls(
+        base_url: &str,
+        work_base_url: &str,
+        fallback_urls: Option<Vec<String>>,
+    ) -> Self {
+        let defaults = Self::default();
+        let fallback_urls = match fallback_urls {
+            Some(urls) => urls,
+            None if base_url == defaults.base_url => defaults.fallback_urls.clone(),
+            None => Vec::new(),
+        };
+        Self {
+            base_url: base_url.to_owned(),
+            fallback_urls,
+            work_base_url: work_base_url.to_owned(),
+            ..defaults
+        }
+    }
+}
+
 /// WeChat's nearest access point.
 pub const DEFAULT_BASE_URL: &str = "https://api.weixin.qq.com";
 /// WeCom's API root.

@@ -40,11 +40,15 @@ pub fn parse(node: &Value) -> Result<DatabaseNode, String> {
     };
     let url = match (text(&["url"]), text(&["provider"])) {
         (Some(url), _) => {
-            let scheme = url.split("://").next().unwrap_or_default();
-            if !matches!(scheme, "mysql" | "postgres" | "postgresql" | "sqlite") {
-                return Err(format!(
-                    "url must be mysql://, postgres:// or sqlite://, not {scheme}://"
-                ));
+            let scheme = url.split_once("://").map(|(scheme, _)| scheme);
+            if !matches!(scheme, Some("mysql" | "postgres" | "postgresql" | "sqlite")) {
+                // Name the scheme only: what is not a URL may be a DSN with its password.
+                return Err(match scheme {
+                    Some(scheme) if scheme.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'+') => format!(
+                        "url must be mysql://, postgres:// or sqlite://, not {scheme}://"
+                    ),
+                    _ => "url must be a mysql://, postgres:// or sqlite:// URL (a Go DSN goes in connString, with provider)".into(),
+                });
             }
             url.to_owned()
         }
@@ -98,6 +102,60 @@ fn encode(text: &str) -> String {
     out
 }
 
+/// A DSN's TCP address, `host`, `host:port` or `[ipv6]:port`, as the URL's `host:port`.
+///
+/// It is checked, not copied: a `/`, `?`, `#`, `@` or control character in it would otherwise
+/// end the URL's authority early and move the database name into the query or the path (found
+/// by the `dsn` fuzz target).
+fn tcp_address(addr: &str) -> Result<String, String> {
+    let malformed = || {
+        format!(
+            "malformed address {addr:?} in the DSN: expected host, host:port or [ipv6]:port, the \
+             host of letters, digits, '.', '-' or '_'"
+        )
+    };
+    let (host, port) = match addr.strip_prefix('[') {
+        Some(rest) => {
+            let (v6, after) = rest.split_once(']').ok_or_else(malformed)?;
+            let ok = !v6.is_empty()
+                && v6
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.');
+            if !ok {
+                return Err(malformed());
+            }
+            let port = match after {
+                "" => None,
+                p => Some(p.strip_prefix(':').ok_or_else(malformed)?),
+            };
+            (format!("[{v6}]"), port)
+        }
+        None => {
+            let (host, port) = match addr.rsplit_once(':') {
+                Some((host, port)) => (host, Some(port)),
+                None => (addr, None),
+            };
+            let ok = !host.is_empty()
+                && host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'));
+            if !ok {
+                return Err(malformed());
+            }
+            (host.to_owned(), port)
+        }
+    };
+    let port = match port {
+        None => 3306,
+        Some(p) => p
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or_else(malformed)?,
+    };
+    Ok(format!("{host}:{port}"))
+}
+
 /// Translates a Go MySQL DSN, `[user[:password]@][net[(addr)]]/dbname[?param=value&…]`, into a
 /// `mysql://` URL. The user and password may hold any character (`@`, `:`, `/` included): the
 /// DSN's last `/` starts the database name and the last `@` before it ends the password, as the
@@ -134,15 +192,8 @@ pub fn go_mysql_dsn_to_url(dsn: &str) -> Result<String, String> {
     };
     let mut params: Vec<(String, String)> = Vec::new();
     let host = match net {
-        "tcp" | "tcp4" | "tcp6" => {
-            if addr.is_empty() {
-                "127.0.0.1:3306".to_owned()
-            } else if addr.contains(':') || addr.starts_with('[') {
-                addr.to_owned()
-            } else {
-                format!("{addr}:3306")
-            }
-        }
+        "tcp" | "tcp4" | "tcp6" if addr.is_empty() => "127.0.0.1:3306".to_owned(),
+        "tcp" | "tcp4" | "tcp6" => tcp_address(addr)?,
         "unix" => {
             params.push(("socket".into(), addr.to_owned()));
             "localhost".to_owned()
@@ -209,8 +260,37 @@ mod tests {
             go_mysql_dsn_to_url("u:p@unix(/run/mysqld/mysqld.sock)/x").unwrap(),
             "mysql://u:p@localhost/x?socket=%2Frun%2Fmysqld%2Fmysqld.sock"
         );
+        // The table in docs/registry.md.
+        for (dsn, url) in [
+            (
+                "root:pass@tcp(db:3306)/mall?charset=utf8",
+                "mysql://root:pass@db:3306/mall?charset=utf8",
+            ),
+            (
+                "root:p@ss:w/rd@tcp(db)/mall",
+                "mysql://root:p%40ss%3Aw%2Frd@db:3306/mall",
+            ),
+            (
+                "root@unix(/run/mysqld/mysqld.sock)/mall",
+                "mysql://root@localhost/mall?socket=%2Frun%2Fmysqld%2Fmysqld.sock",
+            ),
+            ("root:pass@/mall", "mysql://root:pass@127.0.0.1:3306/mall"),
+        ] {
+            assert_eq!(go_mysql_dsn_to_url(dsn).unwrap(), url, "{dsn}");
+        }
         assert!(go_mysql_dsn_to_url("no-database").is_err());
         assert!(go_mysql_dsn_to_url("u@pipe(x)/db").is_err());
+    }
+
+    #[test]
+    fn a_dsn_given_as_url_is_refused_without_its_password() {
+        let err = parse(&json!({"url": "root:s3cret@tcp(db:3306)/mall"})).unwrap_err();
+        assert!(
+            !err.contains("s3cret") && err.contains("connString"),
+            "{err}"
+        );
+        let err = parse(&json!({"url": "oracle://scott@db"})).unwrap_err();
+        assert!(err.contains("not oracle://"), "{err}");
     }
 
     #[test]
@@ -241,6 +321,41 @@ mod tests {
         ] {
             assert!(parse(&bad).is_err(), "{bad}");
         }
+    }
+
+    /// The bug the `dsn` fuzz target found: the address inside `tcp(…)` was copied into the URL
+    /// as it was, so `tcp(h?x)/db` became `mysql://h?x:3306/db`, whose host is `h` and whose
+    /// database name sits in the query; a `/`, `#` or NUL broke the URL likewise.
+    #[test]
+    fn dsn_host_with_url_delimiters_is_refused() {
+        for bad in [
+            "u@tcp(h?x)/db",
+            "u@tcp(h#x)/db",
+            "u@tcp(h x)/db",
+            "root:123456@tcp(122.1'\x00\x003306)/mall?charset=utf8",
+            "root::ass@tcp(?b:3307)/mall",
+            "u@tcp([::1)/db",
+            "u@tcp([::1]x)/db",
+            "u@tcp(h:99999)/db",
+            "u@tcp(h:)/db",
+            "u@tcp(::1)/db",
+        ] {
+            let err = go_mysql_dsn_to_url(bad).unwrap_err();
+            assert!(err.contains("malformed address"), "{bad:?}: {err}");
+            crate::fuzz::dsn(bad.as_bytes());
+        }
+        assert_eq!(
+            go_mysql_dsn_to_url("u@tcp([::1]:3307)/db").unwrap(),
+            "mysql://u@[::1]:3307/db"
+        );
+        assert_eq!(
+            go_mysql_dsn_to_url("u@tcp([fe80::1])/db").unwrap(),
+            "mysql://u@[fe80::1]:3306/db"
+        );
+        assert_eq!(
+            go_mysql_dsn_to_url("u@tcp(db_1.internal-x)/db").unwrap(),
+            "mysql://u@db_1.internal-x:3306/db"
+        );
     }
 
     proptest! {

@@ -9,10 +9,13 @@ use std::time::Duration;
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
-use wetoken_core::{DatabaseOptions, EngineConfig, WeChatOptions};
+use std::sync::Arc;
 
-/// Everything `wetoken-server start` can be told.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+use wetoken_core::{DatabaseOptions, EngineConfig, KeySources, Keyring, WeChatOptions};
+
+/// Everything `wetoken-server start` can be told. Its `Debug` hides the keys and the database
+/// password.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Settings {
     /// The address to listen on.
@@ -21,6 +24,9 @@ pub struct Settings {
     pub database_url: String,
     /// The most connections the database pool opens.
     pub database_max_connections: u32,
+    /// How long a database connection may live before it is replaced, in seconds; unset, no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database_max_lifetime_secs: Option<u64>,
     /// Whether `start` applies pending migrations itself.
     pub auto_migrate: bool,
     /// WeChat's API root.
@@ -42,10 +48,52 @@ pub struct Settings {
     pub admin_key_file: Option<std::path::PathBuf>,
     /// Where the admin routes may be called from while no admin key is set (CIDR blocks).
     pub admin_networks: Vec<String>,
+    /// The `host:port` a server started with a registry announces under
+    /// `/<platform>/wetoken-server/<cluster>/servers/`. Unset: the listen address, or this host's
+    /// name and the listen port when listening on every address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub advertise: Option<String>,
+    /// The master key app secrets are encrypted under: 32 bytes in base64. Unset (with
+    /// `master_key_file`), secrets are stored in plain text and the server warns at start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub master_key: Option<String>,
+    /// A file holding the master key (its first line).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub master_key_file: Option<std::path::PathBuf>,
+    /// During a rotation, the previous master key: read, never written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub master_key_previous: Option<String>,
+    /// A file holding the previous master key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub master_key_previous_file: Option<std::path::PathBuf>,
+    /// Where the token, ticket and jssdk routes may be called from while no consumer key exists
+    /// (CIDR blocks). Once a key is added (`wetoken-cli key add`), every caller needs one.
+    pub reader_networks: Vec<String>,
+    /// How often the consumer keys are re-read from the database, in milliseconds, so keys added
+    /// or revoked by `wetoken-cli` take effect without a restart.
+    pub consumer_keys_reload_ms: u64,
     /// How credentials are refreshed.
     pub refresh: EngineConfig,
     /// Limits of the HTTP server.
     pub http: HttpSettings,
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut shown = self.clone();
+        for key in [
+            &mut shown.admin_key,
+            &mut shown.master_key,
+            &mut shown.master_key_previous,
+        ] {
+            if key.is_some() {
+                *key = Some("***".into());
+            }
+        }
+        shown.database_url = crate::redact_url(&shown.database_url);
+        let text = serde_json::to_string(&shown).map_err(|_| std::fmt::Error)?;
+        write!(f, "Settings {text}")
+    }
 }
 
 /// Limits of the HTTP server.
@@ -70,6 +118,7 @@ impl Default for Settings {
             listen: SocketAddr::from(([0, 0, 0, 0], 9999)),
             database_url: "sqlite://wetoken.db".into(),
             database_max_connections: 16,
+            database_max_lifetime_secs: None,
             auto_migrate: true,
             wechat_base_url: WeChatOptions::default().base_url,
             wechat_timeout_secs: 10,
@@ -78,6 +127,13 @@ impl Default for Settings {
             admin_key: None,
             admin_key_file: None,
             admin_networks: vec!["127.0.0.0/8".into(), "::1/128".into()],
+            advertise: None,
+            master_key: None,
+            master_key_file: None,
+            master_key_previous: None,
+            master_key_previous_file: None,
+            reader_networks: vec!["127.0.0.0/8".into(), "::1/128".into()],
+            consumer_keys_reload_ms: 5000,
             refresh: EngineConfig::default(),
             http: HttpSettings::default(),
         }
@@ -103,8 +159,19 @@ impl Settings {
     /// Settings from the defaults, the TOML file at `file` (if it exists), the `WETOKEN_*`
     /// environment, and `overrides` (the command line), each over the one before.
     pub fn load(file: &Path, overrides: Figment) -> Result<Self, Box<figment::Error>> {
+        Self::load_with_registry(file, Figment::new(), overrides)
+    }
+
+    /// As [`Settings::load`], with the settings a registry holds for the server (its settings
+    /// node, and the database its database node names) between the file and the environment.
+    pub fn load_with_registry(
+        file: &Path,
+        registry: Figment,
+        overrides: Figment,
+    ) -> Result<Self, Box<figment::Error>> {
         Figment::from(Serialized::defaults(Settings::default()))
             .merge(Toml::file(file))
+            .merge(registry)
             .merge(
                 Env::prefixed(ENV_PREFIX)
                     // WETOKEN_LOG (the log filter) and the test harness's WETOKEN_TEST_*
@@ -118,6 +185,13 @@ impl Settings {
             .merge(overrides)
             .extract()
             .map_err(Box::new)
+    }
+
+    /// A settings layer for [`Settings::load_with_registry`] from a JSON object with the keys of
+    /// `wetoken.toml`, as a registry's settings node holds them. It lives in figment's default
+    /// profile, like the file and the environment, so that the order of the layers decides.
+    pub fn registry_layer(conf: &serde_json::Value) -> Figment {
+        Figment::from(Serialized::defaults(conf))
     }
 
     /// The admin key, from `admin_key` or the first line of `admin_key_file`.
@@ -143,39 +217,55 @@ impl Settings {
 
     /// The admin networks, parsed.
     pub fn admin_networks(&self) -> Result<Vec<ipnet::IpNet>, String> {
-        self.admin_networks
-            .iter()
-            .map(|n| {
-                n.parse::<ipnet::IpNet>()
-                    .or_else(|_| n.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
-                    .map_err(|_| format!("admin_networks: {n:?} is not an address or CIDR block"))
-            })
-            .collect()
+        parse_networks("admin_networks", &self.admin_networks)
     }
 
-    /// The database part, as the engine takes it.
+    /// The reader networks, parsed.
+    pub fn reader_networks(&self) -> Result<Vec<ipnet::IpNet>, String> {
+        parse_networks("reader_networks", &self.reader_networks)
+    }
+
+    /// The database part, as the engine takes it (without the keyring: see
+    /// [`Settings::keyring`]).
     pub fn database(&self) -> DatabaseOptions {
         let mut options = DatabaseOptions::new(self.database_url.clone());
         options.max_connections = self.database_max_connections;
+        options.max_lifetime = self.database_max_lifetime_secs.map(Duration::from_secs);
         options
+    }
+
+    /// The master keys, from `master_key`/`master_key_file` and
+    /// `master_key_previous`/`master_key_previous_file` (or their `WETOKEN_*` variables).
+    pub fn keyring(&self) -> Result<Option<Arc<Keyring>>, String> {
+        let sources = KeySources {
+            key: self.master_key.clone(),
+            key_file: self.master_key_file.clone(),
+            previous: self.master_key_previous.clone(),
+            previous_file: self.master_key_previous_file.clone(),
+        };
+        Keyring::load(&sources)
+            .map(|k| k.map(Arc::new))
+            .map_err(|e| e.to_string())
     }
 
     /// The WeChat part, as the engine takes it.
     pub fn wechat(&self) -> WeChatOptions {
-        let defaults = WeChatOptions::default();
-        let fallback_urls = match &self.wechat_fallback_urls {
-            Some(urls) => urls.clone(),
-            None if self.wechat_base_url == defaults.base_url => defaults.fallback_urls.clone(),
-            None => Vec::new(),
-        };
         WeChatOptions {
-            base_url: self.wechat_base_url.clone(),
-            fallback_urls,
-            work_base_url: self.wechat_work_base_url.clone(),
             timeout: Duration::from_secs(self.wechat_timeout_secs),
-            ..defaults
+            ..WeChatOptions::with_base_urls(
+                &self.wechat_base_url,
+                &self.wechat_work_base_url,
+                self.wechat_fallback_urls.clone(),
+            )
         }
     }
+}
+
+fn parse_networks(setting: &str, networks: &[String]) -> Result<Vec<ipnet::IpNet>, String> {
+    networks
+        .iter()
+        .map(|n| wetoken_core::keys::parse_network(n).map_err(|e| format!("{setting}: {e}")))
+        .collect()
 }
 
 #[cfg(test)]
@@ -202,6 +292,41 @@ mod tests {
             assert_eq!(s.refresh.margin_secs, 100);
             assert_eq!(s.refresh.concurrency, 9);
             assert_eq!(s.refresh.refresh_ahead_secs, 1200);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_registry_layers_between_the_file_and_the_environment() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "wetoken.toml",
+                "listen = \"127.0.0.1:1000\"\nwechat_timeout_secs = 3\n[refresh]\nmargin_secs = 100\nconcurrency = 2\n",
+            )?;
+            jail.set_env("WETOKEN_REFRESH__CONCURRENCY", "9");
+            let registry = Settings::registry_layer(&serde_json::json!({
+                "listen": "127.0.0.1:2000",
+                "database_url": "mysql://registry@db/wetoken",
+                "refresh": {"margin_secs": 200, "concurrency": 5},
+            }));
+            let flags = Figment::new().merge(("listen", "127.0.0.1:3000"));
+            let s = Settings::load_with_registry(Path::new("wetoken.toml"), registry, flags)
+                .map_err(|e| *e)?;
+            assert_eq!(
+                s.wechat_timeout_secs, 3,
+                "the file, where nothing is over it"
+            );
+            assert_eq!(s.refresh.margin_secs, 200, "the registry over the file");
+            assert_eq!(s.database_url, "mysql://registry@db/wetoken");
+            assert_eq!(
+                s.refresh.concurrency, 9,
+                "the environment over the registry"
+            );
+            assert_eq!(
+                s.listen,
+                "127.0.0.1:3000".parse().unwrap(),
+                "flags over all"
+            );
             Ok(())
         });
     }
@@ -253,6 +378,43 @@ mod tests {
             ..mock
         };
         assert_eq!(chosen.wechat().fallback_urls, ["http://b"]);
+    }
+
+    #[test]
+    fn debug_hides_the_keys() {
+        let s = Settings {
+            admin_key: Some("admin-key-0123456789".into()),
+            master_key: Some("bWFzdGVyLWtleS0wMTIzNDU2Nzg5MDEyMzQ1Njc4OTA=".into()),
+            master_key_previous: Some("cHJldmlvdXMta2V5LTAxMjM0NTY3ODkwMTIzNDU2Nzg=".into()),
+            database_url: "mysql://u:pw-9876@h/db".into(),
+            ..Settings::default()
+        };
+        let shown = format!("{s:?}");
+        for secret in ["admin-key-0123", "bWFzdGVy", "cHJldmlv", "pw-9876"] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
+        assert!(shown.contains("listen"), "{shown}");
+    }
+
+    #[test]
+    fn a_fresh_install_reads_and_administers_from_loopback_only() {
+        let s = Settings::default();
+        for networks in [s.reader_networks().unwrap(), s.admin_networks().unwrap()] {
+            for local in ["127.0.0.1", "127.0.0.2", "::1"] {
+                let ip: std::net::IpAddr = local.parse().unwrap();
+                assert!(networks.iter().any(|n| n.contains(&ip)), "{local}");
+            }
+            for remote in [
+                "10.1.2.3",
+                "192.168.1.1",
+                "172.17.0.2",
+                "::ffff:10.0.0.1",
+                "fe80::1",
+            ] {
+                let ip: std::net::IpAddr = remote.parse().unwrap();
+                assert!(!networks.iter().any(|n| n.contains(&ip)), "{remote}");
+            }
+        }
     }
 
     #[test]

@@ -18,9 +18,10 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use serde::Serialize;
 use tracing::{Instrument, debug, error, warn};
+use wetoken_core::keys::{Access, Refusal};
 use wetoken_core::{
-    AppId, AppKind, AppStatus, AppUpdate, Credential, CredentialRecord, Engine, Kind, NewApp,
-    Secret, TokenMode, WorkIds,
+    AppId, AppKind, AppStatus, AppUpdate, Credential, CredentialRecord, Engine, KeyTable, Kind,
+    NewApp, Secret, TokenMode,
 };
 use wetoken_wire::{
     AppList, AppShow, AppView, Created, CredentialState, ErrorBody, JssdkConfigBody, code,
@@ -33,6 +34,85 @@ pub(crate) struct State {
     pub engine: Engine,
     pub http: HttpSettings,
     pub admin: AdminPolicy,
+    pub readers: ReaderPolicy,
+}
+
+/// Who may use the token, ticket and jssdk routes.
+pub(crate) struct ReaderPolicy {
+    /// While no consumer key exists, callers must come from one of these.
+    pub networks: Vec<ipnet::IpNet>,
+    /// The consumer keys, as last read from the database. The request path only takes the read
+    /// lock for the length of a hash lookup; the reload task swaps in a new snapshot.
+    pub keys: std::sync::RwLock<Arc<KeyTable>>,
+}
+
+/// The header Go-era clients that cannot set `Authorization` may send the consumer key in.
+pub(crate) const KEY_HEADER: &str = "x-wetoken-key";
+
+impl ReaderPolicy {
+    /// Checks the caller before anything else, and before the app is looked up: a refusal says
+    /// nothing about whether the app exists.
+    fn check(
+        &self,
+        headers: &http::HeaderMap,
+        peer: std::net::IpAddr,
+        appid: &str,
+        refresh: bool,
+    ) -> Result<(), ApiError> {
+        let table = self.keys.read().unwrap_or_else(|e| e.into_inner());
+        if !table.is_required() {
+            return if self.networks.iter().any(|n| n.contains(&peer)) {
+                Ok(())
+            } else {
+                Err(ApiError::Forbidden(
+                    "token and ticket reads answer only local callers until consumer keys are configured"
+                        .into(),
+                ))
+            };
+        }
+        let presented = presented_key(headers);
+        let access = Access {
+            appid,
+            refresh,
+            peer,
+        };
+        table
+            .check(presented, access)
+            .map_err(|refusal| match refusal {
+                Refusal::MissingKey | Refusal::UnknownKey => ApiError::Unauthorized(
+                    "this route needs a consumer key: Authorization: Bearer <key>",
+                ),
+                Refusal::OutOfScope => {
+                    ApiError::Forbidden("this consumer key does not cover this appid".into())
+                }
+                Refusal::Address => ApiError::Forbidden(
+                    "this consumer key may not be used from this address".into(),
+                ),
+                Refusal::RefreshNotAllowed => {
+                    ApiError::Forbidden("this consumer key may not ask for refreshes".into())
+                }
+            })
+    }
+
+    /// Installs a new snapshot of the keys.
+    pub(crate) fn replace(&self, table: KeyTable) {
+        *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(table);
+    }
+}
+
+/// The consumer key a request presents: `Authorization: Bearer <key>`, else `X-Wetoken-Key`.
+fn presented_key(headers: &http::HeaderMap) -> Option<&str> {
+    bearer(headers)
+        .or_else(|| headers.get(KEY_HEADER).and_then(|v| v.to_str().ok()))
+        .map(str::trim)
+}
+
+/// The credentials of an `Authorization: Bearer <credentials>` header. The scheme's case does
+/// not matter (RFC 9110), so `bearer …` from a client library is the same key.
+fn bearer(headers: &http::HeaderMap) -> Option<&str> {
+    let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, credentials) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then_some(credentials)
 }
 
 /// Who may use the admin routes.
@@ -48,16 +128,14 @@ impl AdminPolicy {
         use subtle::ConstantTimeEq;
         match &self.key {
             Some(key) => {
-                let presented = headers
-                    .get(http::header::AUTHORIZATION)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.strip_prefix("Bearer "))
-                    .unwrap_or_default();
+                let presented = bearer(headers).unwrap_or_default();
                 // Constant time in the key's content; only the (public) length can show.
                 if bool::from(presented.as_bytes().ct_eq(key.as_bytes())) {
                     Ok(())
                 } else {
-                    Err(ApiError::Unauthorized)
+                    Err(ApiError::Unauthorized(
+                        "this route needs the admin key: Authorization: Bearer <key>",
+                    ))
                 }
             }
             None if self.networks.iter().any(|n| n.contains(&peer)) => Ok(()),
@@ -73,7 +151,7 @@ impl AdminPolicy {
 #[derive(Debug)]
 enum ApiError {
     BadRequest(String),
-    Unauthorized,
+    Unauthorized(&'static str),
     Forbidden(String),
     BodyTooLarge(usize),
     NotFound,
@@ -95,11 +173,7 @@ fn error_response(e: &ApiError) -> Response<Full<Bytes>> {
     use wetoken_core::Error as E;
     let (status, errcode, errmsg) = match e {
         ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, code::BAD_REQUEST, m.clone()),
-        ApiError::Unauthorized => (
-            StatusCode::UNAUTHORIZED,
-            code::UNAUTHORIZED,
-            "this route needs the admin key: Authorization: Bearer <key>".into(),
-        ),
+        ApiError::Unauthorized(m) => (StatusCode::UNAUTHORIZED, code::UNAUTHORIZED, (*m).into()),
         ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, code::FORBIDDEN, m.clone()),
         ApiError::BodyTooLarge(limit) => (
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -142,6 +216,15 @@ fn error_response(e: &ApiError) -> Response<Full<Bytes>> {
                 code::DATABASE_UNAVAILABLE,
                 "database unavailable".into(),
             ),
+            E::Secret(cause) => {
+                // Which column and which master key stay in the log.
+                error!(%cause, "a stored secret cannot be read");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    code::INTERNAL,
+                    "a stored secret of this app cannot be decrypted; see the server log".into(),
+                )
+            }
             E::Database(cause) => {
                 // The database's own text stays in the log.
                 error!(%cause, "database error");
@@ -290,18 +373,20 @@ pub(crate) async fn handle(
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_graphic()))
         .map_or_else(new_request_id, str::to_owned);
-    let label = route(request.uri().path()).map_or("unmatched", |r| r.label());
-    // Only the path: the query may carry a secret.
+    // The route's metrics label, set by `dispatch` once it has matched the path.
+    let mut label = "unmatched";
+    // Only the path: the query may carry a secret. Every field costs the token route (the fmt
+    // layer formats them when the span is made), so the span carries the two that tell requests
+    // apart in a log.
     let span = tracing::info_span!(
         "request",
         request_id = %request_id,
-        method = %request.method(),
         path = %request.uri().path(),
     );
     let timeout = Duration::from_secs(state.http.request_timeout_secs);
     let answer = tokio::time::timeout(
         timeout,
-        dispatch(&state, peer, request).instrument(span.clone()),
+        dispatch(&state, peer, request, &mut label).instrument(span.clone()),
     )
     .await
     .unwrap_or(Err(ApiError::Timeout));
@@ -340,22 +425,37 @@ fn count_request(route: &'static str, status: &'static str) {
 /// The header that carries a request's id, taken from the caller when it sends a sane one.
 const REQUEST_ID: &str = "x-request-id";
 
-/// A process-unique request id: a random prefix fixed at start, and a counter.
+/// A process-unique request id: a random prefix fixed at start, and a counter, both in hex
+/// (`1a2b3c4d-5f`). Written into a stack buffer: this runs on every request.
 fn new_request_id() -> String {
     static PREFIX: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
     static NEXT: AtomicU64 = AtomicU64::new(1);
-    let prefix = PREFIX.get_or_init(|| {
+    let prefix = *PREFIX.get_or_init(|| {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos() ^ std::process::id().rotate_left(16))
     });
-    format!("{prefix:08x}-{:x}", NEXT.fetch_add(1, Ordering::Relaxed))
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; 8 + 1 + 16];
+    for (i, byte) in out[..8].iter_mut().enumerate() {
+        *byte = HEX[(prefix >> (28 - 4 * i) & 0xf) as usize];
+    }
+    out[8] = b'-';
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let digits = (16 - n.leading_zeros() as usize / 4).max(1);
+    for i in 0..digits {
+        out[9 + i] = HEX[(n >> (4 * (digits - 1 - i)) & 0xf) as usize];
+    }
+    // Hex digits and '-' only.
+    String::from_utf8_lossy(&out[..9 + digits]).into_owned()
 }
 
 fn status_label(status: StatusCode) -> &'static str {
     match status.as_u16() {
         200 => "200",
         400 => "400",
+        401 => "401",
+        403 => "403",
         404 => "404",
         405 => "405",
         409 => "409",
@@ -368,12 +468,22 @@ fn status_label(status: StatusCode) -> &'static str {
     }
 }
 
-async fn dispatch(state: &State, peer: std::net::IpAddr, request: Request<Incoming>) -> ApiResult {
+/// Routes a request. The token and ticket routes are awaited inline; every other route's future
+/// is boxed, so that this future (moved a few times per request) stays small: the database ping
+/// alone is 9 KB, and copying it cost the token route a third of its instructions.
+async fn dispatch(
+    state: &State,
+    peer: std::net::IpAddr,
+    request: Request<Incoming>,
+    label: &mut &'static str,
+) -> ApiResult {
     let (parts, body) = request.into_parts();
     let Some(route) = route(parts.uri.path()) else {
         return Err(ApiError::NotFound);
     };
-    if matches!(route, Route::App(_) | Route::Status) {
+    *label = route.label();
+    // /metrics names every appid with its expiry and calls: it is admin-only too.
+    if matches!(route, Route::App(_) | Route::Status | Route::Metrics) {
         state.admin.check(&parts.headers, peer)?;
     }
     let method = &parts.method;
@@ -383,7 +493,7 @@ async fn dispatch(state: &State, peer: std::net::IpAddr, request: Request<Incomi
             if !read_only {
                 return Err(ApiError::MethodNotAllowed);
             }
-            state.engine.store().ping().await?;
+            Box::pin(state.engine.store().ping()).await?;
             Ok(success())
         }
         Route::Live => {
@@ -396,14 +506,14 @@ async fn dispatch(state: &State, peer: std::net::IpAddr, request: Request<Incomi
             if !read_only {
                 return Err(ApiError::MethodNotAllowed);
             }
-            let text = crate::metrics::render(&state.engine).await?;
+            let text = Box::pin(crate::metrics::render(&state.engine)).await?;
             Ok(typed(text, "text/plain; version=0.0.4; charset=utf-8"))
         }
         Route::Status => {
             if !read_only {
                 return Err(ApiError::MethodNotAllowed);
             }
-            let page = crate::status::page(&state.engine).await?;
+            let page = Box::pin(crate::status::page(&state.engine)).await?;
             Ok(typed(page, "text/html; charset=utf-8"))
         }
         Route::Credential {
@@ -414,6 +524,7 @@ async fn dispatch(state: &State, peer: std::net::IpAddr, request: Request<Incomi
             if !(read_only || method == Method::POST) {
                 return Err(ApiError::MethodNotAllowed);
             }
+            state.readers.check(&parts.headers, peer, appid, refresh)?;
             let appid = AppId::parse(appid)?;
             // `?type=wx_card` picks the card ticket; only the refresh route needs a body.
             let params = if refresh || (kind != Kind::AccessToken && parts.uri.query().is_some()) {
@@ -446,17 +557,16 @@ async fn dispatch(state: &State, peer: std::net::IpAddr, request: Request<Incomi
                 state.engine.now(),
             ))
         }
-        Route::App(action) => app_route(state, action, &parts, body).await,
+        Route::App(action) => Box::pin(app_route(state, action, &parts, body)).await,
         Route::Jssdk(appid) => {
             if !(read_only || method == Method::POST) {
                 return Err(ApiError::MethodNotAllowed);
             }
+            state.readers.check(&parts.headers, peer, appid, false)?;
             let appid = AppId::parse(appid)?;
             let params = Params::read(&parts, body, &state.http).await?;
-            let config = state
-                .engine
-                .jssdk_config(&appid, params.required("url")?)
-                .await?;
+            let config =
+                Box::pin(state.engine.jssdk_config(&appid, params.required("url")?)).await?;
             Ok(json(
                 StatusCode::OK,
                 &JssdkConfigBody {
@@ -501,25 +611,12 @@ async fn app_route(
     match action {
         "create" => {
             let kind = AppKind::parse(params.optional("kind").unwrap_or("mp"))?;
-            let (appid, work) = if kind == AppKind::Work {
-                // A WeCom app: its corpid (as `corpid`, or as `appid`) and its agentid.
-                let corpid = match params.optional("corpid") {
-                    Some(corpid) => corpid,
-                    None => params.required("appid").map_err(|_| {
-                        ApiError::BadRequest("corpid is required for a WeCom app".into())
-                    })?,
-                };
-                let agentid = params.required("agentid")?;
-                let (key, ids) = WorkIds::key(corpid, agentid)?;
-                (key, Some(ids))
-            } else {
-                if params.optional("agentid").is_some() || params.optional("corpid").is_some() {
-                    return Err(ApiError::BadRequest(
-                        "corpid and agentid are for WeCom apps (kind=work) only".into(),
-                    ));
-                }
-                (AppId::parse(params.required("appid")?)?, None)
-            };
+            let (appid, work) = NewApp::identify(
+                kind,
+                params.optional("appid"),
+                params.optional("corpid"),
+                params.optional("agentid"),
+            )?;
             let app = NewApp {
                 appid,
                 kind,
@@ -532,8 +629,8 @@ async fn app_route(
                 secret: params
                     .secret("secret", 255)?
                     .ok_or_else(|| ApiError::BadRequest("secret is required".into()))?,
-                token: params.secret("token", 128)?,
-                aes_key: params.secret("aes_key", 128)?,
+                token: params.secret("token", Secret::MAX_MESSAGE_KEY)?,
+                aes_key: params.secret("aes_key", Secret::MAX_MESSAGE_KEY)?,
                 daily_budget: params.budget()?,
             };
             engine.add_app(&app).await?;
@@ -572,9 +669,9 @@ async fn app_route(
         "update" => {
             let appid = AppId::parse(params.required("appid")?)?;
             let update = AppUpdate {
-                secret: params.secret("secret", 255)?,
-                token: params.secret("token", 128)?,
-                aes_key: params.secret("aes_key", 128)?,
+                secret: params.secret("secret", Secret::MAX_APP_SECRET)?,
+                token: params.secret("token", Secret::MAX_MESSAGE_KEY)?,
+                aes_key: params.secret("aes_key", Secret::MAX_MESSAGE_KEY)?,
                 token_mode: params
                     .optional("token_mode")
                     .map(TokenMode::parse)
@@ -620,8 +717,19 @@ fn credential_response(kind: Kind, c: &Credential, now: DateTime<Utc>) -> Respon
     body.extend_from_slice(br#"{"errcode":0,"errmsg":"success",""#);
     body.extend_from_slice(field.as_bytes());
     body.extend_from_slice(b"\":");
-    // serde_json escapes the value (WeChat's are plain, but nothing here assumes it).
-    serde_json::to_writer(&mut body, c.value.as_str()).expect("writing to a Vec cannot fail");
+    // WeChat's values are plain printable ASCII and go in as they are; anything else is escaped
+    // by serde_json, so nothing here depends on it.
+    // A fold without short-circuit, so the check vectorizes.
+    let plain = c.value.bytes().fold(true, |plain, b| {
+        plain & (b > b' ') & (b < 0x7f) & (b != b'"') & (b != b'\\')
+    });
+    if plain {
+        body.push(b'"');
+        body.extend_from_slice(c.value.as_bytes());
+        body.push(b'"');
+    } else {
+        serde_json::to_writer(&mut body, c.value.as_str()).expect("writing to a Vec cannot fail");
+    }
     body.extend_from_slice(br#","expires_in":"#);
     body.extend_from_slice(c.seconds_left(now).to_string().as_bytes());
     body.extend_from_slice(br#","expires_date":""#);
@@ -704,11 +812,6 @@ impl Params {
         limits: &HttpSettings,
     ) -> Result<Self, ApiError> {
         let limit = limits.body_limit_bytes;
-        let mut map: HashMap<String, String> = parts
-            .uri
-            .query()
-            .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
-            .unwrap_or_default();
         let declared = parts
             .headers
             .get(CONTENT_LENGTH)
@@ -733,14 +836,23 @@ impl Params {
                 }
             })?
             .to_bytes();
+        Self::parse(parts.uri.query(), &body, is_json)
+    }
+
+    /// The parameters of a query string and a body already read: what [`Params::read`] does once
+    /// it has the body. Never panics, whatever the input (`fuzz/` and a property test check).
+    fn parse(query: Option<&str>, body: &[u8], is_json: bool) -> Result<Self, ApiError> {
+        let mut map: HashMap<String, String> = query
+            .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+            .unwrap_or_default();
         if body.iter().all(u8::is_ascii_whitespace) {
             return Ok(Self(map));
         }
         if is_json {
-            let object: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&body)
+            let object: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(body)
                 .map_err(|e| {
-                    ApiError::BadRequest(format!("request body is not a JSON object: {e}"))
-                })?;
+                ApiError::BadRequest(format!("request body is not a JSON object: {e}"))
+            })?;
             for (key, value) in object {
                 let text = match value {
                     serde_json::Value::String(s) => s,
@@ -756,7 +868,7 @@ impl Params {
                 map.insert(key, text);
             }
         } else {
-            map.extend(form_urlencoded::parse(&body).into_owned());
+            map.extend(form_urlencoded::parse(body).into_owned());
         }
         Ok(Self(map))
     }
@@ -775,37 +887,140 @@ impl Params {
 
     /// `daily_budget`: a whole number of upstream calls a day.
     fn budget(&self) -> Result<Option<i32>, ApiError> {
-        self.optional("daily_budget")
-            .map(|v| {
-                v.parse::<i32>()
-                    .ok()
-                    .filter(|n| (1..=1_000_000).contains(n))
-                    .ok_or_else(|| {
-                        ApiError::BadRequest(
-                            "daily_budget must be a whole number from 1 to 1000000".into(),
-                        )
-                    })
-            })
-            .transpose()
+        Ok(self
+            .optional("daily_budget")
+            .map(AppUpdate::budget)
+            .transpose()?)
     }
 
     /// A secret-like field: at most `max` characters, no control characters.
     fn secret(&self, name: &str, max: usize) -> Result<Option<Secret>, ApiError> {
-        let Some(v) = self.optional(name) else {
-            return Ok(None);
-        };
-        if v.chars().count() > max || v.chars().any(char::is_control) {
-            return Err(ApiError::BadRequest(format!(
-                "{name} must be at most {max} printable characters"
-            )));
+        Ok(self
+            .optional(name)
+            .map(|v| Secret::checked(name, v, max))
+            .transpose()?)
+    }
+}
+
+/// The body of the `route` fuzz target (`fuzz/`), also run by a property test.
+///
+/// `data` is a flags byte, a request target (`/path?query`), a newline, then a body. It goes
+/// through what a request goes through before the engine: the URI parse, route matching, the
+/// consumer-key check, appid validation, parameter parsing and the error mapping. It panics only
+/// when an invariant breaks:
+/// - a matched appid or action is one raw path segment, and a valid appid is the text it was
+///   parsed from;
+/// - the route of a path does not depend on anything but the path;
+/// - a consumer key passes only for the one key, its one appid, and never for a refresh it
+///   forbids.
+pub(crate) fn fuzz_request(data: &[u8]) {
+    const KEY: &str = "wtk_fuzz";
+    const SCOPE: &str = "wxfuzz";
+    let Some((&flags, rest)) = data.split_first() else {
+        return;
+    };
+    let split = rest.iter().position(|&b| b == b'\n').unwrap_or(rest.len());
+    let (target, body) = (&rest[..split], rest.get(split + 1..).unwrap_or_default());
+    let Ok(uri) = http::Uri::try_from(target) else {
+        return;
+    };
+    let path = uri.path();
+    let routed = route(path);
+    let segment = |s: &str| {
+        assert!(!s.contains('/'), "{s:?} from {path:?}");
+        assert!(path.contains(s));
+    };
+    let table = KeyTable::new([wetoken_core::ConsumerKey {
+        id: "kfuzz".into(),
+        name: "fuzz".into(),
+        appids: [SCOPE.to_owned()].into(),
+        allow_refresh: flags & 2 == 0,
+        networks: vec![],
+        create_time: Utc::now(),
+        revoke_time: None,
+        hash: wetoken_core::keys::KeyHash::of(KEY),
+    }]);
+    let presented = std::str::from_utf8(body).ok().map(str::trim);
+    match &routed {
+        Some(Route::Credential { appid, refresh, .. }) => {
+            segment(appid);
+            let access = Access {
+                appid,
+                refresh: *refresh,
+                peer: std::net::IpAddr::from([127, 0, 0, 1]),
+            };
+            if table.check(presented, access).is_ok() {
+                assert_eq!((presented, *appid), (Some(KEY), SCOPE));
+                assert!(!refresh || flags & 2 == 0);
+            }
+            if let Ok(id) = AppId::parse(appid) {
+                assert_eq!(id.as_str(), *appid);
+            }
         }
-        Ok(Some(Secret::new(v)))
+        Some(Route::Jssdk(appid)) => {
+            segment(appid);
+            if let Ok(id) = AppId::parse(appid) {
+                assert_eq!(id.as_str(), *appid);
+            }
+        }
+        Some(Route::App(action)) => segment(action),
+        _ => {}
+    }
+    match Params::parse(uri.query(), body, flags & 1 == 1) {
+        Ok(params) => {
+            for name in [
+                "appid",
+                "secret",
+                "kind",
+                "token_mode",
+                "type",
+                "url",
+                "agentid",
+            ] {
+                if let Some(v) = params.optional(name) {
+                    assert!(!v.is_empty());
+                }
+                if let Err(e) = params.secret(name, 255) {
+                    let _ = error_response(&e);
+                }
+                let _ = params.required(name);
+            }
+            if let Err(e) = params.budget() {
+                let _ = error_response(&e);
+            }
+        }
+        Err(e) => {
+            let response = error_response(&e);
+            assert!(response.status().is_client_error(), "{e:?}");
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        /// The fuzz target's body on arbitrary bytes, and on inputs shaped like requests.
+        #[test]
+        fn fuzz_request_never_breaks(data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
+            fuzz_request(&data);
+        }
+
+        #[test]
+        fn fuzz_request_on_request_shapes(
+            flags in 0u8..4,
+            prefix in "(/wx)?",
+            appid in "[a-z0-9._%/-]{0,12}",
+            kind in "(token|ticket|jssdk|app|x)",
+            op in "(get|refresh|config|create|/)",
+            query in "[a-z0-9=&%+_]{0,30}",
+            body in "(wtk_fuzz|\\{\"appid\":\"wxfuzz\"\\}|[ -~]{0,40})",
+        ) {
+            let data = format!("{}{prefix}/{appid}/wechat/{kind}/{op}?{query}\n{body}", flags as char);
+            fuzz_request(data.as_bytes());
+        }
+    }
 
     fn credential_route(path: &str) -> Option<(String, Kind, bool)> {
         match route(path)? {
@@ -853,8 +1068,14 @@ mod tests {
 
     #[test]
     fn the_hand_written_body_is_a_credential_body() {
+        for value in ["86_vWP_BMIM-x.y~z", "86_a\"b\\c", "é\u{1}\t", ""] {
+            check_body(value);
+        }
+    }
+
+    fn check_body(value: &str) {
         let c = Credential {
-            value: "86_a\"b\\c".into(),
+            value: value.into(),
             expires_at: Utc::now() + chrono::TimeDelta::seconds(7000),
         };
         for (kind, field) in [
@@ -876,6 +1097,23 @@ mod tests {
             let value: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
             assert!(value.get(field).is_some(), "{value}");
         }
+    }
+
+    #[test]
+    fn request_ids_are_short_hex_and_distinct() {
+        let ids: Vec<String> = (0..2000).map(|_| new_request_id()).collect();
+        for id in &ids {
+            let (prefix, counter) = id.split_once('-').unwrap();
+            assert_eq!(prefix.len(), 8, "{id}");
+            assert!(!counter.is_empty() && counter.len() <= 16, "{id}");
+            assert!(
+                id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-'),
+                "{id}"
+            );
+            assert!(counter == "0" || !counter.starts_with('0'), "{id}");
+        }
+        let distinct: std::collections::HashSet<&String> = ids.iter().collect();
+        assert_eq!(distinct.len(), ids.len());
     }
 
     fn futures_lite_body(response: Response<Full<Bytes>>) -> Bytes {

@@ -52,11 +52,15 @@ pub enum StartError {
     /// The settings do not make sense.
     #[error("settings: {0}")]
     Settings(String),
+    /// The stored secrets cannot be read with the configured master keys.
+    #[error("stored secrets: {0}")]
+    Secrets(String),
 }
 
 /// A server ready to serve: its database is open and migrated.
 pub struct Server {
     state: Arc<http::State>,
+    key_reload: Duration,
 }
 
 impl Server {
@@ -75,14 +79,31 @@ impl Server {
             url: redact_url(&settings.database_url),
             source,
         };
-        let store = Store::connect(&settings.database())
-            .await
-            .map_err(db_error)?;
+        let mut options = settings.database();
+        options.keyring = settings.keyring().map_err(StartError::Settings)?;
+        let store = Store::connect(&options).await.map_err(db_error)?;
         if settings.auto_migrate {
             let applied = store.migrate().await.map_err(db_error)?;
             if !applied.is_empty() {
                 info!(?applied, "applied migrations");
             }
+        }
+        let (found, encrypted) = store.prepare_secrets().await.map_err(|e| match e {
+            wetoken_core::Error::Secret(m) => StartError::Secrets(m),
+            e => db_error(e),
+        })?;
+        match store.keyring() {
+            None => warn!(
+                plain = found.plain,
+                "no master key is configured: app secrets are stored in plain text \
+                 (set master_key or WETOKEN_MASTER_KEY)"
+            ),
+            Some(keyring) => info!(
+                key_id = keyring.current_id(),
+                previous_key_id = keyring.previous_id(),
+                encrypted_now = encrypted,
+                "app secrets are encrypted at rest"
+            ),
         }
         metrics::handle();
         metrics::describe();
@@ -100,12 +121,26 @@ impl Server {
                 "no admin key is configured: the admin routes answer only these networks"
             );
         }
+        let keys = engine.store().key_table().await.map_err(db_error)?;
+        if !keys.is_required() {
+            warn!(
+                networks = ?settings.reader_networks,
+                "no consumer key exists: the token, ticket and jssdk routes answer only these networks \
+                 (wetoken-cli key add)"
+            );
+        }
+        let readers = http::ReaderPolicy {
+            networks: settings.reader_networks().map_err(StartError::Settings)?,
+            keys: std::sync::RwLock::new(Arc::new(keys)),
+        };
         Ok(Self {
             state: Arc::new(http::State {
                 engine,
                 http: settings.http.clone(),
                 admin,
+                readers,
             }),
+            key_reload: Duration::from_millis(settings.consumer_keys_reload_ms.max(1)),
         })
     }
 
@@ -125,6 +160,8 @@ impl Server {
     ) -> std::io::Result<()> {
         let state = self.state;
         let (stop_tx, stop_rx) = watch::channel(false);
+        let key_reloader =
+            tokio::spawn(reload_keys(state.clone(), self.key_reload, stop_rx.clone()));
         let scheduler = {
             let engine = state.engine.clone();
             let mut stop = stop_rx;
@@ -195,7 +232,41 @@ impl Server {
         if let Err(e) = scheduler.await {
             warn!(error = %e, "scheduler task failed");
         }
+        let _ = key_reloader.await;
         Ok(())
+    }
+}
+
+/// Re-reads the consumer keys every `every` until `stop`, so keys added or revoked by
+/// `wetoken-cli` from another process take effect without a restart. While the database is
+/// away the last snapshot stays in force.
+async fn reload_keys(state: Arc<http::State>, every: Duration, mut stop: watch::Receiver<bool>) {
+    let mut last = state.readers.keys.read().map_or(0, |t| t.active());
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        match state.engine.store().key_table().await {
+            Ok(table) => {
+                let active = table.active();
+                if active != last {
+                    info!(active, "consumer keys reloaded");
+                    last = active;
+                }
+                state.readers.replace(table);
+            }
+            Err(e) => warn!(error = %e, "cannot reload the consumer keys; keeping the last ones"),
+        }
+    }
+}
+
+/// Entry points for the fuzz targets in `fuzz/`, which property tests also run. Not an API.
+#[doc(hidden)]
+pub mod fuzz {
+    /// Routes and parses `data` as a request would be; see `fuzz/fuzz_targets/route.rs`.
+    pub fn request(data: &[u8]) {
+        crate::http::fuzz_request(data);
     }
 }
 

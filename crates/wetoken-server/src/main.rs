@@ -6,7 +6,10 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use figment::Figment;
+use tracing_subscriber::field::MakeExt;
 use wetoken_server::{Server, Settings, redact_url};
+
+mod registry;
 
 /// WeChat access tokens and tickets for every app, from one place.
 #[derive(Parser)]
@@ -20,18 +23,51 @@ struct Cli {
 enum Command {
     /// Serve tokens and tickets over HTTP.
     ///
-    /// Settings come from built-in defaults, then the config file, then WETOKEN_* environment
-    /// variables (WETOKEN_REFRESH__MARGIN_SECS for [refresh] margin_secs), then these flags.
+    /// Settings come from built-in defaults, then the config file, then the registry (with -r),
+    /// then WETOKEN_* environment variables (WETOKEN_REFRESH__MARGIN_SECS for [refresh]
+    /// margin_secs), then these flags.
     /// With no settings at all it serves on 0.0.0.0:9999 from a SQLite file wetoken.db in the
     /// current directory, creating it and its tables on first start.
+    ///
+    /// With -r REGISTRY -c CLUSTER it reads its settings from the node
+    /// /<platform>/wetoken-server/<cluster>/conf and its database from /<platform>/var/db/db
+    /// (write both with `install`), and announces itself at
+    /// /<platform>/wetoken-server/<cluster>/servers/<host:port> while it runs.
     Start(StartArgs),
+    /// Prepare a registry and a database for `start -r REGISTRY -c CLUSTER`.
+    ///
+    /// Writes the server's default settings node when it is absent, asks for the database when
+    /// its node is absent (at a terminal; otherwise pass --database-url), and creates wetoken's
+    /// tables in that database. Running it again changes nothing and says so.
+    ///
+    /// Example: wetoken-server install -r zk://127.0.0.1:2181 -c t
+    Install(InstallArgs),
+}
+
+/// Where the registry is, and which nodes of it are this server's.
+#[derive(clap::Args)]
+struct RegistryArgs {
+    /// The registry: fs://<dir> or zk://host[:port][,host[:port]…][/chroot].
+    #[arg(long, short = 'r', requires = "cluster")]
+    registry: Option<String>,
+    /// The server cluster's name: its settings are /<platform>/wetoken-server/<cluster>/conf.
+    #[arg(long, short = 'c', requires = "registry")]
+    cluster: Option<String>,
+    /// The platform whose nodes to use.
+    #[arg(long, default_value = "wetoken")]
+    platform: String,
+    /// The database node's name, /<platform>/var/db/<db-name>.
+    #[arg(long, default_value = "db")]
+    db_name: String,
 }
 
 #[derive(clap::Args)]
 struct StartArgs {
     /// The TOML settings file; a missing file is skipped.
-    #[arg(long, short = 'c', default_value = "wetoken.toml")]
+    #[arg(long, default_value = "wetoken.toml")]
     config: PathBuf,
+    #[command(flatten)]
+    registry: RegistryArgs,
     /// The address to listen on, e.g. 127.0.0.1:9999.
     #[arg(long)]
     listen: Option<String>,
@@ -46,6 +82,29 @@ struct StartArgs {
     log_format: LogFormat,
 }
 
+#[derive(clap::Args)]
+struct InstallArgs {
+    /// The registry: fs://<dir> or zk://host[:port][,host[:port]…][/chroot].
+    #[arg(long, short = 'r')]
+    registry: String,
+    /// The server cluster's name.
+    #[arg(long, short = 'c')]
+    cluster: String,
+    /// The platform whose nodes to write.
+    #[arg(long, default_value = "wetoken")]
+    platform: String,
+    /// The database node's name, /<platform>/var/db/<db-name>.
+    #[arg(long, default_value = "db")]
+    db_name: String,
+    /// The database to record when the database node is absent: mysql://user:pass@host:3306/db,
+    /// postgres://user:pass@host/db or sqlite://path. Without it, install asks at a terminal.
+    #[arg(long)]
+    database_url: Option<String>,
+    /// The listen address to record when the settings node is absent.
+    #[arg(long, default_value = "0.0.0.0:9999")]
+    listen: std::net::SocketAddr,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum LogFormat {
     Pretty,
@@ -56,6 +115,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Start(args) => start(args),
+        Command::Install(args) => install(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -69,14 +129,38 @@ fn main() -> ExitCode {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("WETOKEN_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // Logs go to stderr, leaving stdout to what a command prints for a person.
+    // Logs go to stderr, leaving stdout to what a command prints for a person. Colours only on a
+    // terminal: a log file or journald wants none, and styling every request span's fields was
+    // most of what a span cost on the token route.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
-        LogFormat::Pretty => builder.init(),
+        // Fields as `name=value` without styling: the fmt layer formats a span's fields when the
+        // span is made, once per request, and the default formatter's styling cost more than
+        // the rest of the token route's own work.
+        LogFormat::Pretty => builder
+            .fmt_fields(
+                tracing_subscriber::fmt::format::debug_fn(|out, field, value| {
+                    if field.name() == "message" {
+                        write!(out, "{value:?}")
+                    } else {
+                        write!(out, "{field}={value:?}")
+                    }
+                })
+                .delimited(" "),
+            )
+            .init(),
         LogFormat::Json => builder.json().init(),
     }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")
 }
 
 fn start(args: StartArgs) -> anyhow::Result<()> {
@@ -91,12 +175,25 @@ fn start(args: StartArgs) -> anyhow::Result<()> {
     if let Some(url) = args.wechat_base_url {
         flags = flags.merge(("wechat_base_url", url));
     }
-    let settings = Settings::load(&args.config, flags).context("reading settings")?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
-    runtime.block_on(async move {
+    runtime()?.block_on(async move {
+        let nodes = match (&args.registry.registry, &args.registry.cluster) {
+            (Some(url), Some(cluster)) => Some(
+                registry::ServerNodes::open(
+                    url,
+                    &args.registry.platform,
+                    cluster,
+                    &args.registry.db_name,
+                )
+                .await?,
+            ),
+            _ => None,
+        };
+        let layer = match &nodes {
+            Some(nodes) => nodes.settings_layer().await?,
+            None => Figment::new(),
+        };
+        let settings =
+            Settings::load_with_registry(&args.config, layer, flags).context("reading settings")?;
         tracing::info!(
             database = %redact_url(&settings.database_url),
             wechat = %settings.wechat_base_url,
@@ -106,9 +203,35 @@ fn start(args: StartArgs) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("listening on {}", settings.listen))?;
+        let announcement = match &nodes {
+            Some(nodes) => {
+                let bound = listener.local_addr().context("reading the bound address")?;
+                Some(nodes.announce(&settings, bound).await?)
+            }
+            None => None,
+        };
+        drop(nodes);
         server.serve(listener, shutdown_signal()).await?;
+        if let Some(announcement) = announcement {
+            announcement.close().await;
+        }
         tracing::info!("stopped");
         Ok(())
+    })
+}
+
+fn install(args: InstallArgs) -> anyhow::Result<()> {
+    runtime()?.block_on(async move {
+        let nodes = registry::ServerNodes::open(
+            &args.registry,
+            &args.platform,
+            &args.cluster,
+            &args.db_name,
+        )
+        .await?;
+        nodes
+            .install(args.listen, args.database_url.as_deref())
+            .await
     })
 }
 

@@ -1,13 +1,46 @@
 //! The CLI, run as a process.
 
-use std::process::Command;
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use serde_json::json;
+use wetoken_mock::{Endpoint, MockWeChat};
+use wetoken_registry::Registry;
 
 fn cli(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_wetoken-cli"))
+    run_cli(args, "", &[])
+}
+
+/// Runs the CLI with `input` on its standard input (not a terminal).
+fn cli_with_input(args: &[&str], input: &str) -> (bool, String, String) {
+    run_cli(args, input, &[])
+}
+
+/// Runs the CLI with `env`.
+fn cli_env(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    run_cli(args, "", env)
+}
+
+/// Runs the CLI with `input` on its standard input, `env`, and none of the developer's
+/// `WETOKEN_*` settings.
+fn run_cli(args: &[&str], input: &str, env: &[(&str, &str)]) -> (bool, String, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_wetoken-cli"));
+    for (key, _) in std::env::vars() {
+        if key.starts_with("WETOKEN_") && !key.starts_with("WETOKEN_TEST_") {
+            command.env_remove(key);
+        }
+    }
+    let mut child = command
         .args(args)
-        .env_remove("WETOKEN_DATABASE_URL")
-        .output()
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .expect("run wetoken-cli");
+    // The CLI may exit before reading; a broken pipe here is its business.
+    let _ = child.stdin.take().unwrap().write_all(input.as_bytes());
+    let out = child.wait_with_output().expect("wait for wetoken-cli");
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -72,11 +105,13 @@ async fn fresh_database(
         );
         return None;
     }
-    let name = format!("wt_cli_{}_{}", std::process::id(), backend);
+    static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = format!("wt_cli_{}_{backend}_{n}", std::process::id());
     let (root, admin_db) = match backend {
         "sqlite" => {
             return Some((
-                format!("sqlite://{}", dir.join("install.db").display()),
+                format!("sqlite://{}", dir.join(format!("{name}.db")).display()),
                 None,
             ));
         }
@@ -117,62 +152,488 @@ async fn drop_database(admin: Option<(String, String)>) {
     }
 }
 
+/// The registries to test: `fs://` under `dir` always, ZooKeeper unless the developer opted out.
+fn registries(dir: &std::path::Path) -> Vec<String> {
+    let fs = dir.join("registry");
+    std::fs::create_dir_all(&fs).unwrap();
+    let mut urls = vec![format!("fs://{}", fs.display())];
+    urls.extend(wetoken_registry::testing::zookeeper());
+    urls
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn install_creates_the_tables_a_registry_names_once() {
     for backend in ["sqlite", "mysql", "postgres"] {
         let dir =
             std::env::temp_dir().join(format!("wetoken-install-{}-{backend}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(dir.join("registry/mall/var/db")).unwrap();
+        std::fs::create_dir_all(&dir).unwrap();
+        for registry_url in registries(&dir) {
+            let Some((url, admin)) = fresh_database(backend, &dir).await else {
+                continue;
+            };
+            let registry = Registry::open(&registry_url).await.unwrap();
+            // MySQL in the Go/hydra form, the others as plain URLs.
+            let node = if backend == "mysql" {
+                let rest = url.strip_prefix("mysql://").unwrap();
+                let (user, rest) = rest.split_once('@').unwrap();
+                let (host, db) = rest.split_once('/').unwrap();
+                json!({"provider": "mysql", "connString": format!("{user}@tcp({host})/{db}?charset=utf8"), "maxOpen": 4})
+            } else {
+                json!({"url": url})
+            };
+            registry.write_json("/mall/var/db/db", &node).await.unwrap();
+
+            let (ok, out, err) = cli(&["install", &registry_url, "mall"]);
+            assert!(ok, "{backend} {registry_url}: {err}");
+            for table in [
+                "wechat_app_info",
+                "wechat_access_token",
+                "wechat_jsapi_ticket",
+                "wechat_card_ticket",
+            ] {
+                assert!(
+                    out.contains(&format!("created table {table}")),
+                    "{backend} {registry_url}: {out}"
+                );
+            }
+            let (ok, out, err) = cli(&["install", &registry_url, "mall"]);
+            assert!(ok, "{backend} {registry_url}: {err}");
+            assert!(
+                out.contains("nothing to do") && !out.contains("created"),
+                "{backend} {registry_url}: {out}"
+            );
+            // The other commands find the database through the registry too, over the
+            // environment's database.
+            let (ok, out, err) = cli_env(
+                &[
+                    "migrate",
+                    "status",
+                    "-r",
+                    &registry_url,
+                    "--platform",
+                    "mall",
+                ],
+                &[("WETOKEN_DATABASE_URL", "postgres://nobody@127.0.0.1:1/none")],
+            );
+            assert!(
+                ok && out.starts_with("applied") && !out.contains("pending"),
+                "{out}{err}"
+            );
+
+            // Failures name the registry, the node and the cause, and exit non-zero.
+            let (ok, _, err) = cli(&["install", &registry_url, "shop"]);
+            assert!(
+                !ok && err.contains(&registry_url)
+                    && err.contains("/shop/var/db/db")
+                    && err.contains("no node"),
+                "{err}"
+            );
+            registry
+                .write_json(
+                    "/mall/var/db/ora",
+                    &json!({"provider":"oracle","connString":"x"}),
+                )
+                .await
+                .unwrap();
+            let (ok, _, err) = cli(&["install", &registry_url, "mall", "ora"]);
+            assert!(!ok && err.contains("use mysql or postgres"), "{err}");
+            registry
+                .write_json("/mall/var/db/bare", &json!(["not", "an", "object"]))
+                .await
+                .unwrap();
+            let (ok, _, err) = cli(&["install", &registry_url, "mall", "bare"]);
+            assert!(
+                !ok && err.contains("/mall/var/db/bare") && err.contains("malformed"),
+                "{err}"
+            );
+            drop_database(admin).await;
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+#[test]
+fn an_unreachable_registry_is_a_clear_failure() {
+    let (ok, _, err) = cli(&["install", "zk://127.0.0.1:1", "mall"]);
+    assert!(
+        !ok && err.contains("zk://127.0.0.1:1") && err.contains("unreachable"),
+        "{err}"
+    );
+    let (ok, _, err) = cli(&["install", "fs:///nonexistent/registry", "mall"]);
+    assert!(!ok && err.contains("/nonexistent/registry"), "{err}");
+    let (ok, _, err) = cli(&["install", "etcd://127.0.0.1", "mall"]);
+    assert!(!ok && err.contains("expected fs://"), "{err}");
+}
+
+const APP: &str = "wx9e02ddcc34513fd4";
+const SECRET: &str = "6acb2b999177524beba3d97d54df2de5";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apps_tokens_and_tickets_from_the_command_line() {
+    for backend in ["sqlite", "mysql", "postgres"] {
+        let dir =
+            std::env::temp_dir().join(format!("wetoken-apps-{}-{backend}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
         let Some((url, admin)) = fresh_database(backend, &dir).await else {
             continue;
         };
-        // MySQL in the Go/hydra form, the others as plain URLs.
-        let node = if backend == "mysql" {
-            let rest = url.strip_prefix("mysql://").unwrap();
-            let (user, rest) = rest.split_once('@').unwrap();
-            let (host, db) = rest.split_once('/').unwrap();
-            serde_json::json!({"provider": "mysql", "connString": format!("{user}@tcp({host})/{db}?charset=utf8"), "maxOpen": 4})
-        } else {
-            serde_json::json!({"url": url})
+        let db = ["--database-url", url.as_str()];
+        let with_db = |args: &[&str]| -> Vec<String> {
+            args.iter()
+                .chain(db.iter())
+                .map(|s| s.to_string())
+                .collect()
         };
-        std::fs::write(dir.join("registry/mall/var/db/db"), node.to_string()).unwrap();
-        let registry = format!("fs://{}", dir.join("registry").display());
+        let run = |args: &[&str], input: &str| {
+            let args = with_db(args);
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            cli_with_input(&args, input)
+        };
 
-        let (ok, out, err) = cli(&["install", &registry, "mall"]);
+        // Before the tables exist, the app commands say what to do.
+        let (ok, _, err) = run(&["app", "list"], "");
+        assert!(!ok && err.contains("migrate up"), "{backend}: {err}");
+        assert!(run(&["migrate", "up"], "").0);
+        let (ok, out, _) = run(&["app", "list"], "");
+        assert!(ok && out.contains("no apps yet"), "{out}");
+
+        // The secret comes from standard input and is never printed again.
+        let (ok, out, err) = run(&["app", "add", APP], &format!("{SECRET}\n"));
         assert!(ok, "{backend}: {err}");
-        for table in [
-            "wechat_app_info",
-            "wechat_access_token",
-            "wechat_jsapi_ticket",
-            "wechat_card_ticket",
-        ] {
-            assert!(
-                out.contains(&format!("created table {table}")),
-                "{backend}: {out}"
-            );
+        assert!(out.contains(&format!("added {APP} (mp, classic)")), "{out}");
+        let (ok, _, err) = run(&["app", "add", APP], &format!("{SECRET}\n"));
+        assert!(!ok && err.contains("already exists"), "{err}");
+        let (ok, _, err) = run(&["app", "add", "wx_other"], "");
+        assert!(!ok && err.contains("no secret given"), "{err}");
+        let (ok, out, err) = run(
+            &[
+                "app",
+                "add",
+                "--kind",
+                "work",
+                "--corpid",
+                APP,
+                "--agentid",
+                "1000002",
+                "--token-mode",
+                "stable",
+            ],
+            "work-secret\n",
+        );
+        assert!(ok, "{err}");
+        assert!(
+            out.contains(&format!("added {APP}.1000002 (work, stable)")),
+            "{out}"
+        );
+        let (ok, _, err) = run(&["app", "add", "--kind", "work", "--agentid", "1"], "s\n");
+        assert!(!ok && err.contains("corpid is required"), "{err}");
+        let (ok, _, err) = run(&["app", "add", "--kind", "wechat", APP], "s\n");
+        assert!(!ok && err.contains("invalid value 'wechat'"), "{err}");
+        let (ok, _, err) = run(&["app", "add", "bad/appid"], "s\n");
+        assert!(!ok && err.contains("malformed appid"), "{err}");
+        let (ok, _, err) = run(&["app", "add", "wx_budget", "--daily-budget", "0"], "s\n");
+        assert!(!ok && err.contains("daily_budget"), "{err}");
+
+        let (ok, out, _) = run(&["app", "list"], "");
+        assert!(ok, "{out}");
+        assert!(
+            out.contains(APP) && out.contains(&format!("{APP}.1000002")),
+            "{out}"
+        );
+        let (ok, out, _) = run(&["app", "show", APP], "");
+        assert!(
+            ok && out.contains("secret:       set (never shown)"),
+            "{out}"
+        );
+
+        // Tokens and tickets: fetched once, then served from the database.
+        let mock = MockWeChat::start().await.unwrap();
+        mock.add_app(APP, "new-secret");
+        let wechat = mock.url();
+        let (ok, _, err) = run(&["token", "get", APP, "--wechat-base-url", &wechat], "");
+        assert!(
+            !ok && err.contains("40125"),
+            "the old secret is refused: {err}"
+        );
+        let (ok, out, err) = run(&["app", "update", APP, "--secret"], "new-secret\n");
+        assert!(ok && out.contains("updated"), "{err}");
+        let (ok, first, err) = run(&["token", "get", APP, "--wechat-base-url", &wechat], "");
+        assert!(ok, "{err}");
+        assert!(err.contains("expires at"), "{err}");
+        let (ok, second, _) = run(&["token", "get", APP, "--wechat-base-url", &wechat], "");
+        assert!(ok);
+        assert_eq!(first.trim(), mock.current_token(APP).unwrap());
+        assert_eq!(first, second);
+        let (ok, ticket, err) = run(&["ticket", "get", APP, "--wechat-base-url", &wechat], "");
+        assert!(ok, "{err}");
+        assert_eq!(ticket.trim(), mock.current_ticket(APP, "jsapi").unwrap());
+        let (ok, card, err) = run(
+            &[
+                "ticket",
+                "get",
+                APP,
+                "--type",
+                "wx_card",
+                "--wechat-base-url",
+                &wechat,
+            ],
+            "",
+        );
+        assert!(ok, "{err}");
+        assert_eq!(card.trim(), mock.current_ticket(APP, "wx_card").unwrap());
+        assert_eq!(mock.calls(Endpoint::Token), 2, "one refused, one issued");
+        let (ok, _, err) = run(
+            &["token", "get", "wx_unknown", "--wechat-base-url", &wechat],
+            "",
+        );
+        assert!(!ok && err.contains("unknown app wx_unknown"), "{err}");
+
+        let (ok, out, _) = run(&["app", "show", APP], "");
+        assert!(
+            ok && out.contains("left") && out.contains("last:       success"),
+            "{out}"
+        );
+        let (ok, _, err) = run(&["app", "update", APP], "");
+        assert!(!ok && err.contains("nothing to update"), "{err}");
+        let (ok, _, err) = run(
+            &["app", "update", "wx_unknown", "--token-mode", "stable"],
+            "",
+        );
+        assert!(!ok && err.contains("unknown app"), "{err}");
+        let (ok, _, err) = run(&["app", "update", APP, "--token-mode", "stable"], "");
+        assert!(ok, "{err}");
+        let (ok, out, _) = run(&["app", "show", APP], "");
+        assert!(ok && out.contains("token mode:   stable"), "{out}");
+
+        let (ok, out, _) = run(&["app", "remove", &format!("{APP}.1000002")], "");
+        assert!(ok && out.contains("removed"), "{out}");
+        let (ok, _, err) = run(&["app", "remove", &format!("{APP}.1000002")], "");
+        assert!(!ok && err.contains("unknown app"), "{err}");
+
+        // Once secrets are encrypted, adding one without the master key is refused, not
+        // stored in plain text.
+        let (ok, key, _) = cli(&["secrets", "new-key"]);
+        assert!(ok);
+        let sealed = with_db(&["app", "add", "wx_sealed"]);
+        let sealed: Vec<&str> = sealed.iter().map(String::as_str).collect();
+        let (ok, _, err) = run_cli(
+            &sealed,
+            "sealed-secret\n",
+            &[("WETOKEN_MASTER_KEY", key.trim())],
+        );
+        assert!(ok, "{err}");
+        let (ok, _, err) = run(&["app", "add", "wx_plain"], "plain-secret\n");
+        assert!(!ok && err.contains("no master key"), "{err}");
+        let (ok, _, err) = run(
+            &["app", "update", "wx_sealed", "--secret"],
+            "plain-secret\n",
+        );
+        assert!(!ok && err.contains("no master key"), "{err}");
+
+        // Nothing any command printed holds a secret.
+        for secret in [SECRET, "new-secret", "work-secret"] {
+            let (_, out, err) = run(&["app", "list"], "");
+            let (_, show, _) = run(&["app", "show", APP], "");
+            assert!(!out.contains(secret) && !err.contains(secret) && !show.contains(secret));
         }
-        let (ok, out, err) = cli(&["install", &registry, "mall"]);
-        assert!(ok, "{backend}: {err}");
-        assert!(
-            out.contains("nothing to do") && !out.contains("created"),
-            "{backend}: {out}"
-        );
-
-        // Failures name the registry, the node and the cause, and exit non-zero.
-        let (ok, _, err) = cli(&["install", &registry, "shop"]);
-        assert!(
-            !ok && err.contains("/shop/var/db/db") && err.contains("no node"),
-            "{err}"
-        );
-        std::fs::write(
-            dir.join("registry/mall/var/db/ora"),
-            r#"{"provider":"oracle","connString":"x"}"#,
-        )
-        .unwrap();
-        let (ok, _, err) = cli(&["install", &registry, "mall", "ora"]);
-        assert!(!ok && err.contains("use mysql or postgres"), "{err}");
+        mock.shutdown().await;
         drop_database(admin).await;
         let _ = std::fs::remove_dir_all(&dir);
     }
+}
+
+#[test]
+fn key_add_shows_the_key_once_list_never_and_revoke_takes_id_or_name() {
+    let dir = std::env::temp_dir().join(format!("wetoken-cli-keys-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let url = format!("sqlite://{}", dir.join("keys.db").display());
+    let db = ["--database-url", url.as_str()];
+
+    let (ok, _, err) = cli(&[
+        &["key", "add", "--name", "early", "--appid", "wx1"][..],
+        &db,
+    ]
+    .concat());
+    assert!(!ok && err.contains("migrate up"), "{err}");
+    assert!(cli(&[&["migrate", "up"][..], &db].concat()).0);
+
+    let add = |name: &str, extra: &[&str]| {
+        let args = [
+            &["key", "add", "--name", name, "--appid", "wx1"][..],
+            extra,
+            &db,
+        ]
+        .concat();
+        cli(&args)
+    };
+    let (ok, key, err) = add(
+        "mall",
+        &["--appid", "wx2", "--no-refresh", "--allow", "10.0.0.0/8"],
+    );
+    assert!(ok, "{err}");
+    let key = key.trim().to_owned();
+    assert!(key.starts_with("wtk_") && key.len() > 40, "{key:?}");
+    assert!(err.contains("shown once"), "{err}");
+    let (ok, other, _) = add("shop", &[]);
+    assert!(ok);
+    assert_ne!(other.trim(), key);
+    let (ok, _, err) = add("mall", &[]);
+    assert!(!ok && err.contains("exists"), "{err}");
+    let (ok, _, err) = add("bad", &["--allow", "10.0.0.0/33"]);
+    assert!(!ok && err.contains("CIDR"), "{err}");
+    let (ok, _, err) = add("bad", &["--appid", "wx/../x"]);
+    assert!(!ok && err.contains("appid"), "{err}");
+
+    let (ok, list, err) = cli(&[&["key", "list"][..], &db].concat());
+    assert!(ok, "{err}");
+    assert!(
+        !list.contains(&key) && !list.contains(other.trim()),
+        "{list}"
+    );
+    let mall = list.lines().find(|l| l.contains(" mall ")).expect(&list);
+    assert!(
+        mall.contains("wx1,wx2") && mall.contains("10.0.0.0/8") && mall.contains(" no "),
+        "{mall}"
+    );
+    let mall_id = mall.split_whitespace().next().unwrap().to_owned();
+
+    let (ok, out, err) = cli(&[&["key", "revoke", &mall_id][..], &db].concat());
+    assert!(ok && out.contains(&mall_id), "{err}");
+    let (ok, out, _) = cli(&[&["key", "revoke", "shop"][..], &db].concat());
+    assert!(ok && out.starts_with("revoked"), "{out}");
+    let (ok, _, err) = cli(&[&["key", "revoke", "nobody"][..], &db].concat());
+    assert!(!ok && err.contains("no consumer key"), "{err}");
+    let (_, list, _) = cli(&[&["key", "list"][..], &db].concat());
+    assert!(
+        list.lines()
+            .skip(1)
+            .all(|l| l.split_whitespace().nth(5).is_some_and(|r| r != "-")),
+        "every key revoked: {list}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn secrets_rotate_key_re_encrypts_every_row_under_the_new_key() {
+    use std::sync::Arc;
+    use wetoken_core::crypto::MasterKey;
+    use wetoken_core::{AppId, DatabaseOptions, Keyring, NewApp, Secret, Store};
+
+    let dir = std::env::temp_dir().join(format!("wetoken-cli-rotate-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let url = format!("sqlite://{}", dir.join("rotate.db").display());
+    let db = ["--database-url", url.as_str()];
+    let (ok, old, _) = cli(&["secrets", "new-key"]);
+    assert!(ok);
+    let (old, new) = (old.trim().to_owned(), MasterKey::generate());
+    assert_eq!(old.len(), 44);
+    let ring = |current: &str, previous: Option<&str>| {
+        let parse = |k: &str| MasterKey::parse(k, "k").unwrap();
+        Arc::new(Keyring::new(parse(current), previous.map(parse)))
+    };
+    let open = |keyring| {
+        let mut options = DatabaseOptions::new(&url);
+        options.keyring = Some(keyring);
+        async move { Store::connect(&options).await.unwrap() }
+    };
+
+    // Two apps written under the old key, one in plain text from before.
+    let store = open(ring(&old, None)).await;
+    store.migrate().await.unwrap();
+    let app = |id: &str| {
+        NewApp::mp(
+            AppId::parse(id).unwrap(),
+            Secret::new(format!("secret-of-{id}")),
+        )
+    };
+    store
+        .insert_app(&app("wxa"), chrono::Utc::now())
+        .await
+        .unwrap();
+    store
+        .insert_app(&app("wxb"), chrono::Utc::now())
+        .await
+        .unwrap();
+    Store::connect(&DatabaseOptions::new(&url))
+        .await
+        .unwrap()
+        .insert_app(&app("wxc"), chrono::Utc::now())
+        .await
+        .unwrap();
+    let old_id = ring(&old, None).current_id().to_owned();
+    let new_id = ring(&new, None).current_id().to_owned();
+
+    let (ok, out, err) = cli_env(
+        &[&["secrets", "status"][..], &db].concat(),
+        &[("WETOKEN_MASTER_KEY", &old)],
+    );
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("plain      1") && out.contains(&format!("key {old_id} 2 (master_key)")),
+        "{out}"
+    );
+
+    // Without the old key the old rows cannot be read: those are refused and left alone (the
+    // plain one, readable, is encrypted).
+    let (ok, _, err) = cli_env(
+        &[&["secrets", "rotate-key"][..], &db].concat(),
+        &[("WETOKEN_MASTER_KEY", &new)],
+    );
+    assert!(
+        !ok && err.contains("could not be decrypted") && err.contains(&old_id),
+        "{err}"
+    );
+    assert!(
+        !err.contains(&old) && !err.contains(&new),
+        "a key reached the output: {err}"
+    );
+
+    // With both: every value moves to the new key, the plain one included.
+    let previous = dir.join("previous.key");
+    std::fs::write(&previous, format!("{old}\n")).unwrap();
+    let (ok, out, err) = cli_env(
+        &[
+            &[
+                "secrets",
+                "rotate-key",
+                "--previous-key-file",
+                previous.to_str().unwrap(),
+            ][..],
+            &db,
+        ]
+        .concat(),
+        &[("WETOKEN_MASTER_KEY", &new)],
+    );
+    assert!(ok, "{err}");
+    // The first run did what it could: the plain value. This one moves the other two.
+    assert!(out.contains("re-encrypted 2 values"), "{out}");
+    let (_, out, _) = cli_env(
+        &[&["secrets", "status"][..], &db].concat(),
+        &[("WETOKEN_MASTER_KEY", &new)],
+    );
+    assert!(
+        out.contains("plain      0") && out.contains(&format!("key {new_id} 3 (master_key)")),
+        "{out}"
+    );
+    assert!(!out.contains(&old_id), "{out}");
+    // The new key alone reads every app.
+    let store = open(ring(&new, None)).await;
+    for id in ["wxa", "wxb", "wxc"] {
+        let got = store
+            .app(&AppId::parse(id).unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.secret.expose(), format!("secret-of-{id}"));
+    }
+    let (ok, _, err) = cli_env(
+        &[&["secrets", "status"][..], &db].concat(),
+        &[("WETOKEN_MASTER_KEY", "short")],
+    );
+    assert!(!ok && err.contains("master_key"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -25,7 +25,10 @@ async fn default_start_creates_sqlite_serves_and_exits_cleanly_on_sigterm() {
     let mock = mock_with(&["wxbin"]).await;
     let dir = scratch_dir("start");
     let port = free_port();
+    let master_key = wetoken_core::crypto::MasterKey::generate();
     let child = server_command(&dir)
+        .env("WETOKEN_MASTER_KEY", &master_key)
+        .env("WETOKEN_CONSUMER_KEYS_RELOAD_MS", "50")
         .args([
             "start",
             "--listen",
@@ -79,6 +82,47 @@ async fn default_start_creates_sqlite_serves_and_exits_cleanly_on_sigterm() {
     );
     assert_eq!(mock.calls(Endpoint::Token), 1);
 
+    // A consumer key, added by another process: the server needs it from then on.
+    let db = format!("sqlite://{}", dir.join("wetoken.db").display());
+    let store = wetoken_core::Store::connect(&wetoken_core::DatabaseOptions::new(&db))
+        .await
+        .unwrap();
+    let new = wetoken_core::NewConsumerKey {
+        name: "bin".into(),
+        appids: vec![wetoken_core::AppId::parse("wxbin").unwrap()],
+        allow_refresh: true,
+        networks: vec![],
+    };
+    let issued = store
+        .add_consumer_key(&new, chrono::Utc::now())
+        .await
+        .unwrap();
+    let consumer_key = issued.key.expose().to_owned();
+    let token_url = format!("{base}/wxbin/wechat/token/get");
+    eventually("the key is required", Duration::from_secs(10), || async {
+        http.get(&token_url)
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 401)
+    })
+    .await;
+    let keyed = http
+        .get(&token_url)
+        .bearer_auth(&consumer_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(keyed.status(), 200);
+    let wrong = http
+        .get(&token_url)
+        .header("x-wetoken-key", format!("{consumer_key}x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    // Stored encrypted under the master key.
+    assert!(store.secrets_report().await.unwrap().plain == 0);
+
     let killed = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -94,7 +138,14 @@ async fn default_start_creates_sqlite_serves_and_exits_cleanly_on_sigterm() {
         "exit status {:?}\n{log}",
         output.status
     );
-    assert!(!log.contains(SECRET), "the secret reached the log:\n{log}");
+    for (what, secret) in [
+        ("the app secret", SECRET),
+        ("the consumer key", consumer_key.as_str()),
+        ("the master key", master_key.as_str()),
+    ] {
+        assert!(!log.contains(secret), "{what} reached the log:\n{log}");
+    }
+    assert!(log.contains("app secrets are encrypted at rest"), "{log}");
     // --log-format json: one JSON object a line; what happens in a request carries its id.
     let lines: Vec<serde_json::Value> = log
         .lines()

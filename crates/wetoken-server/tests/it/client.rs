@@ -10,7 +10,9 @@ use futures::future::join_all;
 use http_body_util::Full;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use wetoken_client::{AccessToken, CallError, Error, JsapiTicket, TicketKind, TokenSource, call};
+use wetoken_client::{
+    AccessToken, CallError, Error, JsapiTicket, JssdkConfig, TicketKind, TokenSource, call,
+};
 use wetoken_mock::Endpoint;
 
 use crate::harness::{Backend, TestDb, TestServer, mock_with, on_every_database, settings};
@@ -47,6 +49,36 @@ async fn client_reads_what_the_server_serves(db: &TestDb) {
         mock.current_ticket(APP, "wx_card")
     );
     assert_eq!(mock.calls(Endpoint::Token), 1);
+
+    // wx.config, signed by the server with the ticket it holds; a dead first server is skipped.
+    let dead = format!("http://127.0.0.1:{}", crate::harness::free_port());
+    let jssdk = JssdkConfig::builder()
+        .url(format!("{dead}/{APP}/wechat/jssdk/config"))
+        .url(format!("{}/{APP}/wechat/jssdk/config", server.url))
+        .build()
+        .unwrap();
+    let page = "https://shop.example/pay?order=7&from=menu";
+    let config = jssdk.sign(&format!("{page}#top")).await.unwrap();
+    assert_eq!(config.app_id, APP);
+    let ticket = mock.current_ticket(APP, "jsapi").unwrap();
+    assert_eq!(
+        config.signature,
+        wetoken_core::sign::jsapi_signature(&ticket, &config.nonce_str, config.timestamp, page)
+    );
+    match jssdk.sign("ftp://shop.example/").await {
+        Err(Error::Refused { status: 400, .. }) => {}
+        other => panic!("expected a 400 refusal, got {other:?}"),
+    }
+    for bad in [
+        "",
+        "ftp://x/a/wechat/jssdk/config",
+        "http://x/a/wechat/token/get",
+    ] {
+        assert!(
+            matches!(JssdkConfig::by_url(bad), Err(Error::InvalidUrl { .. })),
+            "{bad}"
+        );
+    }
 
     let unknown =
         AccessToken::by_url(&format!("{}/wxnobody/wechat/token/get", server.url)).unwrap();

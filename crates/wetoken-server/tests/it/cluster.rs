@@ -5,88 +5,13 @@
 //! the mock WeChat in this process, and assert on the mock's call counters.
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use serde_json::Value;
-use tokio::net::{TcpListener, TcpStream};
 use wetoken_mock::{Endpoint, Fault, MockConfig, MockWeChat};
 
-use crate::harness::{SECRET, TestDb, eventually, free_port, mock_with, server_command};
-
-/// A `wetoken-server` process.
-struct Replica {
-    child: Option<Child>,
-    url: String,
-}
-
-impl Replica {
-    /// Starts a replica on `database_url` with WeChat at `wechat`, and waits until it answers.
-    async fn start(database_url: &str, wechat: &str, env: &[(&str, &str)]) -> Replica {
-        let port = free_port();
-        let mut command = server_command();
-        command
-            .args(["start", "--listen", &format!("127.0.0.1:{port}")])
-            .args(["--database-url", database_url, "--wechat-base-url", wechat])
-            .env("WETOKEN_REFRESH__SCAN_INTERVAL_MS", "3600000")
-            .env("WETOKEN_REFRESH__LEASE_MS", "2000")
-            .env("WETOKEN_REFRESH__LEASE_POLL_MS", "50")
-            .envs(env.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        let replica = Replica {
-            child: Some(command.spawn().expect("start wetoken-server")),
-            url: format!("http://127.0.0.1:{port}"),
-        };
-        let http = reqwest::Client::new();
-        eventually(
-            "a replica answers /health",
-            Duration::from_secs(30),
-            || async {
-                http.get(format!("{}/health", replica.url))
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status() == 200)
-            },
-        )
-        .await;
-        replica
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.as_ref().unwrap().id()
-    }
-
-    /// `kill -9`.
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// SIGTERM, then the exit status.
-    async fn terminate(&mut self) -> std::process::ExitStatus {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-        let mut child = self.child.take().unwrap();
-        tokio::task::spawn_blocking(move || child.wait().unwrap())
-            .await
-            .unwrap()
-    }
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
+use crate::harness::{Proxy, Replica, SECRET, TestDb, eventually, free_port, mock_with};
 
 async fn get(http: &reqwest::Client, url: String) -> (u16, Value) {
     let response = http.get(url).send().await.expect("request");
@@ -409,60 +334,6 @@ async fn schedulers_on_three_replicas_fetch_once_per_lifetime(db: &TestDb) {
         "{renewals} renewals in {elapsed:.1} s"
     );
     drop(replicas);
-}
-
-/// A TCP proxy in front of the database that the test can take down and bring back.
-struct Proxy {
-    addr: SocketAddr,
-    down: Arc<AtomicBool>,
-    generation: Arc<tokio::sync::watch::Sender<u64>>,
-}
-
-impl Proxy {
-    async fn start(target: SocketAddr) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let down = Arc::new(AtomicBool::new(false));
-        let generation = Arc::new(tokio::sync::watch::channel(0u64).0);
-        let (d, g) = (down.clone(), generation.clone());
-        tokio::spawn(async move {
-            loop {
-                let Ok((client, _)) = listener.accept().await else {
-                    return;
-                };
-                if d.load(Ordering::SeqCst) {
-                    drop(client);
-                    continue;
-                }
-                let mut cut = g.subscribe();
-                tokio::spawn(async move {
-                    let Ok(server) = TcpStream::connect(target).await else {
-                        return;
-                    };
-                    let (mut client, mut server) = (client, server);
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                        _ = cut.changed() => {}
-                    }
-                });
-            }
-        });
-        Proxy {
-            addr,
-            down,
-            generation,
-        }
-    }
-
-    /// Refuses new connections and cuts the open ones.
-    fn take_down(&self) {
-        self.down.store(true, Ordering::SeqCst);
-        self.generation.send_modify(|g| *g += 1);
-    }
-
-    fn bring_back(&self) {
-        self.down.store(false, Ordering::SeqCst);
-    }
 }
 
 async fn database_outage_serves_what_is_valid_then_recovers(db: &TestDb) {

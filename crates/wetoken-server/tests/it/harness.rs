@@ -8,14 +8,18 @@
 //! opt-out is itself a failure, so CI always covers all three.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use chrono::Utc;
 use sea_orm::ConnectionTrait;
 use serde_json::Value;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use wetoken_core::{DatabaseOptions, ManualClock, Store};
@@ -352,4 +356,134 @@ pub fn server_command() -> std::process::Command {
         }
     }
     command
+}
+
+/// A `wetoken-server` process.
+pub struct Replica {
+    child: Option<Child>,
+    pub url: String,
+}
+
+impl Replica {
+    /// Starts a replica on `database_url` with WeChat at `wechat`, and waits until it answers.
+    pub async fn start(database_url: &str, wechat: &str, env: &[(&str, &str)]) -> Replica {
+        let port = free_port();
+        let mut command = server_command();
+        command
+            .args(["start", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--database-url", database_url, "--wechat-base-url", wechat])
+            .env("WETOKEN_REFRESH__SCAN_INTERVAL_MS", "3600000")
+            .env("WETOKEN_REFRESH__LEASE_MS", "2000")
+            .env("WETOKEN_REFRESH__LEASE_POLL_MS", "50")
+            .envs(env.iter().copied());
+        Self::spawn(command, port).await
+    }
+
+    /// Starts `command` (a `wetoken-server start …` that listens on 127.0.0.1:`port`), and
+    /// waits until it answers.
+    pub async fn spawn(mut command: Command, port: u16) -> Replica {
+        command.stdout(Stdio::null()).stderr(Stdio::null());
+        let replica = Replica {
+            child: Some(command.spawn().expect("start wetoken-server")),
+            url: format!("http://127.0.0.1:{port}"),
+        };
+        let http = reqwest::Client::new();
+        eventually(
+            "a replica answers /health",
+            Duration::from_secs(30),
+            || async {
+                http.get(format!("{}/health", replica.url))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status() == 200)
+            },
+        )
+        .await;
+        replica
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// `kill -9`.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then the exit status.
+    pub async fn terminate(&mut self) -> std::process::ExitStatus {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let mut child = self.child.take().unwrap();
+        tokio::task::spawn_blocking(move || child.wait().unwrap())
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A TCP proxy (in front of a database, a ZooKeeper) that the test can take down and bring back.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    down: Arc<AtomicBool>,
+    generation: Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+impl Proxy {
+    pub async fn start(target: SocketAddr) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let down = Arc::new(AtomicBool::new(false));
+        let generation = Arc::new(tokio::sync::watch::channel(0u64).0);
+        let (d, g) = (down.clone(), generation.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((client, _)) = listener.accept().await else {
+                    return;
+                };
+                if d.load(Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
+                let mut cut = g.subscribe();
+                tokio::spawn(async move {
+                    let Ok(server) = TcpStream::connect(target).await else {
+                        return;
+                    };
+                    let (mut client, mut server) = (client, server);
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = cut.changed() => {}
+                    }
+                });
+            }
+        });
+        Proxy {
+            addr,
+            down,
+            generation,
+        }
+    }
+
+    /// Refuses new connections and cuts the open ones.
+    pub fn take_down(&self) {
+        self.down.store(true, Ordering::SeqCst);
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    pub fn bring_back(&self) {
+        self.down.store(false, Ordering::SeqCst);
+    }
 }

@@ -11,4 +11,6 @@ mod cluster;
 mod engine;
 mod limits;
 mod ops;
+mod registry;
+mod secrets;
 mod security;

@@ -1,12 +1,17 @@
-//! Who may use the admin routes: local callers by default, key holders once a key is set.
+//! Who may use the admin routes (local callers by default, key holders once a key is set) and
+//! the token routes (local callers until consumer keys exist, then key holders within scope).
 
 use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
 
+use chrono::Utc;
 use serde_json::json;
+use wetoken_client::TokenSource;
+use wetoken_core::{AppId, DatabaseOptions, NewConsumerKey, Store};
 use wetoken_mock::Endpoint;
-use wetoken_server::Server;
+use wetoken_server::{Server, Settings};
 
-use crate::harness::{TestDb, TestServer, mock_with, on_every_database, settings};
+use crate::harness::{TestDb, TestServer, eventually, mock_with, on_every_database, settings};
 
 const APP: &str = "wxguarded";
 const KEY: &str = "an-admin-key-of-some-length";
@@ -40,7 +45,7 @@ async fn admin_routes_answer_local_callers_or_key_holders(db: &TestDb) {
     let server = TestServer::start(s.clone()).await;
     server.add_app(APP).await;
     let outsider = from_other_address();
-    for path in ["/wechat/app/list", "/"] {
+    for path in ["/wechat/app/list", "/", "/metrics"] {
         let (code, body) = status(outsider.get(format!("{}{path}", server.url))).await;
         assert_eq!(code, 403, "{path}: {body}");
     }
@@ -85,8 +90,26 @@ async fn admin_routes_answer_local_callers_or_key_holders(db: &TestDb) {
     assert_eq!(code, 401, "a key without the Bearer scheme");
     let (code, body) = status(outsider.get(&url).bearer_auth(KEY)).await;
     assert_eq!(code, 200, "{body}");
+    let (code, body) = status(
+        outsider
+            .get(&url)
+            .header("authorization", format!("bearer {KEY}")),
+    )
+    .await;
+    assert_eq!(code, 200, "the scheme's case does not matter: {body}");
     let (code, _) = status(outsider.get(format!("{}/", server.url)).bearer_auth(KEY)).await;
     assert_eq!(code, 200);
+    // /metrics names every appid: a scraper presents the admin key.
+    let metrics = format!("{}/metrics", server.url);
+    let (code, _) = status(outsider.get(&metrics)).await;
+    assert_eq!(code, 401);
+    let (code, body) = status(outsider.get(&metrics).bearer_auth(KEY)).await;
+    assert_eq!(code, 200);
+    assert!(
+        body.as_str()
+            .is_some_and(|t| t.contains("wetoken_http_requests_total")),
+        "{body}"
+    );
 
     // The forced refresh: a new token now, through the same lease as any refresh.
     let before = server.token(APP).await;
@@ -125,7 +148,12 @@ async fn admin_routes_answer_local_callers_or_key_holders(db: &TestDb) {
         assert!(err.contains(says), "{err}");
     }
     // A key from a file.
-    let path = std::env::temp_dir().join(format!("wetoken-admin-key-{}", std::process::id()));
+    // One file per backend: the three run at once in one process, and each removes its own.
+    let path = std::env::temp_dir().join(format!(
+        "wetoken-admin-key-{}-{}",
+        std::process::id(),
+        std::ptr::from_ref(db) as usize
+    ));
     std::fs::write(&path, format!("{KEY}\n")).unwrap();
     let mut from_file = s.clone();
     from_file.admin_key = None;
@@ -141,4 +169,233 @@ async fn admin_routes_answer_local_callers_or_key_holders(db: &TestDb) {
     assert_eq!(code, 200);
     server.stop().await;
     let _ = std::fs::remove_file(path);
+}
+
+on_every_database!(consumer_keys_guard_token_reads);
+
+/// A client whose connections come from 127.0.0.1.
+fn from_loopback() -> reqwest::Client {
+    reqwest::Client::builder()
+        .local_address(IpAddr::V4(Ipv4Addr::LOCALHOST))
+        .build()
+        .unwrap()
+}
+
+async fn add_key(
+    store: &Store,
+    name: &str,
+    appids: &[&str],
+    allow_refresh: bool,
+    networks: &[&str],
+) -> String {
+    let new = NewConsumerKey {
+        name: name.into(),
+        appids: appids.iter().map(|a| AppId::parse(a).unwrap()).collect(),
+        allow_refresh,
+        networks: networks
+            .iter()
+            .map(|n| wetoken_core::keys::parse_network(n).unwrap())
+            .collect(),
+    };
+    let issued = store.add_consumer_key(&new, Utc::now()).await.unwrap();
+    issued.key.expose().to_owned()
+}
+
+async fn consumer_keys_guard_token_reads(db: &TestDb) {
+    const OTHER: &str = "wxother";
+    let mock = mock_with(&[APP, OTHER]).await;
+    let mut s = settings(db, &mock);
+    // A fresh install: only reader_networks may read. 127.0.0.2 stands for a remote caller.
+    s.reader_networks = vec!["127.0.0.1/32".into()];
+    s.consumer_keys_reload_ms = 50;
+    let server = TestServer::start(s.clone()).await;
+    server.add_app(APP).await;
+    server.add_app(OTHER).await;
+    let outsider = from_other_address();
+    let token_url = |appid: &str| format!("{}/{appid}/wechat/token/get", server.url);
+    for path in [
+        format!("/{APP}/wechat/token/get"),
+        format!("/wx/{APP}/ticket/get"),
+        format!("/{APP}/wechat/jssdk/config?url=http://a.example/"),
+    ] {
+        let (code, body) = status(outsider.get(format!("{}{path}", server.url))).await;
+        assert_eq!(
+            (code, body["errcode"].as_i64()),
+            (403, Some(90403)),
+            "{path}: {body}"
+        );
+    }
+    let (code, body) = status(from_loopback().get(token_url(APP))).await;
+    assert_eq!(code, 200, "a local caller reads on a fresh install: {body}");
+
+    // Another process adds keys; the server picks them up without a restart.
+    let cli = Store::connect(&DatabaseOptions::new(&db.url))
+        .await
+        .unwrap();
+    let reader = add_key(&cli, "reader", &[APP], true, &[]).await;
+    let no_refresh = add_key(&cli, "no-refresh", &[APP], false, &[]).await;
+    let pinned = add_key(&cli, "pinned", &[APP], true, &["127.0.0.1/32"]).await;
+    let local = from_loopback();
+    eventually("the keys are loaded", Duration::from_secs(10), || async {
+        status(local.get(token_url(APP))).await.0 == 401
+    })
+    .await;
+
+    // No key, a wrong key: 401, from anywhere, for every credential route.
+    for path in [
+        format!("/{APP}/wechat/token/get"),
+        format!("/{APP}/wechat/ticket/get?type=wx_card"),
+        format!("/{APP}/wechat/token/refresh?access_token=x"),
+        format!("/{APP}/wechat/jssdk/config?url=http://a.example/"),
+        "/wxnosuchapp/wechat/token/get".to_owned(),
+        "/not..an..appid/wechat/token/get".to_owned(),
+    ] {
+        let url = format!("{}{path}", server.url);
+        let (code, body) = status(local.get(&url)).await;
+        assert_eq!(
+            (code, body["errcode"].as_i64()),
+            (401, Some(90401)),
+            "{path}: {body}"
+        );
+        let (code, _) = status(outsider.get(&url).bearer_auth("wtk_not-a-key")).await;
+        assert_eq!(code, 401, "{path}: a wrong key");
+    }
+
+    // The right key, as a bearer token or in X-Wetoken-Key.
+    let (code, body) = status(outsider.get(token_url(APP)).bearer_auth(&reader)).await;
+    assert_eq!(code, 200, "{body}");
+    let token = body["access_token"].as_str().unwrap().to_owned();
+    let (code, body) = status(
+        outsider
+            .get(format!("{}/wx/{APP}/ticket/get", server.url))
+            .header("x-wetoken-key", &reader),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+
+    // The Rust client presents its key; without one it gets the server's 401.
+    let keyed = wetoken_client::AccessToken::builder()
+        .url(token_url(APP))
+        .key(&reader)
+        .build()
+        .unwrap();
+    assert_eq!(keyed.token().await.unwrap(), token);
+    assert!(
+        !format!("{:?}", wetoken_client::AccessToken::builder().key(&reader)).contains(&reader)
+    );
+    let keyless = wetoken_client::AccessToken::by_url(&token_url(APP)).unwrap();
+    match keyless.token().await {
+        Err(wetoken_client::Error::Refused { status: 401, .. }) => {}
+        other => panic!("{other:?}"),
+    }
+    let ticket = wetoken_client::JsapiTicket::builder()
+        .url(format!("{}/{APP}/wechat/ticket/get", server.url))
+        .key(&reader)
+        .build()
+        .unwrap();
+    ticket.ticket().await.unwrap();
+
+    // Out of scope, and a made-up appid: the same 403, so the answer tells nothing.
+    let (code, other) = status(outsider.get(token_url(OTHER)).bearer_auth(&reader)).await;
+    let (_, made_up) = status(outsider.get(token_url("wxnosuchapp")).bearer_auth(&reader)).await;
+    assert_eq!(
+        (code, other["errcode"].as_i64()),
+        (403, Some(90403)),
+        "{other}"
+    );
+    assert_eq!(other, made_up);
+
+    // Refresh not allowed for this key, allowed for the other.
+    let refresh = format!(
+        "{}/{APP}/wechat/token/refresh?access_token={token}",
+        server.url
+    );
+    let (code, body) = status(outsider.get(&refresh).bearer_auth(&no_refresh)).await;
+    assert_eq!(code, 403, "{body}");
+    assert!(
+        body["errmsg"].as_str().unwrap().contains("refresh"),
+        "{body}"
+    );
+    assert_eq!(
+        mock.calls(Endpoint::Token),
+        1,
+        "the refused refresh fetched nothing"
+    );
+    let (code, _) = status(outsider.get(token_url(APP)).bearer_auth(&no_refresh)).await;
+    assert_eq!(code, 200, "the no-refresh key still reads");
+    let (code, body) = status(outsider.get(&refresh).bearer_auth(&reader)).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(mock.calls(Endpoint::Token), 2);
+
+    // An IP allowlist: 127.0.0.2 is outside 127.0.0.1/32.
+    let (code, body) = status(outsider.get(token_url(APP)).bearer_auth(&pinned)).await;
+    assert_eq!(code, 403, "{body}");
+    assert!(
+        body["errmsg"].as_str().unwrap().contains("address"),
+        "{body}"
+    );
+    let (code, _) = status(local.get(token_url(APP)).bearer_auth(&pinned)).await;
+    assert_eq!(code, 200);
+
+    // Revoked from another process: refused without a restart.
+    cli.revoke_consumer_key("reader", Utc::now()).await.unwrap();
+    eventually(
+        "the revocation is loaded",
+        Duration::from_secs(10),
+        || async {
+            status(outsider.get(token_url(APP)).bearer_auth(&reader))
+                .await
+                .0
+                == 401
+        },
+    )
+    .await;
+    let (code, _) = status(outsider.get(token_url(APP)).bearer_auth(&no_refresh)).await;
+    assert_eq!(code, 200, "other keys keep working");
+
+    // Admin routes are not consumer routes: still local, no consumer key needed.
+    let (code, _) = server.get("/wechat/app/list").await;
+    assert_eq!(code, 200);
+    server.stop().await;
+
+    // Revoking every key does not reopen the routes, even after a restart.
+    cli.revoke_consumer_key("no-refresh", Utc::now())
+        .await
+        .unwrap();
+    cli.revoke_consumer_key("pinned", Utc::now()).await.unwrap();
+    let server = TestServer::start(s.clone()).await;
+    let (code, _) =
+        status(from_loopback().get(format!("{}/{APP}/wechat/token/get", server.url))).await;
+    assert_eq!(code, 401);
+    server.stop().await;
+
+    // A schema without the key table (auto_migrate off, migrations not run) is a clear refusal.
+    let path = std::env::temp_dir().join(format!(
+        "wetoken-nokeys-{}-{}.db",
+        std::process::id(),
+        std::ptr::from_ref(db) as usize
+    ));
+    let unmigrated = Settings {
+        database_url: format!("sqlite://{}?mode=rwc", path.display()),
+        auto_migrate: false,
+        ..s.clone()
+    };
+    let err = Server::new(&unmigrated).await.err().expect("refused");
+    assert!(
+        format!("{:#}", anyhow_chain(&err)).contains("migrate up"),
+        "{err:?}"
+    );
+    let _ = std::fs::remove_file(path);
+}
+
+/// An error and its sources, as `wetoken-server` prints them.
+fn anyhow_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }

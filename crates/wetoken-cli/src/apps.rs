@@ -1,0 +1,443 @@
+//! `app`, `token` and `ticket`: apps and their credentials, straight from the database.
+
+use std::io::IsTerminal;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use chrono::{DateTime, Utc};
+use clap::{Subcommand, ValueEnum};
+use wetoken_core::{
+    AppId, AppKind, AppStatus, AppUpdate, CredentialRecord, Engine, EngineConfig, Kind, NewApp,
+    Secret, Store, SystemClock, TokenMode, WeChat, WeChatOptions,
+};
+
+use crate::DatabaseArg;
+
+#[derive(Subcommand)]
+pub(crate) enum AppAction {
+    /// Add an app. Without --secret, the secret is asked for at a terminal (not echoed) or read
+    /// from the first line of standard input.
+    ///
+    /// Examples: wetoken-cli app add wx9e02ddcc34513fd4 < secret.txt;
+    /// wetoken-cli app add --kind work --corpid ww123 --agentid 1000002;
+    /// wetoken-cli app add wx9e02ddcc34513fd4 --token-mode stable
+    Add(AddArgs),
+    /// List every app, with the state of its token and tickets.
+    List(DatabaseArg),
+    /// Show one app and the state of its token and tickets.
+    Show {
+        /// The appid (a WeCom app's is <corpid>.<agentid>).
+        appid: String,
+        #[command(flatten)]
+        db: DatabaseArg,
+    },
+    /// Change an app's secret, message token, AES key, token mode or daily budget. This also
+    /// lifts a halt on its credentials; servers pick the change up within a second.
+    Update(UpdateArgs),
+    /// Remove an app and its stored token and tickets.
+    Remove {
+        /// The appid (a WeCom app's is <corpid>.<agentid>).
+        appid: String,
+        #[command(flatten)]
+        db: DatabaseArg,
+    },
+}
+
+#[derive(clap::Args)]
+pub(crate) struct AddArgs {
+    /// The appid. For a WeCom app, give --corpid and --agentid instead (or the corpid here).
+    appid: Option<String>,
+    /// What kind of app: mp (official account), mini (mini program) or work (WeCom).
+    #[arg(long, value_enum, default_value_t = KindArg::Mp)]
+    kind: KindArg,
+    /// Which token endpoint to use: classic (/cgi-bin/token) or stable (/cgi-bin/stable_token).
+    #[arg(long, value_enum, default_value_t = ModeArg::Classic)]
+    token_mode: ModeArg,
+    /// A WeCom app's corp id.
+    #[arg(long)]
+    corpid: Option<String>,
+    /// A WeCom app's agent id.
+    #[arg(long)]
+    agentid: Option<String>,
+    /// The app secret. Prefer the prompt or standard input: a flag shows in the process list.
+    #[arg(long)]
+    secret: Option<String>,
+    /// The message token of the app's server configuration.
+    #[arg(long)]
+    token: Option<String>,
+    /// The message AES key of the app's server configuration.
+    #[arg(long)]
+    aes_key: Option<String>,
+    /// Upstream calls a day this app may make (default 2000, WeChat's quota).
+    #[arg(long)]
+    daily_budget: Option<String>,
+    #[command(flatten)]
+    db: DatabaseArg,
+}
+
+#[derive(clap::Args)]
+pub(crate) struct UpdateArgs {
+    /// The appid (a WeCom app's is <corpid>.<agentid>).
+    appid: String,
+    /// A new app secret. Given without a value, it is asked for at a terminal or read from
+    /// standard input.
+    #[arg(long, num_args = 0..=1, default_missing_value = "")]
+    secret: Option<String>,
+    /// A new message token.
+    #[arg(long)]
+    token: Option<String>,
+    /// A new message AES key.
+    #[arg(long)]
+    aes_key: Option<String>,
+    /// A new token mode: classic or stable. It applies from the next refresh on.
+    #[arg(long, value_enum)]
+    token_mode: Option<ModeArg>,
+    /// A new daily budget of upstream calls.
+    #[arg(long)]
+    daily_budget: Option<String>,
+    #[command(flatten)]
+    db: DatabaseArg,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum KindArg {
+    Mp,
+    Mini,
+    Work,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub(crate) enum ModeArg {
+    Classic,
+    Stable,
+}
+
+impl From<KindArg> for AppKind {
+    fn from(kind: KindArg) -> Self {
+        match kind {
+            KindArg::Mp => AppKind::Mp,
+            KindArg::Mini => AppKind::Mini,
+            KindArg::Work => AppKind::Work,
+        }
+    }
+}
+
+impl From<ModeArg> for TokenMode {
+    fn from(mode: ModeArg) -> Self {
+        match mode {
+            ModeArg::Classic => TokenMode::Classic,
+            ModeArg::Stable => TokenMode::Stable,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+pub(crate) enum CredentialAction {
+    /// Print the credential on standard output (its expiry goes to standard error).
+    Get(GetArgs),
+}
+
+#[derive(Subcommand)]
+pub(crate) enum TicketAction {
+    /// Print the ticket on standard output (its expiry goes to standard error).
+    Get {
+        #[command(flatten)]
+        args: GetArgs,
+        /// Which ticket: jsapi, or wx_card (official accounts only).
+        #[arg(long = "type", value_enum, default_value_t = TicketType::Jsapi)]
+        kind: TicketType,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub(crate) enum TicketType {
+    Jsapi,
+    #[value(name = "wx_card")]
+    WxCard,
+}
+
+#[derive(clap::Args)]
+pub(crate) struct GetArgs {
+    /// The appid (a WeCom app's is <corpid>.<agentid>).
+    appid: String,
+    /// WeChat's API root, used only when a new credential must be fetched.
+    #[arg(
+        long,
+        env = "WETOKEN_WECHAT_BASE_URL",
+        default_value = "https://api.weixin.qq.com"
+    )]
+    wechat_base_url: String,
+    /// WeCom's API root, for apps of kind work.
+    #[arg(
+        long,
+        env = "WETOKEN_WECHAT_WORK_BASE_URL",
+        default_value = "https://qyapi.weixin.qq.com"
+    )]
+    wechat_work_base_url: String,
+    #[command(flatten)]
+    db: DatabaseArg,
+}
+
+/// An engine over `store`, for commands that manage apps or read credentials. `wechat` is only
+/// called when a credential must be fetched.
+fn engine(store: Store, wechat: WeChatOptions) -> anyhow::Result<Engine> {
+    let wechat = WeChat::new(&wechat).context("setting up the WeChat client")?;
+    Engine::new(
+        store,
+        wechat,
+        Arc::new(SystemClock),
+        EngineConfig::default(),
+    )
+    .context("setting up the engine")
+}
+
+/// The secret given, or asked for: at a terminal without echo, else the first line of stdin.
+fn secret(given: Option<String>, what: &str) -> anyhow::Result<Secret> {
+    let value = match given.filter(|s| !s.is_empty()) {
+        Some(value) => value,
+        None if std::io::stdin().is_terminal() => {
+            rpassword::prompt_password(format!("{what}: ")).context("reading the secret")?
+        }
+        None => {
+            let mut line = String::new();
+            std::io::stdin()
+                .read_line(&mut line)
+                .context("reading the secret from standard input")?;
+            line.trim_end_matches(['\r', '\n']).to_owned()
+        }
+    };
+    if value.is_empty() {
+        bail!(
+            "no secret given: pass --secret, type it at the prompt, or pipe it to standard input"
+        );
+    }
+    Ok(Secret::checked("secret", &value, Secret::MAX_APP_SECRET)?)
+}
+
+fn message_key(name: &str, value: Option<String>) -> anyhow::Result<Option<Secret>> {
+    Ok(value
+        .map(|v| Secret::checked(name, &v, Secret::MAX_MESSAGE_KEY))
+        .transpose()?)
+}
+
+pub(crate) async fn app(action: AppAction) -> anyhow::Result<()> {
+    match action {
+        AppAction::Add(args) => {
+            let kind = AppKind::from(args.kind);
+            let (appid, work) = NewApp::identify(
+                kind,
+                args.appid.as_deref(),
+                args.corpid.as_deref(),
+                args.agentid.as_deref(),
+            )?;
+            let daily_budget = args
+                .daily_budget
+                .as_deref()
+                .map(AppUpdate::budget)
+                .transpose()?;
+            let token = message_key("token", args.token)?;
+            let aes_key = message_key("aes_key", args.aes_key)?;
+            let store = args.db.open_installed().await?;
+            // Stored secrets encrypted but no master key here: refuse rather than store this one
+            // in plain text (with a key, plain rows are encrypted, as a server does at start).
+            store.prepare_secrets().await?;
+            let secret = secret(args.secret, &format!("secret of {appid}"))?;
+            let app = NewApp {
+                appid,
+                kind,
+                token_mode: args.token_mode.into(),
+                work,
+                daily_budget,
+                secret,
+                token,
+                aes_key,
+            };
+            engine(store, WeChatOptions::default())?
+                .add_app(&app)
+                .await?;
+            println!(
+                "added {} ({}, {})",
+                app.appid,
+                kind.as_str(),
+                app.token_mode.as_str()
+            );
+        }
+        AppAction::List(db) => {
+            let engine = engine(db.open_installed().await?, WeChatOptions::default())?;
+            let now = engine.now();
+            let apps = engine.app_statuses().await?;
+            if apps.is_empty() {
+                println!("no apps yet: add one with `wetoken-cli app add APPID`");
+                return Ok(());
+            }
+            println!(
+                "{:<40} {:<5} {:<8} {:<16} {:<16} {:>11}",
+                "APPID", "KIND", "MODE", "TOKEN", "TICKET", "CALLS TODAY"
+            );
+            for status in &apps {
+                let app = &status.app;
+                let ticket = if app.kind.has(Kind::JsapiTicket) {
+                    state(status.jsapi_ticket.as_ref(), now)
+                } else {
+                    "-".into()
+                };
+                println!(
+                    "{:<40} {:<5} {:<8} {:<16} {:<16} {:>11}",
+                    app.appid.as_str(),
+                    app.kind.as_str(),
+                    app.token_mode.as_str(),
+                    state(status.access_token.as_ref(), now),
+                    ticket,
+                    format!("{}/{}", app.calls_today, app.daily_budget),
+                );
+            }
+        }
+        AppAction::Show { appid, db } => {
+            let appid = AppId::parse(&appid)?;
+            let engine = engine(db.open_installed().await?, WeChatOptions::default())?;
+            let status = engine.app_status(&appid).await?;
+            print!("{}", show(&status, engine.now()));
+        }
+        AppAction::Update(args) => {
+            let appid = AppId::parse(&args.appid)?;
+            let update = AppUpdate {
+                secret: None,
+                token: message_key("token", args.token)?,
+                aes_key: message_key("aes_key", args.aes_key)?,
+                token_mode: args.token_mode.map(TokenMode::from),
+                daily_budget: args
+                    .daily_budget
+                    .as_deref()
+                    .map(AppUpdate::budget)
+                    .transpose()?,
+            };
+            let store = args.db.open_installed().await?;
+            store.prepare_secrets().await?;
+            let engine = engine(store, WeChatOptions::default())?;
+            // Ask for a new secret only once the app is known to exist.
+            engine.app_status(&appid).await?;
+            let update = AppUpdate {
+                secret: args
+                    .secret
+                    .map(|given| secret(Some(given), &format!("new secret of {appid}")))
+                    .transpose()?,
+                ..update
+            };
+            if update.is_empty() {
+                bail!(
+                    "nothing to update: give --secret, --token, --aes-key, --token-mode or --daily-budget"
+                );
+            }
+            engine.update_app(&appid, &update).await?;
+            println!("updated {appid}");
+        }
+        AppAction::Remove { appid, db } => {
+            let appid = AppId::parse(&appid)?;
+            let engine = engine(db.open_installed().await?, WeChatOptions::default())?;
+            engine.delete_app(&appid).await?;
+            println!("removed {appid} and its stored token and tickets");
+        }
+    }
+    Ok(())
+}
+
+/// A credential's state in a few characters: time left, or why there is none.
+fn state(record: Option<&CredentialRecord>, now: DateTime<Utc>) -> String {
+    match record {
+        None => "not fetched".into(),
+        Some(r) if r.halted => "halted".into(),
+        Some(r) => match &r.credential {
+            Some(c) if c.expires_at > now => {
+                let left = (c.expires_at - now).num_seconds();
+                format!("{}m{:02}s left", left / 60, left % 60)
+            }
+            Some(_) => "expired".into(),
+            None => "failing".into(),
+        },
+    }
+}
+
+/// `app show`: every field but the secrets, whose presence alone is shown.
+fn show(status: &AppStatus, now: DateTime<Utc>) -> String {
+    let app = &status.app;
+    let mut out = format!(
+        "appid:        {}\nkind:         {}\ntoken mode:   {}\n",
+        app.appid,
+        app.kind.as_str(),
+        app.token_mode.as_str()
+    );
+    if let Some(work) = &app.work {
+        out += &format!(
+            "corpid:       {}\nagentid:      {}\n",
+            work.corpid, work.agentid
+        );
+    }
+    let set = |present: bool| if present { "set" } else { "not set" };
+    out += &format!(
+        "secret:       set (never shown)\nmsg token:    {}\naes key:      {}\ncalls today:  {} of {}\ncreated:      {}\nupdated:      {}\n",
+        set(app.token.is_some()),
+        set(app.aes_key.is_some()),
+        app.calls_today,
+        app.daily_budget,
+        app.create_time.to_rfc3339(),
+        app.update_time.to_rfc3339(),
+    );
+    for (kind, record) in [
+        (Kind::AccessToken, &status.access_token),
+        (Kind::JsapiTicket, &status.jsapi_ticket),
+        (Kind::CardTicket, &status.card_ticket),
+    ] {
+        if !app.kind.has(kind) {
+            continue;
+        }
+        out += &format!(
+            "{}:\n  state:      {}\n",
+            kind.name(),
+            state(record.as_ref(), now)
+        );
+        if let Some(r) = record {
+            if let Some(c) = &r.credential {
+                out += &format!("  expires at: {}\n", c.expires_at.to_rfc3339());
+            }
+            out += &format!("  last:       {}\n", r.message);
+            if let Some(at) = r.refresh_time {
+                out += &format!("  refreshed:  {}\n", at.to_rfc3339());
+            }
+        }
+    }
+    out
+}
+
+async fn get(args: GetArgs, kind: Kind) -> anyhow::Result<()> {
+    let appid = AppId::parse(&args.appid)?;
+    let wechat =
+        WeChatOptions::with_base_urls(&args.wechat_base_url, &args.wechat_work_base_url, None);
+    let engine = engine(args.db.open_installed().await?, wechat)?;
+    let credential = engine.get(&appid, kind).await?;
+    println!("{}", credential.value);
+    eprintln!(
+        "{} of {appid}, expires at {} ({} s left)",
+        kind.name(),
+        credential.expires_at.to_rfc3339(),
+        credential.seconds_left(engine.now())
+    );
+    Ok(())
+}
+
+pub(crate) async fn token(action: CredentialAction) -> anyhow::Result<()> {
+    match action {
+        CredentialAction::Get(args) => get(args, Kind::AccessToken).await,
+    }
+}
+
+pub(crate) async fn ticket(action: TicketAction) -> anyhow::Result<()> {
+    match action {
+        TicketAction::Get { args, kind } => {
+            let kind = match kind {
+                TicketType::Jsapi => Kind::JsapiTicket,
+                TicketType::WxCard => Kind::CardTicket,
+            };
+            get(args, kind).await
+        }
+    }
+}

@@ -1,0 +1,118 @@
+//! `wetoken-cli secrets new-key|status|rotate-key`: the master key app secrets are encrypted
+//! under.
+//!
+//! The keys come from the same places the server reads them: `WETOKEN_MASTER_KEY` or
+//! `WETOKEN_MASTER_KEY_FILE` (the current key), `WETOKEN_MASTER_KEY_PREVIOUS` or
+//! `WETOKEN_MASTER_KEY_PREVIOUS_FILE` (the previous one, during a rotation), or the `--…-file`
+//! flags. Keys are never taken as flag values, which other users could read in the process list.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, anyhow, bail};
+use wetoken_core::crypto::MasterKey;
+use wetoken_core::{KeySources, Keyring, Reseal};
+
+use crate::DatabaseArg;
+
+#[derive(clap::Subcommand)]
+pub(crate) enum SecretsAction {
+    /// Print a new random master key (32 bytes, base64) for master_key / WETOKEN_MASTER_KEY.
+    NewKey,
+    /// Count the stored secrets by how they are held: plain, or under which master key id.
+    Status {
+        #[command(flatten)]
+        db: DatabaseArg,
+    },
+    /// Re-encrypt every stored secret under the current master key.
+    ///
+    /// Give the new key as the master key and the old one as the previous key, the same pair
+    /// every server must already be running with, so that servers read both while this runs.
+    /// Plain-text rows are encrypted too. Each value is replaced on its own, atomically: servers
+    /// keep serving throughout. Afterwards, `secrets status` shows only the new key's id, and the
+    /// previous key can be removed from the servers' settings.
+    RotateKey {
+        #[command(flatten)]
+        db: DatabaseArg,
+    },
+}
+
+/// Where the master keys come from, over the `WETOKEN_MASTER_KEY*` environment.
+#[derive(clap::Args, Clone)]
+pub(crate) struct MasterKeyArgs {
+    /// A file whose first line is the master key (else WETOKEN_MASTER_KEY or
+    /// WETOKEN_MASTER_KEY_FILE).
+    #[arg(long, value_name = "PATH")]
+    master_key_file: Option<PathBuf>,
+    /// A file whose first line is the previous master key (else WETOKEN_MASTER_KEY_PREVIOUS or
+    /// WETOKEN_MASTER_KEY_PREVIOUS_FILE).
+    #[arg(long, value_name = "PATH")]
+    previous_key_file: Option<PathBuf>,
+}
+
+impl MasterKeyArgs {
+    /// The keyring these flags and the environment describe, if any.
+    pub(crate) fn keyring(&self) -> anyhow::Result<Option<Arc<Keyring>>> {
+        let mut sources = KeySources::from_env();
+        if let Some(file) = &self.master_key_file {
+            sources.key = None;
+            sources.key_file = Some(file.clone());
+        }
+        if let Some(file) = &self.previous_key_file {
+            sources.previous = None;
+            sources.previous_file = Some(file.clone());
+        }
+        Ok(Keyring::load(&sources)?.map(Arc::new))
+    }
+}
+
+pub(crate) async fn run(action: SecretsAction) -> anyhow::Result<()> {
+    match action {
+        SecretsAction::NewKey => println!("{}", MasterKey::generate()),
+        SecretsAction::Status { db } => {
+            let store = db.open_installed().await?;
+            let report = store.secrets_report().await?;
+            println!("plain      {}", report.plain);
+            for (id, count) in &report.by_key {
+                let role = match store.keyring() {
+                    Some(k) if k.current_id() == id => " (master_key)",
+                    Some(k) if k.previous_id() == Some(id.as_str()) => " (master_key_previous)",
+                    Some(_) => " (not configured)",
+                    None => "",
+                };
+                println!("key {id} {count}{role}");
+            }
+        }
+        SecretsAction::RotateKey { db } => {
+            let store = db.open_installed().await?;
+            let keyring = store
+                .keyring()
+                .ok_or_else(|| anyhow!("no master key: set WETOKEN_MASTER_KEY (the new key) and WETOKEN_MASTER_KEY_PREVIOUS (the old one)"))?;
+            let done = store
+                .reseal(Reseal::NotCurrent)
+                .await
+                .context("re-encrypting")?;
+            println!(
+                "re-encrypted {} values under master key id {}",
+                done.resealed,
+                keyring.current_id()
+            );
+            if done.changed_meanwhile > 0 {
+                println!(
+                    "{} values changed while this ran and were left as written; run it again",
+                    done.changed_meanwhile
+                );
+            }
+            if !done.failed.is_empty() {
+                for failure in &done.failed {
+                    eprintln!("wetoken-cli: {failure}");
+                }
+                bail!(
+                    "{} values could not be decrypted and were left alone",
+                    done.failed.len()
+                );
+            }
+        }
+    }
+    Ok(())
+}

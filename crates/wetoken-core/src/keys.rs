@@ -1,0 +1,519 @@
+//! Consumer keys: who may read which app's tokens and tickets.
+//!
+//! A consumer key is a random string wetoken generates (`wtk_` and 43 base64url characters,
+//! 256 bits of entropy) and shows once. The database keeps only its SHA-256: a key has far too
+//! much entropy to be guessed from its hash, so a slow password hash would buy nothing and would
+//! cost every token request.
+//!
+//! Each key carries a scope: the appids it may read, whether it may ask for a passive refresh,
+//! and optionally the networks it may be used from. [`KeyTable`] is an in-memory snapshot of
+//! every key, checked per request without touching the database; the server reloads it
+//! periodically, so keys added or revoked from another process take effect without a restart.
+//!
+//! Once any key has been added, keys are required, even after every key is revoked: revoking
+//! the last key must not reopen the routes.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use chrono::{DateTime, Utc};
+use ipnet::IpNet;
+use rand::RngCore;
+use sea_orm::ConnectionTrait;
+use sea_orm::sea_query::{Alias, Expr, ExprTrait, Order, Query};
+use sha2::{Digest, Sha256};
+
+use crate::{AppId, Error, Secret, Store};
+
+/// What every consumer key starts with, so that secret scanners and people recognise one.
+pub const KEY_PREFIX: &str = "wtk_";
+
+/// The SHA-256 of a consumer key: what the database stores and the snapshot is keyed by.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct KeyHash([u8; 32]);
+
+impl KeyHash {
+    /// The hash of `key`.
+    pub fn of(key: &str) -> Self {
+        Self(Sha256::digest(key.as_bytes()).into())
+    }
+
+    /// Lower-case hex, as stored.
+    pub fn to_hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Parses the stored form.
+    pub fn from_hex(s: &str) -> Option<Self> {
+        if s.len() != 64 || !s.is_ascii() {
+            return None;
+        }
+        let mut out = [0u8; 32];
+        for (i, byte) in out.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
+        }
+        Some(Self(out))
+    }
+}
+
+impl fmt::Debug for KeyHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "KeyHash({}…)", &self.to_hex()[..8])
+    }
+}
+
+/// A consumer key's record: everything but the key itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerKey {
+    /// A short random id, for `revoke` and logs.
+    pub id: String,
+    /// A name chosen by the operator, unique.
+    pub name: String,
+    /// The apps it may read.
+    pub appids: BTreeSet<String>,
+    /// Whether it may ask for a passive refresh (`…/refresh?access_token=FAILED`).
+    pub allow_refresh: bool,
+    /// Where it may be used from; empty means anywhere.
+    pub networks: Vec<IpNet>,
+    /// When it was added.
+    pub create_time: DateTime<Utc>,
+    /// When it was revoked, if it was.
+    pub revoke_time: Option<DateTime<Utc>>,
+    /// The SHA-256 of the key.
+    pub hash: KeyHash,
+}
+
+/// What `key add` asks for.
+#[derive(Debug, Clone)]
+pub struct NewConsumerKey {
+    /// A unique name, 1 to 64 letters, digits, `_`, `-` or `.`.
+    pub name: String,
+    /// The apps it may read; at least one.
+    pub appids: Vec<AppId>,
+    /// Whether it may ask for a passive refresh.
+    pub allow_refresh: bool,
+    /// Where it may be used from; empty means anywhere.
+    pub networks: Vec<IpNet>,
+}
+
+/// A key just added: the only time the key itself is seen.
+#[derive(Debug, Clone)]
+pub struct IssuedKey {
+    /// The record's id.
+    pub id: String,
+    /// The key, to hand to the consumer.
+    pub key: Secret,
+}
+
+/// Parses a CIDR block or a single address.
+pub fn parse_network(s: &str) -> Result<IpNet, Error> {
+    let s = s.trim();
+    s.parse::<IpNet>()
+        .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
+        .map_err(|_| Error::InvalidInput(format!("{s:?} is not an address or CIDR block")))
+}
+
+/// A new random key and its id.
+fn generate() -> (String, Secret) {
+    let mut bytes = [0u8; 32];
+    // ThreadRng is a CSPRNG seeded from the operating system.
+    rand::rng().fill_bytes(&mut bytes);
+    let key = format!(
+        "{KEY_PREFIX}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    );
+    let mut id = [0u8; 5];
+    rand::rng().fill_bytes(&mut id);
+    let id: String = id.iter().map(|b| format!("{b:02x}")).collect();
+    (format!("k{id}"), Secret::new(key))
+}
+
+/// Why a request was refused. 401 for the first two, 403 for the rest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// No key was presented.
+    MissingKey,
+    /// The key is unknown or revoked.
+    UnknownKey,
+    /// The key does not cover this app (whether or not the app exists).
+    OutOfScope,
+    /// The key may not be used from the caller's address.
+    Address,
+    /// The key may not ask for a passive refresh.
+    RefreshNotAllowed,
+}
+
+/// What a request wants to do.
+#[derive(Debug, Clone, Copy)]
+pub struct Access<'a> {
+    /// The appid from the path, as written (not yet validated).
+    pub appid: &'a str,
+    /// Whether it is a passive refresh.
+    pub refresh: bool,
+    /// The caller's address.
+    pub peer: IpAddr,
+}
+
+/// An immutable snapshot of every consumer key, for checking requests without a database query.
+#[derive(Debug, Default)]
+pub struct KeyTable {
+    active: HashMap<KeyHash, Arc<ConsumerKey>>,
+    required: bool,
+}
+
+impl KeyTable {
+    /// A snapshot of `keys`. Revoked keys open nothing, but their existence makes keys required.
+    pub fn new(keys: impl IntoIterator<Item = ConsumerKey>) -> Self {
+        let mut table = Self::default();
+        for key in keys {
+            table.required = true;
+            if key.revoke_time.is_none() {
+                table.active.insert(key.hash, Arc::new(key));
+            }
+        }
+        table
+    }
+
+    /// Whether requests must present a key: whether any key was ever added.
+    pub fn is_required(&self) -> bool {
+        self.required
+    }
+
+    /// How many keys are usable.
+    pub fn active(&self) -> usize {
+        self.active.len()
+    }
+
+    /// Checks a presented key against a request. Looks up the key's hash only, so the time taken
+    /// depends on the hash, which tells nothing about any key.
+    pub fn check(&self, presented: Option<&str>, access: Access<'_>) -> Result<(), Refusal> {
+        let presented = presented
+            .filter(|k| !k.is_empty())
+            .ok_or(Refusal::MissingKey)?;
+        let key = self
+            .active
+            .get(&KeyHash::of(presented))
+            .ok_or(Refusal::UnknownKey)?;
+        if !key.networks.is_empty() && !key.networks.iter().any(|n| n.contains(&access.peer)) {
+            return Err(Refusal::Address);
+        }
+        if !key.appids.contains(access.appid) {
+            return Err(Refusal::OutOfScope);
+        }
+        if access.refresh && !key.allow_refresh {
+            return Err(Refusal::RefreshNotAllowed);
+        }
+        Ok(())
+    }
+}
+
+const TABLE: &str = "wetoken_consumer_key";
+
+fn col(name: &'static str) -> Alias {
+    Alias::new(name)
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+}
+
+impl Store {
+    /// Adds a consumer key and returns it: the only time the key is seen, since only its hash is
+    /// stored.
+    pub async fn add_consumer_key(
+        &self,
+        new: &NewConsumerKey,
+        now: DateTime<Utc>,
+    ) -> Result<IssuedKey, Error> {
+        if !valid_name(&new.name) {
+            return Err(Error::InvalidInput(format!(
+                "malformed key name {:?}: expected 1 to 64 letters, digits, '_', '-' or '.'",
+                new.name.chars().take(80).collect::<String>()
+            )));
+        }
+        if new.appids.is_empty() {
+            return Err(Error::InvalidInput(
+                "a consumer key needs at least one appid".into(),
+            ));
+        }
+        let existing = self.consumer_keys().await?;
+        if existing.iter().any(|k| k.name == new.name) {
+            return Err(Error::InvalidInput(format!(
+                "a key named {:?} exists already",
+                new.name
+            )));
+        }
+        let (id, key) = generate();
+        let appids: BTreeSet<&str> = new.appids.iter().map(AppId::as_str).collect();
+        let appids: Vec<&str> = appids.into_iter().collect();
+        let networks: Vec<String> = new.networks.iter().map(IpNet::to_string).collect();
+        let insert = Query::insert()
+            .into_table(col(TABLE))
+            .columns([
+                col("id"),
+                col("name"),
+                col("key_hash"),
+                col("appids"),
+                col("allow_refresh"),
+                col("networks"),
+                col("create_time"),
+            ])
+            .values_panic([
+                id.clone().into(),
+                new.name.clone().into(),
+                KeyHash::of(key.expose()).to_hex().into(),
+                appids.join(",").into(),
+                new.allow_refresh.into(),
+                networks.join(",").into(),
+                now.into(),
+            ])
+            .to_owned();
+        self.connection().execute(&insert).await?;
+        Ok(IssuedKey { id, key })
+    }
+
+    /// Every consumer key, revoked ones included, oldest first.
+    pub async fn consumer_keys(&self) -> Result<Vec<ConsumerKey>, Error> {
+        let select = Query::select()
+            .columns([
+                col("id"),
+                col("name"),
+                col("key_hash"),
+                col("appids"),
+                col("allow_refresh"),
+                col("networks"),
+                col("create_time"),
+                col("revoke_time"),
+            ])
+            .from(col(TABLE))
+            .order_by(col("create_time"), Order::Asc)
+            .order_by(col("id"), Order::Asc)
+            .to_owned();
+        let rows = match self.connection().query_all(&select).await {
+            Ok(rows) => rows,
+            Err(e) => {
+                let manager = wetoken_migration::SchemaManager::new(self.connection());
+                if matches!(manager.has_table(TABLE).await, Ok(false)) {
+                    return Err(Error::Database(format!(
+                        "table {TABLE} is missing: run `wetoken-cli migrate up` (or set auto_migrate)"
+                    )));
+                }
+                return Err(e.into());
+            }
+        };
+        rows.into_iter()
+            .map(|row| {
+                let id: String = row.try_get_by_index(0)?;
+                let corrupt = |what: &str| {
+                    Error::Database(format!("consumer key {id}: stored {what} is invalid"))
+                };
+                let hash: String = row.try_get_by_index(2)?;
+                let appids: String = row.try_get_by_index(3)?;
+                let networks: String = row.try_get_by_index(5)?;
+                let networks = networks
+                    .split(',')
+                    .filter(|n| !n.is_empty())
+                    .map(|n| n.parse::<IpNet>().map_err(|_| corrupt("network")))
+                    .collect::<Result<_, _>>()?;
+                Ok(ConsumerKey {
+                    name: row.try_get_by_index(1)?,
+                    hash: KeyHash::from_hex(&hash).ok_or_else(|| corrupt("hash"))?,
+                    appids: appids
+                        .split(',')
+                        .filter(|a| !a.is_empty())
+                        .map(str::to_owned)
+                        .collect(),
+                    allow_refresh: row.try_get_by_index(4)?,
+                    networks,
+                    create_time: row.try_get_by_index(6)?,
+                    revoke_time: row.try_get_by_index(7)?,
+                    id,
+                })
+            })
+            .collect()
+    }
+
+    /// Revokes the key with this id or name. Returns its id; revoking a revoked key changes
+    /// nothing and is not an error.
+    pub async fn revoke_consumer_key(
+        &self,
+        id_or_name: &str,
+        now: DateTime<Utc>,
+    ) -> Result<String, Error> {
+        let keys = self.consumer_keys().await?;
+        let matches: Vec<&ConsumerKey> = keys
+            .iter()
+            .filter(|k| k.id == id_or_name || k.name == id_or_name)
+            .collect();
+        let key = match matches.as_slice() {
+            [key] => *key,
+            [] => {
+                return Err(Error::InvalidInput(format!(
+                    "no consumer key has the id or name {id_or_name:?}"
+                )));
+            }
+            _ => {
+                return Err(Error::InvalidInput(format!(
+                    "{id_or_name:?} is one key's id and another's name: revoke by id"
+                )));
+            }
+        };
+        let update = Query::update()
+            .table(col(TABLE))
+            .value(col("revoke_time"), now)
+            .and_where(Expr::col(col("id")).eq(key.id.as_str()))
+            .and_where(Expr::col(col("revoke_time")).is_null())
+            .to_owned();
+        self.connection().execute(&update).await?;
+        Ok(key.id.clone())
+    }
+
+    /// The snapshot of every key, for the server.
+    pub async fn key_table(&self) -> Result<KeyTable, Error> {
+        Ok(KeyTable::new(self.consumer_keys().await?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn key(appids: &[&str], refresh: bool, networks: &[&str], secret: &str) -> ConsumerKey {
+        ConsumerKey {
+            id: "k1".into(),
+            name: "n".into(),
+            appids: appids.iter().map(|a| (*a).to_owned()).collect(),
+            allow_refresh: refresh,
+            networks: networks.iter().map(|n| parse_network(n).unwrap()).collect(),
+            create_time: Utc::now(),
+            revoke_time: None,
+            hash: KeyHash::of(secret),
+        }
+    }
+
+    fn access(appid: &str, refresh: bool, peer: [u8; 4]) -> Access<'_> {
+        Access {
+            appid,
+            refresh,
+            peer: IpAddr::from(peer),
+        }
+    }
+
+    #[test]
+    fn each_refusal() {
+        let table = KeyTable::new([key(&["wx1"], false, &["127.0.0.1/32"], "good")]);
+        let local = [127, 0, 0, 1];
+        // (presented key, appid, refresh, peer, expected)
+        type Case<'a> = (Option<&'a str>, &'a str, bool, [u8; 4], Result<(), Refusal>);
+        let cases: [Case; 7] = [
+            (Some("good"), "wx1", false, local, Ok(())),
+            (None, "wx1", false, local, Err(Refusal::MissingKey)),
+            (Some(""), "wx1", false, local, Err(Refusal::MissingKey)),
+            (Some("bad"), "wx1", false, local, Err(Refusal::UnknownKey)),
+            (Some("good"), "wx2", false, local, Err(Refusal::OutOfScope)),
+            (
+                Some("good"),
+                "wx1",
+                true,
+                local,
+                Err(Refusal::RefreshNotAllowed),
+            ),
+            (
+                Some("good"),
+                "wx1",
+                false,
+                [127, 0, 0, 2],
+                Err(Refusal::Address),
+            ),
+        ];
+        for (presented, appid, refresh, peer, expected) in cases {
+            assert_eq!(
+                table.check(presented, access(appid, refresh, peer)),
+                expected,
+                "{presented:?} {appid} {refresh} {peer:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn revoked_keys_open_nothing_but_keep_keys_required() {
+        let mut revoked = key(&["wx1"], true, &[], "k");
+        revoked.revoke_time = Some(Utc::now());
+        let table = KeyTable::new([revoked]);
+        assert!(table.is_required());
+        assert_eq!(table.active(), 0);
+        assert_eq!(
+            table.check(Some("k"), access("wx1", false, [127, 0, 0, 1])),
+            Err(Refusal::UnknownKey)
+        );
+        assert!(!KeyTable::new([]).is_required());
+    }
+
+    #[test]
+    fn generated_keys_are_distinct_and_hash_round_trips() {
+        let (id1, k1) = generate();
+        let (id2, k2) = generate();
+        assert_ne!(k1.expose(), k2.expose());
+        assert_ne!(id1, id2);
+        assert!(k1.expose().starts_with(KEY_PREFIX));
+        assert_eq!(k1.expose().len(), KEY_PREFIX.len() + 43);
+        let h = KeyHash::of(k1.expose());
+        assert_eq!(KeyHash::from_hex(&h.to_hex()), Some(h));
+        assert!(!format!("{h:?}").contains(&h.to_hex()));
+    }
+
+    fn appid() -> impl Strategy<Value = String> {
+        "[a-z0-9]{1,6}"
+    }
+
+    proptest! {
+        /// The scope check agrees with its definition: a request passes exactly when the key is
+        /// known, the caller's address is allowed, the appid is in scope, and a refresh is allowed.
+        #[test]
+        fn scope_check_matches_its_definition(
+            scope in proptest::collection::btree_set(appid(), 1..5),
+            asked in appid(),
+            refresh in any::<bool>(),
+            allow_refresh in any::<bool>(),
+            restrict in any::<bool>(),
+            peer in any::<[u8; 4]>(),
+            right_key in any::<bool>(),
+        ) {
+            let networks: &[&str] = if restrict { &["10.0.0.0/8"] } else { &[] };
+            let scope_refs: Vec<&str> = scope.iter().map(String::as_str).collect();
+            let table = KeyTable::new([key(&scope_refs, allow_refresh, networks, "the-key")]);
+            let presented = if right_key { "the-key" } else { "another-key" };
+            let got = table.check(Some(presented), access(&asked, refresh, peer));
+            let expected = if !right_key {
+                Err(Refusal::UnknownKey)
+            } else if restrict && peer[0] != 10 {
+                Err(Refusal::Address)
+            } else if !scope.contains(&asked) {
+                Err(Refusal::OutOfScope)
+            } else if refresh && !allow_refresh {
+                Err(Refusal::RefreshNotAllowed)
+            } else {
+                Ok(())
+            };
+            prop_assert_eq!(got, expected);
+        }
+
+        /// No key other than the issued one passes, whatever the request.
+        #[test]
+        fn only_the_issued_key_passes(other in ".{0,60}", asked in appid()) {
+            let (_, issued) = generate();
+            let table = KeyTable::new([key(&[asked.as_str()], true, &[], issued.expose())]);
+            prop_assume!(other != issued.expose());
+            prop_assert!(table.check(Some(&other), access(&asked, false, [127, 0, 0, 1])).is_err());
+            prop_assert!(table.check(Some(issued.expose()), access(&asked, true, [127, 0, 0, 1])).is_ok());
+        }
+    }
+}

@@ -1,0 +1,210 @@
+//! Encrypting the stored secrets: the start-up check, encrypting rows written in plain text, and
+//! re-encrypting under a new master key.
+//!
+//! Every change is a compare-and-set on one column of one row (`UPDATE … SET secret = :new
+//! WHERE appid = :id AND secret = :old`), so it can run while servers serve and admins update
+//! apps: a value changed meanwhile is left alone and counted.
+
+use std::collections::BTreeMap;
+
+use sea_orm::ConnectionTrait;
+use sea_orm::sea_query::{Alias, Expr, ExprTrait, Query};
+use wetoken_migration::{Migrator, MigratorTrait};
+
+use crate::crypto::{is_sealed, sealed_key_id};
+use crate::store::{SECRET_COLUMNS, secret_context};
+use crate::{Error, Store};
+
+/// How the stored secret-like values (`secret`, `token`, `aes_key`) are held.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SecretsReport {
+    /// Values in plain text.
+    pub plain: usize,
+    /// Encrypted values, by master key id.
+    pub by_key: BTreeMap<String, usize>,
+}
+
+impl SecretsReport {
+    /// How many values are encrypted.
+    pub fn encrypted(&self) -> usize {
+        self.by_key.values().sum()
+    }
+}
+
+/// Which values [`Store::reseal`] encrypts anew.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reseal {
+    /// Only plain ones: what a server does at start.
+    Plain,
+    /// Every value not under the current master key, plain ones included: a rotation.
+    NotCurrent,
+}
+
+/// What [`Store::reseal`] did.
+#[derive(Debug, Clone, Default)]
+pub struct ResealReport {
+    /// Values now encrypted under the current key.
+    pub resealed: usize,
+    /// Values that changed while being re-encrypted (an app update); left as the update wrote
+    /// them.
+    pub changed_meanwhile: usize,
+    /// Values that could not be decrypted, one message each (app and column, never the value).
+    pub failed: Vec<String>,
+}
+
+struct RawRow {
+    appid: String,
+    values: Vec<(&'static str, String)>,
+}
+
+impl Store {
+    async fn raw_secrets(&self) -> Result<Vec<RawRow>, Error> {
+        let manager = wetoken_migration::SchemaManager::new(self.connection());
+        if !manager.has_table("wechat_app_info").await? {
+            return Ok(Vec::new());
+        }
+        let mut select = Query::select();
+        select
+            .column(Alias::new("appid"))
+            .from(Alias::new("wechat_app_info"));
+        for column in SECRET_COLUMNS {
+            select.column(Alias::new(column));
+        }
+        let rows = self.connection().query_all(&select).await?;
+        rows.into_iter()
+            .map(|row| {
+                let mut values = Vec::new();
+                for (i, column) in SECRET_COLUMNS.into_iter().enumerate() {
+                    if let Some(value) = row.try_get_by_index::<Option<String>>(i + 1)? {
+                        values.push((column, value));
+                    }
+                }
+                Ok(RawRow {
+                    appid: row.try_get_by_index(0)?,
+                    values,
+                })
+            })
+            .collect()
+    }
+
+    /// Counts the stored secret-like values by how they are held.
+    pub async fn secrets_report(&self) -> Result<SecretsReport, Error> {
+        let mut report = SecretsReport::default();
+        for row in self.raw_secrets().await? {
+            for (_, value) in row.values {
+                match sealed_key_id(&value) {
+                    Some(id) => *report.by_key.entry(id.to_owned()).or_default() += 1,
+                    None => report.plain += 1,
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// What a server does at start, after migrations: refuses to go on if stored values are
+    /// encrypted under a key it does not hold (or no key at all), and encrypts the plain ones when
+    /// a master key is configured. Returns the state found and how many values it encrypted.
+    pub async fn prepare_secrets(&self) -> Result<(SecretsReport, usize), Error> {
+        let report = self.secrets_report().await?;
+        let Some(keyring) = self.keyring() else {
+            if report.encrypted() > 0 {
+                return Err(Error::Secret(format!(
+                    "{} stored secrets are encrypted (master key id {}), but no master key is \
+                     configured: set master_key or master_key_file (WETOKEN_MASTER_KEY, \
+                     WETOKEN_MASTER_KEY_FILE)",
+                    report.encrypted(),
+                    ids(&report)
+                )));
+            }
+            return Ok((report, 0));
+        };
+        let unknown: Vec<&str> = report
+            .by_key
+            .keys()
+            .map(String::as_str)
+            .filter(|id| !keyring.knows(id))
+            .collect();
+        if !unknown.is_empty() {
+            return Err(Error::Secret(format!(
+                "stored secrets are encrypted under master key id {}, which is neither master_key \
+                 (id {}) nor master_key_previous{}: configure the key they were written with",
+                unknown.join(", "),
+                keyring.current_id(),
+                keyring
+                    .previous_id()
+                    .map_or_else(String::new, |p| format!(" (id {p})"))
+            )));
+        }
+        if report.plain == 0 {
+            return Ok((report, 0));
+        }
+        if !Migrator::get_pending_migrations(self.connection())
+            .await?
+            .is_empty()
+        {
+            return Err(Error::Secret(
+                "cannot encrypt the stored secrets before the schema is up to date: run \
+                 `wetoken-cli migrate up`, or set auto_migrate"
+                    .into(),
+            ));
+        }
+        let done = self.reseal(Reseal::Plain).await?;
+        if let Some(first) = done.failed.first() {
+            return Err(Error::Secret(format!(
+                "encrypting the stored secrets failed for {} values; the first: {first}",
+                done.failed.len()
+            )));
+        }
+        Ok((report, done.resealed))
+    }
+
+    /// Encrypts stored values anew under the current master key: the plain ones, or every one
+    /// not under the current key (a rotation). Values that cannot be decrypted are reported and
+    /// left alone; the others are still done.
+    pub async fn reseal(&self, which: Reseal) -> Result<ResealReport, Error> {
+        let keyring = self
+            .keyring()
+            .ok_or_else(|| Error::Secret("no master key is configured".into()))?;
+        let mut report = ResealReport::default();
+        for row in self.raw_secrets().await? {
+            for (column, stored) in row.values {
+                let due = match which {
+                    Reseal::Plain => !is_sealed(&stored),
+                    Reseal::NotCurrent => sealed_key_id(&stored) != Some(keyring.current_id()),
+                };
+                if !due {
+                    continue;
+                }
+                let plain = match self.open(&row.appid, column, stored.clone()) {
+                    Ok(plain) => plain,
+                    Err(e) => {
+                        report.failed.push(e.to_string());
+                        continue;
+                    }
+                };
+                let sealed = keyring.seal(&plain, &secret_context(&row.appid, column));
+                let update = Query::update()
+                    .table(Alias::new("wechat_app_info"))
+                    .value(Alias::new(column), sealed)
+                    .and_where(Expr::col(Alias::new("appid")).eq(row.appid.as_str()))
+                    .and_where(Expr::col(Alias::new(column)).eq(stored))
+                    .to_owned();
+                if self.connection().execute(&update).await?.rows_affected() == 1 {
+                    report.resealed += 1;
+                } else {
+                    report.changed_meanwhile += 1;
+                }
+            }
+        }
+        Ok(report)
+    }
+}
+
+fn ids(report: &SecretsReport) -> String {
+    report
+        .by_key
+        .keys()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
