@@ -289,6 +289,8 @@ struct Inner {
     /// Bounds the calls to WeChat in flight.
     upstream: Semaphore,
     leases: AtomicU64,
+    /// Scheduler scans finished, successful or not.
+    sweeps: AtomicU64,
 }
 
 /// The error a recorded failure stands for, as other replicas read it back.
@@ -336,6 +338,7 @@ impl Engine {
                 replica: replica_name(),
                 upstream,
                 leases: AtomicU64::new(0),
+                sweeps: AtomicU64::new(0),
             }),
         })
     }
@@ -1038,6 +1041,14 @@ impl Engine {
         }
     }
 
+    /// How many scans the scheduler has finished in this process, whether or not they found
+    /// anything due or could reach the database. A number that stops growing means a stuck
+    /// scheduler. A scan counts as finished once it has started every refresh it found due; those
+    /// refreshes may still be running.
+    pub fn sweeps(&self) -> u64 {
+        self.inner.sweeps.load(Ordering::Acquire)
+    }
+
     /// Renews every app's credentials ahead of expiry until `shutdown` resolves.
     ///
     /// Every `scan_interval_ms` it asks the database which credentials are missing or near their
@@ -1060,6 +1071,8 @@ impl Engine {
                 _ = &mut shutdown => break,
                 () = self.sweep(&semaphore, &mut pace, &mut running) => {}
             }
+            self.inner.sweeps.fetch_add(1, Ordering::Release);
+            metrics::counter!("wetoken_scheduler_sweeps_total").increment(1);
             while running.try_join_next().is_some() {}
             tokio::select! {
                 _ = &mut shutdown => break,

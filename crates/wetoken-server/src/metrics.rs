@@ -74,6 +74,10 @@ pub(crate) fn describe() {
         "Latency of refreshes (all upstream calls a refresh needs), by credential kind."
     );
     describe_counter!(
+        "wetoken_scheduler_sweeps_total",
+        "Scans of the database for credentials due for renewal that the scheduler finished."
+    );
+    describe_counter!(
         "wetoken_lease_acquired_total",
         "Refresh leases this replica took, by credential kind."
     );

@@ -218,10 +218,21 @@ impl TestServer {
             .expect("server starts");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
+        let engine = server.engine().clone();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(server.serve(listener, async move {
             let _ = stopped.await;
         }));
+        // The scheduler scans once at start. Let that scan end before a test adds apps, or it
+        // may see them and fetch their credentials behind the test's back.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while engine.sweeps() == 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the scheduler's first scan did not end within 20 s"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         TestServer {
             url,
             clock,

@@ -104,6 +104,7 @@ async fn metrics_request_ids_and_probes(db: &TestDb) {
         "wetoken_http_requests_total{route=\"token_get\",status=\"200\"}",
         "wetoken_http_requests_total{route=\"token_refresh\",status=\"502\"}",
         "wetoken_lease_acquired_total{kind=\"access_token\"}",
+        "wetoken_scheduler_sweeps_total",
     ] {
         assert!(
             sample(&text, series).is_some_and(|n| n >= 1.0),
