@@ -164,7 +164,7 @@ impl Server {
             tokio::spawn(reload_keys(state.clone(), self.key_reload, stop_rx.clone()));
         let scheduler = {
             let engine = state.engine.clone();
-            let mut stop = stop_rx;
+            let mut stop = stop_rx.clone();
             tokio::spawn(async move {
                 engine
                     .run_scheduler(async move {
@@ -173,11 +173,19 @@ impl Server {
                     .await
             })
         };
+        let header_read = Duration::from_secs(state.http.header_read_timeout_secs);
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(Duration::from_secs(state.http.header_read_timeout_secs));
+            .header_read_timeout(header_read);
+        // A peer that vanished without closing is found by pings, not kept forever.
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Some(Duration::from_secs(30)))
+            .keep_alive_timeout(Duration::from_secs(10));
+        let builder = Arc::new(builder);
         let graceful = GracefulShutdown::new();
         let connections = Arc::new(tokio::sync::Semaphore::new(state.http.max_connections));
         info!(addr = %listener.local_addr()?, "serving");
@@ -203,14 +211,30 @@ impl Server {
                     let _ = stream.set_nodelay(true);
                     let state = state.clone();
                     let peer = peer.ip().to_canonical();
-                    let service =
-                        service_fn(move |request| http::handle(state.clone(), peer, request));
-                    let connection = builder
-                        .serve_connection(TokioIo::new(stream), service)
-                        .into_owned();
-                    let connection = graceful.watch(connection);
+                    let builder = builder.clone();
+                    let watcher = graceful.watcher();
+                    let mut stop = stop_rx.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = connection.await {
+                        // hyper-util reads a connection's first bytes (HTTP/1 or HTTP/2?) with
+                        // no deadline, and hyper's header timer starts only after them: a peer
+                        // that connects and sends nothing would hold its slot for good, and
+                        // `max_connections` of them would lock every caller out.
+                        let mut first = [0u8; 1];
+                        tokio::select! {
+                            sent = tokio::time::timeout(header_read, stream.peek(&mut first)) => {
+                                if !matches!(sent, Ok(Ok(1..))) {
+                                    tracing::debug!(%peer, "connection sent nothing in time; closed");
+                                    return;
+                                }
+                            }
+                            _ = stop.wait_for(|stopped| *stopped) => return,
+                        }
+                        let service =
+                            service_fn(move |request| http::handle(state.clone(), peer, request));
+                        let connection = builder
+                            .serve_connection(TokioIo::new(stream), service)
+                            .into_owned();
+                        if let Err(e) = watcher.watch(connection).await {
                             tracing::debug!(error = %e, "connection ended with an error");
                         }
                         drop(permit);

@@ -78,9 +78,13 @@ async fn connections_over_the_limit_are_closed() {
     s.http.max_connections = 2;
     let server = TestServer::start(s).await;
 
+    // Two connections that have begun a request (one that sends nothing is closed after
+    // header_read_timeout_secs: see the next test).
     let mut held = Vec::new();
     for _ in 0..2 {
-        held.push(TcpStream::connect(addr(&server)).await.unwrap());
+        let mut stream = TcpStream::connect(addr(&server)).await.unwrap();
+        stream.write_all(b"GET /health HTTP/1.1\r\n").await.unwrap();
+        held.push(stream);
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
     let mut third = TcpStream::connect(addr(&server)).await.unwrap();
@@ -107,6 +111,32 @@ async fn connections_over_the_limit_are_closed() {
         "{:?}",
         String::from_utf8_lossy(&answer)
     );
+    server.stop().await;
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_are_closed() {
+    let db = sqlite().await;
+    let mock = mock_with(&[]).await;
+    let mut s = settings(&db, &mock);
+    s.http.header_read_timeout_secs = 1;
+    s.http.max_connections = 2;
+    let server = TestServer::start(s).await;
+
+    // Connect and send nothing, as many times as there are slots: before hyper has seen a byte
+    // its header timer has not started, so the server must close these itself.
+    let mut silent = Vec::new();
+    for _ in 0..2 {
+        silent.push(TcpStream::connect(addr(&server)).await.unwrap());
+    }
+    for stream in &mut silent {
+        let (took, got) = until_closed(stream, Duration::from_secs(10)).await;
+        assert!(took < Duration::from_secs(5), "closed after {took:?}");
+        assert!(got.is_empty());
+    }
+    // The slots are free again.
+    assert_eq!(server.get("/health").await.0, 200);
     server.stop().await;
     db.drop_db().await;
 }
