@@ -55,15 +55,16 @@ impl ReaderPolicy {
     /// nothing about whether the app exists.
     fn check(
         &self,
-        headers: &http::HeaderMap,
+        request: &http::request::Parts,
         peer: std::net::IpAddr,
         appid: &str,
         refresh: bool,
     ) -> Result<(), ApiError> {
+        let headers = &request.headers;
         let table = self.keys.read().unwrap_or_else(|e| e.into_inner());
         if !table.is_required() {
             return if self.networks.iter().any(|n| n.contains(&peer)) {
-                Ok(())
+                trusted_by_address(request, peer)
             } else {
                 Err(ApiError::Forbidden(
                     "token and ticket reads answer only local callers until consumer keys are configured"
@@ -125,11 +126,15 @@ pub(crate) struct AdminPolicy {
 }
 
 impl AdminPolicy {
-    fn check(&self, headers: &http::HeaderMap, peer: std::net::IpAddr) -> Result<(), ApiError> {
+    fn check(
+        &self,
+        request: &http::request::Parts,
+        peer: std::net::IpAddr,
+    ) -> Result<(), ApiError> {
         use subtle::ConstantTimeEq;
         match &self.key {
             Some(key) => {
-                let presented = bearer(headers).unwrap_or_default();
+                let presented = bearer(&request.headers).unwrap_or_default();
                 // Constant time in the key's content; only the (public) length can show.
                 if bool::from(presented.as_bytes().ct_eq(key.as_bytes())) {
                     Ok(())
@@ -139,7 +144,9 @@ impl AdminPolicy {
                     ))
                 }
             }
-            None if self.networks.iter().any(|n| n.contains(&peer)) => Ok(()),
+            None if self.networks.iter().any(|n| n.contains(&peer)) => {
+                trusted_by_address(request, peer)
+            }
             None => Err(ApiError::Forbidden(
                 "the admin routes answer only local callers until an admin key is configured"
                     .into(),
@@ -147,6 +154,67 @@ impl AdminPolicy {
         }
     }
 }
+
+/// Access granted by the caller's address alone (no admin key, no consumer key yet) must not
+/// extend to web pages that a browser on a trusted machine happens to open. Refused:
+/// - a request a browser marks as coming from another site (`Sec-Fetch-Site: cross-site` or
+///   `same-site`), or whose `Origin` is not this server: a form or script on some page (CSRF);
+/// - a loopback caller that names this server by a domain name other than `localhost`: a page
+///   whose domain was made to resolve to 127.0.0.1 (DNS rebinding), or a proxy on this host that
+///   passes its public `Host` on, which would make every outside caller look local.
+///
+/// Programs (the clients, curl, the Go SDKs) send none of these headers, and a person opening
+/// the status page by its address sends `Sec-Fetch-Site: none` or `same-origin`.
+fn trusted_by_address(
+    request: &http::request::Parts,
+    peer: std::net::IpAddr,
+) -> Result<(), ApiError> {
+    let refuse = |what: &str| {
+        Err(ApiError::Forbidden(format!(
+            "access by network address alone does not extend to {what}; configure an admin key \
+             or consumer keys to call this route from there"
+        )))
+    };
+    let headers = &request.headers;
+    let authority = request
+        .uri
+        .authority()
+        .map(http::uri::Authority::as_str)
+        .or_else(|| headers.get(http::header::HOST)?.to_str().ok());
+    if let Some(site) = headers.get(&SEC_FETCH_SITE)
+        && (site == "cross-site" || site == "same-site")
+    {
+        return refuse("requests from other web sites");
+    }
+    if let Some(origin) = headers.get(http::header::ORIGIN) {
+        let same = origin
+            .to_str()
+            .ok()
+            .and_then(|o| o.split_once("://"))
+            .is_some_and(|(_, host)| authority.is_some_and(|a| a.eq_ignore_ascii_case(host)));
+        if !same {
+            return refuse("requests from other web sites");
+        }
+    }
+    if peer.is_loopback()
+        && let Some(authority) = authority
+    {
+        // An IPv6 literal is bracketed; a browser takes a name of digits and dots for IPv4.
+        let host = authority
+            .rsplit_once(':')
+            .map_or(authority, |(host, port)| {
+                if port.ends_with(']') { authority } else { host }
+            });
+        let literal =
+            host.starts_with('[') || host.bytes().all(|b| b.is_ascii_digit() || b == b'.');
+        if !(literal || host.eq_ignore_ascii_case("localhost")) {
+            return refuse("loopback callers that name this server by a domain name");
+        }
+    }
+    Ok(())
+}
+
+const SEC_FETCH_SITE: http::HeaderName = http::HeaderName::from_static("sec-fetch-site");
 
 /// Why a request failed, before or inside the engine.
 #[derive(Debug)]
@@ -546,7 +614,7 @@ async fn dispatch(
     *label = route.label();
     // /metrics names every appid with its expiry and calls: it is admin-only too.
     if matches!(route, Route::App(_) | Route::Status | Route::Metrics) {
-        state.admin.check(&parts.headers, peer)?;
+        state.admin.check(&parts, peer)?;
     }
     let method = &parts.method;
     let read_only = method == Method::GET || method == Method::HEAD;
@@ -586,7 +654,7 @@ async fn dispatch(
             if !(read_only || method == Method::POST) {
                 return Err(ApiError::MethodNotAllowed);
             }
-            state.readers.check(&parts.headers, peer, appid, refresh)?;
+            state.readers.check(&parts, peer, appid, refresh)?;
             let appid = AppId::parse(appid)?;
             // `?type=wx_card` picks the card ticket; only the refresh route needs a body.
             let params = if refresh || (kind != Kind::AccessToken && parts.uri.query().is_some()) {
@@ -624,7 +692,7 @@ async fn dispatch(
             if !(read_only || method == Method::POST) {
                 return Err(ApiError::MethodNotAllowed);
             }
-            state.readers.check(&parts.headers, peer, appid, false)?;
+            state.readers.check(&parts, peer, appid, false)?;
             let appid = AppId::parse(appid)?;
             let params = Params::read(&parts, body, &state.http).await?;
             let config =
@@ -1243,6 +1311,93 @@ mod tests {
             let mut out = Vec::new();
             push_decimal(&mut out, n);
             assert_eq!(out, n.to_string().into_bytes(), "{n}");
+        }
+    }
+
+    #[test]
+    fn address_trust_does_not_extend_to_web_pages() {
+        let loopback = std::net::IpAddr::from([127, 0, 0, 1]);
+        let lan = std::net::IpAddr::from([10, 0, 0, 7]);
+        let check = |peer, headers: &[(&str, &str)]| {
+            let mut request = Request::builder().uri("/wx1/wechat/token/get");
+            for (name, value) in headers {
+                request = request.header(*name, *value);
+            }
+            let (parts, ()) = request.body(()).unwrap().into_parts();
+            trusted_by_address(&parts, peer).is_ok()
+        };
+        let allowed: &[(std::net::IpAddr, &[(&str, &str)])] = &[
+            (loopback, &[]),
+            (loopback, &[("host", "127.0.0.1:9999")]),
+            (loopback, &[("host", "localhost:9999")]),
+            (loopback, &[("host", "LOCALHOST")]),
+            (loopback, &[("host", "[::1]:9999")]),
+            (loopback, &[("host", "[::1]")]),
+            (
+                loopback,
+                &[("host", "127.0.0.1:9999"), ("sec-fetch-site", "none")],
+            ),
+            (
+                loopback,
+                &[
+                    ("host", "127.0.0.1:9999"),
+                    ("sec-fetch-site", "same-origin"),
+                ],
+            ),
+            (
+                loopback,
+                &[
+                    ("host", "127.0.0.1:9999"),
+                    ("origin", "http://127.0.0.1:9999"),
+                ],
+            ),
+            // From the network, a name is how callers reach it.
+            (lan, &[("host", "wetoken.internal:9999")]),
+        ];
+        for (peer, headers) in allowed {
+            assert!(check(*peer, headers), "{peer} {headers:?} should pass");
+        }
+        let refused: &[(std::net::IpAddr, &[(&str, &str)])] = &[
+            (
+                loopback,
+                &[("host", "127.0.0.1:9999"), ("sec-fetch-site", "cross-site")],
+            ),
+            (
+                loopback,
+                &[("host", "127.0.0.1:9999"), ("sec-fetch-site", "same-site")],
+            ),
+            (
+                lan,
+                &[
+                    ("host", "wetoken.internal"),
+                    ("sec-fetch-site", "cross-site"),
+                ],
+            ),
+            (
+                loopback,
+                &[
+                    ("host", "127.0.0.1:9999"),
+                    ("origin", "http://evil.example"),
+                ],
+            ),
+            (loopback, &[("host", "127.0.0.1:9999"), ("origin", "null")]),
+            (loopback, &[("origin", "http://127.0.0.1:9999")]),
+            (
+                lan,
+                &[
+                    ("host", "wetoken.internal"),
+                    ("origin", "https://evil.example"),
+                ],
+            ),
+            // DNS rebinding, or a local proxy passing the public name on.
+            (loopback, &[("host", "rebind.evil.example:9999")]),
+            (loopback, &[("host", "wetoken.example.com")]),
+        ];
+        for (peer, headers) in refused {
+            assert!(
+                !check(*peer, headers),
+                "{peer} {headers:?} should be refused"
+            );
         }
     }
 

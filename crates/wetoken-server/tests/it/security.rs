@@ -399,3 +399,57 @@ fn anyhow_chain(e: &dyn std::error::Error) -> String {
     }
     text
 }
+
+/// With no admin key and no consumer key, trust comes from the caller's address. A web page in a
+/// browser on that machine must not borrow it: a cross-site form, or a page whose domain was
+/// made to resolve to 127.0.0.1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_trust_is_not_lent_to_web_pages() {
+    let db = TestDb::create(crate::harness::Backend::Sqlite)
+        .await
+        .unwrap();
+    let mock = mock_with(&[APP]).await;
+    let server = TestServer::start(settings(&db, &mock)).await;
+    server.add_app(APP).await;
+    let http = reqwest::Client::new();
+    let token = format!("{}/{APP}/wechat/token/get", server.url);
+    let delete = format!("{}/wechat/app/delete", server.url);
+    let port = server.url.rsplit(':').next().unwrap().to_owned();
+
+    // A program on the machine: served, as before.
+    assert_eq!(status(http.get(&token)).await.0, 200);
+    assert_eq!(
+        status(http.get(&server.url).header("sec-fetch-site", "none"))
+            .await
+            .0,
+        200,
+        "a person opening the status page by its address"
+    );
+
+    // A form on another site posting to the admin route, and a script reading a token.
+    let (code, body) = status(
+        http.post(&delete)
+            .header("origin", "http://evil.example")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("appid={APP}")),
+    )
+    .await;
+    assert_eq!(code, 403, "{body}");
+    assert!(body["errmsg"].as_str().unwrap().contains("other web sites"));
+    let (code, _) = status(http.get(&token).header("sec-fetch-site", "cross-site")).await;
+    assert_eq!(code, 403);
+    // DNS rebinding: the page's own domain, resolved to 127.0.0.1.
+    let (code, body) = status(
+        http.get(&token)
+            .header("host", format!("rebind.evil.example:{port}")),
+    )
+    .await;
+    assert_eq!(code, 403, "{body}");
+    assert!(body["errmsg"].as_str().unwrap().contains("domain name"));
+
+    // Nothing was deleted; the app still answers.
+    assert_eq!(status(http.get(&token)).await.0, 200);
+    assert_eq!(mock.calls(Endpoint::Token), 1);
+    server.stop().await;
+    db.drop_db().await;
+}
