@@ -34,3 +34,15 @@ impl MigratorTrait for Migrator {
         ]
     }
 }
+
+/// The single number a `SELECT COUNT(*) …` answers: what a `down` checks before it destroys.
+pub(crate) async fn count(manager: &SchemaManager<'_>, sql: &str) -> Result<i64, DbErr> {
+    use sea_orm_migration::sea_orm::{ConnectionTrait, Statement};
+    Ok(manager
+        .get_connection()
+        .query_one_raw(Statement::from_string(manager.get_database_backend(), sql))
+        .await?
+        .map(|row| row.try_get_by_index::<i64>(0))
+        .transpose()?
+        .unwrap_or(0))
+}

@@ -73,7 +73,19 @@ impl MigrationTrait for Migration {
             .await
     }
 
+    /// Refuses while any key is stored, revoked ones included: dropping them would turn a
+    /// deployment that requires keys back into one that answers `reader_networks` without any,
+    /// at its next start. Revoked keys count because they are what keeps keys required after
+    /// the last live one is revoked.
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let keys = crate::count(manager, "SELECT COUNT(*) FROM wetoken_consumer_key").await?;
+        if keys > 0 {
+            return Err(DbErr::Migration(format!(
+                "{keys} consumer keys are stored (revoked ones included); dropping them would \
+                 open the token routes to reader_networks without a key: this migration cannot \
+                 be undone while they are stored"
+            )));
+        }
         manager
             .drop_table(Table::drop().table(WetokenConsumerKey::Table).to_owned())
             .await

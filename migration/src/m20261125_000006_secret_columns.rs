@@ -9,7 +9,7 @@
 //! as if it were the secret.
 
 use sea_orm_migration::prelude::*;
-use sea_orm_migration::sea_orm::{ConnectionTrait, DbBackend, Statement};
+use sea_orm_migration::sea_orm::DbBackend;
 
 #[derive(DeriveMigrationName)]
 pub struct Migration;
@@ -56,17 +56,12 @@ impl MigrationTrait for Migration {
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         use WechatAppInfo as A;
-        let sealed = manager
-            .get_connection()
-            .query_one_raw(Statement::from_string(
-                manager.get_database_backend(),
-                "SELECT COUNT(*) AS n FROM wechat_app_info \
-                 WHERE secret LIKE 'wtenc:%' OR token LIKE 'wtenc:%' OR aes_key LIKE 'wtenc:%'",
-            ))
-            .await?
-            .map(|row| row.try_get_by_index::<i64>(0))
-            .transpose()?
-            .unwrap_or(0);
+        let sealed = crate::count(
+            manager,
+            "SELECT COUNT(*) AS n FROM wechat_app_info \
+             WHERE secret LIKE 'wtenc:%' OR token LIKE 'wtenc:%' OR aes_key LIKE 'wtenc:%'",
+        )
+        .await?;
         if sealed > 0 {
             return Err(DbErr::Migration(format!(
                 "{sealed} apps have encrypted secrets, which the old columns cannot hold and an \

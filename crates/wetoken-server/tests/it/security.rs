@@ -453,3 +453,24 @@ async fn local_trust_is_not_lent_to_web_pages() {
     server.stop().await;
     db.drop_db().await;
 }
+
+on_every_database!(consumer_keys_cannot_be_migrated_away);
+
+/// Undoing the consumer-key migration would drop every key and, at the next start, open the token
+/// routes to `reader_networks` again: refused while any key is stored.
+async fn consumer_keys_cannot_be_migrated_away(db: &TestDb) {
+    use wetoken_migration::MigratorTrait;
+    let store = Store::connect(&DatabaseOptions::new(&db.url))
+        .await
+        .unwrap();
+    store.install().await.unwrap();
+    add_key(&store, "reader", &[APP], true, &[]).await;
+    // Down past 000006 (nothing encrypted, so it goes) to 000005, which refuses.
+    let err = wetoken_migration::Migrator::down(store.connection(), Some(2))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("consumer keys are stored"), "{err}");
+    assert_eq!(store.consumer_keys().await.unwrap().len(), 1);
+    assert!(store.key_table().await.unwrap().is_required());
+}
