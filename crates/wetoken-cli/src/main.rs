@@ -149,6 +149,35 @@ impl DatabaseArg {
     }
 }
 
+/// After a migration: with a master key, encrypts the secrets still stored in plain text (rows
+/// from the Go schema, or written without a key), as a server does at start; without one, says
+/// how many are plain.
+async fn report_secrets(store: &Store) -> anyhow::Result<()> {
+    if let Some(keyring) = store.keyring() {
+        let id = keyring.current_id().to_owned();
+        let (_, encrypted) = store
+            .prepare_secrets()
+            .await
+            .context("encrypting stored secrets")?;
+        if encrypted > 0 {
+            println!("encrypted {encrypted} stored secrets under master key id {id}");
+        }
+    } else {
+        let report = store
+            .secrets_report()
+            .await
+            .context("reading how secrets are stored")?;
+        if report.plain > 0 {
+            println!(
+                "{} secrets are stored in plain text: give a master key (--master-key-file, \
+                 WETOKEN_MASTER_KEY) to encrypt them",
+                report.plain
+            );
+        }
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -216,6 +245,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 for name in applied {
                     println!("applied {name}");
                 }
+                report_secrets(&store).await?;
             }
             MigrateAction::Status(db) => {
                 let store = db.open().await?;

@@ -637,3 +637,49 @@ async fn secrets_rotate_key_re_encrypts_every_row_under_the_new_key() {
     assert!(!ok && err.contains("master_key"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Rows from a plain-text schema (the Go wetoken's, or written without a key) are encrypted by
+/// the migration when it is given the master key, and counted when it is not.
+#[tokio::test]
+async fn migrate_up_encrypts_plain_secrets_when_given_the_key() {
+    use wetoken_core::{AppId, DatabaseOptions, NewApp, Secret, Store};
+
+    let dir = std::env::temp_dir().join(format!("wetoken-cli-seal-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let url = format!("sqlite://{}", dir.join("seal.db").display());
+    let db = ["--database-url", url.as_str()];
+    let plain = Store::connect(&DatabaseOptions::new(&url)).await.unwrap();
+    plain.migrate().await.unwrap();
+    for id in ["wxplain1", "wxplain2"] {
+        let app = NewApp::mp(AppId::parse(id).unwrap(), Secret::new(format!("s-{id}")));
+        plain.insert_app(&app, chrono::Utc::now()).await.unwrap();
+    }
+
+    let (ok, out, err) = cli_env(&[&["migrate", "up"][..], &db].concat(), &[]);
+    assert!(ok, "{err}");
+    assert!(out.contains("2 secrets are stored in plain text"), "{out}");
+
+    let (_, key, _) = cli(&["secrets", "new-key"]);
+    let key = key.trim().to_owned();
+    let (ok, out, err) = cli_env(
+        &[&["migrate", "up"][..], &db].concat(),
+        &[("WETOKEN_MASTER_KEY", &key)],
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("encrypted 2 stored secrets"), "{out}");
+    let (ok, out, err) = cli_env(
+        &[&["secrets", "status"][..], &db].concat(),
+        &[("WETOKEN_MASTER_KEY", &key)],
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("plain      0"), "{out}");
+    // A second run has nothing left to do.
+    let (ok, out, _) = cli_env(
+        &[&["migrate", "up"][..], &db].concat(),
+        &[("WETOKEN_MASTER_KEY", &key)],
+    );
+    assert!(ok);
+    assert!(!out.contains("encrypted"), "{out}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
