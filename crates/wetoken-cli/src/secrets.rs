@@ -32,6 +32,11 @@ pub(crate) enum SecretsAction {
     /// keep serving throughout. Afterwards, `secrets status` shows only the new key's id, and the
     /// previous key can be removed from the servers' settings.
     RotateKey {
+        /// The id of the key to re-encrypt under: the new master key's, as `secrets new-key`,
+        /// `secrets status` and every server's start log show it. Asked for so that a key given
+        /// here by mistake, which no server holds, cannot take every secret with it.
+        #[arg(long, value_name = "ID")]
+        key_id: String,
         #[command(flatten)]
         db: DatabaseArg,
     },
@@ -68,10 +73,21 @@ impl MasterKeyArgs {
 
 pub(crate) async fn run(action: SecretsAction) -> anyhow::Result<()> {
     match action {
-        SecretsAction::NewKey => println!("{}", MasterKey::generate()),
+        SecretsAction::NewKey => {
+            let key = MasterKey::generate();
+            println!("{key}");
+            // Not on stdout, which scripts capture as the key.
+            eprintln!("master key id {}", MasterKey::parse(&key, "new key")?.id());
+        }
         SecretsAction::Status { db } => {
             let store = db.open_installed().await?;
             let report = store.secrets_report().await?;
+            if let Some(keyring) = store.keyring() {
+                println!("master_key          id {}", keyring.current_id());
+                if let Some(previous) = keyring.previous_id() {
+                    println!("master_key_previous id {previous}");
+                }
+            }
             println!("plain      {}", report.plain);
             for (id, count) in &report.by_key {
                 let role = match store.keyring() {
@@ -83,11 +99,18 @@ pub(crate) async fn run(action: SecretsAction) -> anyhow::Result<()> {
                 println!("key {id} {count}{role}");
             }
         }
-        SecretsAction::RotateKey { db } => {
+        SecretsAction::RotateKey { key_id, db } => {
             let store = db.open_installed().await?;
             let keyring = store
                 .keyring()
                 .ok_or_else(|| anyhow!("no master key: set WETOKEN_MASTER_KEY (the new key) and WETOKEN_MASTER_KEY_PREVIOUS (the old one)"))?;
+            if keyring.current_id() != key_id {
+                bail!(
+                    "the master key given here has id {}, not {key_id}: nothing was changed. \
+                     Give the key the servers run with as master_key",
+                    keyring.current_id()
+                );
+            }
             let done = store
                 .reseal(Reseal::NotCurrent)
                 .await

@@ -527,10 +527,17 @@ async fn secrets_rotate_key_re_encrypts_every_row_under_the_new_key() {
     std::fs::create_dir_all(&dir).unwrap();
     let url = format!("sqlite://{}", dir.join("rotate.db").display());
     let db = ["--database-url", url.as_str()];
-    let (ok, old, _) = cli(&["secrets", "new-key"]);
+    let (ok, old, err) = cli(&["secrets", "new-key"]);
     assert!(ok);
     let (old, new) = (old.trim().to_owned(), MasterKey::generate());
     assert_eq!(old.len(), 44);
+    assert_eq!(
+        err.trim(),
+        format!(
+            "master key id {}",
+            MasterKey::parse(&old, "k").unwrap().id()
+        )
+    );
     let ring = |current: &str, previous: Option<&str>| {
         let parse = |k: &str| MasterKey::parse(k, "k").unwrap();
         Arc::new(Keyring::new(parse(current), previous.map(parse)))
@@ -576,11 +583,30 @@ async fn secrets_rotate_key_re_encrypts_every_row_under_the_new_key() {
         out.contains("plain      1") && out.contains(&format!("key {old_id} 2 (master_key)")),
         "{out}"
     );
+    assert!(
+        out.contains(&format!("master_key          id {old_id}")),
+        "{out}"
+    );
 
     // Without the old key the old rows cannot be read: those are refused and left alone (the
     // plain one, readable, is encrypted).
+    // A key id that is not the given key's: refused before anything is touched.
     let (ok, _, err) = cli_env(
-        &[&["secrets", "rotate-key"][..], &db].concat(),
+        &[&["secrets", "rotate-key", "--key-id", &old_id][..], &db].concat(),
+        &[("WETOKEN_MASTER_KEY", &new)],
+    );
+    assert!(
+        !ok && err.contains(&format!("has id {new_id}, not {old_id}")),
+        "{err}"
+    );
+    let (_, out, _) = cli_env(
+        &[&["secrets", "status"][..], &db].concat(),
+        &[("WETOKEN_MASTER_KEY", &old)],
+    );
+    assert!(out.contains("plain      1"), "nothing changed: {out}");
+
+    let (ok, _, err) = cli_env(
+        &[&["secrets", "rotate-key", "--key-id", &new_id][..], &db].concat(),
         &[("WETOKEN_MASTER_KEY", &new)],
     );
     assert!(
@@ -600,6 +626,8 @@ async fn secrets_rotate_key_re_encrypts_every_row_under_the_new_key() {
             &[
                 "secrets",
                 "rotate-key",
+                "--key-id",
+                &new_id,
                 "--previous-key-file",
                 previous.to_str().unwrap(),
             ][..],
