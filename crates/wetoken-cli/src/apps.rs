@@ -375,8 +375,8 @@ fn show(status: &AppStatus, now: DateTime<Utc>) -> String {
     let set = |present: bool| if present { "set" } else { "not set" };
     out += &format!(
         "secret:       set (never shown)\nmsg token:    {}\naes key:      {}\ncalls today:  {} of {}\ncreated:      {}\nupdated:      {}\n",
-        set(app.token.is_some()),
-        set(app.aes_key.is_some()),
+        set(app.has_token),
+        set(app.has_aes_key),
         app.calls_today,
         app.daily_budget,
         app.create_time.to_rfc3339(),

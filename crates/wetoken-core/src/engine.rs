@@ -32,7 +32,7 @@ use tracing::{Instrument, debug, info, warn};
 use crate::Error;
 use crate::clock::Clock;
 use crate::model::{
-    App, AppId, AppKind, AppUpdate, Credential, CredentialRecord, Kind, NewApp, TokenMode,
+    App, AppId, AppInfo, AppKind, AppUpdate, Credential, CredentialRecord, Kind, NewApp, TokenMode,
 };
 use crate::store::{Failure, Store, wechat_day};
 use crate::wechat::{Issued, UpstreamError, WeChat};
@@ -249,8 +249,8 @@ type BoxedResult<'a> =
 /// An app with the state of each of its credentials; what listings show.
 #[derive(Debug, Clone)]
 pub struct AppStatus {
-    /// The app.
-    pub app: App,
+    /// The app, without its secrets.
+    pub app: AppInfo,
     /// Its access token's stored state, if a row exists.
     pub access_token: Option<CredentialRecord>,
     /// Its jsapi ticket's stored state, if a row exists.
@@ -452,7 +452,7 @@ impl Engine {
         let app = self
             .inner
             .store
-            .app(appid)
+            .app_info(appid)
             .await?
             .ok_or_else(|| Error::UnknownApp(appid.clone()))?;
         self.status_of(app).await
@@ -467,7 +467,7 @@ impl Engine {
         Ok(out)
     }
 
-    async fn status_of(&self, app: App) -> Result<AppStatus, Error> {
+    async fn status_of(&self, app: AppInfo) -> Result<AppStatus, Error> {
         let store = &self.inner.store;
         Ok(AppStatus {
             access_token: store.credential(&app.appid, Kind::AccessToken).await?,
@@ -496,7 +496,7 @@ impl Engine {
         let app = self
             .inner
             .store
-            .app(appid)
+            .app_info(appid)
             .await?
             .ok_or_else(|| Error::UnknownApp(appid.clone()))?;
         let app_id = app
@@ -569,8 +569,8 @@ impl Engine {
     /// valid meanwhile), so it is served until [`STABLE_MARGIN_SECS`] before expiry.
     fn settle_margin(&self, slot: &Slot, app: &App, kind: Kind) {
         let stable = kind == Kind::AccessToken
-            && app.kind != AppKind::Work
-            && app.token_mode == TokenMode::Stable;
+            && app.info.kind != AppKind::Work
+            && app.info.token_mode == TokenMode::Stable;
         let ms = if stable {
             STABLE_MARGIN_SECS * 1000
         } else {
@@ -660,11 +660,11 @@ impl Engine {
                 self.forget(appid);
                 return Err(Error::UnknownApp(appid.clone()));
             };
-            if !app.kind.has(kind) {
+            if !app.info.kind.has(kind) {
                 self.forget(appid);
                 return Err(Error::InvalidInput(format!(
                     "{appid} is a {} app; WeChat issues no {kind} to those",
-                    app.kind.as_str()
+                    app.info.kind.as_str()
                 )));
             }
             self.settle_margin(slot, &app, kind);
@@ -751,7 +751,7 @@ impl Engine {
         owner: &str,
     ) -> Result<Arc<Credential>, Error> {
         let store = &self.inner.store;
-        let appid = &app.appid;
+        let appid = &app.info.appid;
         let release = || async {
             if let Err(e) = store.release_lease(appid, kind, owner).await {
                 warn!(%appid, %kind, error = %e, "could not release the lease; it lapses by itself");
@@ -779,8 +779,8 @@ impl Engine {
         // replaces it, and WeChat allows 20 a day, 30 s apart.
         let current = record.as_ref().and_then(|r| r.credential.as_ref());
         let force = kind == Kind::AccessToken
-            && app.kind != AppKind::Work
-            && app.token_mode == TokenMode::Stable
+            && app.info.kind != AppKind::Work
+            && app.info.token_mode == TokenMode::Stable
             && matches!(need, Need::Replace(failed) if current.is_some_and(|c| c.value == *failed));
         let mut forced_today = 0;
         if force {
@@ -961,7 +961,7 @@ impl Engine {
         };
         metrics::counter!(
             "wetoken_upstream_calls_total",
-            "appid" => app.appid.to_string(),
+            "appid" => app.info.appid.to_string(),
             "endpoint" => endpoint,
             "result" => outcome,
         )
@@ -971,7 +971,7 @@ impl Engine {
         if let Err(e) = self
             .inner
             .store
-            .count_call(&app.appid, &wechat_day(self.now()))
+            .count_call(&app.info.appid, &wechat_day(self.now()))
             .await
         {
             debug!(error = %e, "could not count an upstream call");
@@ -986,7 +986,7 @@ impl Engine {
     async fn fetch(&self, app: &App, kind: Kind, force: bool) -> Result<Issued, FetchError> {
         let wechat = &self.inner.wechat;
         if kind == Kind::AccessToken {
-            let issued = match (app.kind, app.token_mode, &app.work) {
+            let issued = match (app.info.kind, app.info.token_mode, &app.info.work) {
                 (AppKind::Work, _, Some(work)) => {
                     let call = wechat.work_token(&work.corpid, &app.secret);
                     self.upstream(app, "work_token", call).await
@@ -994,22 +994,22 @@ impl Engine {
                 (AppKind::Work, _, None) => {
                     return Err(FetchError::Other(Error::Database(format!(
                         "WeCom app {} has no corpid stored",
-                        app.appid
+                        app.info.appid
                     ))));
                 }
                 (_, TokenMode::Stable, _) => {
-                    let call = wechat.stable_token(&app.appid, &app.secret, force);
+                    let call = wechat.stable_token(&app.info.appid, &app.secret, force);
                     self.upstream(app, "stable_token", call).await
                 }
                 (_, TokenMode::Classic, _) => {
-                    let call = wechat.access_token(&app.appid, &app.secret);
+                    let call = wechat.access_token(&app.info.appid, &app.secret);
                     self.upstream(app, "token", call).await
                 }
             };
             return issued.map_err(FetchError::Upstream);
         }
         let ticket = |token: Arc<Credential>| async move {
-            match (app.kind, kind) {
+            match (app.info.kind, kind) {
                 (AppKind::Work, _) => {
                     let call = wechat.work_jsapi_ticket(&token.value);
                     self.upstream(app, "work_ticket", call).await
@@ -1025,14 +1025,14 @@ impl Engine {
             }
         };
         let token = self
-            .get(&app.appid, Kind::AccessToken)
+            .get(&app.info.appid, Kind::AccessToken)
             .await
             .map_err(FetchError::Other)?;
         match ticket(token.clone()).await {
             Err(e) if e.is_token_rejected() => {
                 warn!(error = %e, "WeChat rejected the token; refreshing it once");
                 let token = self
-                    .refresh(&app.appid, Kind::AccessToken, &token.value)
+                    .refresh(&app.info.appid, Kind::AccessToken, &token.value)
                     .await
                     .map_err(FetchError::Other)?;
                 ticket(token).await.map_err(FetchError::Upstream)

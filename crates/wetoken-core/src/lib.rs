@@ -40,8 +40,8 @@ pub use engine::{AppStatus, Engine, EngineConfig, JssdkConfig};
 pub use error::Error;
 pub use keys::{ConsumerKey, KeyTable, NewConsumerKey};
 pub use model::{
-    App, AppId, AppKind, AppUpdate, Credential, CredentialRecord, Kind, NewApp, Secret, TokenMode,
-    WorkIds,
+    App, AppId, AppInfo, AppKind, AppUpdate, Credential, CredentialRecord, Kind, NewApp, Secret,
+    TokenMode, WorkIds,
 };
 pub use secrets::{Reseal, ResealReport, SecretsReport};
 pub use store::{DatabaseOptions, Installed, Store};

@@ -268,9 +268,11 @@ impl fmt::Debug for Credential {
     }
 }
 
-/// An app as stored.
+/// What listings show of an app: everything but its secrets, which are not decrypted for a
+/// listing. So a value that does not decrypt (tampered, or under a key this process lacks) spoils
+/// that app's credentials, never the app list, the status page or `/metrics`.
 #[derive(Debug, Clone)]
-pub struct App {
+pub struct AppInfo {
     /// Its key: the appid, or `<corpid>.<agentid>` for a WeCom app.
     pub appid: AppId,
     /// What sort of app it is.
@@ -283,16 +285,27 @@ pub struct App {
     pub daily_budget: i32,
     /// Upstream calls made for it today (WeChat's day, China time), by every replica.
     pub calls_today: i32,
+    /// Whether a message-push token is stored.
+    pub has_token: bool,
+    /// Whether an EncodingAESKey is stored.
+    pub has_aes_key: bool,
+    /// When it was added.
+    pub create_time: DateTime<Utc>,
+    /// When its settings last changed.
+    pub update_time: DateTime<Utc>,
+}
+
+/// An app as stored, its secrets decrypted: what fetching its credentials needs.
+#[derive(Debug, Clone)]
+pub struct App {
+    /// Everything but the secrets.
+    pub info: AppInfo,
     /// Its AppSecret, which fetches access tokens.
     pub secret: Secret,
     /// The message-push token (for verifying WeChat's callbacks), if set.
     pub token: Option<Secret>,
     /// The EncodingAESKey, if set.
     pub aes_key: Option<Secret>,
-    /// When it was added.
-    pub create_time: DateTime<Utc>,
-    /// When its settings last changed.
-    pub update_time: DateTime<Utc>,
 }
 
 /// A WeCom app's identifiers.

@@ -20,8 +20,8 @@ use crate::Error;
 use crate::crypto::{Keyring, SealError, is_sealed};
 use crate::entity::app_info;
 use crate::model::{
-    App, AppId, AppKind, AppUpdate, Credential, CredentialRecord, Kind, NewApp, Secret, TokenMode,
-    WorkIds,
+    App, AppId, AppInfo, AppKind, AppUpdate, Credential, CredentialRecord, Kind, NewApp, Secret,
+    TokenMode, WorkIds,
 };
 
 /// How to reach the database.
@@ -308,14 +308,23 @@ impl Store {
         row.map(|row| self.app_from_row(row)).transpose()
     }
 
-    /// Every app, ordered by appid.
-    pub async fn apps(&self) -> Result<Vec<App>, Error> {
+    /// What listings show of one app, if it exists. Its secrets are not decrypted.
+    pub async fn app_info(&self, appid: &AppId) -> Result<Option<AppInfo>, Error> {
+        let row = app_info::Entity::find_by_id(appid.as_str().to_owned())
+            .one(&self.db)
+            .await?;
+        row.as_ref().map(info_from_row).transpose()
+    }
+
+    /// What listings show of every app, ordered by appid. No secret is decrypted, so a value that
+    /// does not decrypt spoils no listing.
+    pub async fn apps(&self) -> Result<Vec<AppInfo>, Error> {
         app_info::Entity::find()
             .order_by_asc(app_info::Column::Appid)
             .all(&self.db)
             .await?
-            .into_iter()
-            .map(|row| self.app_from_row(row))
+            .iter()
+            .map(info_from_row)
             .collect()
     }
 
@@ -772,16 +781,12 @@ impl Store {
             .clone()
             .map(|v| open("aes_key", v))
             .transpose()?;
-        app_from_row(row, secret, token, aes_key)
+        app_from_row(&row, secret, token, aes_key)
     }
 }
 
-fn app_from_row(
-    row: app_info::Model,
-    secret: Secret,
-    token: Option<Secret>,
-    aes_key: Option<Secret>,
-) -> Result<App, Error> {
+/// The app a row describes, secrets left out.
+fn info_from_row(row: &app_info::Model) -> Result<AppInfo, Error> {
     let corrupt =
         |what: &str| Error::Database(format!("app {:?}: stored {what} is invalid", row.appid));
     let work = match (&row.corpid, &row.agentid) {
@@ -791,7 +796,7 @@ fn app_from_row(
         }),
         _ => None,
     };
-    Ok(App {
+    Ok(AppInfo {
         appid: AppId::parse(&row.appid).map_err(|_| corrupt("appid"))?,
         kind: AppKind::parse(&row.kind).map_err(|_| corrupt("kind"))?,
         token_mode: TokenMode::parse(&row.token_mode).map_err(|_| corrupt("token_mode"))?,
@@ -802,11 +807,24 @@ fn app_from_row(
         } else {
             0
         },
+        has_token: row.token.is_some(),
+        has_aes_key: row.aes_key.is_some(),
+        create_time: row.create_time,
+        update_time: row.update_time,
+    })
+}
+
+fn app_from_row(
+    row: &app_info::Model,
+    secret: Secret,
+    token: Option<Secret>,
+    aes_key: Option<Secret>,
+) -> Result<App, Error> {
+    Ok(App {
+        info: info_from_row(row)?,
         secret,
         token,
         aes_key,
-        create_time: row.create_time,
-        update_time: row.update_time,
     })
 }
 

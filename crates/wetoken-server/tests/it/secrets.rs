@@ -193,6 +193,29 @@ async fn secrets_are_encrypted_rotated_and_checked(db: &TestDb) {
     );
     let (code, body) = server.get(&format!("/{NEW}/wechat/token/get")).await;
     assert_eq!(code, 200, "{body}");
+    // Listings decrypt nothing: the app list, its show, the status page and /metrics still
+    // answer, the broken app included, so monitoring does not go blind.
+    let (code, body) = server.get("/wechat/app/list").await;
+    assert_eq!(code, 200, "{body}");
+    let listed: Vec<&str> = body["apps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a["appid"].as_str())
+        .collect();
+    assert!(listed.contains(&OLD) && listed.contains(&NEW), "{body}");
+    let (code, body) = server.get(&format!("/wechat/app/show?appid={OLD}")).await;
+    assert_eq!(code, 200, "{body}");
+    for page in ["/", "/metrics"] {
+        let response = server
+            .http
+            .get(format!("{}{page}", server.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{page}");
+        assert!(response.text().await.unwrap().contains(OLD), "{page}");
+    }
     // Copying another app's ciphertext does not work either: the appid is bound in.
     overwrite(&raw, OLD, "secret", stored(&raw, NEW, "secret").await).await;
     let (code, body) = server
