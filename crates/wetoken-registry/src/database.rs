@@ -106,13 +106,13 @@ fn encode(text: &str) -> String {
 ///
 /// It is checked, not copied: a `/`, `?`, `#`, `@` or control character in it would otherwise
 /// end the URL's authority early and move the database name into the query or the path (found
-/// by the `dsn` fuzz target).
+/// by the `dsn` fuzz target). The error does not quote the address: in a DSN whose `@` is missing
+/// or misplaced, what is read as the address may be the password.
 fn tcp_address(addr: &str) -> Result<String, String> {
     let malformed = || {
-        format!(
-            "malformed address {addr:?} in the DSN: expected host, host:port or [ipv6]:port, the \
-             host of letters, digits, '.', '-' or '_'"
-        )
+        "malformed address in the DSN's tcp(…): expected host, host:port or [ipv6]:port, the \
+         host of letters, digits, '.', '-' or '_'"
+            .to_owned()
     };
     let (host, port) = match addr.strip_prefix('[') {
         Some(rest) => {
@@ -157,20 +157,20 @@ fn tcp_address(addr: &str) -> Result<String, String> {
 }
 
 /// Translates a Go MySQL DSN, `[user[:password]@][net[(addr)]]/dbname[?param=value&…]`, into a
-/// `mysql://` URL. The user and password may hold any character (`@`, `:`, `/` included): the
-/// DSN's last `/` starts the database name and the last `@` before it ends the password, as the
-/// Go driver reads it. Parameters the Rust driver also knows (`charset`, `collation`) are kept;
-/// Go-only ones (`parseTime`, `loc`, `timeout`, …) are dropped.
+/// `mysql://` URL. The user and password may hold any character (`@`, `:`, `/`, `?` included),
+/// as the Go driver reads them: the DSN's last `/` starts the database name, the first `?` after
+/// it starts the parameters, and the last `@` before it ends the password. Parameters the Rust
+/// driver also knows (`charset`, `collation`) are kept; Go-only ones (`parseTime`, `loc`,
+/// `timeout`, …) are dropped.
+///
+/// No error quotes the DSN: a part it names may, in a DSN mistyped, hold the user or password.
 pub fn go_mysql_dsn_to_url(dsn: &str) -> Result<String, String> {
-    let (before_query, query) = match dsn.rfind('?') {
-        // A '?' belongs to the query only if it comes after the database's '/'.
-        Some(q) if dsn[..q].rfind('/').is_some() => (&dsn[..q], Some(&dsn[q + 1..])),
-        _ => (dsn, None),
+    let slash = dsn.rfind('/').ok_or("a Go MySQL DSN needs /dbname")?;
+    let (head, tail) = (&dsn[..slash], &dsn[slash + 1..]);
+    let (dbname, query) = match tail.split_once('?') {
+        Some((dbname, query)) => (dbname, Some(query)),
+        None => (tail, None),
     };
-    let slash = before_query
-        .rfind('/')
-        .ok_or("a Go MySQL DSN needs /dbname")?;
-    let (head, dbname) = (&before_query[..slash], &before_query[slash + 1..]);
     let (userinfo, address) = match head.rfind('@') {
         Some(at) => (Some(&head[..at]), &head[at + 1..]),
         None => (None, head),
@@ -186,7 +186,13 @@ pub fn go_mysql_dsn_to_url(dsn: &str) -> Result<String, String> {
         Some(open) if address.ends_with(')') => {
             (&address[..open], &address[open + 1..address.len() - 1])
         }
-        Some(_) => return Err(format!("malformed address {address:?} in the DSN")),
+        Some(_) => {
+            return Err(
+                "malformed address in the DSN: net(addr) must end with ')' just before the '/' \
+                 of the database name"
+                    .into(),
+            );
+        }
         None if address.is_empty() => ("tcp", ""),
         None => (address, ""),
     };
@@ -198,7 +204,13 @@ pub fn go_mysql_dsn_to_url(dsn: &str) -> Result<String, String> {
             params.push(("socket".into(), addr.to_owned()));
             "localhost".to_owned()
         }
-        other => return Err(format!("network {other:?} in the DSN is not supported")),
+        _ => {
+            return Err(
+                "the network in the DSN (before the address, after the '@') is not supported: use \
+                 tcp(host:port) or unix(/path/to/socket)"
+                    .into(),
+            );
+        }
     };
     for pair in query
         .unwrap_or_default()
@@ -358,7 +370,74 @@ mod tests {
         );
     }
 
+    /// The query was split off at the DSN's last `?` rather than at the first `?` after its
+    /// last `/`: a `?` in the password made `root:a/b?c@tcp(db:3306)/mall`, valid in Go, fail
+    /// with an error quoting `root:a`, and a `?` in a parameter value moved the parameters into
+    /// the database name.
+    #[test]
+    fn the_query_starts_at_the_first_question_mark_after_the_last_slash() {
+        for (dsn, url) in [
+            (
+                "root:a/b?c@tcp(db:3306)/mall",
+                "mysql://root:a%2Fb%3Fc@db:3306/mall",
+            ),
+            ("u:a(b/c?d@tcp(h)/db", "mysql://u:a%28b%2Fc%3Fd@h:3306/db"),
+            (
+                "u:p@tcp(h)/db?charset=utf8&x=a?b",
+                "mysql://u:p@h:3306/db?charset=utf8",
+            ),
+            ("u:?@/db?", "mysql://u:%3F@127.0.0.1:3306/db"),
+        ] {
+            assert_eq!(go_mysql_dsn_to_url(dsn).as_deref(), Ok(url), "{dsn}");
+        }
+    }
+
+    /// DSNs that fail, with the user and the password in every place a mistyped DSN can put
+    /// them. Both are made of `Ж`-words and delimiters, and no error text of ours has a `Ж`: an
+    /// error that quotes any piece of them is caught.
+    fn dsns_with_secrets(user: &str, password: &str) -> Vec<String> {
+        [
+            "{u}:{p}@tcp(h:3306)/db?charset=utf8",
+            "{u}:{p}@tcp(h:3306)",
+            "{u}:{p}/db",
+            "{u}:{p}@pipe(x)/db",
+            "{u}:{p}@tcp(h/db",
+            "{u}:{p}@tcp(h:0)/db",
+            "{u}:{p}@tcp([::1)/db",
+            "{u}:{p}tcp(h)/db",
+            "{u}:{p}@tcp({p})/db",
+            "{u}:{p}@{p}/db",
+            "{u}:{p}@unix({p})/{p}",
+            "{u}:{p}@tcp(h)/{p}?{p}",
+            "{u}:{p}@tcp(h)/db?tls={p}",
+            "{u}:{p}",
+            "{p}",
+        ]
+        .iter()
+        .map(|t| t.replace("{u}", user).replace("{p}", password))
+        .collect()
+    }
+
     proptest! {
+        #[test]
+        fn no_error_quotes_the_user_or_the_password(
+            user in "(Ж[a-z]|[@/?()#&=,%\\[\\] ]){1,6}",
+            password in "(Ж[a-z]|[@/?():#&=,%\\[\\] ]){1,10}",
+        ) {
+            for dsn in dsns_with_secrets(&user, &password) {
+                for err in [
+                    go_mysql_dsn_to_url(&dsn).err(),
+                    parse(&json!({"provider": "mysql", "connString": dsn})).err(),
+                    parse(&json!({"url": dsn})).err(),
+                ]
+                .into_iter()
+                .flatten()
+                {
+                    prop_assert!(!err.contains('Ж'), "{dsn:?}: {err}");
+                }
+            }
+        }
+
         /// Any user, password, database name and parameter value survive the translation: the
         /// URL parses, and its parts decode to what the DSN held.
         #[test]
