@@ -156,12 +156,33 @@ fn tcp_address(addr: &str) -> Result<String, String> {
     Ok(format!("{host}:{port}"))
 }
 
+/// The Rust driver's `ssl-mode` for the Go driver's `tls` parameter, so that a DSN that asks for
+/// TLS, or refuses it, is not quietly given the Rust driver's default (`PREFERRED`, which falls
+/// back to plain text). A custom TLS config name is refused: only a Go program can register one.
+fn ssl_mode(tls: &str) -> Result<&'static str, String> {
+    Ok(match tls {
+        // Go's readBool.
+        "1" | "true" | "TRUE" | "True" => "VERIFY_IDENTITY",
+        "0" | "false" | "FALSE" | "False" => "DISABLED",
+        v if v.eq_ignore_ascii_case("skip-verify") => "REQUIRED",
+        v if v.eq_ignore_ascii_case("preferred") => "PREFERRED",
+        _ => {
+            return Err(
+                "tls in the DSN names a custom TLS config, which only a Go program can register: \
+                 use tls=true, skip-verify, preferred or false, or give a mysql:// url with ssl-mode \
+                 and ssl-ca"
+                    .into(),
+            );
+        }
+    })
+}
+
 /// Translates a Go MySQL DSN, `[user[:password]@][net[(addr)]]/dbname[?param=value&…]`, into a
 /// `mysql://` URL. The user and password may hold any character (`@`, `:`, `/`, `?` included),
 /// as the Go driver reads them: the DSN's last `/` starts the database name, the first `?` after
 /// it starts the parameters, and the last `@` before it ends the password. Parameters the Rust
-/// driver also knows (`charset`, `collation`) are kept; Go-only ones (`parseTime`, `loc`,
-/// `timeout`, …) are dropped.
+/// driver also knows (`charset`, `collation`) are kept, `tls` becomes `ssl-mode`, and Go-only
+/// ones (`parseTime`, `loc`, `timeout`, …) are dropped.
 ///
 /// No error quotes the DSN: a part it names may, in a DSN mistyped, hold the user or password.
 pub fn go_mysql_dsn_to_url(dsn: &str) -> Result<String, String> {
@@ -218,10 +239,14 @@ pub fn go_mysql_dsn_to_url(dsn: &str) -> Result<String, String> {
         .filter(|p| !p.is_empty())
     {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        if matches!(key, "charset" | "collation") {
-            // Go takes a list of charsets; the first is the one wanted.
-            let value = value.split(',').next().unwrap_or_default();
-            params.push((key.to_owned(), value.to_owned()));
+        match key {
+            "charset" | "collation" => {
+                // Go takes a list of charsets; the first is the one wanted.
+                let value = value.split(',').next().unwrap_or_default();
+                params.push((key.to_owned(), value.to_owned()));
+            }
+            "tls" => params.push(("ssl-mode".into(), ssl_mode(value)?.into())),
+            _ => {}
         }
     }
     let mut url = String::from("mysql://");
@@ -389,6 +414,30 @@ mod tests {
             ("u:?@/db?", "mysql://u:%3F@127.0.0.1:3306/db"),
         ] {
             assert_eq!(go_mysql_dsn_to_url(dsn).as_deref(), Ok(url), "{dsn}");
+        }
+    }
+
+    /// Go's `tls` parameter was dropped, so the Rust driver fell back to `ssl-mode=PREFERRED`:
+    /// a DSN asking for a verified connection got one that may be plain text.
+    #[test]
+    fn go_tls_becomes_ssl_mode() {
+        for (tls, mode) in [
+            ("true", "VERIFY_IDENTITY"),
+            ("1", "VERIFY_IDENTITY"),
+            ("skip-verify", "REQUIRED"),
+            ("preferred", "PREFERRED"),
+            ("false", "DISABLED"),
+            ("0", "DISABLED"),
+        ] {
+            assert_eq!(
+                go_mysql_dsn_to_url(&format!("u:p@tcp(h)/db?charset=utf8&tls={tls}")).unwrap(),
+                format!("mysql://u:p@h:3306/db?charset=utf8&ssl-mode={mode}"),
+                "tls={tls}"
+            );
+        }
+        for custom in ["custom", "my%20config", ""] {
+            let err = go_mysql_dsn_to_url(&format!("u:p@tcp(h)/db?tls={custom}")).unwrap_err();
+            assert!(err.contains("custom TLS config"), "tls={custom}: {err}");
         }
     }
 
