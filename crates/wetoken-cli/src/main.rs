@@ -184,7 +184,7 @@ async fn open_from_registry(
         .map_err(|e| anyhow!("registry {}: node {path} is malformed: {e}", registry.url()))?;
     let mut options = DatabaseOptions::new(&node.url);
     if let Some(max_open) = node.max_open {
-        options.max_connections = max_open.max(1);
+        options.max_connections = max_open;
     }
     options.max_lifetime = node.lifetime_secs.map(std::time::Duration::from_secs);
     options.keyring = keyring;

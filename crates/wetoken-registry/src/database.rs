@@ -14,11 +14,12 @@ use serde_json::Value;
 pub struct DatabaseNode {
     /// The connection URL.
     pub url: String,
-    /// The most connections to open.
+    /// The most connections to open; never `Some(0)`: a node's 0 ("no limit" in Go) is `None`.
     pub max_open: Option<u32>,
     /// The most idle connections to keep.
     pub max_idle: Option<u32>,
-    /// How long a connection may live, in seconds.
+    /// How long a connection may live, in seconds; never `Some(0)`: a node's 0 ("forever" in Go)
+    /// is `None`.
     pub lifetime_secs: Option<u64>,
 }
 
@@ -81,11 +82,17 @@ pub fn parse(node: &Value) -> Result<DatabaseNode, String> {
         v.map(|n| u32::try_from(n).map_err(|_| format!("{key} is too large")))
             .transpose()
     };
+    // Go's database/sql reads a limit of 0 as "no limit"; here it is left unset, so the pool's
+    // default applies, rather than a pool of one connection or connections that die at once.
+    let unlimited_is_unset = |v: Option<u64>| v.filter(|n| *n > 0);
     Ok(DatabaseNode {
         url,
-        max_open: to_u32(number(&["maxOpen", "max_open"])?, "maxOpen")?,
+        max_open: to_u32(
+            unlimited_is_unset(number(&["maxOpen", "max_open"])?),
+            "maxOpen",
+        )?,
         max_idle: to_u32(number(&["maxIdle", "max_idle"])?, "maxIdle")?,
-        lifetime_secs: number(&["lifeTime", "lifetime", "life_time"])?,
+        lifetime_secs: unlimited_is_unset(number(&["lifeTime", "lifetime", "life_time"])?),
     })
 }
 
@@ -358,6 +365,25 @@ mod tests {
         ] {
             assert!(parse(&bad).is_err(), "{bad}");
         }
+    }
+
+    /// `maxOpen: 0` and `lifeTime: 0` mean "no limit" in Go's database/sql, but became a pool of
+    /// one connection and a lifetime of 0 s (each connection thrown away after one use).
+    #[test]
+    fn zero_pool_settings_mean_unset_as_in_go() {
+        for node in [
+            json!({"url": "mysql://h/d", "maxOpen": 0, "lifeTime": 0}),
+            json!({"provider": "mysql", "connString": "u@tcp(h)/d", "max_open": "0", "lifetime": "0"}),
+        ] {
+            let parsed = parse(&node).unwrap();
+            assert_eq!(
+                (parsed.max_open, parsed.lifetime_secs),
+                (None, None),
+                "{node}"
+            );
+        }
+        let parsed = parse(&json!({"url": "mysql://h/d", "maxOpen": 1, "lifeTime": 1})).unwrap();
+        assert_eq!((parsed.max_open, parsed.lifetime_secs), (Some(1), Some(1)));
     }
 
     /// The bug the `dsn` fuzz target found: the address inside `tcp(…)` was copied into the URL

@@ -94,7 +94,7 @@ impl ServerNodes {
         })?;
         let mut layer = Settings::registry_layer(&conf).merge(("database_url", node.url));
         if let Some(max_open) = node.max_open {
-            layer = layer.merge(("database_max_connections", max_open.max(1)));
+            layer = layer.merge(("database_max_connections", max_open));
         }
         if let Some(lifetime) = node.lifetime_secs {
             layer = layer.merge(("database_max_lifetime_secs", lifetime));
