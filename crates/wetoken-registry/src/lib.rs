@@ -540,6 +540,33 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// On fs://, a registration removed its file on close even after another server at the same
+    /// address had replaced it, taking that server's announcement down.
+    #[tokio::test]
+    async fn fs_close_leaves_a_file_another_server_replaced() {
+        let dir =
+            std::env::temp_dir().join(format!("wetoken-registry-replaced-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let registry = Registry::open(&format!("fs://{}", dir.display()))
+            .await
+            .unwrap();
+        let path = "/wetoken/wetoken-server/t/servers/127.0.0.1:9999";
+        let first = registry
+            .register(path, &serde_json::json!({"pid": 1, "started_at": "a"}))
+            .await
+            .unwrap();
+        let second = registry
+            .register(path, &serde_json::json!({"pid": 2, "started_at": "b"}))
+            .await
+            .unwrap();
+        first.close().await;
+        assert_eq!(registry.read_json(path).await.unwrap()["pid"], 2);
+        second.close().await;
+        assert!(!registry.exists(path).await.unwrap());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[tokio::test]
     async fn an_unreachable_zookeeper_is_named_in_the_error() {
         // Nothing listens on port 1 of the loopback.
