@@ -333,7 +333,9 @@ impl Registry {
     }
 
     /// Announces a server: an ephemeral node at `path` holding `value`; see [`Registration`].
-    /// On ZooKeeper a background task makes the node again whenever the session is lost.
+    /// On ZooKeeper a background task makes the node again whenever the session is lost; a node
+    /// another live session holds at `path` is not taken (a warning says so), and the task makes
+    /// this one once that node is gone.
     pub async fn register(&self, path: &str, value: &Value) -> Result<Registration, RegistryError> {
         let path = self.check(path)?;
         let text = serde_json::to_vec(value).map_err(|e| self.io(path, e))?;
@@ -647,23 +649,38 @@ mod tests {
         node.close().await;
         assert!(other.children(servers).await.unwrap().is_empty());
 
-        // A fresh registration replaces a node an earlier session left behind.
-        let stale = Registry::open(&url).await.unwrap();
-        let left = stale
+        // Two registrations at one address, as two replicas that both announce 127.0.0.1:9999:
+        // the second must not take the first one's node, which another live session holds.
+        // It serves unannounced, and makes its node once the first one's is gone.
+        let first_session = Registry::open(&url).await.unwrap();
+        let first = first_session
             .register(&path, &serde_json::json!({"run": 1}))
             .await
             .unwrap();
-        let (_, first) = raw.get_data(&path).await.unwrap();
+        let (_, held) = raw.get_data(&path).await.unwrap();
         let node = registry
             .register(&path, &serde_json::json!({"run": 2}))
             .await
             .unwrap();
-        assert_eq!(other.read_json(&path).await.unwrap()["run"], 2);
-        let (_, second) = raw.get_data(&path).await.unwrap();
-        assert!(second.ephemeral_owner != 0 && second.ephemeral_owner != first.ephemeral_owner);
-        // The replaced registration, closing, leaves the node that replaced it alone.
-        left.close().await;
-        assert_eq!(other.read_json(&path).await.unwrap()["run"], 2);
+        // Time for a background replacement, were there one, to show.
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let (_, still) = raw.get_data(&path).await.unwrap();
+        assert_eq!(other.read_json(&path).await.unwrap()["run"], 1);
+        assert_eq!(
+            (still.ephemeral_owner, still.czxid),
+            (held.ephemeral_owner, held.czxid)
+        );
+        first.close().await;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while other.read_json(&path).await.ok().map(|v| v["run"].clone()) != Some(2.into()) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the waiting registration did not take the address once it was free"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        let (_, taken) = raw.get_data(&path).await.unwrap();
+        assert!(taken.ephemeral_owner != 0 && taken.ephemeral_owner != held.ephemeral_owner);
         drop(node);
         // Dropped without close: the session ends and ZooKeeper removes the node.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
