@@ -33,7 +33,9 @@ pub enum RegistryError {
         /// Why.
         reason: String,
     },
-    /// The registry cannot be reached (a missing directory, an unreachable server).
+    /// The registry cannot be reached (a missing directory, an unreachable server). From
+    /// [`Registry::open`], which reads no node, it names no path: callers add the node they were
+    /// about to read.
     #[error("registry {registry} is unreachable: {cause}")]
     Unreachable {
         /// The registry.

@@ -39,7 +39,9 @@ impl ServerNodes {
             wetoken_registry::server_settings_node(platform, cluster).map_err(|e| anyhow!(e))?;
         let servers = wetoken_registry::servers_node(platform, cluster).map_err(|e| anyhow!(e))?;
         let db = wetoken_registry::database_node(platform, db_name).map_err(|e| anyhow!(e))?;
-        let registry = Registry::open(url).await?;
+        let registry = Registry::open(url)
+            .await
+            .with_context(|| format!("reading the settings node {conf}"))?;
         Ok(Self {
             registry,
             cluster: cluster.to_owned(),

@@ -205,7 +205,9 @@ async fn missing_and_malformed_nodes_are_named() {
     }
     let (ok, _, err) = run(&["start", "-r", "zk://127.0.0.1:1", "-c", "t"]);
     assert!(
-        !ok && err.contains("zk://127.0.0.1:1") && err.contains("unreachable"),
+        !ok && err.contains("zk://127.0.0.1:1")
+            && err.contains("unreachable")
+            && err.contains(CONF),
         "{err}"
     );
     let (ok, _, err) = run(&["start", "-r", "fs:///tmp"]);
