@@ -109,6 +109,28 @@ fn encode(text: &str) -> String {
     out
 }
 
+/// Decodes `%XX` escapes as Go's `url.PathUnescape` does (a `+` stays a `+`), for the DSN's
+/// database name: `my%2Ddb` is `my-db`.
+fn path_unescape(text: &str) -> Result<String, String> {
+    let malformed = || "the database name in the DSN has a malformed %-escape".to_owned();
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3).ok_or_else(malformed)?;
+            let hex = std::str::from_utf8(hex).map_err(|_| malformed())?;
+            out.push(u8::from_str_radix(hex, 16).map_err(|_| malformed())?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out)
+        .map_err(|_| "the database name in the DSN is not UTF-8 once unescaped".into())
+}
+
 /// A DSN's TCP address, `host`, `host:port` or `[ipv6]:port`, as the URL's `host:port`.
 ///
 /// It is checked, not copied: a `/`, `?`, `#`, `@` or control character in it would otherwise
@@ -267,7 +289,7 @@ pub fn go_mysql_dsn_to_url(dsn: &str) -> Result<String, String> {
     }
     url.push_str(&host);
     url.push('/');
-    url.push_str(&encode(dbname));
+    url.push_str(&encode(&path_unescape(dbname)?));
     if !params.is_empty() {
         url.push('?');
         let joined: Vec<String> = params
@@ -443,6 +465,31 @@ mod tests {
         }
     }
 
+    /// Go URL-unescapes the database name; it was copied as it was, so `my%2Ddb` named a
+    /// database called `my%2Ddb` instead of `my-db`.
+    #[test]
+    fn the_database_name_is_unescaped_as_go_does() {
+        for (dsn, url) in [
+            ("u@tcp(h)/my%2Ddb", "mysql://u@h:3306/my-db"),
+            (
+                "u@tcp(h)/a%20b+c?charset=utf8",
+                "mysql://u@h:3306/a%20b%2Bc?charset=utf8",
+            ),
+            ("u@tcp(h)/%E5%BA%93", "mysql://u@h:3306/%E5%BA%93"),
+        ] {
+            assert_eq!(go_mysql_dsn_to_url(dsn).as_deref(), Ok(url), "{dsn}");
+        }
+        for bad in [
+            "u@tcp(h)/d%zz",
+            "u@tcp(h)/d%2",
+            "u@tcp(h)/d%",
+            "u@tcp(h)/%FF",
+        ] {
+            let err = go_mysql_dsn_to_url(bad).unwrap_err();
+            assert!(err.contains("database name"), "{bad}: {err}");
+        }
+    }
+
     /// Go's `tls` parameter was dropped, so the Rust driver fell back to `ssl-mode=PREFERRED`:
     /// a DSN asking for a verified connection got one that may be plain text.
     #[test]
@@ -485,6 +532,7 @@ mod tests {
             "{u}:{p}@unix({p})/{p}",
             "{u}:{p}@tcp(h)/{p}?{p}",
             "{u}:{p}@tcp(h)/db?tls={p}",
+            "{u}:{p}@tcp(h)/d%z{p}",
             "{u}:{p}",
             "{p}",
         ]
