@@ -251,7 +251,13 @@ pub fn go_mysql_dsn_to_url(dsn: &str) -> Result<String, String> {
         "tcp" | "tcp4" | "tcp6" if addr.is_empty() => "127.0.0.1:3306".to_owned(),
         "tcp" | "tcp4" | "tcp6" => tcp_address(addr)?,
         "unix" => {
-            params.push(("socket".into(), addr.to_owned()));
+            // Go's default socket.
+            let socket = if addr.is_empty() {
+                "/tmp/mysql.sock"
+            } else {
+                addr
+            };
+            params.push(("socket".into(), socket.to_owned()));
             "localhost".to_owned()
         }
         _ => {
@@ -462,6 +468,18 @@ mod tests {
             ("u:?@/db?", "mysql://u:%3F@127.0.0.1:3306/db"),
         ] {
             assert_eq!(go_mysql_dsn_to_url(dsn).as_deref(), Ok(url), "{dsn}");
+        }
+    }
+
+    /// `unix()` or `unix` with no path means Go's default socket; it gave `socket=` (empty).
+    #[test]
+    fn unix_without_a_path_is_gos_default_socket() {
+        for dsn in ["u:p@unix()/db", "u:p@unix/db"] {
+            assert_eq!(
+                go_mysql_dsn_to_url(dsn).as_deref(),
+                Ok("mysql://u:p@localhost/db?socket=%2Ftmp%2Fmysql.sock"),
+                "{dsn}"
+            );
         }
     }
 
