@@ -143,45 +143,7 @@ fn tcp_address(addr: &str) -> Result<String, String> {
          host of letters, digits, '.', '-' or '_'"
             .to_owned()
     };
-    let (host, port) = match addr.strip_prefix('[') {
-        Some(rest) => {
-            let (v6, after) = rest.split_once(']').ok_or_else(malformed)?;
-            let ok = !v6.is_empty()
-                && v6
-                    .bytes()
-                    .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.');
-            if !ok {
-                return Err(malformed());
-            }
-            let port = match after {
-                "" => None,
-                p => Some(p.strip_prefix(':').ok_or_else(malformed)?),
-            };
-            (format!("[{v6}]"), port)
-        }
-        None => {
-            let (host, port) = match addr.rsplit_once(':') {
-                Some((host, port)) => (host, Some(port)),
-                None => (addr, None),
-            };
-            let ok = !host.is_empty()
-                && host
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'));
-            if !ok {
-                return Err(malformed());
-            }
-            (host.to_owned(), port)
-        }
-    };
-    let port = match port {
-        None => 3306,
-        Some(p) => p
-            .parse::<u16>()
-            .ok()
-            .filter(|p| *p > 0)
-            .ok_or_else(malformed)?,
-    };
+    let (host, port) = crate::host_port(addr, 3306).ok_or_else(malformed)?;
     Ok(format!("{host}:{port}"))
 }
 

@@ -5,7 +5,8 @@
 //! This crate reads and writes such nodes, selected by URL:
 //!
 //! - `fs://<dir>`: each node is a file under `<dir>` at the node's path. Nothing to install.
-//! - `zk://host[:port][,host[:port]…][/chroot]`: Apache ZooKeeper (port 2181 when none is given).
+//! - `zk://host[:port][,host[:port]…][/chroot]`: Apache ZooKeeper (port 2181 when none is given;
+//!   an IPv6 host in brackets, `[::1]:2181`).
 //!   Each node's data is its JSON text.
 //!
 //! Besides reading and writing nodes, a server announces itself with [`Registry::register`]: an
@@ -88,6 +89,43 @@ fn segment(what: &str, value: &str) -> Result<(), String> {
             "{what} {value:?} must be letters, digits, '_', '-' or '.'"
         ))
     }
+}
+
+/// Splits `host`, `host:port`, `[ipv6]` or `[ipv6]:port` into the host (an IPv6 address keeps
+/// its brackets) and the port, `default` when none is given. `None` for anything else: a host
+/// of other than letters, digits, '.', '-' and '_'; an IPv6 address without brackets or of other
+/// than hex digits, ':' and '.'; a port that is not 1 to 65535.
+fn host_port(text: &str, default: u16) -> Option<(&str, u16)> {
+    let (host, port) = match text.strip_prefix('[') {
+        Some(rest) => {
+            let (address, after) = rest.split_once(']')?;
+            let ok = !address.is_empty()
+                && address
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.'));
+            let port = match after {
+                "" => None,
+                after => Some(after.strip_prefix(':')?),
+            };
+            (ok.then_some(&text[..address.len() + 2])?, port)
+        }
+        None => {
+            let (host, port) = match text.split_once(':') {
+                Some((host, port)) => (host, Some(port)),
+                None => (text, None),
+            };
+            let ok = !host.is_empty()
+                && host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'));
+            (ok.then_some(host)?, port)
+        }
+    };
+    let port = match port {
+        None => default,
+        Some(port) => port.parse::<u16>().ok().filter(|p| *p > 0)?,
+    };
+    Some((host, port))
 }
 
 /// The path of a platform's database node, `/<platform>/var/db/<name>`.

@@ -56,22 +56,16 @@ fn parse(url: &str, rest: &str) -> Result<Target, RegistryError> {
     }
     let mut list = Vec::new();
     for host in hosts.split(',') {
-        let (name, port) = match host.rsplit_once(':') {
-            Some((name, port)) if !name.ends_with(']') || host.starts_with('[') => {
-                let port: u16 = port
-                    .parse()
-                    .map_err(|_| bad(format!("{host:?}: the port must be a number")))?;
-                (name, port)
-            }
-            _ => (host, 2181),
-        };
-        if name.is_empty()
-            || !name.bytes().all(|b| {
-                b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b'[' | b']' | b':')
-            })
-        {
-            return Err(bad(format!("{host:?} is not a host[:port]")));
+        if !host.starts_with('[') && host.matches(':').count() > 1 {
+            return Err(bad(format!(
+                "{host:?}: an IPv6 address goes in brackets, as [::1] or [::1]:2181"
+            )));
         }
+        let (name, port) = crate::host_port(host, 2181).ok_or_else(|| {
+            bad(format!(
+                "{host:?} is not host[:port] or [ipv6][:port] with a port from 1 to 65535"
+            ))
+        })?;
         list.push(format!("{name}:{port}"));
     }
     if !chroot.is_empty()
@@ -474,6 +468,15 @@ mod tests {
         assert_eq!(t.chroot, "/x/y");
         assert_eq!(t.session_timeout.as_millis(), 2000);
         assert_eq!(parse("u", "127.0.0.1:2181/").unwrap().chroot, "");
+        // IPv6: in brackets, with or without a port.
+        assert_eq!(parse("u", "[::1]").unwrap().hosts, "[::1]:2181");
+        let t = parse("u", "[::1]:2182,[fe80::1],h/x").unwrap();
+        assert_eq!(
+            (t.hosts.as_str(), t.chroot.as_str()),
+            ("[::1]:2182,[fe80::1]:2181,h:2181", "/x")
+        );
+        let err = parse("zk://::1", "::1").err().unwrap().to_string();
+        assert!(err.contains("brackets"), "{err}");
         for bad in [
             "",
             "/chroot",
@@ -484,6 +487,15 @@ mod tests {
             "a/../y",
             "a?session_timeout_ms=0",
             "a?foo=1",
+            "::1",
+            "::1:2181",
+            "[::1",
+            "[::1]x",
+            "[::1]:",
+            "[]",
+            "[h]",
+            "a:0",
+            "a:",
         ] {
             let err = parse("zk://bad", bad)
                 .err()
