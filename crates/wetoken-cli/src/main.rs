@@ -206,14 +206,16 @@ async fn open_from_registry(
     db_name: &str,
     keyring: Option<std::sync::Arc<wetoken_core::Keyring>>,
 ) -> anyhow::Result<Store> {
-    let registry = wetoken_registry::Registry::open(registry).await?;
     let path = wetoken_registry::database_node(platform, db_name).map_err(|e| anyhow!(e))?;
+    let registry = wetoken_registry::Registry::open(registry)
+        .await
+        .with_context(|| format!("reading the database node {path}"))?;
     let node = registry.read_json(&path).await?;
     let node = wetoken_registry::database::parse(&node)
         .map_err(|e| anyhow!("registry {}: node {path} is malformed: {e}", registry.url()))?;
     let mut options = DatabaseOptions::new(&node.url);
     if let Some(max_open) = node.max_open {
-        options.max_connections = max_open.max(1);
+        options.max_connections = max_open;
     }
     options.max_lifetime = node.lifetime_secs.map(std::time::Duration::from_secs);
     options.keyring = keyring;

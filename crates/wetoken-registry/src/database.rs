@@ -14,11 +14,12 @@ use serde_json::Value;
 pub struct DatabaseNode {
     /// The connection URL.
     pub url: String,
-    /// The most connections to open.
+    /// The most connections to open; never `Some(0)`: a node's 0 ("no limit" in Go) is `None`.
     pub max_open: Option<u32>,
     /// The most idle connections to keep.
     pub max_idle: Option<u32>,
-    /// How long a connection may live, in seconds.
+    /// How long a connection may live, in seconds; never `Some(0)`: a node's 0 ("forever" in Go)
+    /// is `None`.
     pub lifetime_secs: Option<u64>,
 }
 
@@ -81,11 +82,17 @@ pub fn parse(node: &Value) -> Result<DatabaseNode, String> {
         v.map(|n| u32::try_from(n).map_err(|_| format!("{key} is too large")))
             .transpose()
     };
+    // Go's database/sql reads a limit of 0 as "no limit"; here it is left unset, so the pool's
+    // default applies, rather than a pool of one connection or connections that die at once.
+    let unlimited_is_unset = |v: Option<u64>| v.filter(|n| *n > 0);
     Ok(DatabaseNode {
         url,
-        max_open: to_u32(number(&["maxOpen", "max_open"])?, "maxOpen")?,
+        max_open: to_u32(
+            unlimited_is_unset(number(&["maxOpen", "max_open"])?),
+            "maxOpen",
+        )?,
         max_idle: to_u32(number(&["maxIdle", "max_idle"])?, "maxIdle")?,
-        lifetime_secs: number(&["lifeTime", "lifetime", "life_time"])?,
+        lifetime_secs: unlimited_is_unset(number(&["lifeTime", "lifetime", "life_time"])?),
     })
 }
 
@@ -102,75 +109,80 @@ fn encode(text: &str) -> String {
     out
 }
 
+/// Decodes `%XX` escapes as Go's `url.PathUnescape` does (a `+` stays a `+`), for the DSN's
+/// database name: `my%2Ddb` is `my-db`.
+fn path_unescape(text: &str) -> Result<String, String> {
+    let malformed = || "the database name in the DSN has a malformed %-escape".to_owned();
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3).ok_or_else(malformed)?;
+            let hex = std::str::from_utf8(hex).map_err(|_| malformed())?;
+            out.push(u8::from_str_radix(hex, 16).map_err(|_| malformed())?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out)
+        .map_err(|_| "the database name in the DSN is not UTF-8 once unescaped".into())
+}
+
 /// A DSN's TCP address, `host`, `host:port` or `[ipv6]:port`, as the URL's `host:port`.
 ///
 /// It is checked, not copied: a `/`, `?`, `#`, `@` or control character in it would otherwise
 /// end the URL's authority early and move the database name into the query or the path (found
-/// by the `dsn` fuzz target).
+/// by the `dsn` fuzz target). The error does not quote the address: in a DSN whose `@` is missing
+/// or misplaced, what is read as the address may be the password.
 fn tcp_address(addr: &str) -> Result<String, String> {
     let malformed = || {
-        format!(
-            "malformed address {addr:?} in the DSN: expected host, host:port or [ipv6]:port, the \
-             host of letters, digits, '.', '-' or '_'"
-        )
+        "malformed address in the DSN's tcp(…): expected host, host:port or [ipv6]:port, the \
+         host of letters, digits, '.', '-' or '_'"
+            .to_owned()
     };
-    let (host, port) = match addr.strip_prefix('[') {
-        Some(rest) => {
-            let (v6, after) = rest.split_once(']').ok_or_else(malformed)?;
-            let ok = !v6.is_empty()
-                && v6
-                    .bytes()
-                    .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.');
-            if !ok {
-                return Err(malformed());
-            }
-            let port = match after {
-                "" => None,
-                p => Some(p.strip_prefix(':').ok_or_else(malformed)?),
-            };
-            (format!("[{v6}]"), port)
-        }
-        None => {
-            let (host, port) = match addr.rsplit_once(':') {
-                Some((host, port)) => (host, Some(port)),
-                None => (addr, None),
-            };
-            let ok = !host.is_empty()
-                && host
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'));
-            if !ok {
-                return Err(malformed());
-            }
-            (host.to_owned(), port)
-        }
-    };
-    let port = match port {
-        None => 3306,
-        Some(p) => p
-            .parse::<u16>()
-            .ok()
-            .filter(|p| *p > 0)
-            .ok_or_else(malformed)?,
-    };
+    let (host, port) = crate::host_port(addr, 3306).ok_or_else(malformed)?;
     Ok(format!("{host}:{port}"))
 }
 
+/// The Rust driver's `ssl-mode` for the Go driver's `tls` parameter, so that a DSN that asks for
+/// TLS, or refuses it, is not quietly given the Rust driver's default (`PREFERRED`, which falls
+/// back to plain text). A custom TLS config name is refused: only a Go program can register one.
+fn ssl_mode(tls: &str) -> Result<&'static str, String> {
+    Ok(match tls {
+        // Go's readBool.
+        "1" | "true" | "TRUE" | "True" => "VERIFY_IDENTITY",
+        "0" | "false" | "FALSE" | "False" => "DISABLED",
+        v if v.eq_ignore_ascii_case("skip-verify") => "REQUIRED",
+        v if v.eq_ignore_ascii_case("preferred") => "PREFERRED",
+        _ => {
+            return Err(
+                "tls in the DSN names a custom TLS config, which only a Go program can register: \
+                 use tls=true, skip-verify, preferred or false, or give a mysql:// url with ssl-mode \
+                 and ssl-ca"
+                    .into(),
+            );
+        }
+    })
+}
+
 /// Translates a Go MySQL DSN, `[user[:password]@][net[(addr)]]/dbname[?param=value&…]`, into a
-/// `mysql://` URL. The user and password may hold any character (`@`, `:`, `/` included): the
-/// DSN's last `/` starts the database name and the last `@` before it ends the password, as the
-/// Go driver reads it. Parameters the Rust driver also knows (`charset`, `collation`) are kept;
-/// Go-only ones (`parseTime`, `loc`, `timeout`, …) are dropped.
+/// `mysql://` URL. The user and password may hold any character (`@`, `:`, `/`, `?` included),
+/// as the Go driver reads them: the DSN's last `/` starts the database name, the first `?` after
+/// it starts the parameters, and the last `@` before it ends the password. Parameters the Rust
+/// driver also knows (`charset`, `collation`) are kept, `tls` becomes `ssl-mode`, and Go-only
+/// ones (`parseTime`, `loc`, `timeout`, …) are dropped.
+///
+/// No error quotes the DSN: a part it names may, in a DSN mistyped, hold the user or password.
 pub fn go_mysql_dsn_to_url(dsn: &str) -> Result<String, String> {
-    let (before_query, query) = match dsn.rfind('?') {
-        // A '?' belongs to the query only if it comes after the database's '/'.
-        Some(q) if dsn[..q].rfind('/').is_some() => (&dsn[..q], Some(&dsn[q + 1..])),
-        _ => (dsn, None),
+    let slash = dsn.rfind('/').ok_or("a Go MySQL DSN needs /dbname")?;
+    let (head, tail) = (&dsn[..slash], &dsn[slash + 1..]);
+    let (dbname, query) = match tail.split_once('?') {
+        Some((dbname, query)) => (dbname, Some(query)),
+        None => (tail, None),
     };
-    let slash = before_query
-        .rfind('/')
-        .ok_or("a Go MySQL DSN needs /dbname")?;
-    let (head, dbname) = (&before_query[..slash], &before_query[slash + 1..]);
     let (userinfo, address) = match head.rfind('@') {
         Some(at) => (Some(&head[..at]), &head[at + 1..]),
         None => (None, head),
@@ -186,7 +198,13 @@ pub fn go_mysql_dsn_to_url(dsn: &str) -> Result<String, String> {
         Some(open) if address.ends_with(')') => {
             (&address[..open], &address[open + 1..address.len() - 1])
         }
-        Some(_) => return Err(format!("malformed address {address:?} in the DSN")),
+        Some(_) => {
+            return Err(
+                "malformed address in the DSN: net(addr) must end with ')' just before the '/' \
+                 of the database name"
+                    .into(),
+            );
+        }
         None if address.is_empty() => ("tcp", ""),
         None => (address, ""),
     };
@@ -195,10 +213,22 @@ pub fn go_mysql_dsn_to_url(dsn: &str) -> Result<String, String> {
         "tcp" | "tcp4" | "tcp6" if addr.is_empty() => "127.0.0.1:3306".to_owned(),
         "tcp" | "tcp4" | "tcp6" => tcp_address(addr)?,
         "unix" => {
-            params.push(("socket".into(), addr.to_owned()));
+            // Go's default socket.
+            let socket = if addr.is_empty() {
+                "/tmp/mysql.sock"
+            } else {
+                addr
+            };
+            params.push(("socket".into(), socket.to_owned()));
             "localhost".to_owned()
         }
-        other => return Err(format!("network {other:?} in the DSN is not supported")),
+        _ => {
+            return Err(
+                "the network in the DSN (before the address, after the '@') is not supported: use \
+                 tcp(host:port) or unix(/path/to/socket)"
+                    .into(),
+            );
+        }
     };
     for pair in query
         .unwrap_or_default()
@@ -206,10 +236,14 @@ pub fn go_mysql_dsn_to_url(dsn: &str) -> Result<String, String> {
         .filter(|p| !p.is_empty())
     {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        if matches!(key, "charset" | "collation") {
-            // Go takes a list of charsets; the first is the one wanted.
-            let value = value.split(',').next().unwrap_or_default();
-            params.push((key.to_owned(), value.to_owned()));
+        match key {
+            "charset" | "collation" => {
+                // Go takes a list of charsets; the first is the one wanted.
+                let value = value.split(',').next().unwrap_or_default();
+                params.push((key.to_owned(), value.to_owned()));
+            }
+            "tls" => params.push(("ssl-mode".into(), ssl_mode(value)?.into())),
+            _ => {}
         }
     }
     let mut url = String::from("mysql://");
@@ -223,7 +257,7 @@ pub fn go_mysql_dsn_to_url(dsn: &str) -> Result<String, String> {
     }
     url.push_str(&host);
     url.push('/');
-    url.push_str(&encode(dbname));
+    url.push_str(&encode(&path_unescape(dbname)?));
     if !params.is_empty() {
         url.push('?');
         let joined: Vec<String> = params
@@ -323,6 +357,25 @@ mod tests {
         }
     }
 
+    /// `maxOpen: 0` and `lifeTime: 0` mean "no limit" in Go's database/sql, but became a pool of
+    /// one connection and a lifetime of 0 s (each connection thrown away after one use).
+    #[test]
+    fn zero_pool_settings_mean_unset_as_in_go() {
+        for node in [
+            json!({"url": "mysql://h/d", "maxOpen": 0, "lifeTime": 0}),
+            json!({"provider": "mysql", "connString": "u@tcp(h)/d", "max_open": "0", "lifetime": "0"}),
+        ] {
+            let parsed = parse(&node).unwrap();
+            assert_eq!(
+                (parsed.max_open, parsed.lifetime_secs),
+                (None, None),
+                "{node}"
+            );
+        }
+        let parsed = parse(&json!({"url": "mysql://h/d", "maxOpen": 1, "lifeTime": 1})).unwrap();
+        assert_eq!((parsed.max_open, parsed.lifetime_secs), (Some(1), Some(1)));
+    }
+
     /// The bug the `dsn` fuzz target found: the address inside `tcp(…)` was copied into the URL
     /// as it was, so `tcp(h?x)/db` became `mysql://h?x:3306/db`, whose host is `h` and whose
     /// database name sits in the query; a `/`, `#` or NUL broke the URL likewise.
@@ -358,7 +411,136 @@ mod tests {
         );
     }
 
+    /// The query was split off at the DSN's last `?` rather than at the first `?` after its
+    /// last `/`: a `?` in the password made `root:a/b?c@tcp(db:3306)/mall`, valid in Go, fail
+    /// with an error quoting `root:a`, and a `?` in a parameter value moved the parameters into
+    /// the database name.
+    #[test]
+    fn the_query_starts_at_the_first_question_mark_after_the_last_slash() {
+        for (dsn, url) in [
+            (
+                "root:a/b?c@tcp(db:3306)/mall",
+                "mysql://root:a%2Fb%3Fc@db:3306/mall",
+            ),
+            ("u:a(b/c?d@tcp(h)/db", "mysql://u:a%28b%2Fc%3Fd@h:3306/db"),
+            (
+                "u:p@tcp(h)/db?charset=utf8&x=a?b",
+                "mysql://u:p@h:3306/db?charset=utf8",
+            ),
+            ("u:?@/db?", "mysql://u:%3F@127.0.0.1:3306/db"),
+        ] {
+            assert_eq!(go_mysql_dsn_to_url(dsn).as_deref(), Ok(url), "{dsn}");
+        }
+    }
+
+    /// `unix()` or `unix` with no path means Go's default socket; it gave `socket=` (empty).
+    #[test]
+    fn unix_without_a_path_is_gos_default_socket() {
+        for dsn in ["u:p@unix()/db", "u:p@unix/db"] {
+            assert_eq!(
+                go_mysql_dsn_to_url(dsn).as_deref(),
+                Ok("mysql://u:p@localhost/db?socket=%2Ftmp%2Fmysql.sock"),
+                "{dsn}"
+            );
+        }
+    }
+
+    /// Go URL-unescapes the database name; it was copied as it was, so `my%2Ddb` named a
+    /// database called `my%2Ddb` instead of `my-db`.
+    #[test]
+    fn the_database_name_is_unescaped_as_go_does() {
+        for (dsn, url) in [
+            ("u@tcp(h)/my%2Ddb", "mysql://u@h:3306/my-db"),
+            (
+                "u@tcp(h)/a%20b+c?charset=utf8",
+                "mysql://u@h:3306/a%20b%2Bc?charset=utf8",
+            ),
+            ("u@tcp(h)/%E5%BA%93", "mysql://u@h:3306/%E5%BA%93"),
+        ] {
+            assert_eq!(go_mysql_dsn_to_url(dsn).as_deref(), Ok(url), "{dsn}");
+        }
+        for bad in [
+            "u@tcp(h)/d%zz",
+            "u@tcp(h)/d%2",
+            "u@tcp(h)/d%",
+            "u@tcp(h)/%FF",
+        ] {
+            let err = go_mysql_dsn_to_url(bad).unwrap_err();
+            assert!(err.contains("database name"), "{bad}: {err}");
+        }
+    }
+
+    /// Go's `tls` parameter was dropped, so the Rust driver fell back to `ssl-mode=PREFERRED`:
+    /// a DSN asking for a verified connection got one that may be plain text.
+    #[test]
+    fn go_tls_becomes_ssl_mode() {
+        for (tls, mode) in [
+            ("true", "VERIFY_IDENTITY"),
+            ("1", "VERIFY_IDENTITY"),
+            ("skip-verify", "REQUIRED"),
+            ("preferred", "PREFERRED"),
+            ("false", "DISABLED"),
+            ("0", "DISABLED"),
+        ] {
+            assert_eq!(
+                go_mysql_dsn_to_url(&format!("u:p@tcp(h)/db?charset=utf8&tls={tls}")).unwrap(),
+                format!("mysql://u:p@h:3306/db?charset=utf8&ssl-mode={mode}"),
+                "tls={tls}"
+            );
+        }
+        for custom in ["custom", "my%20config", ""] {
+            let err = go_mysql_dsn_to_url(&format!("u:p@tcp(h)/db?tls={custom}")).unwrap_err();
+            assert!(err.contains("custom TLS config"), "tls={custom}: {err}");
+        }
+    }
+
+    /// DSNs that fail, with the user and the password in every place a mistyped DSN can put
+    /// them. Both are made of `Ж`-words and delimiters, and no error text of ours has a `Ж`: an
+    /// error that quotes any piece of them is caught.
+    fn dsns_with_secrets(user: &str, password: &str) -> Vec<String> {
+        [
+            "{u}:{p}@tcp(h:3306)/db?charset=utf8",
+            "{u}:{p}@tcp(h:3306)",
+            "{u}:{p}/db",
+            "{u}:{p}@pipe(x)/db",
+            "{u}:{p}@tcp(h/db",
+            "{u}:{p}@tcp(h:0)/db",
+            "{u}:{p}@tcp([::1)/db",
+            "{u}:{p}tcp(h)/db",
+            "{u}:{p}@tcp({p})/db",
+            "{u}:{p}@{p}/db",
+            "{u}:{p}@unix({p})/{p}",
+            "{u}:{p}@tcp(h)/{p}?{p}",
+            "{u}:{p}@tcp(h)/db?tls={p}",
+            "{u}:{p}@tcp(h)/d%z{p}",
+            "{u}:{p}",
+            "{p}",
+        ]
+        .iter()
+        .map(|t| t.replace("{u}", user).replace("{p}", password))
+        .collect()
+    }
+
     proptest! {
+        #[test]
+        fn no_error_quotes_the_user_or_the_password(
+            user in "(Ж[a-z]|[@/?()#&=,%\\[\\] ]){1,6}",
+            password in "(Ж[a-z]|[@/?():#&=,%\\[\\] ]){1,10}",
+        ) {
+            for dsn in dsns_with_secrets(&user, &password) {
+                for err in [
+                    go_mysql_dsn_to_url(&dsn).err(),
+                    parse(&json!({"provider": "mysql", "connString": dsn})).err(),
+                    parse(&json!({"url": dsn})).err(),
+                ]
+                .into_iter()
+                .flatten()
+                {
+                    prop_assert!(!err.contains('Ж'), "{dsn:?}: {err}");
+                }
+            }
+        }
+
         /// Any user, password, database name and parameter value survive the translation: the
         /// URL parses, and its parts decode to what the DSN held.
         #[test]

@@ -93,6 +93,7 @@ impl FsRegistry {
         Ok(FsRegistration {
             path: path.to_owned(),
             file: Some(self.file(path)),
+            bytes: bytes.to_vec(),
         })
     }
 }
@@ -105,10 +106,13 @@ fn partial_name(file: &Path) -> PathBuf {
     file.with_file_name(format!(".{name}.{}.partial", std::process::id()))
 }
 
-/// An announcement on `fs://`: a file removed on close or drop.
+/// An announcement on `fs://`: a file removed on close or drop, unless another server has
+/// announced itself at the same path since (its file then holds other bytes).
 pub(crate) struct FsRegistration {
     path: String,
     file: Option<PathBuf>,
+    /// What this registration wrote: the server's pid and start time make it its own.
+    bytes: Vec<u8>,
 }
 
 impl FsRegistration {
@@ -121,8 +125,25 @@ impl FsRegistration {
     }
 
     fn remove(&mut self) {
-        if let Some(file) = self.file.take()
-            && let Err(e) = std::fs::remove_file(&file)
+        let Some(file) = self.file.take() else {
+            return;
+        };
+        // Another server at the same address may have replaced the file: leave its file alone.
+        // (A replacement between this read and the removal is not caught; a file system offers
+        // no compare-and-delete.)
+        match std::fs::read(&file) {
+            Ok(bytes) if bytes == self.bytes => {}
+            Ok(_) => {
+                tracing::info!(path = %self.path, "the registry node is another server's now; leaving it");
+                return;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Err(e) => {
+                tracing::warn!(path = %self.path, error = %e, "could not read the server's registry node");
+                return;
+            }
+        }
+        if let Err(e) = std::fs::remove_file(&file)
             && e.kind() != std::io::ErrorKind::NotFound
         {
             tracing::warn!(path = %self.path, error = %e, "could not remove the server's registry node");

@@ -5,7 +5,8 @@
 //! This crate reads and writes such nodes, selected by URL:
 //!
 //! - `fs://<dir>`: each node is a file under `<dir>` at the node's path. Nothing to install.
-//! - `zk://host[:port][,host[:port]…][/chroot]`: Apache ZooKeeper (port 2181 when none is given).
+//! - `zk://host[:port][,host[:port]…][/chroot]`: Apache ZooKeeper (port 2181 when none is given;
+//!   an IPv6 host in brackets, `[::1]:2181`).
 //!   Each node's data is its JSON text.
 //!
 //! Besides reading and writing nodes, a server announces itself with [`Registry::register`]: an
@@ -33,7 +34,9 @@ pub enum RegistryError {
         /// Why.
         reason: String,
     },
-    /// The registry cannot be reached (a missing directory, an unreachable server).
+    /// The registry cannot be reached (a missing directory, an unreachable server). From
+    /// [`Registry::open`], which reads no node, it names no path: callers add the node they were
+    /// about to read.
     #[error("registry {registry} is unreachable: {cause}")]
     Unreachable {
         /// The registry.
@@ -86,6 +89,43 @@ fn segment(what: &str, value: &str) -> Result<(), String> {
             "{what} {value:?} must be letters, digits, '_', '-' or '.'"
         ))
     }
+}
+
+/// Splits `host`, `host:port`, `[ipv6]` or `[ipv6]:port` into the host (an IPv6 address keeps
+/// its brackets) and the port, `default` when none is given. `None` for anything else: a host
+/// of other than letters, digits, '.', '-' and '_'; an IPv6 address without brackets or of other
+/// than hex digits, ':' and '.'; a port that is not 1 to 65535.
+fn host_port(text: &str, default: u16) -> Option<(&str, u16)> {
+    let (host, port) = match text.strip_prefix('[') {
+        Some(rest) => {
+            let (address, after) = rest.split_once(']')?;
+            let ok = !address.is_empty()
+                && address
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.'));
+            let port = match after {
+                "" => None,
+                after => Some(after.strip_prefix(':')?),
+            };
+            (ok.then_some(&text[..address.len() + 2])?, port)
+        }
+        None => {
+            let (host, port) = match text.split_once(':') {
+                Some((host, port)) => (host, Some(port)),
+                None => (text, None),
+            };
+            let ok = !host.is_empty()
+                && host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'));
+            (ok.then_some(host)?, port)
+        }
+    };
+    let port = match port {
+        None => default,
+        Some(port) => port.parse::<u16>().ok().filter(|p| *p > 0)?,
+    };
+    Some((host, port))
 }
 
 /// The path of a platform's database node, `/<platform>/var/db/<name>`.
@@ -333,7 +373,9 @@ impl Registry {
     }
 
     /// Announces a server: an ephemeral node at `path` holding `value`; see [`Registration`].
-    /// On ZooKeeper a background task makes the node again whenever the session is lost.
+    /// On ZooKeeper a background task makes the node again whenever the session is lost; a node
+    /// another live session holds at `path` is not taken (a warning says so), and the task makes
+    /// this one once that node is gone.
     pub async fn register(&self, path: &str, value: &Value) -> Result<Registration, RegistryError> {
         let path = self.check(path)?;
         let text = serde_json::to_vec(value).map_err(|e| self.io(path, e))?;
@@ -540,6 +582,33 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// On fs://, a registration removed its file on close even after another server at the same
+    /// address had replaced it, taking that server's announcement down.
+    #[tokio::test]
+    async fn fs_close_leaves_a_file_another_server_replaced() {
+        let dir =
+            std::env::temp_dir().join(format!("wetoken-registry-replaced-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let registry = Registry::open(&format!("fs://{}", dir.display()))
+            .await
+            .unwrap();
+        let path = "/wetoken/wetoken-server/t/servers/127.0.0.1:9999";
+        let first = registry
+            .register(path, &serde_json::json!({"pid": 1, "started_at": "a"}))
+            .await
+            .unwrap();
+        let second = registry
+            .register(path, &serde_json::json!({"pid": 2, "started_at": "b"}))
+            .await
+            .unwrap();
+        first.close().await;
+        assert_eq!(registry.read_json(path).await.unwrap()["pid"], 2);
+        second.close().await;
+        assert!(!registry.exists(path).await.unwrap());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[tokio::test]
     async fn an_unreachable_zookeeper_is_named_in_the_error() {
         // Nothing listens on port 1 of the loopback.
@@ -620,23 +689,38 @@ mod tests {
         node.close().await;
         assert!(other.children(servers).await.unwrap().is_empty());
 
-        // A fresh registration replaces a node an earlier session left behind.
-        let stale = Registry::open(&url).await.unwrap();
-        let left = stale
+        // Two registrations at one address, as two replicas that both announce 127.0.0.1:9999:
+        // the second must not take the first one's node, which another live session holds.
+        // It serves unannounced, and makes its node once the first one's is gone.
+        let first_session = Registry::open(&url).await.unwrap();
+        let first = first_session
             .register(&path, &serde_json::json!({"run": 1}))
             .await
             .unwrap();
-        let (_, first) = raw.get_data(&path).await.unwrap();
+        let (_, held) = raw.get_data(&path).await.unwrap();
         let node = registry
             .register(&path, &serde_json::json!({"run": 2}))
             .await
             .unwrap();
-        assert_eq!(other.read_json(&path).await.unwrap()["run"], 2);
-        let (_, second) = raw.get_data(&path).await.unwrap();
-        assert!(second.ephemeral_owner != 0 && second.ephemeral_owner != first.ephemeral_owner);
-        // The replaced registration, closing, leaves the node that replaced it alone.
-        left.close().await;
-        assert_eq!(other.read_json(&path).await.unwrap()["run"], 2);
+        // Time for a background replacement, were there one, to show.
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let (_, still) = raw.get_data(&path).await.unwrap();
+        assert_eq!(other.read_json(&path).await.unwrap()["run"], 1);
+        assert_eq!(
+            (still.ephemeral_owner, still.czxid),
+            (held.ephemeral_owner, held.czxid)
+        );
+        first.close().await;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while other.read_json(&path).await.ok().map(|v| v["run"].clone()) != Some(2.into()) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the waiting registration did not take the address once it was free"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        let (_, taken) = raw.get_data(&path).await.unwrap();
+        assert!(taken.ephemeral_owner != 0 && taken.ephemeral_owner != held.ephemeral_owner);
         drop(node);
         // Dropped without close: the session ends and ZooKeeper removes the node.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);

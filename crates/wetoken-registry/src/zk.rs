@@ -3,6 +3,8 @@
 //! The chroot is kept by this module (every path is prefixed with it) rather than by the client,
 //! so that writing a node can create the chroot as well as the node's other parents.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
 use tokio::sync::oneshot;
@@ -54,22 +56,16 @@ fn parse(url: &str, rest: &str) -> Result<Target, RegistryError> {
     }
     let mut list = Vec::new();
     for host in hosts.split(',') {
-        let (name, port) = match host.rsplit_once(':') {
-            Some((name, port)) if !name.ends_with(']') || host.starts_with('[') => {
-                let port: u16 = port
-                    .parse()
-                    .map_err(|_| bad(format!("{host:?}: the port must be a number")))?;
-                (name, port)
-            }
-            _ => (host, 2181),
-        };
-        if name.is_empty()
-            || !name.bytes().all(|b| {
-                b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b'[' | b']' | b':')
-            })
-        {
-            return Err(bad(format!("{host:?} is not a host[:port]")));
+        if !host.starts_with('[') && host.matches(':').count() > 1 {
+            return Err(bad(format!(
+                "{host:?}: an IPv6 address goes in brackets, as [::1] or [::1]:2181"
+            )));
         }
+        let (name, port) = crate::host_port(host, 2181).ok_or_else(|| {
+            bad(format!(
+                "{host:?} is not host[:port] or [ipv6][:port] with a port from 1 to 65535"
+            ))
+        })?;
         list.push(format!("{name}:{port}"));
     }
     if !chroot.is_empty()
@@ -223,18 +219,19 @@ impl ZkRegistry {
         // whatever becomes of the registry it came from.
         let client = self.target.connect().await?;
         let full = self.target.full(path);
-        announce(&client, &full, &data)
+        let node = announce(&client, &full, &data)
             .await
             .map_err(|e| self.target.error(path, e))?;
+        let node = Node::new(&self.target, path, node);
         let (stop, stopped) = oneshot::channel();
         let task = tokio::spawn(keep(
             self.target.clone(),
             client,
             path.to_owned(),
             data,
+            node,
             stopped,
         ));
-        info!(registry = %self.target.url, path, "registered");
         Ok(ZkRegistration {
             path: path.to_owned(),
             stop: Some(stop),
@@ -243,34 +240,93 @@ impl ZkRegistry {
     }
 }
 
-/// Makes the ephemeral node at `full` for `client`'s session. A node left by an earlier session
-/// (a previous run of the same server, not yet expired) is replaced.
-async fn announce(client: &zk::Client, full: &str, data: &[u8]) -> Result<(), zk::Error> {
+/// What came of announcing.
+enum Announced {
+    /// This session holds the node.
+    Made,
+    /// Another live session holds it; the watcher fires when that node changes or goes.
+    Held {
+        owner: i64,
+        watcher: zk::OneshotWatcher,
+    },
+}
+
+/// Makes the ephemeral node at `full` for `client`'s session. A node another session holds is
+/// left alone, whoever it is: an earlier run of this server whose session has not expired yet,
+/// or another server announcing the same address. Deleting it would take a live server's node.
+async fn announce(client: &zk::Client, full: &str, data: &[u8]) -> Result<Announced, zk::Error> {
     make_parents(client, full).await?;
     for _ in 0..3 {
         match client.create(full, data, &ephemeral()).await {
-            Ok(_) => return Ok(()),
-            Err(zk::Error::NodeExists) => match client.check_stat(full).await? {
-                Some(stat) if stat.ephemeral_owner == client.session_id().0 => return Ok(()),
-                Some(stat) => {
-                    // A previous run of this server whose session has not expired yet, or
-                    // another server announcing the same address (a misconfiguration).
-                    warn!(
-                        path = full,
-                        owner = format_args!("{:#x}", stat.ephemeral_owner),
-                        "replacing a node another ZooKeeper session made at this server's address"
-                    );
-                    match client.delete(full, Some(stat.version)).await {
-                        Ok(()) | Err(zk::Error::NoNode) | Err(zk::Error::BadVersion) => {}
-                        Err(e) => return Err(e),
-                    }
+            Ok(_) => return Ok(Announced::Made),
+            Err(zk::Error::NodeExists) => match client.check_and_watch_stat(full).await? {
+                (Some(stat), _) if stat.ephemeral_owner == client.session_id().0 => {
+                    return Ok(Announced::Made);
                 }
-                None => {}
+                (Some(stat), watcher) => {
+                    return Ok(Announced::Held {
+                        owner: stat.ephemeral_owner,
+                        watcher,
+                    });
+                }
+                // Gone meanwhile: make it.
+                (None, _) => {}
             },
             Err(e) => return Err(e),
         }
     }
     Err(zk::Error::NodeExists)
+}
+
+/// How this session's node stands.
+enum Node {
+    /// This session holds it.
+    Made,
+    /// Another session holds it; the future ends when that node changes or goes.
+    Held(Pin<Box<dyn Future<Output = zk::WatchedEvent> + Send>>),
+    /// Announcing failed; try again at that time.
+    Retry(tokio::time::Instant),
+}
+
+impl Node {
+    /// Logs what came of announcing: the conflict, when another session holds the node.
+    fn new(target: &Target, path: &str, announced: Announced) -> Node {
+        match announced {
+            Announced::Made => {
+                info!(registry = %target.url, path, "registered");
+                Node::Made
+            }
+            Announced::Held { owner, watcher } => {
+                let address = path.rsplit('/').next().unwrap_or(path);
+                warn!(
+                    registry = %target.url,
+                    path,
+                    owner = format_args!("{owner:#x}"),
+                    "another live ZooKeeper session holds the node for {address}: another server \
+                     announces the same address (give each its own `advertise`), or this \
+                     server's previous run has not lost its session yet; serving unannounced \
+                     until that node is gone"
+                );
+                Node::Held(Box::pin(watcher.changed()))
+            }
+        }
+    }
+
+    fn retry(target: &Target, path: &str, e: &RegistryError) -> Node {
+        warn!(registry = %target.url, path, error = %e, "announcing failed; will retry");
+        Node::Retry(tokio::time::Instant::now() + Duration::from_secs(1))
+    }
+
+    /// Ends when it is time to announce again; never while this session holds the node.
+    async fn turn(&mut self) {
+        match self {
+            Node::Made => std::future::pending().await,
+            Node::Held(changed) => {
+                changed.as_mut().await;
+            }
+            Node::Retry(at) => tokio::time::sleep_until(*at).await,
+        }
+    }
 }
 
 /// Removes the node at `full` if this session made it; a node another session made (a server
@@ -290,11 +346,13 @@ async fn withdraw(client: &zk::Client, full: &str) -> Result<(), zk::Error> {
 /// Keeps the announcement alive: while the session lives ZooKeeper keeps the node; when the
 /// session is lost (expired after an outage longer than the session timeout), a new session is
 /// made and the node announced again, retrying with a capped backoff until it works or `stop`.
+/// While another session holds the node, its removal is watched for, and the node made then.
 async fn keep(
     target: Target,
     mut client: zk::Client,
     path: String,
     data: Vec<u8>,
+    mut node: Node,
     mut stop: oneshot::Receiver<()>,
 ) {
     let full = target.full(&path);
@@ -315,6 +373,12 @@ async fn keep(
                         _ => {}
                     }
                 }
+                () = node.turn() => {
+                    node = match announce(&client, &full, &data).await {
+                        Ok(announced) => Node::new(&target, &path, announced),
+                        Err(e) => Node::retry(&target, &path, &target.error(&path, e)),
+                    };
+                }
                 _ = &mut stop => {
                     withdraw(&client, &full).await.unwrap_or_else(|e| {
                         warn!(registry = %target.url, path, error = %e, "could not remove the server's registry node");
@@ -328,16 +392,16 @@ async fn keep(
         loop {
             let attempt = async {
                 let fresh = target.connect().await?;
-                announce(&fresh, &full, &data)
+                let announced = announce(&fresh, &full, &data)
                     .await
                     .map_err(|e| target.error(&path, e))?;
-                Ok::<_, RegistryError>(fresh)
+                Ok::<_, RegistryError>((fresh, announced))
             };
             tokio::select! {
                 result = attempt => match result {
-                    Ok(fresh) => {
+                    Ok((fresh, announced)) => {
                         client = fresh;
-                        info!(registry = %target.url, path, "registered again");
+                        node = Node::new(&target, &path, announced);
                         break;
                     }
                     Err(e) => warn!(registry = %target.url, path, error = %e, "registering again failed; will retry"),
@@ -404,6 +468,15 @@ mod tests {
         assert_eq!(t.chroot, "/x/y");
         assert_eq!(t.session_timeout.as_millis(), 2000);
         assert_eq!(parse("u", "127.0.0.1:2181/").unwrap().chroot, "");
+        // IPv6: in brackets, with or without a port.
+        assert_eq!(parse("u", "[::1]").unwrap().hosts, "[::1]:2181");
+        let t = parse("u", "[::1]:2182,[fe80::1],h/x").unwrap();
+        assert_eq!(
+            (t.hosts.as_str(), t.chroot.as_str()),
+            ("[::1]:2182,[fe80::1]:2181,h:2181", "/x")
+        );
+        let err = parse("zk://::1", "::1").err().unwrap().to_string();
+        assert!(err.contains("brackets"), "{err}");
         for bad in [
             "",
             "/chroot",
@@ -414,6 +487,15 @@ mod tests {
             "a/../y",
             "a?session_timeout_ms=0",
             "a?foo=1",
+            "::1",
+            "::1:2181",
+            "[::1",
+            "[::1]x",
+            "[::1]:",
+            "[]",
+            "[h]",
+            "a:0",
+            "a:",
         ] {
             let err = parse("zk://bad", bad)
                 .err()

@@ -211,13 +211,32 @@ fn start(args: StartArgs) -> anyhow::Result<()> {
             None => None,
         };
         drop(nodes);
-        server.serve(listener, shutdown_signal()).await?;
-        if let Some(announcement) = announcement {
-            announcement.close().await;
-        }
+        // The announcement is withdrawn as soon as the shutdown signal arrives, so that nobody
+        // is sent here while in-flight requests drain, and again (if still up) once serve
+        // returns, on success or error.
+        let announcement = std::sync::Mutex::new(announcement);
+        let shutdown = async {
+            shutdown_signal().await;
+            withdraw(&announcement).await;
+        };
+        let served = server.serve(listener, shutdown).await;
+        withdraw(&announcement).await;
+        served?;
         tracing::info!("stopped");
         Ok(())
     })
+}
+
+/// Removes the server's announcement from the registry, the first time it is called.
+async fn withdraw(announcement: &std::sync::Mutex<Option<wetoken_registry::Registration>>) {
+    let taken = announcement
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take();
+    if let Some(announcement) = taken {
+        announcement.close().await;
+        tracing::info!("withdrew the announcement");
+    }
 }
 
 fn install(args: InstallArgs) -> anyhow::Result<()> {

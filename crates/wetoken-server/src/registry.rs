@@ -39,7 +39,9 @@ impl ServerNodes {
             wetoken_registry::server_settings_node(platform, cluster).map_err(|e| anyhow!(e))?;
         let servers = wetoken_registry::servers_node(platform, cluster).map_err(|e| anyhow!(e))?;
         let db = wetoken_registry::database_node(platform, db_name).map_err(|e| anyhow!(e))?;
-        let registry = Registry::open(url).await?;
+        let registry = Registry::open(url)
+            .await
+            .with_context(|| format!("reading the settings node {conf}"))?;
         Ok(Self {
             registry,
             cluster: cluster.to_owned(),
@@ -94,7 +96,7 @@ impl ServerNodes {
         })?;
         let mut layer = Settings::registry_layer(&conf).merge(("database_url", node.url));
         if let Some(max_open) = node.max_open {
-            layer = layer.merge(("database_max_connections", max_open.max(1)));
+            layer = layer.merge(("database_max_connections", max_open));
         }
         if let Some(lifetime) = node.lifetime_secs {
             layer = layer.merge(("database_max_lifetime_secs", lifetime));

@@ -253,15 +253,22 @@ async fn install_creates_the_tables_a_registry_names_once() {
     }
 }
 
+/// Every registry error names the registry, the path and the cause; an unreachable registry's
+/// error named no path.
 #[test]
 fn an_unreachable_registry_is_a_clear_failure() {
     let (ok, _, err) = cli(&["install", "zk://127.0.0.1:1", "mall"]);
     assert!(
-        !ok && err.contains("zk://127.0.0.1:1") && err.contains("unreachable"),
+        !ok && err.contains("zk://127.0.0.1:1")
+            && err.contains("unreachable")
+            && err.contains("/mall/var/db/db"),
         "{err}"
     );
-    let (ok, _, err) = cli(&["install", "fs:///nonexistent/registry", "mall"]);
-    assert!(!ok && err.contains("/nonexistent/registry"), "{err}");
+    let (ok, _, err) = cli(&["install", "fs:///nonexistent/registry", "mall", "mdb"]);
+    assert!(
+        !ok && err.contains("/nonexistent/registry") && err.contains("/mall/var/db/mdb"),
+        "{err}"
+    );
     let (ok, _, err) = cli(&["install", "etcd://127.0.0.1", "mall"]);
     assert!(!ok && err.contains("expected fs://"), "{err}");
 }

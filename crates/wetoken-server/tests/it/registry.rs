@@ -6,7 +6,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use wetoken_mock::Endpoint;
+use wetoken_mock::{Endpoint, Fault};
 use wetoken_registry::Registry;
 
 use crate::harness::{
@@ -205,7 +205,9 @@ async fn missing_and_malformed_nodes_are_named() {
     }
     let (ok, _, err) = run(&["start", "-r", "zk://127.0.0.1:1", "-c", "t"]);
     assert!(
-        !ok && err.contains("zk://127.0.0.1:1") && err.contains("unreachable"),
+        !ok && err.contains("zk://127.0.0.1:1")
+            && err.contains("unreachable")
+            && err.contains(CONF),
         "{err}"
     );
     let (ok, _, err) = run(&["start", "-r", "fs:///tmp"]);
@@ -294,6 +296,71 @@ async fn a_lost_zookeeper_session_is_made_again() {
         "the server did not crash"
     );
     assert!(watcher.children(SERVERS).await.unwrap().is_empty());
+    mock.shutdown().await;
+    db.drop_db().await;
+}
+
+/// On SIGTERM the announcement went only after in-flight requests had drained (and not at all
+/// when serve failed), so for the whole drain the registry sent clients to a server that no
+/// longer accepted them. It must be gone while a slow request is still in flight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_announcement_goes_before_requests_drain() {
+    let db = TestDb::create(crate::harness::Backend::Sqlite)
+        .await
+        .unwrap();
+    let mock = mock_with(&["wxdrain0", "wxdrain1"]).await;
+    let http = reqwest::Client::new();
+    for (i, url) in registries("drain").into_iter().enumerate() {
+        let app = format!("wxdrain{i}");
+        let (ok, _, err) = run(&["install", "-r", &url, "-c", "t", "--database-url", &db.url]);
+        assert!(ok, "{url}: {err}");
+        let port = free_port();
+        let mut command = server_command();
+        command
+            .args(["start", "-r", &url, "-c", "t"])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--wechat-base-url", &mock.url()])
+            .env("WETOKEN_REFRESH__SCAN_INTERVAL_MS", "3600000");
+        let mut server = Replica::spawn(command, port).await;
+        let registry = Registry::open(&url).await.unwrap();
+        assert_eq!(registry.children(SERVERS).await.unwrap().len(), 1, "{url}");
+        let created = http
+            .post(format!("{}/wechat/app/create", server.url))
+            .json(&json!({"appid": app, "secret": SECRET}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(created.status(), 200, "{url}");
+
+        let fetches = mock.calls(Endpoint::Token);
+        mock.inject(Endpoint::Token, Fault::Delay(Duration::from_secs(3)), 1);
+        let in_flight = tokio::spawn({
+            let (http, url) = (
+                http.clone(),
+                format!("{}/{app}/wechat/token/get", server.url),
+            );
+            async move { http.get(url).send().await.unwrap().status() }
+        });
+        eventually(
+            "the request is in flight",
+            Duration::from_secs(10),
+            || async { mock.calls(Endpoint::Token) > fetches },
+        )
+        .await;
+        let exit = tokio::spawn(async move { server.terminate().await });
+        eventually(
+            "the announcement is withdrawn",
+            Duration::from_secs(10),
+            || async { registry.children(SERVERS).await.unwrap().is_empty() },
+        )
+        .await;
+        assert!(
+            !in_flight.is_finished(),
+            "{url}: the announcement outlived the drain"
+        );
+        assert_eq!(in_flight.await.unwrap(), 200, "{url}");
+        assert!(exit.await.unwrap().success(), "{url}");
+    }
     mock.shutdown().await;
     db.drop_db().await;
 }
