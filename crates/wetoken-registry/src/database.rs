@@ -210,8 +210,9 @@ pub fn go_mysql_dsn_to_url(dsn: &str) -> Result<String, String> {
     };
     let mut params: Vec<(String, String)> = Vec::new();
     let host = match net {
-        "tcp" | "tcp4" | "tcp6" if addr.is_empty() => "127.0.0.1:3306".to_owned(),
-        "tcp" | "tcp4" | "tcp6" => tcp_address(addr)?,
+        // `user@(host:3306)/db`: Go's driver takes a missing network for tcp.
+        "" | "tcp" | "tcp4" | "tcp6" if addr.is_empty() => "127.0.0.1:3306".to_owned(),
+        "" | "tcp" | "tcp4" | "tcp6" => tcp_address(addr)?,
         "unix" => {
             // Go's default socket.
             let socket = if addr.is_empty() {
@@ -443,6 +444,19 @@ mod tests {
                 "{dsn}"
             );
         }
+    }
+
+    /// Go's driver takes a missing network, `user@(host:port)/db`, for tcp.
+    #[test]
+    fn a_missing_network_is_tcp_as_in_go() {
+        assert_eq!(
+            go_mysql_dsn_to_url("u:p@(db:3307)/mall").as_deref(),
+            Ok("mysql://u:p@db:3307/mall")
+        );
+        assert_eq!(
+            go_mysql_dsn_to_url("u:p@()/mall").as_deref(),
+            Ok("mysql://u:p@127.0.0.1:3306/mall")
+        );
     }
 
     /// Go URL-unescapes the database name; it was copied as it was, so `my%2Ddb` named a
