@@ -80,7 +80,16 @@ enum Command {
 #[derive(Subcommand)]
 enum MigrateAction {
     /// Apply every pending migration. Running it again changes nothing.
-    Up(DatabaseArg),
+    Up {
+        /// Then encrypt the secrets still stored in plain text (rows from the Go schema, or
+        /// written without a key) under the master key, as a server with one does at start.
+        /// Only once every server runs a wetoken that reads encrypted secrets: an older one, or
+        /// the Go wetoken, would send the ciphertext to WeChat as the secret.
+        #[arg(long)]
+        encrypt_secrets: bool,
+        #[command(flatten)]
+        db: DatabaseArg,
+    },
     /// List wetoken's migrations and whether each is applied.
     Status(DatabaseArg),
 }
@@ -149,31 +158,34 @@ impl DatabaseArg {
     }
 }
 
-/// After a migration: with a master key, encrypts the secrets still stored in plain text (rows
-/// from the Go schema, or written without a key), as a server does at start; without one, says
-/// how many are plain.
-async fn report_secrets(store: &Store) -> anyhow::Result<()> {
-    if let Some(keyring) = store.keyring() {
+/// After a migration: encrypts the secrets still stored in plain text when asked to (and given
+/// the master key), else says how many there are.
+async fn report_secrets(store: &Store, encrypt: bool) -> anyhow::Result<()> {
+    if encrypt {
+        let keyring = store.keyring().ok_or_else(|| {
+            anyhow!(
+                "--encrypt-secrets needs the master key: --master-key-file, WETOKEN_MASTER_KEY \
+                 or WETOKEN_MASTER_KEY_FILE"
+            )
+        })?;
         let id = keyring.current_id().to_owned();
         let (_, encrypted) = store
             .prepare_secrets()
             .await
             .context("encrypting stored secrets")?;
-        if encrypted > 0 {
-            println!("encrypted {encrypted} stored secrets under master key id {id}");
-        }
-    } else {
-        let report = store
-            .secrets_report()
-            .await
-            .context("reading how secrets are stored")?;
-        if report.plain > 0 {
-            println!(
-                "{} secrets are stored in plain text: give a master key (--master-key-file, \
-                 WETOKEN_MASTER_KEY) to encrypt them",
-                report.plain
-            );
-        }
+        println!("encrypted {encrypted} stored secrets under master key id {id}");
+        return Ok(());
+    }
+    let report = store
+        .secrets_report()
+        .await
+        .context("reading how secrets are stored")?;
+    if report.plain > 0 {
+        println!(
+            "{} secrets are stored in plain text: once every server runs a wetoken that reads \
+             encrypted secrets, encrypt them with `migrate up --encrypt-secrets` and the master key",
+            report.plain
+        );
     }
     Ok(())
 }
@@ -238,7 +250,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Key { action } => keys::run(action).await?,
         Command::Secrets { action } => secrets::run(action).await?,
         Command::Migrate { action } => match action {
-            MigrateAction::Up(db) => {
+            MigrateAction::Up {
+                encrypt_secrets,
+                db,
+            } => {
                 let store = db.open().await?;
                 let applied = store.migrate().await.context("applying migrations")?;
                 if applied.is_empty() {
@@ -247,7 +262,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 for name in applied {
                     println!("applied {name}");
                 }
-                report_secrets(&store).await?;
+                report_secrets(&store, encrypt_secrets).await?;
             }
             MigrateAction::Status(db) => {
                 let store = db.open().await?;

@@ -159,7 +159,8 @@ impl AdminPolicy {
 /// extend to web pages that a browser on a trusted machine happens to open. Refused:
 /// - a request a browser marks as coming from another site (`Sec-Fetch-Site: cross-site` or
 ///   `same-site`), or whose `Origin` is not this server: a form or script on some page (CSRF);
-/// - a loopback caller that names this server by a domain name other than `localhost`: a page
+/// - a loopback caller that names this server by a domain name other than `localhost` or this
+///   host's own name (which a registry announcement uses): a page
 ///   whose domain was made to resolve to 127.0.0.1 (DNS rebinding), or a proxy on this host that
 ///   passes its public `Host` on, which would make every outside caller look local.
 ///
@@ -221,7 +222,12 @@ fn trusted_by_address(
             });
         let literal =
             host.starts_with('[') || host.bytes().all(|b| b.is_ascii_digit() || b == b'.');
-        if !(literal || host.eq_ignore_ascii_case("localhost")) {
+        // This host's own name is fine: a server listening on every address announces itself
+        // by it, and a rebinding page cannot take it over.
+        if !(literal
+            || host.eq_ignore_ascii_case("localhost")
+            || host.eq_ignore_ascii_case(crate::hostname()))
+        {
             return refuse("loopback callers that name this server by a domain name");
         }
     }
@@ -478,7 +484,7 @@ pub(crate) async fn handle(
     // apart in a log.
     let span = tracing::info_span!(
         "request",
-        request_id = request_id.to_str().unwrap_or_default(),
+        request_id = %request_id.to_str().unwrap_or_default(),
         path = %request.uri().path(),
     );
     let timeout = Duration::from_secs(state.http.request_timeout_secs);
@@ -529,8 +535,10 @@ pin_project_lite::pin_project! {
     struct Within<F> {
         #[pin]
         future: F,
+        // Unconstrained, as in `tokio::time::timeout`: a future that spends the task's
+        // cooperative budget must not keep its own deadline from firing.
         #[pin]
-        timer: Option<tokio::time::Sleep>,
+        timer: Option<tokio::task::Unconstrained<tokio::time::Sleep>>,
         limit: Duration,
     }
 }
@@ -552,7 +560,10 @@ impl<F: Future> Future for Within<F> {
             return Poll::Ready(Some(output));
         }
         if this.timer.is_none() {
-            this.timer.set(Some(tokio::time::sleep(*this.limit)));
+            this.timer
+                .set(Some(tokio::task::unconstrained(tokio::time::sleep(
+                    *this.limit,
+                ))));
         }
         match this.timer.as_pin_mut() {
             Some(timer) => timer.poll(cx).map(|()| None),
@@ -1340,6 +1351,9 @@ mod tests {
             let (parts, ()) = request.body(()).unwrap().into_parts();
             trusted_by_address(&parts, peer).is_ok()
         };
+        // How a server listening on every address announces itself, so how a local caller
+        // that found it in the registry names it.
+        let own_name = format!("{}:9999", crate::hostname());
         let allowed: &[(std::net::IpAddr, &[(&str, &str)])] = &[
             (loopback, &[]),
             (loopback, &[("host", "127.0.0.1:9999")]),
@@ -1347,6 +1361,7 @@ mod tests {
             (loopback, &[("host", "LOCALHOST")]),
             (loopback, &[("host", "[::1]:9999")]),
             (loopback, &[("host", "[::1]")]),
+            (loopback, &[("host", &own_name)]),
             (
                 loopback,
                 &[("host", "127.0.0.1:9999"), ("sec-fetch-site", "none")],

@@ -25,6 +25,7 @@ mod status;
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use hyper::service::service_fn;
@@ -216,25 +217,40 @@ impl Server {
                     let mut stop = stop_rx.clone();
                     tokio::spawn(async move {
                         // hyper-util reads a connection's first bytes (HTTP/1 or HTTP/2?) with
-                        // no deadline, and hyper's header timer starts only after them: a peer
-                        // that connects and sends nothing would hold its slot for good, and
-                        // `max_connections` of them would lock every caller out.
-                        let mut first = [0u8; 1];
-                        tokio::select! {
-                            sent = tokio::time::timeout(header_read, stream.peek(&mut first)) => {
-                                if !matches!(sent, Ok(Ok(1..))) {
-                                    tracing::debug!(%peer, "connection sent nothing in time; closed");
-                                    return;
-                                }
+                        // no deadline for as long as they could begin the HTTP/2 preface, and
+                        // hyper's header timer starts only once HTTP/1 is chosen: a peer that
+                        // sends nothing, or `P`, would hold its slot for good, and
+                        // `max_connections` of them would lock every caller out. So the first
+                        // request must begin within the header timeout, and a stopping server
+                        // does not wait for one.
+                        let started = Arc::new(AtomicBool::new(false));
+                        let service = {
+                            let started = started.clone();
+                            service_fn(move |request| {
+                                started.store(true, Ordering::Relaxed);
+                                http::handle(state.clone(), peer, request)
+                            })
+                        };
+                        let connection = watcher.watch(
+                            builder
+                                .serve_connection(TokioIo::new(stream), service)
+                                .into_owned(),
+                        );
+                        tokio::pin!(connection);
+                        let ended = tokio::select! {
+                            ended = &mut connection => Some(ended),
+                            () = tokio::time::sleep(header_read) => None,
+                            _ = stop.wait_for(|stopped| *stopped) => None,
+                        };
+                        let ended = match ended {
+                            Some(ended) => ended,
+                            None if started.load(Ordering::Relaxed) => connection.await,
+                            None => {
+                                tracing::debug!(%peer, "no request began in time; closed");
+                                return;
                             }
-                            _ = stop.wait_for(|stopped| *stopped) => return,
-                        }
-                        let service =
-                            service_fn(move |request| http::handle(state.clone(), peer, request));
-                        let connection = builder
-                            .serve_connection(TokioIo::new(stream), service)
-                            .into_owned();
-                        if let Err(e) = watcher.watch(connection).await {
+                        };
+                        if let Err(e) = ended {
                             tracing::debug!(error = %e, "connection ended with an error");
                         }
                         drop(permit);
@@ -259,6 +275,20 @@ impl Server {
         let _ = key_reloader.await;
         Ok(())
     }
+}
+
+/// This host's name (the kernel's, else `$HOSTNAME`, else `localhost`), read once: what a server
+/// listening on every address announces in a registry, and so a name local callers may use.
+pub fn hostname() -> &'static str {
+    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|name| name.trim().to_owned())
+            .filter(|name| !name.is_empty())
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .unwrap_or_else(|| "localhost".into())
+    })
 }
 
 /// Re-reads the consumer keys every `every` until `stop`, so keys added or revoked by

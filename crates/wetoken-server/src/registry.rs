@@ -112,7 +112,9 @@ impl ServerNodes {
     ) -> anyhow::Result<Registration> {
         let address = match &settings.advertise {
             Some(address) => address.clone(),
-            None if bound.ip().is_unspecified() => format!("{}:{}", hostname(), bound.port()),
+            None if bound.ip().is_unspecified() => {
+                format!("{}:{}", wetoken_server::hostname(), bound.port())
+            }
             None => bound.to_string(),
         };
         let ok = !address.is_empty()
@@ -210,14 +212,4 @@ fn ask_database_url() -> anyhow::Result<String> {
         }
     }
     bail!("no usable database URL given: the database node is still absent")
-}
-
-/// This host's name, for the announcement of a server listening on every address.
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|name| name.trim().to_owned())
-        .filter(|name| !name.is_empty())
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| "localhost".into())
 }

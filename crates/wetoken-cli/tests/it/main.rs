@@ -674,9 +674,9 @@ async fn secrets_rotate_key_re_encrypts_every_row_under_the_new_key() {
 }
 
 /// Rows from a plain-text schema (the Go wetoken's, or written without a key) are encrypted by
-/// the migration when it is given the master key, and counted when it is not.
+/// `migrate up --encrypt-secrets` with the master key, and counted otherwise.
 #[tokio::test]
-async fn migrate_up_encrypts_plain_secrets_when_given_the_key() {
+async fn migrate_up_encrypts_plain_secrets_when_asked() {
     use wetoken_core::{AppId, DatabaseOptions, NewApp, Secret, Store};
 
     let dir = std::env::temp_dir().join(format!("wetoken-cli-seal-{}", std::process::id()));
@@ -695,26 +695,35 @@ async fn migrate_up_encrypts_plain_secrets_when_given_the_key() {
     assert!(ok, "{err}");
     assert!(out.contains("2 secrets are stored in plain text"), "{out}");
 
+    // A key in the environment alone encrypts nothing: older servers may still be reading.
     let (_, key, _) = cli(&["secrets", "new-key"]);
     let key = key.trim().to_owned();
+    let with_key = [("WETOKEN_MASTER_KEY", key.as_str())];
+    let (ok, out, err) = cli_env(&[&["migrate", "up"][..], &db].concat(), &with_key);
+    assert!(ok, "{err}");
+    assert!(out.contains("2 secrets are stored in plain text"), "{out}");
+    // Asked to, without a key: refused.
+    let (ok, _, err) = cli_env(
+        &[&["migrate", "up", "--encrypt-secrets"][..], &db].concat(),
+        &[],
+    );
+    assert!(!ok && err.contains("needs the master key"), "{err}");
+
     let (ok, out, err) = cli_env(
-        &[&["migrate", "up"][..], &db].concat(),
-        &[("WETOKEN_MASTER_KEY", &key)],
+        &[&["migrate", "up", "--encrypt-secrets"][..], &db].concat(),
+        &with_key,
     );
     assert!(ok, "{err}");
     assert!(out.contains("encrypted 2 stored secrets"), "{out}");
-    let (ok, out, err) = cli_env(
-        &[&["secrets", "status"][..], &db].concat(),
-        &[("WETOKEN_MASTER_KEY", &key)],
-    );
+    let (ok, out, err) = cli_env(&[&["secrets", "status"][..], &db].concat(), &with_key);
     assert!(ok, "{err}");
     assert!(out.contains("plain      0"), "{out}");
     // A second run has nothing left to do.
     let (ok, out, _) = cli_env(
-        &[&["migrate", "up"][..], &db].concat(),
-        &[("WETOKEN_MASTER_KEY", &key)],
+        &[&["migrate", "up", "--encrypt-secrets"][..], &db].concat(),
+        &with_key,
     );
     assert!(ok);
-    assert!(!out.contains("encrypted"), "{out}");
+    assert!(out.contains("encrypted 0 stored secrets"), "{out}");
     let _ = std::fs::remove_dir_all(&dir);
 }

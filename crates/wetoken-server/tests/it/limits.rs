@@ -124,11 +124,14 @@ async fn silent_connections_are_closed() {
     s.http.max_connections = 2;
     let server = TestServer::start(s).await;
 
-    // Connect and send nothing, as many times as there are slots: before hyper has seen a byte
-    // its header timer has not started, so the server must close these itself.
+    // Fill the slots with a socket that sends nothing and one that sends `P`, which could begin
+    // the HTTP/2 preface: hyper's header timer has started for neither, so the server must close
+    // these itself.
     let mut silent = Vec::new();
-    for _ in 0..2 {
-        silent.push(TcpStream::connect(addr(&server)).await.unwrap());
+    for first in [&b""[..], b"P"] {
+        let mut stream = TcpStream::connect(addr(&server)).await.unwrap();
+        stream.write_all(first).await.unwrap();
+        silent.push(stream);
     }
     for stream in &mut silent {
         let (took, got) = until_closed(stream, Duration::from_secs(10)).await;
