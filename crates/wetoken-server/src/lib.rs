@@ -224,10 +224,15 @@ impl Server {
                         // request must begin within the header timeout, and a stopping server
                         // does not wait for one.
                         let started = Arc::new(AtomicBool::new(false));
+                        let first = Arc::new(tokio::sync::Notify::new());
                         let service = {
-                            let started = started.clone();
+                            let (started, first) = (started.clone(), first.clone());
                             service_fn(move |request| {
-                                started.store(true, Ordering::Relaxed);
+                                if !started.load(Ordering::Relaxed)
+                                    && !started.swap(true, Ordering::Relaxed)
+                                {
+                                    first.notify_one();
+                                }
                                 http::handle(state.clone(), peer, request)
                             })
                         };
@@ -237,8 +242,11 @@ impl Server {
                                 .into_owned(),
                         );
                         tokio::pin!(connection);
+                        // Left as soon as the first request begins, so that the connection's
+                        // later wake-ups poll it alone.
                         let ended = tokio::select! {
                             ended = &mut connection => Some(ended),
+                            () = first.notified() => None,
                             () = tokio::time::sleep(header_read) => None,
                             _ = stop.wait_for(|stopped| *stopped) => None,
                         };
