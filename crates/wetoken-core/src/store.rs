@@ -773,7 +773,20 @@ pub(crate) fn secret_context(appid: &str, column: &str) -> Vec<u8> {
 
 impl Store {
     fn app_from_row(&self, row: app_info::Model) -> Result<App, Error> {
-        let open = |column, value| self.open(&row.appid, column, value).map(Secret::new);
+        let open = |column, value: String| {
+            if self.keyring.is_some() && !is_sealed(&value) {
+                // Accepted, so that rows from before encryption keep working, but a server with
+                // the key encrypted every plain value at start: this one came later.
+                tracing::warn!(
+                    appid = row.appid,
+                    column,
+                    "stored in plain text although a master key is configured: written by a \
+                     process without the key, or changed in the database; a server start or \
+                     `wetoken-cli migrate up --encrypt-secrets` encrypts it"
+                );
+            }
+            self.open(&row.appid, column, value).map(Secret::new)
+        };
         let secret = open("secret", row.secret.clone())?;
         let token = row.token.clone().map(|v| open("token", v)).transpose()?;
         let aes_key = row

@@ -122,6 +122,30 @@ async fn default_start_creates_sqlite_serves_and_exits_cleanly_on_sigterm() {
     assert_eq!(wrong.status(), 401);
     // Stored encrypted under the master key.
     assert!(store.secrets_report().await.unwrap().plain == 0);
+    // A plain secret written behind the server's back (by this keyless store) still works, and
+    // the server says so when it reads it.
+    const PLAIN: &str = "plain-secret-written-without-the-key";
+    let update = wetoken_core::AppUpdate {
+        secret: Some(wetoken_core::Secret::new(PLAIN)),
+        ..wetoken_core::AppUpdate::default()
+    };
+    store
+        .update_app(
+            &wetoken_core::AppId::parse("wxbin").unwrap(),
+            &update,
+            chrono::Utc::now(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.secrets_report().await.unwrap().plain, 1);
+    mock.add_app("wxbin", PLAIN);
+    let refreshed = http
+        .post(format!("{base}/wechat/app/refresh"))
+        .json(&serde_json::json!({"appid": "wxbin"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refreshed.status(), 200);
 
     let killed = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -146,6 +170,14 @@ async fn default_start_creates_sqlite_serves_and_exits_cleanly_on_sigterm() {
         assert!(!log.contains(secret), "{what} reached the log:\n{log}");
     }
     assert!(log.contains("app secrets are encrypted at rest"), "{log}");
+    assert!(
+        log.contains("stored in plain text although a master key is configured"),
+        "{log}"
+    );
+    assert!(
+        !log.contains(PLAIN),
+        "the plain secret reached the log:\n{log}"
+    );
     // --log-format json: one JSON object a line; what happens in a request carries its id.
     let lines: Vec<serde_json::Value> = log
         .lines()
