@@ -387,7 +387,33 @@ impl Replica {
             .env("WETOKEN_REFRESH__LEASE_MS", "2000")
             .env("WETOKEN_REFRESH__LEASE_POLL_MS", "50")
             .envs(env.iter().copied());
-        Self::spawn(command, port).await
+        let replica = Self::spawn(command, port).await;
+        // As with TestServer: the scheduler scans once at start, and a scan still running when a
+        // test adds its apps would fetch their credentials behind the test's back.
+        let admin_key = env
+            .iter()
+            .find(|(name, _)| *name == "WETOKEN_ADMIN_KEY")
+            .map(|(_, key)| *key);
+        let http = reqwest::Client::new();
+        eventually(
+            "the replica's first scheduler scan ends",
+            Duration::from_secs(20),
+            || async {
+                let mut request = http.get(format!("{}/metrics", replica.url));
+                if let Some(key) = admin_key {
+                    request = request.bearer_auth(key);
+                }
+                let Ok(response) = request.send().await else {
+                    return false;
+                };
+                let text = response.text().await.unwrap_or_default();
+                text.lines()
+                    .filter_map(|l| l.strip_prefix("wetoken_scheduler_sweeps_total "))
+                    .any(|n| n.trim().parse::<f64>().is_ok_and(|n| n >= 1.0))
+            },
+        )
+        .await;
+        replica
     }
 
     /// Starts `command` (a `wetoken-server start …` that listens on 127.0.0.1:`port`), and
