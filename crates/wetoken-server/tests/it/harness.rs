@@ -225,14 +225,12 @@ impl TestServer {
         }));
         // The scheduler scans once at start. Let that scan end before a test adds apps, or it
         // may see them and fetch their credentials behind the test's back.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        while engine.sweeps() == 0 {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the scheduler's first scan did not end within 20 s"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        eventually(
+            "the scheduler's first scan to end",
+            Duration::from_secs(20),
+            || async { engine.sweeps() > 0 },
+        )
+        .await;
         TestServer {
             url,
             clock,
@@ -348,6 +346,16 @@ where
     }
 }
 
+/// The value of the Prometheus sample line that starts with `series` (name and labels, in
+/// order).
+pub fn sample(exposition: &str, series: &str) -> Option<f64> {
+    exposition
+        .lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
 /// A port nothing listens on right now.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -407,9 +415,7 @@ impl Replica {
                     return false;
                 };
                 let text = response.text().await.unwrap_or_default();
-                text.lines()
-                    .filter_map(|l| l.strip_prefix("wetoken_scheduler_sweeps_total "))
-                    .any(|n| n.trim().parse::<f64>().is_ok_and(|n| n >= 1.0))
+                sample(&text, "wetoken_scheduler_sweeps_total").is_some_and(|n| n >= 1.0)
             },
         )
         .await;

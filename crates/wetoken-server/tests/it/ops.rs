@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde_json::json;
 use wetoken_mock::{Endpoint, Fault};
 
-use crate::harness::{SECRET, TestDb, TestServer, mock_with, on_every_database, settings};
+use crate::harness::{SECRET, TestDb, TestServer, mock_with, on_every_database, sample, settings};
 
 on_every_database!(
     metrics_request_ids_and_probes,
@@ -22,15 +22,6 @@ fn unique_appid(prefix: &str) -> String {
 fn rand_u32() -> u32 {
     use std::hash::{BuildHasher, RandomState};
     RandomState::new().hash_one(std::time::SystemTime::now()) as u32
-}
-
-/// The value of the sample line that starts with `series` (name and labels, in order).
-fn sample(exposition: &str, series: &str) -> Option<f64> {
-    exposition
-        .lines()
-        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
 }
 
 async fn metrics_request_ids_and_probes(db: &TestDb) {
