@@ -7,6 +7,13 @@
 //! instant.
 //!
 //! Migrations that have landed are never edited: a change to the schema is a new migration.
+//! The one exception is how a migration gets to its schema, never which schema it makes: MySQL
+//! commits every DDL statement on its own, so each migration must finish when run again after
+//! being interrupted between two statements. Columns are therefore added with
+//! [`add_column_if_missing`], and tables created `IF NOT EXISTS`.
+//!
+//! A database created by the Go wetoken's own DDL (MySQL, `utf8`) is upgraded in place by the same
+//! migrations: see [`go`] and migration 000007.
 #![deny(missing_docs)]
 
 pub use sea_orm_migration::prelude::*;
@@ -17,6 +24,9 @@ mod m20261124_000003_app_kinds;
 mod m20261124_000004_call_budget;
 mod m20261125_000005_consumer_keys;
 mod m20261125_000006_secret_columns;
+mod m20261129_000007_go_takeover;
+
+pub mod go;
 
 /// Every migration of wetoken's schema, in order.
 pub struct Migrator;
@@ -31,6 +41,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261124_000004_call_budget::Migration),
             Box::new(m20261125_000005_consumer_keys::Migration),
             Box::new(m20261125_000006_secret_columns::Migration),
+            Box::new(m20261129_000007_go_takeover::Migration),
         ]
     }
 }
@@ -45,4 +56,66 @@ pub(crate) async fn count(manager: &SchemaManager<'_>, sql: &str) -> Result<i64,
         .map(|row| row.try_get_by_index::<i64>(0))
         .transpose()?
         .unwrap_or(0))
+}
+
+/// Adds `column` to `table` unless a column of that name is there already; returns whether it
+/// added it. What makes an interrupted migration finish when run again.
+pub(crate) async fn add_column_if_missing(
+    manager: &SchemaManager<'_>,
+    table: &str,
+    column: ColumnDef,
+) -> Result<bool, DbErr> {
+    if manager.has_column(table, column.get_column_name()).await? {
+        return Ok(false);
+    }
+    manager
+        .alter_table(
+            Table::alter()
+                .table(Alias::new(table))
+                .add_column(column)
+                .to_owned(),
+        )
+        .await?;
+    Ok(true)
+}
+
+/// Drops `column` from `table` if it is there: the `down` counterpart of
+/// [`add_column_if_missing`].
+pub(crate) async fn drop_column_if_present(
+    manager: &SchemaManager<'_>,
+    table: &str,
+    column: &str,
+) -> Result<(), DbErr> {
+    if !manager.has_column(table, column).await? {
+        return Ok(());
+    }
+    manager
+        .alter_table(
+            Table::alter()
+                .table(Alias::new(table))
+                .drop_column(Alias::new(column))
+                .to_owned(),
+        )
+        .await
+}
+
+/// On MySQL, gives `create` the character set and collation of `table.column`, which a column of
+/// the new table references: MySQL refuses a foreign key between columns of different character
+/// sets, and the Go wetoken's tables are `utf8` where a new table would default to `utf8mb4`.
+/// Elsewhere it does nothing.
+pub(crate) async fn match_charset(
+    manager: &SchemaManager<'_>,
+    create: &mut TableCreateStatement,
+    table: &str,
+    column: &str,
+) -> Result<(), DbErr> {
+    if manager.get_database_backend() != sea_orm_migration::sea_orm::DbBackend::MySql {
+        return Ok(());
+    }
+    if let Some(found) = go::mysql_column(manager, table, column).await?
+        && let (Some(charset), Some(collation)) = (found.charset, found.collation)
+    {
+        create.character_set(charset).collate(collation);
+    }
+    Ok(())
 }

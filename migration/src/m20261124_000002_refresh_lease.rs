@@ -12,15 +12,8 @@ use sea_orm_migration::prelude::*;
 #[derive(DeriveMigrationName)]
 pub struct Migration;
 
-#[derive(DeriveIden)]
-enum WechatAccessToken {
-    Table,
-}
-
-#[derive(DeriveIden)]
-enum WechatJsapiTicket {
-    Table,
-}
+/// The credential tables of the first migration.
+const TABLES: [&str; 2] = ["wechat_access_token", "wechat_jsapi_ticket"];
 
 #[derive(DeriveIden)]
 enum Credential {
@@ -61,45 +54,19 @@ fn columns() -> Vec<ColumnDef> {
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        for table in [
-            WechatAccessToken::Table.into_iden(),
-            WechatJsapiTicket::Table.into_iden(),
-        ] {
+        for table in TABLES {
             // One column per statement: SQLite's ALTER TABLE adds one at a time.
             for column in columns() {
-                manager
-                    .alter_table(
-                        Table::alter()
-                            .table(table.clone())
-                            .add_column(column)
-                            .to_owned(),
-                    )
-                    .await?;
+                crate::add_column_if_missing(manager, table, column).await?;
             }
         }
         Ok(())
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        for table in [
-            WechatAccessToken::Table.into_iden(),
-            WechatJsapiTicket::Table.into_iden(),
-        ] {
-            for column in [
-                Credential::Version,
-                Credential::LeaseOwner,
-                Credential::LeaseUntil,
-                Credential::Failures,
-                Credential::RetryAt,
-            ] {
-                manager
-                    .alter_table(
-                        Table::alter()
-                            .table(table.clone())
-                            .drop_column(column)
-                            .to_owned(),
-                    )
-                    .await?;
+        for table in TABLES {
+            for column in columns() {
+                crate::drop_column_if_present(manager, table, &column.get_column_name()).await?;
             }
         }
         Ok(())

@@ -53,14 +53,9 @@ async fn add_column(
     table: impl IntoIden,
     column: &mut ColumnDef,
 ) -> Result<(), DbErr> {
-    manager
-        .alter_table(
-            Table::alter()
-                .table(table)
-                .add_column(column.to_owned())
-                .to_owned(),
-        )
-        .await
+    let table = table.into_iden().to_string();
+    crate::add_column_if_missing(manager, &table, column.to_owned()).await?;
+    Ok(())
 }
 
 #[async_trait::async_trait]
@@ -124,9 +119,14 @@ impl MigrationTrait for Migration {
         .await?;
 
         use WechatCardTicket as C;
+        // Its appid references wechat_app_info's, so on MySQL it takes that column's character
+        // set and collation: the Go wetoken's tables are utf8, and a utf8mb4 column cannot
+        // reference a utf8 one (errno 150).
+        let mut create = Table::create();
+        crate::match_charset(manager, &mut create, "wechat_app_info", "appid").await?;
         manager
             .create_table(
-                Table::create()
+                create
                     .table(C::Table)
                     .if_not_exists()
                     .col(
@@ -187,41 +187,23 @@ impl MigrationTrait for Migration {
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         manager
-            .drop_table(Table::drop().table(WechatCardTicket::Table).to_owned())
+            .drop_table(
+                Table::drop()
+                    .table(WechatCardTicket::Table)
+                    .if_exists()
+                    .to_owned(),
+            )
             .await?;
         for (table, column) in [
-            (
-                WechatAccessToken::Table.into_iden(),
-                WechatAccessToken::ForcedAt.into_iden(),
-            ),
-            (
-                WechatAccessToken::Table.into_iden(),
-                WechatAccessToken::ForceCount.into_iden(),
-            ),
-            (
-                WechatAccessToken::Table.into_iden(),
-                WechatAccessToken::ForceDay.into_iden(),
-            ),
-            (
-                WechatAppInfo::Table.into_iden(),
-                WechatAppInfo::Agentid.into_iden(),
-            ),
-            (
-                WechatAppInfo::Table.into_iden(),
-                WechatAppInfo::Corpid.into_iden(),
-            ),
-            (
-                WechatAppInfo::Table.into_iden(),
-                WechatAppInfo::TokenMode.into_iden(),
-            ),
-            (
-                WechatAppInfo::Table.into_iden(),
-                WechatAppInfo::Kind.into_iden(),
-            ),
+            ("wechat_access_token", "forced_at"),
+            ("wechat_access_token", "force_count"),
+            ("wechat_access_token", "force_day"),
+            ("wechat_app_info", "agentid"),
+            ("wechat_app_info", "corpid"),
+            ("wechat_app_info", "token_mode"),
+            ("wechat_app_info", "kind"),
         ] {
-            manager
-                .alter_table(Table::alter().table(table).drop_column(column).to_owned())
-                .await?;
+            crate::drop_column_if_present(manager, table, column).await?;
         }
         Ok(())
     }

@@ -11,7 +11,6 @@ pub struct Migration;
 
 #[derive(DeriveIden)]
 enum WechatAppInfo {
-    Table,
     DailyBudget,
     CallsDay,
     CallsToday,
@@ -34,24 +33,14 @@ impl MigrationTrait for Migration {
                 .default(0)
                 .to_owned(),
         ] {
-            manager
-                .alter_table(Table::alter().table(A::Table).add_column(column).to_owned())
-                .await?;
+            crate::add_column_if_missing(manager, "wechat_app_info", column).await?;
         }
         Ok(())
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        use WechatAppInfo as A;
-        for column in [A::CallsToday, A::CallsDay, A::DailyBudget] {
-            manager
-                .alter_table(
-                    Table::alter()
-                        .table(A::Table)
-                        .drop_column(column)
-                        .to_owned(),
-                )
-                .await?;
+        for column in ["calls_today", "calls_day", "daily_budget"] {
+            crate::drop_column_if_present(manager, "wechat_app_info", column).await?;
         }
         Ok(())
     }
