@@ -11,6 +11,9 @@
 //! - WeCom's `GET /cgi-bin/gettoken` hands out the same token per (corpid, secret) while it is
 //!   valid, and `GET /cgi-bin/get_jsapi_ticket` needs such a token.
 //! - `GET /cgi-bin/get_api_domain_ip` and `POST /cgi-bin/menu/create` only check a token.
+//! - `POST /cgi-bin/message/template/send` checks a token, `touser` (40003 when empty) and
+//!   `template_id` (40037 when empty), and keeps each message it accepts
+//!   ([`MockWeChat::sent_templates`]).
 //!
 //! Errors come as WeChat sends them: HTTP 200 with a non-zero `errcode` and an `errmsg` ending in a
 //! request id (`rid: 5f5e1000-1a2b3c4d-5e6f7a8b`).
@@ -98,11 +101,13 @@ pub enum Endpoint {
     WorkToken,
     /// WeCom's `GET /cgi-bin/get_jsapi_ticket`.
     WorkTicket,
+    /// `POST /cgi-bin/message/template/send`.
+    TemplateSend,
 }
 
 impl Endpoint {
     /// Every endpoint, in declaration order.
-    pub const ALL: [Endpoint; 7] = [
+    pub const ALL: [Endpoint; 8] = [
         Endpoint::Token,
         Endpoint::StableToken,
         Endpoint::Ticket,
@@ -110,10 +115,11 @@ impl Endpoint {
         Endpoint::MenuCreate,
         Endpoint::WorkToken,
         Endpoint::WorkTicket,
+        Endpoint::TemplateSend,
     ];
 
     /// The name the `/mock/…` control routes use: `token`, `stable_token`, `ticket`,
-    /// `check_token`, `menu_create`, `work_token` or `work_ticket`.
+    /// `check_token`, `menu_create`, `work_token`, `work_ticket` or `template_send`.
     pub fn name(self) -> &'static str {
         match self {
             Endpoint::Token => "token",
@@ -123,6 +129,7 @@ impl Endpoint {
             Endpoint::MenuCreate => "menu_create",
             Endpoint::WorkToken => "work_token",
             Endpoint::WorkTicket => "work_ticket",
+            Endpoint::TemplateSend => "template_send",
         }
     }
 
@@ -141,6 +148,7 @@ impl Endpoint {
             Endpoint::MenuCreate => "/cgi-bin/menu/create",
             Endpoint::WorkToken => "/cgi-bin/gettoken",
             Endpoint::WorkTicket => "/cgi-bin/get_jsapi_ticket",
+            Endpoint::TemplateSend => "/cgi-bin/message/template/send",
         }
     }
 
@@ -230,6 +238,17 @@ impl MockWeChat {
     /// successes, errors and injected faults alike.
     pub fn calls(&self, endpoint: Endpoint) -> u64 {
         lock(&self.world).calls[endpoint.index()]
+    }
+
+    /// Makes `token` the current access token of `appid` for `valid_for` more, as if issued
+    /// before the mock started (by a Go wetoken, say), so that it is accepted; counts no call.
+    pub fn grant_token(&self, appid: &str, token: &str, valid_for: Duration) {
+        lock(&self.world).grant(appid, token, valid_for);
+    }
+
+    /// The template messages accepted so far, as their JSON bodies, oldest first.
+    pub fn sent_templates(&self) -> Vec<serde_json::Value> {
+        lock(&self.world).sent.clone()
     }
 
     /// Sets every counter back to zero.

@@ -122,7 +122,10 @@ async fn read_body(body: Incoming) -> Option<Bytes> {
 }
 
 fn wants_post(endpoint: Endpoint) -> bool {
-    matches!(endpoint, Endpoint::StableToken | Endpoint::MenuCreate)
+    matches!(
+        endpoint,
+        Endpoint::StableToken | Endpoint::MenuCreate | Endpoint::TemplateSend
+    )
 }
 
 async fn handle(world: Shared, request: Request<Incoming>) -> Result<Response<Body>, Dropped> {
@@ -216,6 +219,7 @@ async fn answer(
         Endpoint::MenuCreate => w.menu_create(&params, body.as_deref().unwrap_or_default()),
         Endpoint::WorkToken => w.work_token(&params),
         Endpoint::WorkTicket => w.work_ticket(&params),
+        Endpoint::TemplateSend => w.template_send(&params, body.as_deref().unwrap_or_default()),
     }
 }
 

@@ -101,6 +101,8 @@ pub(crate) struct World {
     work: HashMap<(String, String), Series>,
     /// (appid or corpid, ticket type) → the newest ticket.
     tickets: HashMap<(String, String), String>,
+    /// Template messages accepted, oldest first.
+    pub sent: Vec<Value>,
     /// Requests per endpoint, by [`Endpoint::index`].
     pub calls: [u64; Endpoint::ALL.len()],
     /// Queued faults per endpoint, each with how many calls it still applies to.
@@ -145,6 +147,7 @@ impl World {
             stable: HashMap::new(),
             work: HashMap::new(),
             tickets: HashMap::new(),
+            sent: Vec::new(),
             calls: [0; Endpoint::ALL.len()],
             faults: std::array::from_fn(|_| VecDeque::new()),
         }
@@ -298,6 +301,23 @@ impl World {
         }
     }
 
+    /// Makes `token` the current classic token of `appid`, valid for `valid_for` more: one
+    /// issued before the test began (by a Go wetoken, say).
+    pub fn grant(&mut self, appid: &str, token: &str, valid_for: Duration) {
+        let valid_until = self.now().saturating_add(valid_for.as_millis() as u64);
+        self.grants.insert(
+            token.to_owned(),
+            Grant {
+                owner: appid.to_owned(),
+                kind: Kind::Classic,
+                valid_until,
+            },
+        );
+        let cut = self.now().saturating_add(self.overlap_ms());
+        let series = self.classic.entry(appid.to_owned()).or_default();
+        rotate(&mut self.grants, series, token.to_owned(), cut);
+    }
+
     /// `GET /cgi-bin/token`: a new token every time.
     pub fn token(&mut self, params: &Params) -> Reply {
         let get = |name: &str| params.get(name).map(String::as_str);
@@ -395,6 +415,35 @@ impl World {
             return Err(self.error(47001, "data format error"));
         }
         Ok(json!({"errcode": 0, "errmsg": "ok"}))
+    }
+
+    /// `POST /cgi-bin/message/template/send`: checks an official account's token, then the
+    /// message: `touser` (40003) and `template_id` (40037) must be non-empty strings and `data`
+    /// an object. Accepted messages are kept.
+    pub fn template_send(&mut self, params: &Params, body: &[u8]) -> Reply {
+        self.check_token(params, &[Kind::Classic, Kind::Stable])?;
+        let Ok(message) = serde_json::from_slice::<Value>(body) else {
+            return Err(self.error(47001, "data format error"));
+        };
+        let text = |field: &str| {
+            message
+                .get(field)
+                .and_then(Value::as_str)
+                .filter(|v| !v.is_empty())
+                .is_some()
+        };
+        if !text("touser") {
+            return Err(self.error(40003, "invalid openid"));
+        }
+        if !text("template_id") {
+            return Err(self.error(40037, "invalid template_id"));
+        }
+        if !message.get("data").is_some_and(Value::is_object) {
+            return Err(self.error(47001, "data format error"));
+        }
+        self.sent.push(message);
+        let msgid = 200_000_000 + self.sent.len() as u64;
+        Ok(json!({"errcode": 0, "errmsg": "ok", "msgid": msgid}))
     }
 
     /// WeCom's `GET /cgi-bin/gettoken`: the same token while it is valid.
