@@ -7,8 +7,8 @@ use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
 use clap::{Subcommand, ValueEnum};
 use wetoken_core::{
-    AppId, AppKind, AppStatus, AppUpdate, CredentialRecord, Engine, EngineConfig, Kind, NewApp,
-    Secret, Store, SystemClock, TokenMode, WeChat, WeChatOptions,
+    AppId, AppKind, AppStatus, AppUpdate, CredentialRecord, Engine, EngineConfig, GoFields, Kind,
+    NewApp, Secret, Store, SystemClock, TokenMode, WeChat, WeChatOptions,
 };
 
 use crate::DatabaseArg;
@@ -21,7 +21,7 @@ pub(crate) enum AppAction {
     /// Examples: wetoken-cli app add wx9e02ddcc34513fd4 < secret.txt;
     /// wetoken-cli app add --kind work --corpid ww123 --agentid 1000002;
     /// wetoken-cli app add wx9e02ddcc34513fd4 --token-mode stable
-    Add(AddArgs),
+    Add(Box<AddArgs>),
     /// List every app, with the state of its token and tickets.
     List(DatabaseArg),
     /// Show one app and the state of its token and tickets.
@@ -33,7 +33,7 @@ pub(crate) enum AppAction {
     },
     /// Change an app's secret, message token, AES key, token mode or daily budget. This also
     /// lifts a halt on its credentials; servers pick the change up within a second.
-    Update(UpdateArgs),
+    Update(Box<UpdateArgs>),
     /// Remove an app and its stored token and tickets.
     Remove {
         /// The appid (a WeCom app's is <corpid>.<agentid>).
@@ -72,7 +72,58 @@ pub(crate) struct AddArgs {
     #[arg(long)]
     daily_budget: Option<String>,
     #[command(flatten)]
+    go: GoArgs,
+    #[command(flatten)]
     db: DatabaseArg,
+}
+
+/// The Go wetoken's app fields. Each also answers to its Go (camelCase) name.
+#[derive(clap::Args)]
+pub(crate) struct GoArgs {
+    /// The WeChat Pay merchant id.
+    #[arg(long)]
+    mchid: Option<String>,
+    /// The WeChat Pay key: a secret, stored encrypted when a master key is set, never printed.
+    #[arg(long, alias = "payKey")]
+    pay_key: Option<String>,
+    /// The sub-merchant's appid.
+    #[arg(long, alias = "subAppid")]
+    sub_appid: Option<String>,
+    /// The sub-merchant's merchant id.
+    #[arg(long, alias = "subMchid")]
+    sub_mchid: Option<String>,
+    /// The domain authorised for web pages.
+    #[arg(long, alias = "wechatHost")]
+    wechat_host: Option<String>,
+    /// The verification-code template id, for /wx/{appid}/wxcode/send.
+    #[arg(long, alias = "wcodeTemplateId")]
+    wcode_template_id: Option<String>,
+}
+
+impl GoArgs {
+    fn fields(&self) -> anyhow::Result<GoFields> {
+        let field = |name, value: &Option<String>| {
+            value
+                .as_deref()
+                .map(|v| GoFields::check(name, v))
+                .transpose()
+        };
+        Ok(GoFields {
+            mchid: field("mchid", &self.mchid)?,
+            sub_appid: field("sub_appid", &self.sub_appid)?,
+            sub_mchid: field("sub_mchid", &self.sub_mchid)?,
+            wechat_host: field("wechat_host", &self.wechat_host)?,
+            wcode_template_id: field("wcode_template_id", &self.wcode_template_id)?,
+        })
+    }
+
+    fn pay_key(&self) -> anyhow::Result<Option<Secret>> {
+        Ok(self
+            .pay_key
+            .as_deref()
+            .map(|v| Secret::checked("pay_key", v, GoFields::MAX))
+            .transpose()?)
+    }
 }
 
 #[derive(clap::Args)]
@@ -95,6 +146,8 @@ pub(crate) struct UpdateArgs {
     /// A new daily budget of upstream calls.
     #[arg(long)]
     daily_budget: Option<String>,
+    #[command(flatten)]
+    go: GoArgs,
     #[command(flatten)]
     db: DatabaseArg,
 }
@@ -180,7 +233,7 @@ pub(crate) struct GetArgs {
 
 /// An engine over `store`, for commands that manage apps or read credentials. `wechat` is only
 /// called when a credential must be fetched.
-fn engine(store: Store, wechat: WeChatOptions) -> anyhow::Result<Engine> {
+pub(crate) fn engine(store: Store, wechat: WeChatOptions) -> anyhow::Result<Engine> {
     let wechat = WeChat::new(&wechat).context("setting up the WeChat client")?;
     Engine::new(
         store,
@@ -251,6 +304,8 @@ pub(crate) async fn app(action: AppAction) -> anyhow::Result<()> {
                 secret,
                 token,
                 aes_key,
+                pay_key: args.go.pay_key()?,
+                go: args.go.fields()?,
             };
             engine(store, WeChatOptions::default())?
                 .add_app(&app)
@@ -310,6 +365,8 @@ pub(crate) async fn app(action: AppAction) -> anyhow::Result<()> {
                     .as_deref()
                     .map(AppUpdate::budget)
                     .transpose()?,
+                pay_key: args.go.pay_key()?,
+                go: args.go.fields()?,
             };
             let store = args.db.open_installed().await?;
             store.prepare_secrets().await?;
@@ -325,7 +382,7 @@ pub(crate) async fn app(action: AppAction) -> anyhow::Result<()> {
             };
             if update.is_empty() {
                 bail!(
-                    "nothing to update: give --secret, --token, --aes-key, --token-mode or --daily-budget"
+                    "nothing to update: give --secret, --token, --aes-key, --token-mode, --daily-budget, or a Go field (--mchid, --pay-key, --sub-appid, --sub-mchid, --wechat-host, --wcode-template-id)"
                 );
             }
             engine.update_app(&appid, &update).await?;
@@ -382,6 +439,12 @@ fn show(status: &AppStatus, now: DateTime<Utc>) -> String {
         app.create_time.to_rfc3339(),
         app.update_time.to_rfc3339(),
     );
+    out += &format!("pay key:      {}\n", set(app.has_pay_key));
+    for (name, value) in app.go.fields() {
+        if let Some(value) = value {
+            out += &format!("{:<13} {value}\n", format!("{name}:"));
+        }
+    }
     for (kind, record) in [
         (Kind::AccessToken, &status.access_token),
         (Kind::JsapiTicket, &status.jsapi_ticket),

@@ -8,9 +8,10 @@ use std::process::ExitCode;
 
 use anyhow::{Context, anyhow, bail};
 use clap::{Parser, Subcommand};
-use wetoken_core::{DatabaseOptions, Store};
+use wetoken_core::{DatabaseOptions, GoZone, Store, Takeover};
 
 mod apps;
+mod import;
 mod keys;
 mod secrets;
 
@@ -31,9 +32,24 @@ enum Command {
     /// {"provider":"mysql","connString":"user:pass@tcp(host:3306)/db"} or {"url":"postgres://…"},
     /// connects, and applies wetoken's migrations. A second run changes nothing and says so.
     ///
+    /// On a database the Go wetoken created, its tables are upgraded in place: every app, column
+    /// and row is kept, and stored tokens and tickets are served until their expire_date. It
+    /// refuses while a Go wtserver still writes there (--force skips that check). An interrupted
+    /// run finishes when run again. See docs/migrating-from-go.md.
+    ///
     /// Examples: wetoken-cli install zk://127.0.0.1:2181 mall;
-    /// wetoken-cli install fs:///etc/wetoken mall
+    /// wetoken-cli install --check fs:///etc/wetoken mall
     Install {
+        /// Print what would change, and change nothing.
+        #[arg(long)]
+        check: bool,
+        /// Go on although a Go wtserver seems to be writing to the database.
+        #[arg(long)]
+        force: bool,
+        /// The time zone the Go wetoken wrote expire_date in: `database` (the MySQL server's own,
+        /// which Go's now() used), `UTC`, or an offset such as +08:00.
+        #[arg(long, env = "WETOKEN_GO_TIME_ZONE", default_value = "database")]
+        go_time_zone: String,
         /// The registry: fs://<dir> (each node a file under dir) or
         /// zk://host[:port][,host[:port]…][/chroot] (ZooKeeper).
         registry: String,
@@ -65,6 +81,12 @@ enum Command {
         #[command(subcommand)]
         action: apps::TicketAction,
     },
+    /// Add apps, and their live tokens and tickets, from a JSON, JSON-lines or CSV export (the
+    /// way across from the Go wetoken on Oracle: docs/migrating-from-go.md). Apps already here
+    /// are left as they are; nothing is written unless every record is valid.
+    ///
+    /// Example: wetoken-cli import apps.jsonl --database-url mysql://u:p@db/wetoken
+    Import(import::ImportArgs),
     /// Manage consumer keys: who may read which app's tokens and tickets.
     Key {
         #[command(subcommand)]
@@ -239,14 +261,33 @@ async fn open_from_registry(
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Install {
+            check,
+            force,
+            go_time_zone,
             registry,
             platform,
             db_name,
         } => {
+            let takeover = Takeover {
+                zone: GoZone::parse(&go_time_zone)?,
+                force,
+            };
             let store = open_from_registry(&registry, &platform, &db_name, None).await?;
-            let installed = store.install().await.context("applying migrations")?;
+            if check {
+                let plan = store
+                    .install_plan(&takeover)
+                    .await
+                    .context("reading the schema")?;
+                print!("{plan}");
+                return Ok(());
+            }
+            let installed = store
+                .install(&takeover)
+                .await
+                .context("applying migrations")?;
             print!("{installed}");
         }
+        Command::Import(args) => import::run(args).await?,
         Command::Key { action } => keys::run(action).await?,
         Command::Secrets { action } => secrets::run(action).await?,
         Command::Migrate { action } => match action {

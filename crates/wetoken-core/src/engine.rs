@@ -348,6 +348,11 @@ impl Engine {
         &self.inner.store
     }
 
+    /// The WeChat client.
+    pub(crate) fn wechat(&self) -> &WeChat {
+        &self.inner.wechat
+    }
+
     /// The current time, as the engine sees it.
     pub fn now(&self) -> DateTime<Utc> {
         self.inner.clock.now()
@@ -380,6 +385,40 @@ impl Engine {
             }
         }
         self.fill(appid, kind, &slot, Need::Serve).await
+    }
+
+    /// The stored credential, never fetched (the Go wetoken's `/wx/{appid}/token/query`): from
+    /// memory when it was checked against the database within `cache_check_ms`, else from the
+    /// database, as long as it has not expired. The safety margin does not apply: a value with a
+    /// minute left is still the stored one. Nothing stored, or only an expired value, is
+    /// [`Error::NotStored`].
+    pub async fn stored(&self, appid: &AppId, kind: Kind) -> Result<Arc<Credential>, Error> {
+        let now = self.now();
+        let known = self.inner.slots[kind.index()]
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(appid.as_str())
+            .cloned();
+        if let Some(slot) = known
+            && let Some(c) = slot.cached()
+            && c.expires_at > now
+            && slot.unchecked_for(now) < self.inner.config.cache_check_ms as i64
+        {
+            return Ok(c);
+        }
+        let record = self.inner.store.credential(appid, kind).await?;
+        if let Some(c) = record.and_then(|r| r.credential)
+            && c.expires_at > now
+        {
+            return Ok(Arc::new(c));
+        }
+        if self.inner.store.app_info(appid).await?.is_none() {
+            return Err(Error::UnknownApp(appid.clone()));
+        }
+        Err(Error::NotStored {
+            appid: appid.clone(),
+            kind,
+        })
     }
 
     /// The passive refresh: `failed` is a value WeChat rejected.
@@ -424,7 +463,7 @@ impl Engine {
     pub async fn update_app(&self, appid: &AppId, update: &AppUpdate) -> Result<(), Error> {
         if update.is_empty() {
             return Err(Error::InvalidInput(
-                "nothing to update: give secret, token or aes_key".into(),
+                "nothing to update: give secret, token, aes_key, token_mode, daily_budget, or a Go field (mchid, pay_key, sub_appid, sub_mchid, wechat_host, wcode_template_id)".into(),
             ));
         }
         self.inner

@@ -37,6 +37,14 @@ pub enum Error {
         /// The recorded outcome, `"<errcode>: <errmsg>"`.
         message: String,
     },
+    /// No unexpired credential is stored, and the caller asked not to fetch one.
+    #[error("no valid {kind} of {appid} is stored")]
+    NotStored {
+        /// The app.
+        appid: AppId,
+        /// Which credential.
+        kind: Kind,
+    },
     /// A forced stable token was asked for beyond WeChat's limits (20 a day, 30 s apart); WeChat
     /// was not called.
     #[error("{0}")]

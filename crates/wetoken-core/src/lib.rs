@@ -27,22 +27,28 @@ pub mod crypto;
 mod engine;
 pub mod entity;
 mod error;
+mod install;
 pub mod keys;
 pub mod model;
 pub mod secrets;
 pub mod sign;
 pub mod store;
+pub mod takeover;
 pub mod wechat;
+mod wxcode;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use crypto::{KeySources, Keyring};
 pub use engine::{AppStatus, Engine, EngineConfig, JssdkConfig};
 pub use error::Error;
+pub use install::{InstallPlan, Installed, TABLES};
 pub use keys::{ConsumerKey, KeyTable, NewConsumerKey};
 pub use model::{
-    App, AppId, AppInfo, AppKind, AppUpdate, Credential, CredentialRecord, Kind, NewApp, Secret,
-    TokenMode, WorkIds,
+    App, AppId, AppInfo, AppKind, AppUpdate, Credential, CredentialRecord, GoFields, Kind, NewApp,
+    Secret, TokenMode, WorkIds,
 };
 pub use secrets::{Reseal, ResealReport, SecretsReport};
-pub use store::{DatabaseOptions, Installed, Store};
+pub use store::{DatabaseOptions, Store};
+pub use takeover::{GoZone, Takeover};
 pub use wechat::{UpstreamError, WeChat, WeChatOptions};
+pub use wxcode::WxCode;

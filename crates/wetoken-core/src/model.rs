@@ -289,6 +289,10 @@ pub struct AppInfo {
     pub has_token: bool,
     /// Whether an EncodingAESKey is stored.
     pub has_aes_key: bool,
+    /// Whether a WeChat Pay key (`pay_key`) is stored.
+    pub has_pay_key: bool,
+    /// The Go wetoken's other app fields.
+    pub go: GoFields,
     /// When it was added.
     pub create_time: DateTime<Utc>,
     /// When its settings last changed.
@@ -306,6 +310,81 @@ pub struct App {
     pub token: Option<Secret>,
     /// The EncodingAESKey, if set.
     pub aes_key: Option<Secret>,
+    /// The WeChat Pay key, if set.
+    pub pay_key: Option<Secret>,
+}
+
+/// The Go wetoken's app fields besides the secrets: WeChat Pay's merchant ids, the authorised
+/// web domain, and the verification-code template. wetoken stores and lists them so that nothing
+/// a Go deployment held is lost; only `wcode_template_id` is used (by `/wx/{appid}/wxcode/send`).
+/// The pay key is a secret, stored encrypted like the AppSecret: see [`NewApp::pay_key`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GoFields {
+    /// The WeChat Pay (service provider) merchant id.
+    pub mchid: Option<String>,
+    /// The sub-merchant's appid.
+    pub sub_appid: Option<String>,
+    /// The sub-merchant's merchant id.
+    pub sub_mchid: Option<String>,
+    /// The domain authorised for web pages (OAuth).
+    pub wechat_host: Option<String>,
+    /// The template id of the verification-code message.
+    pub wcode_template_id: Option<String>,
+}
+
+impl GoFields {
+    /// The most characters each field holds (the Go schema's `VARCHAR(64)`).
+    pub const MAX: usize = 64;
+
+    /// The Go wetoken's handlers bound these fields in camelCase: each Go name, with wetoken's.
+    pub const GO_NAMES: [(&'static str, &'static str); 7] = [
+        ("aesKey", "aes_key"),
+        ("payKey", "pay_key"),
+        ("subAppid", "sub_appid"),
+        ("subMchid", "sub_mchid"),
+        ("wechatHost", "wechat_host"),
+        ("wcodeTemplateId", "wcode_template_id"),
+        ("tokenMode", "token_mode"),
+    ];
+
+    /// Each field with its name, in the Go schema's order.
+    pub fn fields(&self) -> [(&'static str, Option<&str>); 5] {
+        [
+            ("mchid", self.mchid.as_deref()),
+            ("sub_appid", self.sub_appid.as_deref()),
+            ("sub_mchid", self.sub_mchid.as_deref()),
+            ("wechat_host", self.wechat_host.as_deref()),
+            ("wcode_template_id", self.wcode_template_id.as_deref()),
+        ]
+    }
+
+    /// Checks one field's value: at most [`GoFields::MAX`] characters, no control characters.
+    pub fn check(name: &str, value: &str) -> Result<String, Error> {
+        if value.chars().count() > Self::MAX || value.chars().any(char::is_control) {
+            return Err(Error::InvalidInput(format!(
+                "{name} must be at most {} characters, without control characters",
+                Self::MAX
+            )));
+        }
+        Ok(value.to_owned())
+    }
+
+    /// Whether no field is set.
+    pub fn is_empty(&self) -> bool {
+        self.fields().iter().all(|(_, v)| v.is_none())
+    }
+
+    /// `other`'s fields where set, else these.
+    pub fn overlaid(&self, other: &GoFields) -> GoFields {
+        let pick = |new: &Option<String>, old: &Option<String>| new.clone().or_else(|| old.clone());
+        GoFields {
+            mchid: pick(&other.mchid, &self.mchid),
+            sub_appid: pick(&other.sub_appid, &self.sub_appid),
+            sub_mchid: pick(&other.sub_mchid, &self.sub_mchid),
+            wechat_host: pick(&other.wechat_host, &self.wechat_host),
+            wcode_template_id: pick(&other.wcode_template_id, &self.wcode_template_id),
+        }
+    }
 }
 
 /// A WeCom app's identifiers.
@@ -358,6 +437,10 @@ pub struct NewApp {
     pub token: Option<Secret>,
     /// The EncodingAESKey, if any.
     pub aes_key: Option<Secret>,
+    /// The WeChat Pay key, if any: a secret, stored encrypted when a master key is set.
+    pub pay_key: Option<Secret>,
+    /// The Go wetoken's other app fields.
+    pub go: GoFields,
 }
 
 impl NewApp {
@@ -399,6 +482,8 @@ impl NewApp {
             secret,
             token: None,
             aes_key: None,
+            pay_key: None,
+            go: GoFields::default(),
         }
     }
 }
@@ -416,6 +501,10 @@ pub struct AppUpdate {
     pub token_mode: Option<TokenMode>,
     /// A new daily budget of upstream calls.
     pub daily_budget: Option<i32>,
+    /// A new WeChat Pay key.
+    pub pay_key: Option<Secret>,
+    /// New values of the Go wetoken's other fields; `None` ones are left as they are.
+    pub go: GoFields,
 }
 
 impl AppUpdate {
@@ -443,6 +532,8 @@ impl AppUpdate {
             && self.aes_key.is_none()
             && self.token_mode.is_none()
             && self.daily_budget.is_none()
+            && self.pay_key.is_none()
+            && self.go.is_empty()
     }
 }
 

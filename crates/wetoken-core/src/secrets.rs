@@ -15,7 +15,7 @@ use crate::crypto::{is_sealed, sealed_key_id};
 use crate::store::{SECRET_COLUMNS, secret_context};
 use crate::{Error, Store};
 
-/// How the stored secret-like values (`secret`, `token`, `aes_key`) are held.
+/// How the stored secret-like values (`secret`, `token`, `aes_key`, `pay_key`) are held.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SecretsReport {
     /// Values in plain text.
@@ -75,7 +75,10 @@ impl Store {
             .map(|row| {
                 let mut values = Vec::new();
                 for (i, column) in SECRET_COLUMNS.into_iter().enumerate() {
-                    if let Some(value) = row.try_get_by_index::<Option<String>>(i + 1)? {
+                    if let Some(value) = row
+                        .try_get_by_index::<Option<String>>(i + 1)?
+                        .filter(|v| !v.is_empty())
+                    {
                         values.push((column, value));
                     }
                 }

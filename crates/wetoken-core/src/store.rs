@@ -14,14 +14,13 @@ use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ConnectOptions, ConnectionTrait, Database,
     DatabaseConnection, DbBackend, DbErr, EntityTrait, QueryOrder, SqlErr, TransactionTrait,
 };
-use wetoken_migration::{Migrator, MigratorTrait};
 
 use crate::Error;
 use crate::crypto::{Keyring, SealError, is_sealed};
 use crate::entity::app_info;
 use crate::model::{
-    App, AppId, AppInfo, AppKind, AppUpdate, Credential, CredentialRecord, Kind, NewApp, Secret,
-    TokenMode, WorkIds,
+    App, AppId, AppInfo, AppKind, AppUpdate, Credential, CredentialRecord, GoFields, Kind, NewApp,
+    Secret, TokenMode, WorkIds,
 };
 
 /// How to reach the database.
@@ -52,15 +51,6 @@ impl DatabaseOptions {
         }
     }
 }
-
-/// The tables wetoken owns, as named in the Go wetoken.
-pub const TABLES: [&str; 5] = [
-    "wechat_app_info",
-    "wechat_access_token",
-    "wechat_jsapi_ticket",
-    "wechat_card_ticket",
-    "wetoken_consumer_key",
-];
 
 /// The daily budget of upstream calls of an app that was given none: WeChat's token quota for a
 /// typical official account.
@@ -111,7 +101,9 @@ pub struct Store {
 }
 
 /// The secret-like columns of `wechat_app_info`, encrypted when a master key is configured.
-pub(crate) const SECRET_COLUMNS: [&str; 3] = ["secret", "token", "aes_key"];
+/// An empty value is no value: the Go schema stores `''` for an unset `token`, `aes_key` or
+/// `pay_key`, and it is never encrypted.
+pub(crate) const SECRET_COLUMNS: [&str; 4] = ["secret", "token", "aes_key", "pay_key"];
 
 impl Store {
     /// Connects to the database `options` names.
@@ -199,67 +191,6 @@ impl Store {
         &self.db
     }
 
-    /// Applies every pending migration; returns the names of those applied.
-    pub async fn migrate(&self) -> Result<Vec<String>, Error> {
-        let pending: Vec<String> = Migrator::get_pending_migrations(&self.db)
-            .await?
-            .iter()
-            .map(|m| m.name().to_owned())
-            .collect();
-        if !pending.is_empty() {
-            Migrator::up(&self.db, None).await?;
-        }
-        Ok(pending)
-    }
-
-    /// Creates wetoken's tables, or brings them up to date: the migrations applied, and the
-    /// tables this created. Running it again changes nothing.
-    pub async fn install(&self) -> Result<Installed, Error> {
-        let before = self.tables_present().await?;
-        let applied = self.migrate().await?;
-        let created = self
-            .tables_present()
-            .await?
-            .into_iter()
-            .filter(|t| !before.contains(t))
-            .collect();
-        Ok(Installed { created, applied })
-    }
-
-    /// Every migration wetoken knows, with whether it has been applied here.
-    pub async fn migration_status(&self) -> Result<Vec<(String, bool)>, Error> {
-        let applied: Vec<String> = Migrator::get_applied_migrations(&self.db)
-            .await?
-            .iter()
-            .map(|m| m.name().to_owned())
-            .collect();
-        Ok(Migrator::migrations()
-            .iter()
-            .map(|m| {
-                let name = m.name().to_owned();
-                let done = applied.contains(&name);
-                (name, done)
-            })
-            .collect())
-    }
-
-    /// Which of wetoken's tables exist in this database.
-    pub async fn tables_present(&self) -> Result<Vec<&'static str>, Error> {
-        let manager = wetoken_migration::SchemaManager::new(&self.db);
-        let mut present = Vec::new();
-        for table in TABLES {
-            if manager.has_table(table).await? {
-                present.push(table);
-            }
-        }
-        Ok(present)
-    }
-
-    /// Checks that the database answers.
-    pub async fn ping(&self) -> Result<(), Error> {
-        self.db.ping().await.map_err(Error::from)
-    }
-
     /// Adds an app. An existing appid is refused and its row left as it was.
     pub async fn insert_app(&self, app: &NewApp, now: DateTime<Utc>) -> Result<(), Error> {
         if (app.kind == AppKind::Work) != app.work.is_some() {
@@ -288,6 +219,17 @@ impl Store {
                 .as_ref()
                 .map(|s| self.seal(app.appid.as_str(), "aes_key", s.expose()))
                 .transpose()?),
+            // The Go schema's NOT NULL columns get '' for "not set", as the Go server wrote them,
+            // so a rolled-back Go server reads every row.
+            pay_key: Set(Some(match &app.pay_key {
+                Some(key) => self.seal(app.appid.as_str(), "pay_key", key.expose())?,
+                None => String::new(),
+            })),
+            mchid: Set(app.go.mchid.clone().unwrap_or_default()),
+            sub_appid: Set(app.go.sub_appid.clone().unwrap_or_default()),
+            sub_mchid: Set(app.go.sub_mchid.clone().unwrap_or_default()),
+            wechat_host: Set(app.go.wechat_host.clone()),
+            wcode_template_id: Set(app.go.wcode_template_id.clone()),
             create_time: Set(now),
             update_time: Set(now),
         };
@@ -359,6 +301,25 @@ impl Store {
         }
         if let Some(budget) = update.daily_budget {
             row.daily_budget = Set(budget);
+        }
+        if let Some(key) = &update.pay_key {
+            row.pay_key = Set(Some(self.seal(id, "pay_key", key.expose())?));
+        }
+        let go = &update.go;
+        if let Some(v) = &go.mchid {
+            row.mchid = Set(v.clone());
+        }
+        if let Some(v) = &go.sub_appid {
+            row.sub_appid = Set(v.clone());
+        }
+        if let Some(v) = &go.sub_mchid {
+            row.sub_mchid = Set(v.clone());
+        }
+        if let Some(v) = &go.wechat_host {
+            row.wechat_host = Set(Some(v.clone()));
+        }
+        if let Some(v) = &go.wcode_template_id {
+            row.wcode_template_id = Set(Some(v.clone()));
         }
         row.update_time = Set(now);
         row.update(&txn).await?;
@@ -460,10 +421,55 @@ impl Store {
 
     /// Makes sure the credential's row exists, so that its lease can be taken.
     async fn ensure_row(&self, appid: &AppId, kind: Kind, now: DateTime<Utc>) -> Result<(), Error> {
+        self.insert_row(
+            kind,
+            vec![col("appid"), col("message"), col("update_time")],
+            vec![appid.as_str().into(), "not fetched yet".into(), now.into()],
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Stores a credential obtained elsewhere (`wetoken-cli import`) for an app that has none:
+    /// a credential already stored is kept. Returns whether it was stored.
+    pub async fn import_credential(
+        &self,
+        appid: &AppId,
+        kind: Kind,
+        credential: &Credential,
+        now: DateTime<Utc>,
+    ) -> Result<bool, Error> {
+        self.insert_row(
+            kind,
+            vec![
+                col("appid"),
+                kind.value_column(),
+                col("expires_at"),
+                col("message"),
+                col("update_time"),
+            ],
+            vec![
+                appid.as_str().into(),
+                credential.value.as_str().into(),
+                credential.expires_at.into(),
+                "imported".into(),
+                now.into(),
+            ],
+        )
+        .await
+    }
+
+    /// Inserts a credential row unless one exists for the appid; returns whether it did.
+    async fn insert_row(
+        &self,
+        kind: Kind,
+        columns: Vec<Alias>,
+        values: Vec<sea_orm::sea_query::SimpleExpr>,
+    ) -> Result<bool, Error> {
         let insert = Query::insert()
             .into_table(kind.table())
-            .columns([col("appid"), col("message"), col("update_time")])
-            .values_panic([appid.as_str().into(), "not fetched yet".into(), now.into()])
+            .columns(columns)
+            .values_panic(values)
             .on_conflict(
                 OnConflict::column(col("appid"))
                     .do_nothing_on([col("appid")])
@@ -471,9 +477,11 @@ impl Store {
             )
             .to_owned();
         match self.db.execute(&insert).await {
-            Ok(_) => Ok(()),
+            Ok(done) => Ok(done.rows_affected() == 1),
             // MySQL reports the ignored duplicate on some versions; the row exists either way.
-            Err(e) if matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => Ok(()),
+            Err(e) if matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
+                Ok(false)
+            }
             Err(e) => Err(e.into()),
         }
     }
@@ -730,34 +738,6 @@ pub struct Due {
     pub token_mode: TokenMode,
 }
 
-/// What [`Store::install`] did. Its `Display` is the report an operator reads: one line per table
-/// created and per migration applied, or that there was nothing to do.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Installed {
-    /// The tables that did not exist before.
-    pub created: Vec<&'static str>,
-    /// The migrations applied, by name.
-    pub applied: Vec<String>,
-}
-
-impl std::fmt::Display for Installed {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        for table in &self.created {
-            writeln!(f, "created table {table}")?;
-        }
-        for name in &self.applied {
-            writeln!(f, "applied migration {name}")?;
-        }
-        if self.applied.is_empty() {
-            writeln!(
-                f,
-                "nothing to do: wetoken's tables are in place and up to date"
-            )?;
-        }
-        Ok(())
-    }
-}
-
 /// The day as WeChat counts it for its daily limits (China time), `YYYYMMDD`.
 pub fn wechat_day(at: DateTime<Utc>) -> String {
     (at + chrono::TimeDelta::hours(8))
@@ -788,13 +768,16 @@ impl Store {
             self.open(&row.appid, column, value).map(Secret::new)
         };
         let secret = open("secret", row.secret.clone())?;
-        let token = row.token.clone().map(|v| open("token", v)).transpose()?;
-        let aes_key = row
-            .aes_key
-            .clone()
-            .map(|v| open("aes_key", v))
-            .transpose()?;
-        app_from_row(&row, secret, token, aes_key)
+        let optional = |column, value: &Option<String>| {
+            set(value).map(|v| open(column, v.to_owned())).transpose()
+        };
+        Ok(App {
+            info: info_from_row(&row)?,
+            secret,
+            token: optional("token", &row.token)?,
+            aes_key: optional("aes_key", &row.aes_key)?,
+            pay_key: optional("pay_key", &row.pay_key)?,
+        })
     }
 }
 
@@ -820,25 +803,24 @@ fn info_from_row(row: &app_info::Model) -> Result<AppInfo, Error> {
         } else {
             0
         },
-        has_token: row.token.is_some(),
-        has_aes_key: row.aes_key.is_some(),
+        has_token: set(&row.token).is_some(),
+        has_aes_key: set(&row.aes_key).is_some(),
+        has_pay_key: set(&row.pay_key).is_some(),
+        go: GoFields {
+            mchid: set(&Some(row.mchid.clone())).map(str::to_owned),
+            sub_appid: set(&Some(row.sub_appid.clone())).map(str::to_owned),
+            sub_mchid: set(&Some(row.sub_mchid.clone())).map(str::to_owned),
+            wechat_host: set(&row.wechat_host).map(str::to_owned),
+            wcode_template_id: set(&row.wcode_template_id).map(str::to_owned),
+        },
         create_time: row.create_time,
         update_time: row.update_time,
     })
 }
 
-fn app_from_row(
-    row: &app_info::Model,
-    secret: Secret,
-    token: Option<Secret>,
-    aes_key: Option<Secret>,
-) -> Result<App, Error> {
-    Ok(App {
-        info: info_from_row(row)?,
-        secret,
-        token,
-        aes_key,
-    })
+/// A stored optional value: `None` for NULL and for the Go schema's `''`.
+fn set(value: &Option<String>) -> Option<&str> {
+    value.as_deref().filter(|v| !v.is_empty())
 }
 
 impl From<DbErr> for Error {

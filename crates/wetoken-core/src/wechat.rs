@@ -152,6 +152,7 @@ struct Answer {
     access_token: Option<String>,
     ticket: Option<String>,
     expires_in: Option<u64>,
+    msgid: Option<i64>,
 }
 
 /// A client for WeChat's token and ticket endpoints.
@@ -250,6 +251,24 @@ impl WeChat {
             .get(&self.work_roots, "/cgi-bin/get_jsapi_ticket", &query)
             .await?;
         issued(answer.ticket, answer.expires_in, "ticket")
+    }
+
+    /// `POST /cgi-bin/message/template/send`: sends a template message (`message` is WeChat's
+    /// JSON body: `touser`, `template_id`, `data`, …) with `token`. Returns WeChat's `msgid`.
+    pub async fn send_template(
+        &self,
+        token: &str,
+        message: &serde_json::Value,
+    ) -> Result<i64, UpstreamError> {
+        let answer = self
+            .send(&self.roots, |root| {
+                self.http
+                    .post(format!("{root}/cgi-bin/message/template/send"))
+                    .query(&[("access_token", token)])
+                    .json(message)
+            })
+            .await?;
+        Ok(answer.msgid.unwrap_or_default())
     }
 
     /// GETs `path` with `query`.

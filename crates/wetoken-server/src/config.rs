@@ -11,7 +11,9 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
-use wetoken_core::{DatabaseOptions, EngineConfig, KeySources, Keyring, WeChatOptions};
+use wetoken_core::{
+    DatabaseOptions, EngineConfig, GoZone, KeySources, Keyring, Takeover, WeChatOptions,
+};
 
 /// Everything `wetoken-server start` can be told. Its `Debug` hides the keys and the database
 /// password.
@@ -29,6 +31,12 @@ pub struct Settings {
     pub database_max_lifetime_secs: Option<u64>,
     /// Whether `start` applies pending migrations itself.
     pub auto_migrate: bool,
+    /// The time zone the Go wetoken wrote `expire_date` in, read when taking over its database
+    /// (docs/migrating-from-go.md): `database` (the MySQL server's own, which the Go server's
+    /// `now()` used), `UTC`, or an offset such as `+08:00`.
+    pub go_time_zone: String,
+    /// Take over a Go wetoken's database although a Go server seems to still write to it.
+    pub go_takeover_force: bool,
     /// WeChat's API root.
     pub wechat_base_url: String,
     /// The longest one call to WeChat may take, in seconds.
@@ -120,6 +128,8 @@ impl Default for Settings {
             database_max_connections: 16,
             database_max_lifetime_secs: None,
             auto_migrate: true,
+            go_time_zone: "database".into(),
+            go_takeover_force: false,
             wechat_base_url: WeChatOptions::default().base_url,
             wechat_timeout_secs: 10,
             wechat_fallback_urls: None,
@@ -232,6 +242,14 @@ impl Settings {
         options.max_connections = self.database_max_connections;
         options.max_lifetime = self.database_max_lifetime_secs.map(Duration::from_secs);
         options
+    }
+
+    /// How to take over a database the Go wetoken wrote.
+    pub fn takeover(&self) -> Result<Takeover, String> {
+        Ok(Takeover {
+            zone: GoZone::parse(&self.go_time_zone).map_err(|e| e.to_string())?,
+            force: self.go_takeover_force,
+        })
     }
 
     /// The master keys, from `master_key`/`master_key_file` and

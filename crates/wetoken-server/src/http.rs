@@ -21,8 +21,8 @@ use serde::Serialize;
 use tracing::{Instrument, debug, error, warn};
 use wetoken_core::keys::{Access, Refusal};
 use wetoken_core::{
-    AppId, AppKind, AppStatus, AppUpdate, Credential, CredentialRecord, Engine, KeyTable, Kind,
-    NewApp, Secret, TokenMode,
+    AppId, AppKind, AppStatus, AppUpdate, Credential, CredentialRecord, Engine, GoFields, KeyTable,
+    Kind, NewApp, Secret, TokenMode, WxCode,
 };
 use wetoken_wire::{
     AppList, AppShow, AppView, Created, CredentialState, ErrorBody, JssdkConfigBody, code,
@@ -289,6 +289,7 @@ fn error_response(e: &ApiError) -> Response<Full<Bytes>> {
             E::UnknownApp(_) => (StatusCode::NOT_FOUND, code::UNKNOWN_APP, e.to_string()),
             E::DuplicateApp(_) => (StatusCode::CONFLICT, code::DUPLICATE_APP, e.to_string()),
             E::ForceLimited(m) => (StatusCode::TOO_MANY_REQUESTS, code::LIMITED, m.clone()),
+            E::NotStored { .. } => (StatusCode::NOT_FOUND, code::NOT_STORED, e.to_string()),
             E::Refused { errcode, errmsg } => (StatusCode::BAD_GATEWAY, *errcode, errmsg.clone()),
             E::Halted { .. } => (
                 StatusCode::BAD_GATEWAY,
@@ -378,6 +379,10 @@ enum Route<'a> {
         kind: Kind,
         refresh: bool,
     },
+    /// `/wx/{appid}/token/query`: the stored token, never fetched.
+    Query(&'a str),
+    /// `/wx/{appid}/wxcode/send`: the Go wetoken's verification-code message.
+    WxCode(&'a str),
 }
 
 impl Route<'_> {
@@ -402,6 +407,8 @@ impl Route<'_> {
             } => "token_refresh",
             Route::Credential { refresh: false, .. } => "ticket_get",
             Route::Credential { refresh: true, .. } => "ticket_refresh",
+            Route::Query(_) => "token_query",
+            Route::WxCode(_) => "wxcode_send",
         }
     }
 }
@@ -458,6 +465,8 @@ fn route(path: &str) -> Option<Route<'_>> {
             Some("config"),
             None,
         ] => Some(Route::Jssdk(appid)),
+        [Some("wx"), Some(appid), Some("token"), Some("query"), None] => Some(Route::Query(appid)),
+        [Some("wx"), Some(appid), Some("wxcode"), Some("send"), None] => Some(Route::WxCode(appid)),
         [Some("wx"), Some(appid), Some(kind), Some(op), None] => credential(appid, kind, op),
         [Some(appid), Some("wechat"), Some(kind), Some(op), None] => credential(appid, kind, op),
         _ => None,
@@ -712,6 +721,35 @@ async fn dispatch(
                 state.engine.now(),
             ))
         }
+        Route::Query(appid) => {
+            if !(read_only || method == Method::POST) {
+                return Err(ApiError::MethodNotAllowed);
+            }
+            state.readers.check(&parts, peer, appid, false)?;
+            let appid = AppId::parse(appid)?;
+            let credential = state.engine.stored(&appid, Kind::AccessToken).await?;
+            Ok(credential_response(
+                Kind::AccessToken,
+                &credential,
+                state.engine.now(),
+            ))
+        }
+        Route::WxCode(appid) => {
+            if !(read_only || method == Method::POST) {
+                return Err(ApiError::MethodNotAllowed);
+            }
+            state.readers.check(&parts, peer, appid, false)?;
+            let appid = AppId::parse(appid)?;
+            let params = Params::read(&parts, body, &state.http).await?;
+            let request = WxCode {
+                user_name: params.required("user_name")?,
+                system_name: params.required("system_name")?,
+                code: params.required("code")?,
+            };
+            Box::pin(state.engine.send_wxcode(&appid, &request)).await?;
+            // The Go server answered the bare word.
+            Ok(typed("success".into(), "text/plain; charset=utf-8"))
+        }
         Route::App(action) => Box::pin(app_route(state, action, &parts, body)).await,
         Route::Jssdk(appid) => {
             if !(read_only || method == Method::POST) {
@@ -787,6 +825,8 @@ async fn app_route(
                 token: params.secret("token", Secret::MAX_MESSAGE_KEY)?,
                 aes_key: params.secret("aes_key", Secret::MAX_MESSAGE_KEY)?,
                 daily_budget: params.budget()?,
+                pay_key: params.secret("pay_key", GoFields::MAX)?,
+                go: params.go_fields()?,
             };
             engine.add_app(&app).await?;
             Ok(json(
@@ -832,6 +872,8 @@ async fn app_route(
                     .map(TokenMode::parse)
                     .transpose()?,
                 daily_budget: params.budget()?,
+                pay_key: params.secret("pay_key", GoFields::MAX)?,
+                go: params.go_fields()?,
             };
             engine.update_app(&appid, &update).await?;
             Ok(success())
@@ -951,6 +993,12 @@ fn app_view(status: &AppStatus) -> AppView {
         calls_today: app.calls_today,
         has_token: app.has_token,
         has_aes_key: app.has_aes_key,
+        has_pay_key: app.has_pay_key,
+        mchid: app.go.mchid.clone(),
+        sub_appid: app.go.sub_appid.clone(),
+        sub_mchid: app.go.sub_mchid.clone(),
+        wechat_host: app.go.wechat_host.clone(),
+        wcode_template_id: app.go.wcode_template_id.clone(),
         create_time: app.create_time.to_rfc3339(),
         update_time: app.update_time.to_rfc3339(),
         access_token: credential_state(status.access_token.as_ref()),
@@ -1019,10 +1067,8 @@ impl Params {
         let mut map: HashMap<String, String> = query
             .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
             .unwrap_or_default();
-        if body.iter().all(u8::is_ascii_whitespace) {
-            return Ok(Self(map));
-        }
-        if is_json {
+        let blank = body.iter().all(u8::is_ascii_whitespace);
+        if !blank && is_json {
             let object: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(body)
                 .map_err(|e| {
                 ApiError::BadRequest(format!("request body is not a JSON object: {e}"))
@@ -1041,8 +1087,23 @@ impl Params {
                 };
                 map.insert(key, text);
             }
-        } else {
+        } else if !blank {
             map.extend(form_urlencoded::parse(body).into_owned());
+        }
+        for (go, ours) in GoFields::GO_NAMES {
+            let Some(value) = map.remove(go) else {
+                continue;
+            };
+            match map.get(ours) {
+                Some(other) if *other != value => {
+                    return Err(ApiError::BadRequest(format!(
+                        "{ours} and {go} name the same field and disagree: give one"
+                    )));
+                }
+                _ => {
+                    map.insert(ours.to_owned(), value);
+                }
+            }
         }
         Ok(Self(map))
     }
@@ -1065,6 +1126,22 @@ impl Params {
             .optional("daily_budget")
             .map(AppUpdate::budget)
             .transpose()?)
+    }
+
+    /// The Go wetoken's app fields that are not secrets.
+    fn go_fields(&self) -> Result<GoFields, ApiError> {
+        let field = |name| {
+            self.optional(name)
+                .map(|v| GoFields::check(name, v))
+                .transpose()
+        };
+        Ok(GoFields {
+            mchid: field("mchid")?,
+            sub_appid: field("sub_appid")?,
+            sub_mchid: field("sub_mchid")?,
+            wechat_host: field("wechat_host")?,
+            wcode_template_id: field("wcode_template_id")?,
+        })
     }
 
     /// A secret-like field: at most `max` characters, no control characters.

@@ -84,9 +84,13 @@ impl Server {
         options.keyring = settings.keyring().map_err(StartError::Settings)?;
         let store = Store::connect(&options).await.map_err(db_error)?;
         if settings.auto_migrate {
-            let applied = store.migrate().await.map_err(db_error)?;
-            if !applied.is_empty() {
-                info!(?applied, "applied migrations");
+            let takeover = settings.takeover().map_err(StartError::Settings)?;
+            let installed = store.install(&takeover).await.map_err(db_error)?;
+            if !installed.applied.is_empty() {
+                info!(applied = ?installed.applied, "applied migrations");
+            }
+            if let Some((adopted, zone)) = installed.adopted.filter(|(n, _)| *n > 0) {
+                info!(adopted, %zone, "adopted the Go wetoken's stored tokens and tickets");
             }
         }
         let (found, encrypted) = store.prepare_secrets().await.map_err(|e| match e {

@@ -103,6 +103,9 @@ struct InstallArgs {
     /// The listen address to record when the settings node is absent.
     #[arg(long, default_value = "0.0.0.0:9999")]
     listen: std::net::SocketAddr,
+    /// Take over a Go wetoken's database although a Go wtserver seems to still write to it.
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -249,7 +252,7 @@ fn install(args: InstallArgs) -> anyhow::Result<()> {
         )
         .await?;
         nodes
-            .install(args.listen, args.database_url.as_deref())
+            .install(args.listen, args.database_url.as_deref(), args.force)
             .await
     })
 }

@@ -146,6 +146,7 @@ impl ServerNodes {
         &self,
         listen: SocketAddr,
         database_url: Option<&str>,
+        force: bool,
     ) -> anyhow::Result<()> {
         let url = self.registry.url();
         if self.registry.exists(&self.conf).await? {
@@ -188,7 +189,12 @@ impl ServerNodes {
                     wetoken_server::redact_url(&settings.database_url)
                 )
             })?;
-        let installed = store.install().await.context("creating wetoken's tables")?;
+        let mut takeover = settings.takeover().map_err(|e| anyhow!(e))?;
+        takeover.force |= force;
+        let installed = store
+            .install(&takeover)
+            .await
+            .context("creating wetoken's tables")?;
         print!("{installed}");
         Ok(())
     }

@@ -47,6 +47,9 @@ pub mod code {
     /// WeChat refused the last attempt with an error that retrying cannot cure; wetoken stopped
     /// calling WeChat for this app until its settings change. `errmsg` carries WeChat's errcode.
     pub const HALTED: i64 = 90502;
+    /// No unexpired credential is stored, and the route never fetches one
+    /// (`/wx/{appid}/token/query`).
+    pub const NOT_STORED: i64 = 90410;
 }
 
 /// The body of every error answer: `{"errcode":N,"errmsg":"…"}`.
@@ -109,6 +112,24 @@ pub struct AppView {
     pub has_token: bool,
     /// Whether an EncodingAESKey is stored.
     pub has_aes_key: bool,
+    /// Whether a WeChat Pay key (`pay_key`) is stored; the key itself is never shown.
+    #[serde(default)]
+    pub has_pay_key: bool,
+    /// The Go wetoken's WeChat Pay merchant id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mchid: Option<String>,
+    /// The sub-merchant's appid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sub_appid: Option<String>,
+    /// The sub-merchant's merchant id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sub_mchid: Option<String>,
+    /// The domain authorised for web pages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wechat_host: Option<String>,
+    /// The verification-code template (`/wx/{appid}/wxcode/send`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wcode_template_id: Option<String>,
     /// When the app was added (RFC 3339, UTC).
     pub create_time: String,
     /// When its settings last changed (RFC 3339, UTC).

@@ -727,3 +727,117 @@ async fn migrate_up_encrypts_plain_secrets_when_asked() {
     assert!(out.contains("encrypted 0 stored secrets"), "{out}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `import`: apps with the Go fields and their live tokens from JSON lines and CSV, served
+/// without calling WeChat; a malformed file imports nothing; a second import keeps what is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_loads_apps_and_live_tokens_from_an_export() {
+    let mock = MockWeChat::start().await.unwrap();
+    mock.add_app("wximp2", "s2");
+    let later = (chrono::Utc::now() + chrono::TimeDelta::hours(1)).to_rfc3339();
+    let earlier = (chrono::Utc::now() - chrono::TimeDelta::hours(1)).to_rfc3339();
+    for backend in ["sqlite", "mysql", "postgres"] {
+        let dir =
+            std::env::temp_dir().join(format!("wetoken-import-{}-{backend}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let Some((url, admin)) = fresh_database(backend, &dir).await else {
+            continue;
+        };
+        let (ok, _, err) = cli(&["migrate", "up", "--database-url", &url]);
+        assert!(ok, "{err}");
+        let jsonl = dir.join("apps.jsonl");
+        std::fs::write(
+            &jsonl,
+            format!(
+                "{}\n\n{}\n",
+                json!({"appid": "wximp1", "secret": "s1", "aesKey": "k1", "mchid": "19",
+                       "payKey": "pk", "wcode_template_id": "TPL",
+                       "access_token": "IMPORTED_TOKEN", "access_token_expires_at": later,
+                       "ticket": "IMPORTED_TICKET", "ticket_expires_at": later}),
+                json!({"appid": "wximp2", "secret": "s2",
+                       "access_token": "OLD", "access_token_expires_at": earlier}),
+            ),
+        )
+        .unwrap();
+        let (ok, out, err) = cli(&["import", jsonl.to_str().unwrap(), "--database-url", &url]);
+        assert!(ok, "{backend}: {err}");
+        assert!(
+            out.contains("imported 2 apps and 2 live tokens and tickets")
+                && out.contains("skipped 1 expired"),
+            "{backend}: {out}"
+        );
+        let (ok, out, _) = cli(&["app", "show", "wximp1", "--database-url", &url]);
+        assert!(
+            ok && out.contains("mchid:        19")
+                && out.contains("wcode_template_id: TPL")
+                && out.contains("pay key:      set")
+                && out.contains("aes key:      set")
+                && !out.contains("pk\n"),
+            "{backend}: {out}"
+        );
+        let get = |appid: &'static str| {
+            let (url, mock) = (url.clone(), mock.url());
+            move || {
+                cli(&[
+                    "token",
+                    "get",
+                    appid,
+                    "--database-url",
+                    &url,
+                    "--wechat-base-url",
+                    &mock,
+                ])
+            }
+        };
+        let (ok, out, err) = get("wximp1")();
+        assert!(
+            ok && out.trim() == "IMPORTED_TOKEN",
+            "{backend}: {out}{err}"
+        );
+        assert_eq!(mock.calls(Endpoint::Token), 0, "{backend}");
+        // The expired one is fetched when first needed.
+        let (ok, out, err) = get("wximp2")();
+        assert!(ok && out.trim() != "OLD", "{backend}: {out}{err}");
+        assert_eq!(mock.calls(Endpoint::Token), 1, "{backend}");
+        mock.reset_calls();
+
+        // Again, with a CSV holding one known app and one new: the known one is kept.
+        let csv = dir.join("apps.csv");
+        std::fs::write(
+            &csv,
+            "appid,secret,subAppid\nwximp1,changed,x\n\"wximp3\",\"s,3\",wxsub\n",
+        )
+        .unwrap();
+        let (ok, out, err) = cli(&["import", csv.to_str().unwrap(), "--database-url", &url]);
+        assert!(ok, "{backend}: {err}");
+        assert!(
+            out.contains("imported 1 apps") && out.contains("already here as they were: wximp1"),
+            "{backend}: {out}"
+        );
+        let (_, out, _) = cli(&["app", "show", "wximp3", "--database-url", &url]);
+        assert!(out.contains("sub_appid:    wxsub"), "{backend}: {out}");
+
+        // A bad record anywhere: nothing is written, and the line is named.
+        let bad = dir.join("bad.jsonl");
+        std::fs::write(
+            &bad,
+            format!(
+                "{}\n{}\n",
+                json!({"appid": "wximp4", "secret": "s4"}),
+                json!({"appid": "wximp5", "secret": "s5", "colour": "red"}),
+            ),
+        )
+        .unwrap();
+        let (ok, _, err) = cli(&["import", bad.to_str().unwrap(), "--database-url", &url]);
+        assert!(
+            !ok && err.contains("line 2") && err.contains("colour"),
+            "{backend}: {err}"
+        );
+        let (_, out, _) = cli(&["app", "list", "--database-url", &url]);
+        assert!(!out.contains("wximp4"), "{backend}: {out}");
+        drop_database(admin).await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    mock.shutdown().await;
+}

@@ -29,6 +29,18 @@ pub struct Model {
     pub calls_day: Option<String>,
     /// Upstream calls made for the app on `calls_day`, by every replica.
     pub calls_today: i32,
+    /// The Go wetoken's WeChat Pay merchant id (`''` when unset, as the Go schema has it).
+    pub mchid: String,
+    /// The WeChat Pay key, sealed like the secret (`''` or NULL when unset).
+    pub pay_key: Option<String>,
+    /// The sub-merchant's appid (`''` when unset).
+    pub sub_appid: String,
+    /// The sub-merchant's merchant id (`''` when unset).
+    pub sub_mchid: String,
+    /// The domain authorised for web pages.
+    pub wechat_host: Option<String>,
+    /// The verification-code template id, for `/wx/{appid}/wxcode/send`.
+    pub wcode_template_id: Option<String>,
     /// When it was added.
     pub create_time: DateTimeUtc,
     /// When its settings last changed.

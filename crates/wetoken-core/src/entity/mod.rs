@@ -4,3 +4,4 @@
 //! [`crate::store`] instead.
 
 pub mod app_info;
+pub mod user_info;

@@ -14,3 +14,4 @@ mod ops;
 mod registry;
 mod secrets;
 mod security;
+mod takeover;

@@ -463,7 +463,7 @@ async fn consumer_keys_cannot_be_migrated_away(db: &TestDb) {
     let store = Store::connect(&DatabaseOptions::new(&db.url))
         .await
         .unwrap();
-    store.install().await.unwrap();
+    store.migrate().await.unwrap();
     add_key(&store, "reader", &[APP], true, &[]).await;
     // Down past 000006 (nothing encrypted, so it goes) to 000005, which refuses.
     let err = wetoken_migration::Migrator::down(store.connection(), Some(2))
