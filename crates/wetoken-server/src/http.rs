@@ -28,7 +28,7 @@ use wetoken_wire::{
     AppList, AppShow, AppView, Created, CredentialState, ErrorBody, JssdkConfigBody, code,
 };
 
-use crate::config::HttpSettings;
+use crate::config::{CredentialErrors, HttpSettings};
 
 /// What every handler shares.
 pub(crate) struct State {
@@ -257,59 +257,44 @@ impl From<wetoken_core::Error> for ApiError {
 
 type ApiResult = Result<Response<Full<Bytes>>, ApiError>;
 
-/// The one place errors become HTTP statuses and `errcode`s.
+/// The one place errors become `errcode`s; each errcode's HTTP status is the wire contract's
+/// (`code::http_status`), so clients can tell it from the errcode alone. Whether a credential
+/// route sends that status or 200 is [`answer_status`]'s business.
 fn error_response(e: &ApiError) -> Response<Full<Bytes>> {
     use wetoken_core::Error as E;
-    let (status, errcode, errmsg) = match e {
-        ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, code::BAD_REQUEST, m.clone()),
-        ApiError::Unauthorized(m) => (StatusCode::UNAUTHORIZED, code::UNAUTHORIZED, (*m).into()),
-        ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, code::FORBIDDEN, m.clone()),
+    let (errcode, errmsg) = match e {
+        ApiError::BadRequest(m) => (code::BAD_REQUEST, m.clone()),
+        ApiError::Unauthorized(m) => (code::UNAUTHORIZED, (*m).into()),
+        ApiError::Forbidden(m) => (code::FORBIDDEN, m.clone()),
         ApiError::BodyTooLarge(limit) => (
-            StatusCode::PAYLOAD_TOO_LARGE,
             code::BODY_TOO_LARGE,
             format!("request body is over the {limit}-byte limit"),
         ),
-        ApiError::NotFound => (
-            StatusCode::NOT_FOUND,
-            code::NOT_FOUND,
-            "no such route".into(),
-        ),
+        ApiError::NotFound => (code::NOT_FOUND, "no such route".into()),
         ApiError::MethodNotAllowed => (
-            StatusCode::METHOD_NOT_ALLOWED,
             code::METHOD_NOT_ALLOWED,
             "method not allowed on this route".into(),
         ),
-        ApiError::Timeout => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            code::UPSTREAM_UNAVAILABLE,
-            "request timed out".into(),
-        ),
+        ApiError::Timeout => (code::UPSTREAM_UNAVAILABLE, "request timed out".into()),
         ApiError::Engine(e) => match e {
-            E::InvalidInput(m) => (StatusCode::BAD_REQUEST, code::BAD_REQUEST, m.clone()),
-            E::UnknownApp(_) => (StatusCode::NOT_FOUND, code::UNKNOWN_APP, e.to_string()),
-            E::DuplicateApp(_) => (StatusCode::CONFLICT, code::DUPLICATE_APP, e.to_string()),
-            E::ForceLimited(m) => (StatusCode::TOO_MANY_REQUESTS, code::LIMITED, m.clone()),
-            E::Refused { errcode, errmsg } => (StatusCode::BAD_GATEWAY, *errcode, errmsg.clone()),
-            E::Halted { .. } => (
-                StatusCode::BAD_GATEWAY,
-                e.halted_errcode().unwrap_or(code::HALTED),
-                e.to_string(),
-            ),
+            E::InvalidInput(m) => (code::BAD_REQUEST, m.clone()),
+            E::UnknownApp(_) => (code::UNKNOWN_APP, e.to_string()),
+            E::DuplicateApp(_) => (code::DUPLICATE_APP, e.to_string()),
+            E::ForceLimited(m) => (code::LIMITED, m.clone()),
+            // WeChat's own code, which is never in wetoken's range: 502.
+            E::Refused { errcode, errmsg } => (*errcode, errmsg.clone()),
+            E::Halted { .. } => (e.halted_errcode().unwrap_or(code::HALTED), e.to_string()),
             E::Unavailable(m) => (
-                StatusCode::SERVICE_UNAVAILABLE,
                 code::UPSTREAM_UNAVAILABLE,
                 format!("{m}; no valid credential is held"),
             ),
-            E::DatabaseUnavailable(_) => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                code::DATABASE_UNAVAILABLE,
-                "database unavailable".into(),
-            ),
+            E::DatabaseUnavailable(_) => {
+                (code::DATABASE_UNAVAILABLE, "database unavailable".into())
+            }
             E::Secret(cause) => {
                 // Which column and which master key stay in the log.
                 error!(%cause, "a stored secret cannot be read");
                 (
-                    StatusCode::INTERNAL_SERVER_ERROR,
                     code::INTERNAL,
                     "a stored secret of this app cannot be decrypted; see the server log".into(),
                 )
@@ -317,14 +302,12 @@ fn error_response(e: &ApiError) -> Response<Full<Bytes>> {
             E::Database(cause) => {
                 // The database's own text stays in the log.
                 error!(%cause, "database error");
-                (
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    code::INTERNAL,
-                    "internal error; see the server log".into(),
-                )
+                (code::INTERNAL, "internal error; see the server log".into())
             }
         },
     };
+    let status = StatusCode::from_u16(code::http_status(errcode))
+        .expect("the wire contract names real statuses");
     let mut response = json(status, &ErrorBody { errcode, errmsg });
     if matches!(e, ApiError::BodyTooLarge(_)) {
         // The rest of the body was not read, so the connection cannot carry another request:
@@ -464,6 +447,19 @@ fn route(path: &str) -> Option<Route<'_>> {
     }
 }
 
+/// Whether `path` is in the credential-route group: `/wx/{appid}/…` and `/{appid}/wechat/…`
+/// (the token, ticket, refresh and jssdk routes, and any route added under those prefixes),
+/// but not the admin routes' `/wechat/app/…`. The group answers errors as
+/// `http.credential_errors` says. Decided from the path alone, before routing, so a route
+/// added to the group later needs nothing else to answer alike, and neither does a path in it
+/// that no route matches.
+fn in_credential_group(path: &str) -> bool {
+    let Some((first, rest)) = path.strip_prefix('/').and_then(|p| p.split_once('/')) else {
+        return false;
+    };
+    first == "wx" || rest.split_once('/').map_or(rest, |(second, _)| second) == "wechat"
+}
+
 /// Serves one request. Never fails: every error becomes a JSON answer.
 pub(crate) async fn handle(
     state: Arc<State>,
@@ -487,6 +483,8 @@ pub(crate) async fn handle(
         request_id = %request_id.to_str().unwrap_or_default(),
         path = %request.uri().path(),
     );
+    let errors_in_body = state.http.credential_errors == CredentialErrors::InBody
+        && in_credential_group(request.uri().path());
     let timeout = Duration::from_secs(state.http.request_timeout_secs);
     let answer = within(
         timeout,
@@ -494,8 +492,21 @@ pub(crate) async fn handle(
     )
     .await
     .unwrap_or(Err(ApiError::Timeout));
-    let mut response = answer.unwrap_or_else(|e| span.in_scope(|| error_response(&e)));
-    let status = response.status();
+    // Logs and metrics keep the status the answer stands for, whichever is sent.
+    let (mut response, status) = match answer {
+        Ok(response) => {
+            let status = response.status();
+            (response, status)
+        }
+        Err(e) => {
+            let mut response = span.in_scope(|| error_response(&e));
+            let status = response.status();
+            if errors_in_body {
+                *response.status_mut() = StatusCode::OK;
+            }
+            (response, status)
+        }
+    };
     span.in_scope(|| debug!(status = status.as_u16(), "answered"));
     response.headers_mut().insert(REQUEST_ID, request_id);
     count_request(label, status_label(status));
@@ -1115,6 +1126,14 @@ pub(crate) fn fuzz_request(data: &[u8]) {
         hash: wetoken_core::keys::KeyHash::of(KEY),
     }]);
     let presented = std::str::from_utf8(body).ok().map(str::trim);
+    // Every credential route answers errors as the group does; no admin route does.
+    match &routed {
+        Some(Route::Credential { .. } | Route::Jssdk(_)) => {
+            assert!(in_credential_group(path), "{path:?}");
+        }
+        Some(_) => assert!(!in_credential_group(path), "{path:?}"),
+        None => {}
+    }
     match &routed {
         Some(Route::Credential { appid, refresh, .. }) => {
             segment(appid);
@@ -1235,6 +1254,36 @@ mod tests {
             "wx1/wechat/token/get",
         ] {
             assert!(route(bad).is_none(), "{bad:?} should not route");
+        }
+    }
+
+    #[test]
+    fn the_credential_group_is_every_route_under_its_prefixes() {
+        for path in [
+            "/wx1/wechat/token/get",
+            "/wx1/wechat/ticket/refresh",
+            "/wx1/wechat/jssdk/config",
+            "/wx/wx1/token/get",
+            "/wx/wx1/ticket/get",
+            // Routes to come inherit the group; so does a path no route matches.
+            "/wx/wx1/token/query",
+            "/wx/wx1/wxcode/send",
+            "/wx1/wechat/no/such",
+            "/wechat/wechat/token/get",
+        ] {
+            assert!(in_credential_group(path), "{path}");
+        }
+        for path in [
+            "/",
+            "",
+            "/wx",
+            "/health",
+            "/metrics",
+            "/wechat/app/create",
+            "/wechat/app/list",
+            "/nothing/here",
+        ] {
+            assert!(!in_credential_group(path), "{path}");
         }
     }
 

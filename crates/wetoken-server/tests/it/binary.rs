@@ -99,11 +99,15 @@ async fn default_start_creates_sqlite_serves_and_exits_cleanly_on_sigterm() {
         .unwrap();
     let consumer_key = issued.key.expose().to_owned();
     let token_url = format!("{base}/wxbin/wechat/token/get");
+    // Refused as the Go wetoken refused, by default: HTTP 200 and a non-zero errcode.
+    let errcode = |response: reqwest::Response| async move {
+        assert_eq!(response.status(), 200);
+        let body: serde_json::Value = response.json().await.unwrap();
+        body["errcode"].as_i64()
+    };
     eventually("the key is required", Duration::from_secs(10), || async {
-        http.get(&token_url)
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 401)
+        let response = http.get(&token_url).send().await.unwrap();
+        errcode(response).await == Some(90401)
     })
     .await;
     let keyed = http
@@ -119,7 +123,7 @@ async fn default_start_creates_sqlite_serves_and_exits_cleanly_on_sigterm() {
         .send()
         .await
         .unwrap();
-    assert_eq!(wrong.status(), 401);
+    assert_eq!(errcode(wrong).await, Some(90401));
     // Stored encrypted under the master key.
     assert!(store.secrets_report().await.unwrap().plain == 0);
     // A plain secret written behind the server's back (by this keyless store) still works, and

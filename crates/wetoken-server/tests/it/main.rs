@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod answers;
 mod api;
 mod beyond;
 mod binary;
