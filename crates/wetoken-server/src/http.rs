@@ -50,15 +50,37 @@ pub(crate) struct ReaderPolicy {
 /// The header Go-era clients that cannot set `Authorization` may send the consumer key in.
 pub(crate) const KEY_HEADER: &str = "x-wetoken-key";
 
+/// What a request on a guarded route does with the app's credentials, for the scope check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Purpose {
+    /// Reads a token or ticket (`get`, and a read-only `query`): a consumer key for the app, or
+    /// the app's own secret in the query, which is how the Go SDK asks.
+    Read,
+    /// A passive refresh: a consumer key for the app that allows refreshes.
+    Refresh,
+    /// Anything else done with the app's credentials (the jssdk signature, sending a message):
+    /// a consumer key for the app.
+    Use,
+}
+
+/// The 401's message: what a guarded route takes.
+const NEEDS_A_KEY: &str = "this route needs a consumer key (Authorization: Bearer <key>);      token and ticket reads also take the app's own secret (?secret=)";
+
 impl ReaderPolicy {
     /// Checks the caller before anything else, and before the app is looked up: a refusal says
     /// nothing about whether the app exists.
+    ///
+    /// While consumer keys exist, a request that presents none may read (`Purpose::Read`) an
+    /// app's token and ticket with that app's secret in its `secret` query parameter, as the
+    /// Go SDK sends it: as if it held a key for that one app, without refreshes. A wrong secret
+    /// counts as no key. `engine` holds the secrets' digests.
     fn check(
         &self,
         request: &http::request::Parts,
         peer: std::net::IpAddr,
         appid: &str,
-        refresh: bool,
+        purpose: Purpose,
+        engine: &Engine,
     ) -> Result<(), ApiError> {
         let headers = &request.headers;
         let table = self.keys.read().unwrap_or_else(|e| e.into_inner());
@@ -73,17 +95,34 @@ impl ReaderPolicy {
             };
         }
         let presented = presented_key(headers);
+        if presented.is_none()
+            && purpose != Purpose::Use
+            && let Some(secret) = query_secret(request.uri.query())
+        {
+            drop(table);
+            if !engine.is_app_secret(appid, &secret) {
+                // Never the secret itself; the path (in the span) names the app.
+                warn!(%peer, "refused: the secret presented is not this app's");
+                return Err(ApiError::Unauthorized(NEEDS_A_KEY));
+            }
+            if purpose == Purpose::Refresh {
+                return Err(ApiError::Forbidden(
+                    "the app's secret reads its token and ticket; a passive refresh needs a \
+                     consumer key"
+                        .into(),
+                ));
+            }
+            return Ok(());
+        }
         let access = Access {
             appid,
-            refresh,
+            refresh: purpose == Purpose::Refresh,
             peer,
         };
         table
             .check(presented, access)
             .map_err(|refusal| match refusal {
-                Refusal::MissingKey | Refusal::UnknownKey => ApiError::Unauthorized(
-                    "this route needs a consumer key: Authorization: Bearer <key>",
-                ),
+                Refusal::MissingKey | Refusal::UnknownKey => ApiError::Unauthorized(NEEDS_A_KEY),
                 Refusal::OutOfScope => {
                     ApiError::Forbidden("this consumer key does not cover this appid".into())
                 }
@@ -100,6 +139,15 @@ impl ReaderPolicy {
     pub(crate) fn replace(&self, table: KeyTable) {
         *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(table);
     }
+}
+
+/// The app secret a request presents in its query, as the Go SDK sends it: it appends
+/// `<appid>&secret=<secret>` to the URL it is given, so `?wx1&secret=S`, or `?x=1wx1&secret=S`
+/// after a query of its own. The first non-empty `secret` counts.
+fn query_secret(query: Option<&str>) -> Option<std::borrow::Cow<'_, str>> {
+    form_urlencoded::parse(query?.as_bytes())
+        .find(|(name, value)| name == "secret" && !value.is_empty())
+        .map(|(_, value)| value)
 }
 
 /// The consumer key a request presents: `Authorization: Bearer <key>`, else `X-Wetoken-Key`.
@@ -690,7 +738,14 @@ async fn dispatch(
             if !(read_only || method == Method::POST) {
                 return Err(ApiError::MethodNotAllowed);
             }
-            state.readers.check(&parts, peer, appid, refresh)?;
+            let purpose = if refresh {
+                Purpose::Refresh
+            } else {
+                Purpose::Read
+            };
+            state
+                .readers
+                .check(&parts, peer, appid, purpose, &state.engine)?;
             let appid = AppId::parse(appid)?;
             // `?type=wx_card` picks the card ticket; only the refresh route needs a body.
             let params = if refresh || (kind != Kind::AccessToken && parts.uri.query().is_some()) {
@@ -728,7 +783,9 @@ async fn dispatch(
             if !(read_only || method == Method::POST) {
                 return Err(ApiError::MethodNotAllowed);
             }
-            state.readers.check(&parts, peer, appid, false)?;
+            state
+                .readers
+                .check(&parts, peer, appid, Purpose::Use, &state.engine)?;
             let appid = AppId::parse(appid)?;
             let params = Params::read(&parts, body, &state.http).await?;
             let config =
