@@ -22,7 +22,7 @@ use serde_json::Value;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use wetoken_core::{DatabaseOptions, ManualClock, Store};
+use wetoken_core::{AppId, DatabaseOptions, ManualClock, NewConsumerKey, Store};
 use wetoken_mock::MockWeChat;
 use wetoken_server::{CredentialErrors, Server, Settings};
 
@@ -297,6 +297,13 @@ impl TestServer {
         assert_eq!((status, &body["errcode"]), (200, &Value::from(0)), "{body}");
     }
 
+    /// Registers `appid` with `secret` (by POST, as a JSON body) and checks it worked.
+    pub async fn add_app_with(&self, appid: &str, secret: &str) {
+        let body = serde_json::json!({"appid": appid, "secret": secret});
+        let (status, body) = self.post_json("/wechat/app/create", &body).await;
+        assert_eq!((status, &body["errcode"]), (200, &Value::from(0)), "{body}");
+    }
+
     /// The token a successful `/{appid}/wechat/token/get` returns.
     pub async fn token(&self, appid: &str) -> String {
         let (status, body) = self.get(&format!("/{appid}/wechat/token/get")).await;
@@ -533,4 +540,25 @@ impl Proxy {
     pub fn bring_back(&self) {
         self.down.store(false, Ordering::SeqCst);
     }
+}
+
+/// Adds a consumer key through `store`, as `wetoken-cli key add` does; the key.
+pub async fn add_key(
+    store: &Store,
+    name: &str,
+    appids: &[&str],
+    allow_refresh: bool,
+    networks: &[&str],
+) -> String {
+    let new = NewConsumerKey {
+        name: name.into(),
+        appids: appids.iter().map(|a| AppId::parse(a).unwrap()).collect(),
+        allow_refresh,
+        networks: networks
+            .iter()
+            .map(|n| wetoken_core::keys::parse_network(n).unwrap())
+            .collect(),
+    };
+    let issued = store.add_consumer_key(&new, Utc::now()).await.unwrap();
+    issued.key.expose().to_owned()
 }

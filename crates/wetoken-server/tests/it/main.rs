@@ -10,6 +10,7 @@ mod binary;
 mod client;
 mod cluster;
 mod engine;
+mod go_sdk;
 mod limits;
 mod ops;
 mod registry;

@@ -7,12 +7,12 @@ use std::time::Duration;
 use chrono::Utc;
 use serde_json::json;
 use wetoken_client::TokenSource;
-use wetoken_core::{AppId, DatabaseOptions, NewConsumerKey, Store};
+use wetoken_core::{AppId, DatabaseOptions, Store};
 use wetoken_mock::Endpoint;
 use wetoken_server::{Server, Settings};
 
 use crate::harness::{
-    SECRET, TestDb, TestServer, eventually, mock_with, on_every_database, settings,
+    SECRET, TestDb, TestServer, add_key, eventually, mock_with, on_every_database, settings,
 };
 
 const APP: &str = "wxguarded";
@@ -181,26 +181,6 @@ fn from_loopback() -> reqwest::Client {
         .local_address(IpAddr::V4(Ipv4Addr::LOCALHOST))
         .build()
         .unwrap()
-}
-
-async fn add_key(
-    store: &Store,
-    name: &str,
-    appids: &[&str],
-    allow_refresh: bool,
-    networks: &[&str],
-) -> String {
-    let new = NewConsumerKey {
-        name: name.into(),
-        appids: appids.iter().map(|a| AppId::parse(a).unwrap()).collect(),
-        allow_refresh,
-        networks: networks
-            .iter()
-            .map(|n| wetoken_core::keys::parse_network(n).unwrap())
-            .collect(),
-    };
-    let issued = store.add_consumer_key(&new, Utc::now()).await.unwrap();
-    issued.key.expose().to_owned()
 }
 
 async fn consumer_keys_guard_token_reads(db: &TestDb) {
@@ -499,13 +479,7 @@ async fn an_apps_own_secret_reads_that_app_alone(db: &TestDb) {
     s.consumer_keys_reload_ms = 50;
     let server = TestServer::start(s.clone()).await;
     server.add_app(APP).await;
-    let (code, body) = server
-        .post_json(
-            "/wechat/app/create",
-            &json!({"appid": OTHER, "secret": OTHER_SECRET}),
-        )
-        .await;
-    assert_eq!(code, 200, "{body}");
+    server.add_app_with(OTHER, OTHER_SECRET).await;
     let cli = Store::connect(&DatabaseOptions::new(&db.url))
         .await
         .unwrap()
