@@ -64,7 +64,8 @@ pub(crate) enum Purpose {
 }
 
 /// The 401's message: what a guarded route takes.
-const NEEDS_A_KEY: &str = "this route needs a consumer key (Authorization: Bearer <key>);      token and ticket reads also take the app's own secret (?secret=)";
+const NEEDS_A_KEY: &str = "this route needs a consumer key (Authorization: Bearer <key>); \
+     token and ticket reads also take the app's own secret (?secret=)";
 
 impl ReaderPolicy {
     /// Checks the caller before anything else, and before the app is looked up: a refusal says
@@ -307,7 +308,7 @@ type ApiResult = Result<Response<Full<Bytes>>, ApiError>;
 
 /// The one place errors become `errcode`s; each errcode's HTTP status is the wire contract's
 /// (`code::http_status`), so clients can tell it from the errcode alone. Whether a credential
-/// route sends that status or 200 is [`answer_status`]'s business.
+/// route sends that status or 200 is decided in [`handle`].
 fn error_response(e: &ApiError) -> Response<Full<Bytes>> {
     use wetoken_core::Error as E;
     let (errcode, errmsg) = match e {

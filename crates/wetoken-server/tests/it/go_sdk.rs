@@ -199,7 +199,11 @@ async fn the_go_sdk_reads_tokens_and_calls_wechat_through_wetoken(db: &TestDb) {
     let refused = sdk_error(&borrowed, 90401);
     let wrong = token(&gosdk, &url(APP), APP, &SECRET[..31]).await;
     assert_eq!(sdk_error(&wrong, 90401), refused);
-    assert!(refused.contains("consumer key"), "{refused}");
+    // It says what would do, in one line.
+    assert!(
+        refused.contains("consumer key") && refused.contains("secret") && !refused.contains("  "),
+        "{refused}"
+    );
     assert_eq!(mock.calls(Endpoint::Token), 2, "one fetch for each app");
     server.stop().await;
 
