@@ -10,8 +10,12 @@
 //!   several reports of one value here make one request.
 //! - [`call`] runs a WeChat API call and retries it once with a fresh token when WeChat answers
 //!   40001, 40014 or 42001.
-//! - A [`Builder`] takes several server URLs and fails over on connection errors and 5xx answers,
-//!   never on 4xx.
+//! - A [`Builder`] takes several server URLs and fails over on connection errors, timeouts and
+//!   the server's own failures (5xx, or errcode 90500, 90503 or 90504 in a 200 body), never on
+//!   4xx or a refusal of WeChat's.
+//! - A server may answer errors with their HTTP status or, as the Go wetoken did, with HTTP 200
+//!   and a non-zero `errcode` (`http.credential_errors`); either way they come back as the same
+//!   [`Error::Refused`].
 //! - [`JssdkConfig`] asks the server to sign a page's `wx.config`.
 //!
 //! This crate depends on the wire types and reqwest only: nothing of the server.
@@ -23,7 +27,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::Mutex;
-use wetoken_wire::{CredentialBody, ErrorBody};
+use wetoken_wire::{CredentialBody, ErrorBody, code};
 
 #[cfg(feature = "blocking")]
 pub mod blocking;
@@ -54,9 +58,11 @@ pub enum Error {
         url: String,
     },
     /// The server refused, with its `{"errcode","errmsg"}` kept as it came.
-    #[error("wetoken answered HTTP {status}: errcode {}: {}", .body.errcode, .body.errmsg)]
+    #[error("wetoken refused ({status}): errcode {}: {}", .body.errcode, .body.errmsg)]
     Refused {
-        /// The HTTP status.
+        /// The HTTP status; from a server that answers errors with HTTP 200 and a non-zero
+        /// `errcode` (its default, for the Go SDK), the status that errcode stands for
+        /// (`wetoken_wire::code::http_status`). So the error is the same either way.
         status: u16,
         /// The server's error body.
         body: ErrorBody,
@@ -369,8 +375,9 @@ struct Servers {
 
 impl Servers {
     /// Asks the servers in turn, starting with the one that answered last, until one answers;
-    /// moves on only after a connection error, a timeout or a 5xx. `url_of` gives server `i`'s
-    /// URL, and `parse` reads a 200 answer (given the server's name for messages).
+    /// moves on only after a failure of the server itself (see [`Failed`]). `url_of` gives
+    /// server `i`'s URL, and `parse` reads a successful answer (given the server's name for
+    /// messages).
     async fn ask<T>(
         &self,
         url_of: impl Fn(usize) -> reqwest::Url,
@@ -385,9 +392,8 @@ impl Servers {
                     self.preferred.store(index, Ordering::Relaxed);
                     return Ok(answer);
                 }
-                Err(e @ (Error::Transport { .. } | Error::Timeout { .. })) => last = Some(e),
-                Err(e @ Error::Refused { status, .. }) if status >= 500 => last = Some(e),
-                Err(e) => return Err(e),
+                Err(Failed { error, next: true }) => last = Some(error),
+                Err(Failed { error, .. }) => return Err(error),
             }
         }
         Err(last.unwrap_or(Error::InvalidUrl {
@@ -400,7 +406,7 @@ impl Servers {
         &self,
         url: reqwest::Url,
         parse: impl Fn(&str, &[u8]) -> Result<T, Error>,
-    ) -> Result<T, Error> {
+    ) -> Result<T, Failed> {
         // The query may hold a rejected token: name servers by host and path only.
         let name = format!(
             "{}://{}{}",
@@ -418,27 +424,87 @@ impl Servers {
                 }
             }
         };
-        let response = self.http.get(url.clone()).send().await.map_err(failed)?;
+        let response = self
+            .http
+            .get(url.clone())
+            .send()
+            .await
+            .map_err(|e| Failed::next(failed(e)))?;
         let status = response.status().as_u16();
-        let bytes = response.bytes().await.map_err(failed)?;
-        if status != 200 {
-            return match serde_json::from_slice::<ErrorBody>(&bytes) {
-                Ok(body) => Err(Error::Refused { status, body }),
-                Err(_) if status >= 500 => Err(Error::Refused {
-                    status,
-                    body: ErrorBody {
-                        errcode: -1,
-                        errmsg: format!("HTTP {status} without a wetoken error body"),
-                    },
-                }),
-                Err(_) => Err(Error::Malformed {
-                    url: name.clone(),
-                    message: format!("HTTP {status} without an error body"),
-                }),
-            };
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| Failed::next(failed(e)))?;
+        let refused = |body: ErrorBody| Failed {
+            next: code::try_another_server(body.errcode),
+            error: Error::Refused {
+                status: code::http_status(body.errcode),
+                body,
+            },
+        };
+        if status == 200 {
+            // A server answering errors in the body (its default, for the Go SDK): the same
+            // error as it would be with its status.
+            if let Some(body) = error_in_body(&bytes) {
+                return Err(refused(body));
+            }
+            return parse(&name, &bytes).map_err(Failed::last);
         }
-        parse(&name, &bytes)
+        match serde_json::from_slice::<ErrorBody>(&bytes) {
+            Ok(body) => Err(Failed {
+                next: code::try_another_server(body.errcode),
+                error: Error::Refused { status, body },
+            }),
+            // Not wetoken's answer: a proxy's, in front of a server that is down.
+            Err(_) if status >= 500 => Err(Failed::next(Error::Refused {
+                status,
+                body: ErrorBody {
+                    errcode: -1,
+                    errmsg: format!("HTTP {status} without a wetoken error body"),
+                },
+            })),
+            Err(_) => Err(Failed::last(Error::Malformed {
+                url: name.clone(),
+                message: format!("HTTP {status} without an error body"),
+            })),
+        }
     }
+}
+
+/// Why one server gave no answer, and whether the next server should be asked: after a
+/// connection error, a timeout, a 5xx that is not wetoken's (a proxy's), or one of wetoken's
+/// own failures (errcode 90500, 90503, 90504: `code::try_another_server`), whether it came
+/// with its HTTP status or in a 200 body. Every other error is an answer: a 4xx, and a refusal
+/// of WeChat's, which another replica on the same database would repeat.
+struct Failed {
+    error: Error,
+    next: bool,
+}
+
+impl Failed {
+    fn next(error: Error) -> Self {
+        Self { error, next: true }
+    }
+
+    fn last(error: Error) -> Self {
+        Self { error, next: false }
+    }
+}
+
+/// The error a 200 answer carries, if its `errcode` is not 0.
+fn error_in_body(bytes: &[u8]) -> Option<ErrorBody> {
+    #[derive(serde::Deserialize)]
+    struct Head {
+        #[serde(default)]
+        errcode: i64,
+        #[serde(default)]
+        errmsg: String,
+    }
+    let head: Head = serde_json::from_slice(bytes).ok()?;
+    (head.errcode != code::OK).then_some(ErrorBody {
+        errcode: head.errcode,
+        errmsg: head.errmsg,
+    })
 }
 
 /// An app's access token, pulled from wetoken's `/{appid}/wechat/token/get` route.

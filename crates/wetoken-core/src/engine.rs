@@ -31,8 +31,10 @@ use tracing::{Instrument, debug, info, warn};
 
 use crate::Error;
 use crate::clock::Clock;
+use crate::keys::SecretDigests;
 use crate::model::{
-    App, AppId, AppInfo, AppKind, AppUpdate, Credential, CredentialRecord, Kind, NewApp, TokenMode,
+    App, AppId, AppInfo, AppKind, AppUpdate, Credential, CredentialRecord, Kind, NewApp, Secret,
+    TokenMode,
 };
 use crate::store::{Failure, Store, wechat_day};
 use crate::wechat::{Issued, UpstreamError, WeChat};
@@ -291,6 +293,8 @@ struct Inner {
     leases: AtomicU64,
     /// Scheduler scans finished, successful or not.
     sweeps: AtomicU64,
+    /// Digests of the apps' secrets, for callers that present one (the Go SDK).
+    secrets: RwLock<SecretDigests>,
 }
 
 /// The error a recorded failure stands for, as other replicas read it back.
@@ -339,6 +343,7 @@ impl Engine {
                 upstream,
                 leases: AtomicU64::new(0),
                 sweeps: AtomicU64::new(0),
+                secrets: RwLock::default(),
             }),
         })
     }
@@ -455,8 +460,51 @@ impl Engine {
     /// Adds an app.
     pub async fn add_app(&self, app: &NewApp) -> Result<(), Error> {
         self.inner.store.insert_app(app, self.now()).await?;
+        self.remember_secret(&app.appid, Some(&app.secret));
         info!(appid = %app.appid, "app added");
         Ok(())
+    }
+
+    /// Whether `presented` is `appid`'s app secret, as the Go SDK presents it, from digests held
+    /// in memory: no database query, constant time in the secrets' content. Holds only after
+    /// [`Engine::reload_app_secrets`] has run (and for apps this engine added or updated since);
+    /// an app another process added or changed is seen from the next reload on.
+    pub fn is_app_secret(&self, appid: &str, presented: &str) -> bool {
+        self.inner
+            .secrets
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .matches(appid, presented)
+    }
+
+    /// Reads every app's secret from the database and keeps its SHA-256 for
+    /// [`Engine::is_app_secret`], in place of what was held; returns how many apps it holds
+    /// secrets of. A secret that does not decrypt is left out: that app's tokens cannot be
+    /// fetched either, and the fetch says why.
+    pub async fn reload_app_secrets(&self) -> Result<usize, Error> {
+        let read_at = self.secret_digests().generation();
+        let mut readable = Vec::new();
+        for (appid, secret) in self.inner.store.app_secrets().await? {
+            match secret {
+                Ok(secret) => readable.push((appid, secret)),
+                Err(e) => debug!(%appid, error = %e, "app secret left out of the digests"),
+            }
+        }
+        if !self.secret_digests().install(read_at, &readable) {
+            debug!("an app changed during the reload of app secrets; the next one reads it");
+        }
+        Ok(readable.len())
+    }
+
+    fn secret_digests(&self) -> std::sync::RwLockWriteGuard<'_, SecretDigests> {
+        self.inner
+            .secrets
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn remember_secret(&self, appid: &AppId, secret: Option<&Secret>) {
+        self.secret_digests().set(appid.as_str(), secret);
     }
 
     /// Changes an app's settings and lifts any halt or backoff on its credentials.
@@ -471,6 +519,9 @@ impl Engine {
             .update_app(appid, update, self.now())
             .await?;
         self.forget(appid);
+        if let Some(secret) = &update.secret {
+            self.remember_secret(appid, Some(secret));
+        }
         info!(%appid, "app updated");
         Ok(())
     }
@@ -479,6 +530,7 @@ impl Engine {
     pub async fn delete_app(&self, appid: &AppId) -> Result<(), Error> {
         let existed = self.inner.store.delete_app(appid).await?;
         self.forget(appid);
+        self.remember_secret(appid, None);
         if !existed {
             return Err(Error::UnknownApp(appid.clone()));
         }

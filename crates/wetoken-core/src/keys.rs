@@ -210,6 +210,71 @@ impl KeyTable {
     }
 }
 
+/// The SHA-256 of each app's secret, for the Go SDK's way of asking: it cannot send a consumer
+/// key, and sends the app's own secret in the query (`?<appid>&secret=<secret>`) instead.
+///
+/// The engine holds one, reloaded with the consumer keys and changed at once when this process
+/// adds, updates or deletes an app; requests check it without touching the database. Only the
+/// digests are held, never a secret.
+#[derive(Default)]
+pub(crate) struct SecretDigests {
+    by_app: HashMap<String, [u8; 32]>,
+    /// Counts the changes made by this process, so that a reload that read the database before
+    /// one of them does not install what it read over it.
+    generation: u64,
+}
+
+impl SecretDigests {
+    /// Whether `presented` is `appid`'s secret. Constant time in the secrets' content: the
+    /// digests are compared with `subtle`, and an unknown appid is compared against zeros, so
+    /// the time taken does not tell whether the app exists either.
+    pub(crate) fn matches(&self, appid: &str, presented: &str) -> bool {
+        use subtle::ConstantTimeEq;
+        let presented: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        let (stored, known) = match self.by_app.get(appid) {
+            Some(stored) => (stored, true),
+            None => (&[0u8; 32], false),
+        };
+        bool::from(presented.ct_eq(stored)) & known
+    }
+
+    /// Records `appid`'s secret (`None`: it has none, or no longer exists).
+    pub(crate) fn set(&mut self, appid: &str, secret: Option<&Secret>) {
+        self.generation += 1;
+        match secret {
+            Some(secret) => {
+                let digest = Sha256::digest(secret.expose().as_bytes()).into();
+                self.by_app.insert(appid.to_owned(), digest);
+            }
+            None => {
+                self.by_app.remove(appid);
+            }
+        }
+    }
+
+    /// The generation a reload starts from; see [`SecretDigests::install`].
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Replaces every digest with those of `secrets`, read from the database since
+    /// [`SecretDigests::generation`] said `read_at`; returns false and keeps what is held when
+    /// this process changed an app meanwhile (the next reload reads it).
+    pub(crate) fn install(&mut self, read_at: u64, secrets: &[(String, Secret)]) -> bool {
+        if self.generation != read_at {
+            return false;
+        }
+        self.by_app = secrets
+            .iter()
+            .map(|(appid, secret)| {
+                let digest = Sha256::digest(secret.expose().as_bytes()).into();
+                (appid.clone(), digest)
+            })
+            .collect();
+        true
+    }
+}
+
 const TABLE: &str = "wetoken_consumer_key";
 
 fn col(name: &'static str) -> Alias {
@@ -385,6 +450,40 @@ impl Store {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn an_app_secret_opens_its_own_app_only() {
+        let mut digests = SecretDigests::default();
+        let read_at = digests.generation();
+        let stored = [
+            ("wxa".to_owned(), Secret::new("secret-a")),
+            ("wxb".to_owned(), Secret::new("secret-b")),
+        ];
+        assert!(digests.install(read_at, &stored));
+        assert!(digests.matches("wxa", "secret-a"));
+        assert!(digests.matches("wxb", "secret-b"));
+        for (appid, presented) in [
+            ("wxa", "secret-b"),
+            ("wxb", "secret-a"),
+            ("wxa", ""),
+            ("wxa", "secret-a "),
+            ("wxnobody", "secret-a"),
+            ("wxnobody", ""),
+        ] {
+            assert!(!digests.matches(appid, presented), "{appid} {presented:?}");
+        }
+
+        // A change by this process wins over a reload that read the database before it.
+        let read_at = digests.generation();
+        digests.set("wxa", Some(&Secret::new("new-a")));
+        assert!(!digests.install(read_at, &stored));
+        assert!(digests.matches("wxa", "new-a") && !digests.matches("wxa", "secret-a"));
+        digests.set("wxb", None);
+        assert!(!digests.matches("wxb", "secret-b"));
+        let read_at = digests.generation();
+        assert!(digests.install(read_at, &stored[..1]));
+        assert!(digests.matches("wxa", "secret-a") && !digests.matches("wxa", "new-a"));
+    }
 
     fn key(appids: &[&str], refresh: bool, networks: &[&str], secret: &str) -> ConsumerKey {
         ConsumerKey {

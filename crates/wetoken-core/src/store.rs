@@ -12,7 +12,8 @@ use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{Alias, Expr, ExprTrait, JoinType, OnConflict, Order, Query};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ConnectOptions, ConnectionTrait, Database,
-    DatabaseConnection, DbBackend, DbErr, EntityTrait, QueryOrder, SqlErr, TransactionTrait,
+    DatabaseConnection, DbBackend, DbErr, EntityTrait, QueryOrder, QuerySelect, SqlErr,
+    TransactionTrait,
 };
 
 use crate::Error;
@@ -268,6 +269,26 @@ impl Store {
             .iter()
             .map(info_from_row)
             .collect()
+    }
+
+    /// Every app's secret, decrypted, for the engine's digests of them (the Go SDK presents an
+    /// app's own secret). Reads the two columns only. An app whose secret does not decrypt comes
+    /// with its error, so that one broken row spoils no other app.
+    pub async fn app_secrets(&self) -> Result<Vec<(String, Result<Secret, Error>)>, Error> {
+        let rows: Vec<(String, String)> = app_info::Entity::find()
+            .select_only()
+            .column(app_info::Column::Appid)
+            .column(app_info::Column::Secret)
+            .into_tuple()
+            .all(&self.db)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(appid, stored)| {
+                let secret = self.open(&appid, "secret", stored).map(Secret::new);
+                (appid, secret)
+            })
+            .collect())
     }
 
     /// Changes an app's settings. Any halt on its credentials is lifted, since the settings that

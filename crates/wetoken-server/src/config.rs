@@ -118,6 +118,23 @@ pub struct HttpSettings {
     pub shutdown_timeout_secs: u64,
     /// The most connections served at once; further ones are closed at once.
     pub max_connections: usize,
+    /// How the credential routes (everything under `/{appid}/wechat/` and `/wx/{appid}/`)
+    /// answer errors. The admin and operations routes always use HTTP statuses.
+    pub credential_errors: CredentialErrors,
+}
+
+/// How the credential routes answer errors. The body is the same either way:
+/// `{"errcode":N,"errmsg":"…"}`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CredentialErrors {
+    /// HTTP 200 with a non-zero `errcode`, as WeChat and the Go wetoken answer. The Go SDK
+    /// (`NewDefaultAccessTokenByURL`) reads the body of a 200 only, so this is what it needs to
+    /// see wetoken's errcode and errmsg.
+    #[default]
+    InBody,
+    /// The status the errcode stands for (`wetoken_wire::code::http_status`): 401, 404, 503, …
+    AsStatus,
 }
 
 impl Default for Settings {
@@ -158,6 +175,7 @@ impl Default for HttpSettings {
             request_timeout_secs: 30,
             shutdown_timeout_secs: 10,
             max_connections: 10_000,
+            credential_errors: CredentialErrors::InBody,
         }
     }
 }

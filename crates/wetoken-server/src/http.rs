@@ -28,7 +28,7 @@ use wetoken_wire::{
     AppList, AppShow, AppView, Created, CredentialState, ErrorBody, JssdkConfigBody, code,
 };
 
-use crate::config::HttpSettings;
+use crate::config::{CredentialErrors, HttpSettings};
 
 /// What every handler shares.
 pub(crate) struct State {
@@ -50,15 +50,38 @@ pub(crate) struct ReaderPolicy {
 /// The header Go-era clients that cannot set `Authorization` may send the consumer key in.
 pub(crate) const KEY_HEADER: &str = "x-wetoken-key";
 
+/// What a request on a guarded route does with the app's credentials, for the scope check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Purpose {
+    /// Reads a token or ticket (`get`, and a read-only `query`): a consumer key for the app, or
+    /// the app's own secret in the query, which is how the Go SDK asks.
+    Read,
+    /// A passive refresh: a consumer key for the app that allows refreshes.
+    Refresh,
+    /// Anything else done with the app's credentials (the jssdk signature, sending a message):
+    /// a consumer key for the app.
+    Use,
+}
+
+/// The 401's message: what a guarded route takes.
+const NEEDS_A_KEY: &str = "this route needs a consumer key (Authorization: Bearer <key>); \
+     token and ticket reads also take the app's own secret (?secret=)";
+
 impl ReaderPolicy {
     /// Checks the caller before anything else, and before the app is looked up: a refusal says
     /// nothing about whether the app exists.
+    ///
+    /// While consumer keys exist, a request that presents none may read (`Purpose::Read`) an
+    /// app's token and ticket with that app's secret in its `secret` query parameter, as the
+    /// Go SDK sends it: as if it held a key for that one app, without refreshes. A wrong secret
+    /// counts as no key. `engine` holds the secrets' digests.
     fn check(
         &self,
         request: &http::request::Parts,
         peer: std::net::IpAddr,
         appid: &str,
-        refresh: bool,
+        purpose: Purpose,
+        engine: &Engine,
     ) -> Result<(), ApiError> {
         let headers = &request.headers;
         let table = self.keys.read().unwrap_or_else(|e| e.into_inner());
@@ -73,17 +96,34 @@ impl ReaderPolicy {
             };
         }
         let presented = presented_key(headers);
+        if presented.is_none()
+            && purpose != Purpose::Use
+            && let Some(secret) = query_secret(request.uri.query())
+        {
+            drop(table);
+            if !engine.is_app_secret(appid, &secret) {
+                // Never the secret itself; the path (in the span) names the app.
+                warn!(%peer, "refused: the secret presented is not this app's");
+                return Err(ApiError::Unauthorized(NEEDS_A_KEY));
+            }
+            if purpose == Purpose::Refresh {
+                return Err(ApiError::Forbidden(
+                    "the app's secret reads its token and ticket; a passive refresh needs a \
+                     consumer key"
+                        .into(),
+                ));
+            }
+            return Ok(());
+        }
         let access = Access {
             appid,
-            refresh,
+            refresh: purpose == Purpose::Refresh,
             peer,
         };
         table
             .check(presented, access)
             .map_err(|refusal| match refusal {
-                Refusal::MissingKey | Refusal::UnknownKey => ApiError::Unauthorized(
-                    "this route needs a consumer key: Authorization: Bearer <key>",
-                ),
+                Refusal::MissingKey | Refusal::UnknownKey => ApiError::Unauthorized(NEEDS_A_KEY),
                 Refusal::OutOfScope => {
                     ApiError::Forbidden("this consumer key does not cover this appid".into())
                 }
@@ -100,6 +140,15 @@ impl ReaderPolicy {
     pub(crate) fn replace(&self, table: KeyTable) {
         *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(table);
     }
+}
+
+/// The app secret a request presents in its query, as the Go SDK sends it: it appends
+/// `<appid>&secret=<secret>` to the URL it is given, so `?wx1&secret=S`, or `?x=1wx1&secret=S`
+/// after a query of its own. The first non-empty `secret` counts.
+fn query_secret(query: Option<&str>) -> Option<std::borrow::Cow<'_, str>> {
+    form_urlencoded::parse(query?.as_bytes())
+        .find(|(name, value)| name == "secret" && !value.is_empty())
+        .map(|(_, value)| value)
 }
 
 /// The consumer key a request presents: `Authorization: Bearer <key>`, else `X-Wetoken-Key`.
@@ -257,60 +306,45 @@ impl From<wetoken_core::Error> for ApiError {
 
 type ApiResult = Result<Response<Full<Bytes>>, ApiError>;
 
-/// The one place errors become HTTP statuses and `errcode`s.
+/// The one place errors become `errcode`s; each errcode's HTTP status is the wire contract's
+/// (`code::http_status`), so clients can tell it from the errcode alone. Whether a credential
+/// route sends that status or 200 is decided in [`handle`].
 fn error_response(e: &ApiError) -> Response<Full<Bytes>> {
     use wetoken_core::Error as E;
-    let (status, errcode, errmsg) = match e {
-        ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, code::BAD_REQUEST, m.clone()),
-        ApiError::Unauthorized(m) => (StatusCode::UNAUTHORIZED, code::UNAUTHORIZED, (*m).into()),
-        ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, code::FORBIDDEN, m.clone()),
+    let (errcode, errmsg) = match e {
+        ApiError::BadRequest(m) => (code::BAD_REQUEST, m.clone()),
+        ApiError::Unauthorized(m) => (code::UNAUTHORIZED, (*m).into()),
+        ApiError::Forbidden(m) => (code::FORBIDDEN, m.clone()),
         ApiError::BodyTooLarge(limit) => (
-            StatusCode::PAYLOAD_TOO_LARGE,
             code::BODY_TOO_LARGE,
             format!("request body is over the {limit}-byte limit"),
         ),
-        ApiError::NotFound => (
-            StatusCode::NOT_FOUND,
-            code::NOT_FOUND,
-            "no such route".into(),
-        ),
+        ApiError::NotFound => (code::NOT_FOUND, "no such route".into()),
         ApiError::MethodNotAllowed => (
-            StatusCode::METHOD_NOT_ALLOWED,
             code::METHOD_NOT_ALLOWED,
             "method not allowed on this route".into(),
         ),
-        ApiError::Timeout => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            code::UPSTREAM_UNAVAILABLE,
-            "request timed out".into(),
-        ),
+        ApiError::Timeout => (code::UPSTREAM_UNAVAILABLE, "request timed out".into()),
         ApiError::Engine(e) => match e {
-            E::InvalidInput(m) => (StatusCode::BAD_REQUEST, code::BAD_REQUEST, m.clone()),
-            E::UnknownApp(_) => (StatusCode::NOT_FOUND, code::UNKNOWN_APP, e.to_string()),
-            E::DuplicateApp(_) => (StatusCode::CONFLICT, code::DUPLICATE_APP, e.to_string()),
-            E::ForceLimited(m) => (StatusCode::TOO_MANY_REQUESTS, code::LIMITED, m.clone()),
-            E::NotStored { .. } => (StatusCode::NOT_FOUND, code::NOT_STORED, e.to_string()),
-            E::Refused { errcode, errmsg } => (StatusCode::BAD_GATEWAY, *errcode, errmsg.clone()),
-            E::Halted { .. } => (
-                StatusCode::BAD_GATEWAY,
-                e.halted_errcode().unwrap_or(code::HALTED),
-                e.to_string(),
-            ),
+            E::InvalidInput(m) => (code::BAD_REQUEST, m.clone()),
+            E::UnknownApp(_) => (code::UNKNOWN_APP, e.to_string()),
+            E::DuplicateApp(_) => (code::DUPLICATE_APP, e.to_string()),
+            E::ForceLimited(m) => (code::LIMITED, m.clone()),
+            E::NotStored { .. } => (code::NOT_STORED, e.to_string()),
+            // WeChat's own code, which is never in wetoken's range: 502.
+            E::Refused { errcode, errmsg } => (*errcode, errmsg.clone()),
+            E::Halted { .. } => (e.halted_errcode().unwrap_or(code::HALTED), e.to_string()),
             E::Unavailable(m) => (
-                StatusCode::SERVICE_UNAVAILABLE,
                 code::UPSTREAM_UNAVAILABLE,
                 format!("{m}; no valid credential is held"),
             ),
-            E::DatabaseUnavailable(_) => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                code::DATABASE_UNAVAILABLE,
-                "database unavailable".into(),
-            ),
+            E::DatabaseUnavailable(_) => {
+                (code::DATABASE_UNAVAILABLE, "database unavailable".into())
+            }
             E::Secret(cause) => {
                 // Which column and which master key stay in the log.
                 error!(%cause, "a stored secret cannot be read");
                 (
-                    StatusCode::INTERNAL_SERVER_ERROR,
                     code::INTERNAL,
                     "a stored secret of this app cannot be decrypted; see the server log".into(),
                 )
@@ -318,14 +352,12 @@ fn error_response(e: &ApiError) -> Response<Full<Bytes>> {
             E::Database(cause) => {
                 // The database's own text stays in the log.
                 error!(%cause, "database error");
-                (
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    code::INTERNAL,
-                    "internal error; see the server log".into(),
-                )
+                (code::INTERNAL, "internal error; see the server log".into())
             }
         },
     };
+    let status = StatusCode::from_u16(code::http_status(errcode))
+        .expect("the wire contract names real statuses");
     let mut response = json(status, &ErrorBody { errcode, errmsg });
     if matches!(e, ApiError::BodyTooLarge(_)) {
         // The rest of the body was not read, so the connection cannot carry another request:
@@ -473,6 +505,19 @@ fn route(path: &str) -> Option<Route<'_>> {
     }
 }
 
+/// Whether `path` is in the credential-route group: `/wx/{appid}/…` and `/{appid}/wechat/…`
+/// (the token, ticket, refresh and jssdk routes, and any route added under those prefixes),
+/// but not the admin routes' `/wechat/app/…`. The group answers errors as
+/// `http.credential_errors` says. Decided from the path alone, before routing, so a route
+/// added to the group later needs nothing else to answer alike, and neither does a path in it
+/// that no route matches.
+fn in_credential_group(path: &str) -> bool {
+    let Some((first, rest)) = path.strip_prefix('/').and_then(|p| p.split_once('/')) else {
+        return false;
+    };
+    first == "wx" || rest.split_once('/').map_or(rest, |(second, _)| second) == "wechat"
+}
+
 /// Serves one request. Never fails: every error becomes a JSON answer.
 pub(crate) async fn handle(
     state: Arc<State>,
@@ -496,6 +541,8 @@ pub(crate) async fn handle(
         request_id = %request_id.to_str().unwrap_or_default(),
         path = %request.uri().path(),
     );
+    let errors_in_body = state.http.credential_errors == CredentialErrors::InBody
+        && in_credential_group(request.uri().path());
     let timeout = Duration::from_secs(state.http.request_timeout_secs);
     let answer = within(
         timeout,
@@ -503,8 +550,21 @@ pub(crate) async fn handle(
     )
     .await
     .unwrap_or(Err(ApiError::Timeout));
-    let mut response = answer.unwrap_or_else(|e| span.in_scope(|| error_response(&e)));
-    let status = response.status();
+    // Logs and metrics keep the status the answer stands for, whichever is sent.
+    let (mut response, status) = match answer {
+        Ok(response) => {
+            let status = response.status();
+            (response, status)
+        }
+        Err(e) => {
+            let mut response = span.in_scope(|| error_response(&e));
+            let status = response.status();
+            if errors_in_body {
+                *response.status_mut() = StatusCode::OK;
+            }
+            (response, status)
+        }
+    };
     span.in_scope(|| debug!(status = status.as_u16(), "answered"));
     response.headers_mut().insert(REQUEST_ID, request_id);
     count_request(label, status_label(status));
@@ -688,7 +748,14 @@ async fn dispatch(
             if !(read_only || method == Method::POST) {
                 return Err(ApiError::MethodNotAllowed);
             }
-            state.readers.check(&parts, peer, appid, refresh)?;
+            let purpose = if refresh {
+                Purpose::Refresh
+            } else {
+                Purpose::Read
+            };
+            state
+                .readers
+                .check(&parts, peer, appid, purpose, &state.engine)?;
             let appid = AppId::parse(appid)?;
             // `?type=wx_card` picks the card ticket; only the refresh route needs a body.
             let params = if refresh || (kind != Kind::AccessToken && parts.uri.query().is_some()) {
@@ -725,7 +792,10 @@ async fn dispatch(
             if !(read_only || method == Method::POST) {
                 return Err(ApiError::MethodNotAllowed);
             }
-            state.readers.check(&parts, peer, appid, false)?;
+            // The Go SDK's own secret reads its app's stored token, as on token/get.
+            state
+                .readers
+                .check(&parts, peer, appid, Purpose::Read, &state.engine)?;
             let appid = AppId::parse(appid)?;
             let credential = state.engine.stored(&appid, Kind::AccessToken).await?;
             Ok(credential_response(
@@ -738,7 +808,11 @@ async fn dispatch(
             if !(read_only || method == Method::POST) {
                 return Err(ApiError::MethodNotAllowed);
             }
-            state.readers.check(&parts, peer, appid, false)?;
+            // Sending a message on the app's behalf takes a key (or a local caller while none
+            // exists), as the jssdk route does.
+            state
+                .readers
+                .check(&parts, peer, appid, Purpose::Use, &state.engine)?;
             let appid = AppId::parse(appid)?;
             let params = Params::read(&parts, body, &state.http).await?;
             let request = WxCode {
@@ -755,7 +829,9 @@ async fn dispatch(
             if !(read_only || method == Method::POST) {
                 return Err(ApiError::MethodNotAllowed);
             }
-            state.readers.check(&parts, peer, appid, false)?;
+            state
+                .readers
+                .check(&parts, peer, appid, Purpose::Use, &state.engine)?;
             let appid = AppId::parse(appid)?;
             let params = Params::read(&parts, body, &state.http).await?;
             let config =
@@ -1192,6 +1268,14 @@ pub(crate) fn fuzz_request(data: &[u8]) {
         hash: wetoken_core::keys::KeyHash::of(KEY),
     }]);
     let presented = std::str::from_utf8(body).ok().map(str::trim);
+    // Every credential route answers errors as the group does; no admin route does.
+    match &routed {
+        Some(Route::Credential { .. } | Route::Jssdk(_)) => {
+            assert!(in_credential_group(path), "{path:?}");
+        }
+        Some(_) => assert!(!in_credential_group(path), "{path:?}"),
+        None => {}
+    }
     match &routed {
         Some(Route::Credential { appid, refresh, .. }) => {
             segment(appid);
@@ -1312,6 +1396,36 @@ mod tests {
             "wx1/wechat/token/get",
         ] {
             assert!(route(bad).is_none(), "{bad:?} should not route");
+        }
+    }
+
+    #[test]
+    fn the_credential_group_is_every_route_under_its_prefixes() {
+        for path in [
+            "/wx1/wechat/token/get",
+            "/wx1/wechat/ticket/refresh",
+            "/wx1/wechat/jssdk/config",
+            "/wx/wx1/token/get",
+            "/wx/wx1/ticket/get",
+            // Routes to come inherit the group; so does a path no route matches.
+            "/wx/wx1/token/query",
+            "/wx/wx1/wxcode/send",
+            "/wx1/wechat/no/such",
+            "/wechat/wechat/token/get",
+        ] {
+            assert!(in_credential_group(path), "{path}");
+        }
+        for path in [
+            "/",
+            "",
+            "/wx",
+            "/health",
+            "/metrics",
+            "/wechat/app/create",
+            "/wechat/app/list",
+            "/nothing/here",
+        ] {
+            assert!(!in_credential_group(path), "{path}");
         }
     }
 

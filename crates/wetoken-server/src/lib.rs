@@ -37,7 +37,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 use wetoken_core::{Clock, Engine, Store, SystemClock, WeChat};
 
-pub use config::{ENV_PREFIX, HttpSettings, Settings};
+pub use config::{CredentialErrors, ENV_PREFIX, HttpSettings, Settings};
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -127,7 +127,10 @@ impl Server {
             );
         }
         let keys = engine.store().key_table().await.map_err(db_error)?;
-        if !keys.is_required() {
+        if keys.is_required() {
+            // The Go SDK presents its app's secret instead of a key.
+            engine.reload_app_secrets().await.map_err(db_error)?;
+        } else {
             warn!(
                 networks = ?settings.reader_networks,
                 "no consumer key exists: the token, ticket and jssdk routes answer only these networks \
@@ -304,8 +307,10 @@ pub fn hostname() -> &'static str {
 }
 
 /// Re-reads the consumer keys every `every` until `stop`, so keys added or revoked by
-/// `wetoken-cli` from another process take effect without a restart. While the database is
-/// away the last snapshot stays in force.
+/// `wetoken-cli` from another process take effect without a restart. While keys are required it
+/// also has the engine re-read the apps' secrets (their digests), which the Go SDK presents
+/// instead of a key, before the new keys take effect. While the database is away the last
+/// snapshot stays in force.
 async fn reload_keys(state: Arc<http::State>, every: Duration, mut stop: watch::Receiver<bool>) {
     let mut last = state.readers.keys.read().map_or(0, |t| t.active());
     loop {
@@ -315,6 +320,11 @@ async fn reload_keys(state: Arc<http::State>, every: Duration, mut stop: watch::
         }
         match state.engine.store().key_table().await {
             Ok(table) => {
+                if table.is_required()
+                    && let Err(e) = state.engine.reload_app_secrets().await
+                {
+                    warn!(error = %e, "cannot reload the app secrets; keeping the last ones");
+                }
                 let active = table.active();
                 if active != last {
                     info!(active, "consumer keys reloaded");

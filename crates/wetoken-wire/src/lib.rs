@@ -50,6 +50,39 @@ pub mod code {
     /// No unexpired credential is stored, and the route never fetches one
     /// (`/wx/{appid}/token/query`).
     pub const NOT_STORED: i64 = 90410;
+
+    /// The HTTP status an error with `errcode` is answered with when the server gives errors
+    /// their own status (`http.credential_errors = "as_status"`, and always on the admin
+    /// routes). The server derives its statuses from this table, so a client that reads an
+    /// error from an HTTP 200 body can tell the status it stands for. Any code outside
+    /// wetoken's own range is WeChat's, passed through: 502.
+    pub fn http_status(errcode: i64) -> u16 {
+        match errcode {
+            OK => 200,
+            BAD_REQUEST => 400,
+            UNAUTHORIZED => 401,
+            FORBIDDEN => 403,
+            UNKNOWN_APP | NOT_FOUND | NOT_STORED => 404,
+            METHOD_NOT_ALLOWED => 405,
+            DUPLICATE_APP => 409,
+            BODY_TOO_LARGE => 413,
+            LIMITED => 429,
+            INTERNAL => 500,
+            UPSTREAM_UNAVAILABLE | DATABASE_UNAVAILABLE => 503,
+            _ => 502,
+        }
+    }
+
+    /// Whether a client holding several server URLs should ask the next one after this error:
+    /// only for a failure of this server itself (90500, 90503, 90504), which another server may
+    /// not share. Every other error is an answer: another replica on the same database would
+    /// give the same one (a refusal of WeChat's is recorded there, with its backoff).
+    pub fn try_another_server(errcode: i64) -> bool {
+        matches!(
+            errcode,
+            INTERNAL | UPSTREAM_UNAVAILABLE | DATABASE_UNAVAILABLE
+        )
+    }
 }
 
 /// The body of every error answer: `{"errcode":N,"errmsg":"…"}`.
@@ -227,6 +260,36 @@ mod tests {
         );
         let back: CredentialBody = serde_json::from_str(&json).unwrap();
         assert_eq!(back.value(), Some("t"));
+    }
+
+    #[test]
+    fn statuses_follow_the_codes() {
+        for (errcode, status) in [
+            (code::OK, 200),
+            (code::BAD_REQUEST, 400),
+            (code::UNAUTHORIZED, 401),
+            (code::FORBIDDEN, 403),
+            (code::UNKNOWN_APP, 404),
+            (code::NOT_FOUND, 404),
+            (code::METHOD_NOT_ALLOWED, 405),
+            (code::DUPLICATE_APP, 409),
+            (code::BODY_TOO_LARGE, 413),
+            (code::LIMITED, 429),
+            (code::INTERNAL, 500),
+            (code::HALTED, 502),
+            (code::UPSTREAM_UNAVAILABLE, 503),
+            (code::DATABASE_UNAVAILABLE, 503),
+            (40013, 502),
+            (-1, 502),
+        ] {
+            assert_eq!(code::http_status(errcode), status, "{errcode}");
+            let fails_over = code::try_another_server(errcode);
+            assert_eq!(
+                fails_over,
+                [90500, 90503, 90504].contains(&errcode),
+                "{errcode}"
+            );
+        }
     }
 
     #[test]

@@ -99,11 +99,15 @@ async fn default_start_creates_sqlite_serves_and_exits_cleanly_on_sigterm() {
         .unwrap();
     let consumer_key = issued.key.expose().to_owned();
     let token_url = format!("{base}/wxbin/wechat/token/get");
+    // Refused as the Go wetoken refused, by default: HTTP 200 and a non-zero errcode.
+    let errcode = |response: reqwest::Response| async move {
+        assert_eq!(response.status(), 200);
+        let body: serde_json::Value = response.json().await.unwrap();
+        body["errcode"].as_i64()
+    };
     eventually("the key is required", Duration::from_secs(10), || async {
-        http.get(&token_url)
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 401)
+        let response = http.get(&token_url).send().await.unwrap();
+        errcode(response).await == Some(90401)
     })
     .await;
     let keyed = http
@@ -119,7 +123,15 @@ async fn default_start_creates_sqlite_serves_and_exits_cleanly_on_sigterm() {
         .send()
         .await
         .unwrap();
-    assert_eq!(wrong.status(), 401);
+    assert_eq!(errcode(wrong).await, Some(90401));
+    // The Go SDK's way: the app's own secret (stored encrypted) in the query. A wrong one is
+    // refused, and logged without it.
+    const WRONG: &str = "a-wrong-secret-that-must-stay-out-of-the-log";
+    let sdk = |secret: &str| format!("{token_url}?wxbin&secret={secret}");
+    let own = http.get(sdk(SECRET)).send().await.unwrap();
+    assert_eq!(errcode(own).await, Some(0));
+    let refused = http.get(sdk(WRONG)).send().await.unwrap();
+    assert_eq!(errcode(refused).await, Some(90401));
     // Stored encrypted under the master key.
     assert!(store.secrets_report().await.unwrap().plain == 0);
     // A plain secret written behind the server's back (by this keyless store) still works, and
@@ -166,10 +178,15 @@ async fn default_start_creates_sqlite_serves_and_exits_cleanly_on_sigterm() {
         ("the app secret", SECRET),
         ("the consumer key", consumer_key.as_str()),
         ("the master key", master_key.as_str()),
+        ("a refused secret", WRONG),
     ] {
         assert!(!log.contains(secret), "{what} reached the log:\n{log}");
     }
     assert!(log.contains("app secrets are encrypted at rest"), "{log}");
+    assert!(
+        log.contains("refused: the secret presented is not this app's"),
+        "{log}"
+    );
     assert!(
         log.contains("stored in plain text although a master key is configured"),
         "{log}"

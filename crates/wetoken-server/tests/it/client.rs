@@ -15,6 +15,8 @@ use wetoken_client::{
 };
 use wetoken_mock::Endpoint;
 
+use wetoken_server::CredentialErrors;
+
 use crate::harness::{Backend, TestDb, TestServer, mock_with, on_every_database, settings};
 
 const APP: &str = "wxclient";
@@ -297,6 +299,157 @@ async fn fake_server(answer: Option<&'static [u8]>) -> SocketAddr {
         }
     });
     addr
+}
+
+/// A full HTTP/1.1 answer with a JSON body, for [`fake_server`].
+fn answer(status: &str, body: &str) -> &'static [u8] {
+    let text = format!(
+        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    Box::leak(text.into_bytes().into_boxed_slice())
+}
+
+/// Which errors move a client on to its next server, whether the error came with its status or
+/// in a 200 body: the server's own failures do, answers (a 4xx, WeChat's refusal) do not.
+#[tokio::test]
+async fn only_a_servers_own_failure_moves_on_to_the_next() {
+    let good = fake_server(Some(answer(
+        "200 OK",
+        r#"{"errcode":0,"errmsg":"success","access_token":"tok-from-the-next","expires_in":7000,"expires_date":"20261124120000"}"#,
+    )))
+    .await;
+    // The first server's answer, and the refusal that comes back, or none when the next answers.
+    type Case<'a> = (&'a str, &'a str, Option<(u16, i64)>);
+    let cases: [Case; 8] = [
+        (
+            "200 OK",
+            r#"{"errcode":90504,"errmsg":"database unavailable"}"#,
+            None,
+        ),
+        (
+            "200 OK",
+            r#"{"errcode":90503,"errmsg":"WeChat unreachable"}"#,
+            None,
+        ),
+        (
+            "200 OK",
+            r#"{"errcode":90500,"errmsg":"internal error"}"#,
+            None,
+        ),
+        (
+            "503 Service Unavailable",
+            r#"{"errcode":90504,"errmsg":"database unavailable"}"#,
+            None,
+        ),
+        ("502 Bad Gateway", "<html>a proxy's page</html>", None),
+        (
+            "200 OK",
+            r#"{"errcode":40013,"errmsg":"invalid appid"}"#,
+            Some((502, 40013)),
+        ),
+        (
+            "502 Bad Gateway",
+            r#"{"errcode":40013,"errmsg":"invalid appid"}"#,
+            Some((502, 40013)),
+        ),
+        (
+            "200 OK",
+            r#"{"errcode":90401,"errmsg":"needs a key"}"#,
+            Some((401, 90401)),
+        ),
+    ];
+    for (status, body, refused) in cases {
+        let first = fake_server(Some(answer(status, body))).await;
+        let source = AccessToken::builder()
+            .url(format!("http://{first}/wx1/wechat/token/get"))
+            .url(format!("http://{good}/wx1/wechat/token/get"))
+            .build()
+            .unwrap();
+        match (source.token().await, refused) {
+            (Ok(token), None) => assert_eq!(token, "tok-from-the-next"),
+            (Err(Error::Refused { status, body }), Some(expected)) => {
+                assert_eq!((status, body.errcode), expected, "{body:?}");
+            }
+            (other, _) => panic!("{status} {body}: {other:?}"),
+        }
+    }
+}
+
+/// The real client against real servers in both modes: the same typed errors, the same
+/// failover.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_and_failover_are_the_same_with_or_without_statuses() {
+    const ONLY_B: &str = "wxonlyonb";
+    let mut seen = Vec::new();
+    for mode in [CredentialErrors::InBody, CredentialErrors::AsStatus] {
+        let (db_a, db_b) = (sqlite().await, sqlite().await);
+        let (mock_a, mock_b) = (mock_with(&[APP]).await, mock_with(&[APP, ONLY_B]).await);
+        let mut s = settings(&db_a, &mock_a);
+        s.http.credential_errors = mode;
+        let a = TestServer::start(s).await;
+        let mut s = settings(&db_b, &mock_b);
+        s.http.credential_errors = mode;
+        let b = TestServer::start(s).await;
+        a.add_app(APP).await;
+        b.add_app(APP).await;
+        b.add_app(ONLY_B).await;
+        let route =
+            |server: &TestServer, appid: &str| format!("{}/{appid}/wechat/token/get", server.url);
+
+        let unknown = AccessToken::by_url(&route(&a, "wxnobody")).unwrap();
+        let err = unknown.token().await.unwrap_err();
+        assert!(
+            matches!(&err, Error::Refused { status: 404, body } if body.errcode == 90404),
+            "{mode:?}: {err:?}"
+        );
+        seen.push(format!("{err:?}"));
+        let jssdk = JssdkConfig::by_url(&format!("{}/{APP}/wechat/jssdk/config", a.url)).unwrap();
+        let err = jssdk.sign("ftp://shop.example/").await.unwrap_err();
+        assert!(
+            matches!(err, Error::Refused { status: 400, .. }),
+            "{mode:?}: {err:?}"
+        );
+        seen.push(format!("{err:?}"));
+
+        // A cannot reach its WeChat and holds no token (90503): B is asked.
+        mock_a.inject(Endpoint::Token, wetoken_mock::Fault::Drop, 1);
+        let source = AccessToken::builder()
+            .url(route(&a, APP))
+            .url(route(&b, APP))
+            .build()
+            .unwrap();
+        assert_eq!(
+            source.token().await.ok(),
+            mock_b.current_token(APP),
+            "{mode:?}"
+        );
+        assert_eq!(mock_a.calls(Endpoint::Token), 1, "A was asked first");
+
+        // A does not know the app (404): an answer, so B is not asked.
+        let source = AccessToken::builder()
+            .url(route(&a, ONLY_B))
+            .url(route(&b, ONLY_B))
+            .build()
+            .unwrap();
+        let err = source.token().await.unwrap_err();
+        assert!(
+            matches!(err, Error::Refused { status: 404, .. }),
+            "{mode:?}: {err:?}"
+        );
+        assert_eq!(
+            mock_b.calls(Endpoint::Token),
+            1,
+            "{mode:?}: only the first test's fetch"
+        );
+
+        a.stop().await;
+        b.stop().await;
+        db_a.drop_db().await;
+        db_b.drop_db().await;
+    }
+    let (in_body, as_status) = seen.split_at(seen.len() / 2);
+    assert_eq!(in_body, as_status);
 }
 
 #[tokio::test]

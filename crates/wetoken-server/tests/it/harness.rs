@@ -22,9 +22,9 @@ use serde_json::Value;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use wetoken_core::{DatabaseOptions, ManualClock, Store};
+use wetoken_core::{AppId, DatabaseOptions, ManualClock, NewConsumerKey, Store};
 use wetoken_mock::MockWeChat;
-use wetoken_server::{Server, Settings};
+use wetoken_server::{CredentialErrors, Server, Settings};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
@@ -193,7 +193,8 @@ pub struct TestServer {
 }
 
 /// Settings for a test server: the scheduler effectively off (tests that want it turn it on),
-/// WeChat at the mock.
+/// WeChat at the mock, and errors answered with their HTTP status, which the scenarios check
+/// (`answers.rs` checks that the default, HTTP 200 with the errcode, carries the same body).
 pub fn settings(db: &TestDb, mock: &MockWeChat) -> Settings {
     let mut s = Settings {
         database_url: db.url.clone(),
@@ -204,6 +205,7 @@ pub fn settings(db: &TestDb, mock: &MockWeChat) -> Settings {
         ..Settings::default()
     };
     s.refresh.scan_interval_ms = 3_600_000;
+    s.http.credential_errors = CredentialErrors::AsStatus;
     s
 }
 
@@ -292,6 +294,13 @@ impl TestServer {
                 "/wechat/app/create?appid={appid}&secret={SECRET}&token=tk"
             ))
             .await;
+        assert_eq!((status, &body["errcode"]), (200, &Value::from(0)), "{body}");
+    }
+
+    /// Registers `appid` with `secret` (by POST, as a JSON body) and checks it worked.
+    pub async fn add_app_with(&self, appid: &str, secret: &str) {
+        let body = serde_json::json!({"appid": appid, "secret": secret});
+        let (status, body) = self.post_json("/wechat/app/create", &body).await;
         assert_eq!((status, &body["errcode"]), (200, &Value::from(0)), "{body}");
     }
 
@@ -385,6 +394,7 @@ pub struct Replica {
 
 impl Replica {
     /// Starts a replica on `database_url` with WeChat at `wechat`, and waits until it answers.
+    /// Like [`settings`], it answers errors with their HTTP status.
     pub async fn start(database_url: &str, wechat: &str, env: &[(&str, &str)]) -> Replica {
         let port = free_port();
         let mut command = server_command();
@@ -394,6 +404,7 @@ impl Replica {
             .env("WETOKEN_REFRESH__SCAN_INTERVAL_MS", "3600000")
             .env("WETOKEN_REFRESH__LEASE_MS", "2000")
             .env("WETOKEN_REFRESH__LEASE_POLL_MS", "50")
+            .env("WETOKEN_HTTP__CREDENTIAL_ERRORS", "as_status")
             .envs(env.iter().copied());
         let replica = Self::spawn(command, port).await;
         // As with TestServer: the scheduler scans once at start, and a scan still running when a
@@ -529,4 +540,25 @@ impl Proxy {
     pub fn bring_back(&self) {
         self.down.store(false, Ordering::SeqCst);
     }
+}
+
+/// Adds a consumer key through `store`, as `wetoken-cli key add` does; the key.
+pub async fn add_key(
+    store: &Store,
+    name: &str,
+    appids: &[&str],
+    allow_refresh: bool,
+    networks: &[&str],
+) -> String {
+    let new = NewConsumerKey {
+        name: name.into(),
+        appids: appids.iter().map(|a| AppId::parse(a).unwrap()).collect(),
+        allow_refresh,
+        networks: networks
+            .iter()
+            .map(|n| wetoken_core::keys::parse_network(n).unwrap())
+            .collect(),
+    };
+    let issued = store.add_consumer_key(&new, Utc::now()).await.unwrap();
+    issued.key.expose().to_owned()
 }

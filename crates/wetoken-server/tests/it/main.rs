@@ -3,12 +3,14 @@
 
 mod harness;
 
+mod answers;
 mod api;
 mod beyond;
 mod binary;
 mod client;
 mod cluster;
 mod engine;
+mod go_sdk;
 mod limits;
 mod ops;
 mod registry;

@@ -7,11 +7,13 @@ use std::time::Duration;
 use chrono::Utc;
 use serde_json::json;
 use wetoken_client::TokenSource;
-use wetoken_core::{AppId, DatabaseOptions, NewConsumerKey, Store};
+use wetoken_core::{AppId, DatabaseOptions, Store};
 use wetoken_mock::Endpoint;
 use wetoken_server::{Server, Settings};
 
-use crate::harness::{TestDb, TestServer, eventually, mock_with, on_every_database, settings};
+use crate::harness::{
+    SECRET, TestDb, TestServer, add_key, eventually, mock_with, on_every_database, settings,
+};
 
 const APP: &str = "wxguarded";
 const KEY: &str = "an-admin-key-of-some-length";
@@ -179,26 +181,6 @@ fn from_loopback() -> reqwest::Client {
         .local_address(IpAddr::V4(Ipv4Addr::LOCALHOST))
         .build()
         .unwrap()
-}
-
-async fn add_key(
-    store: &Store,
-    name: &str,
-    appids: &[&str],
-    allow_refresh: bool,
-    networks: &[&str],
-) -> String {
-    let new = NewConsumerKey {
-        name: name.into(),
-        appids: appids.iter().map(|a| AppId::parse(a).unwrap()).collect(),
-        allow_refresh,
-        networks: networks
-            .iter()
-            .map(|n| wetoken_core::keys::parse_network(n).unwrap())
-            .collect(),
-    };
-    let issued = store.add_consumer_key(&new, Utc::now()).await.unwrap();
-    issued.key.expose().to_owned()
 }
 
 async fn consumer_keys_guard_token_reads(db: &TestDb) {
@@ -473,4 +455,164 @@ async fn consumer_keys_cannot_be_migrated_away(db: &TestDb) {
     assert!(err.contains("consumer keys are stored"), "{err}");
     assert_eq!(store.consumer_keys().await.unwrap().len(), 1);
     assert!(store.key_table().await.unwrap().is_required());
+}
+
+on_every_database!(an_apps_own_secret_reads_that_app_alone);
+
+/// The Go SDK cannot send a consumer key; it appends `?<appid>&secret=<app secret>` to every
+/// request. While consumer keys exist, that secret reads its own app's token and ticket, and
+/// nothing else.
+async fn an_apps_own_secret_reads_that_app_alone(db: &TestDb) {
+    const OTHER: &str = "wxsdkother";
+    const OTHER_SECRET: &str = "0123456789abcdef0123456789abcdef";
+    const NEW_SECRET: &str = "fedcba9876543210fedcba9876543210";
+    let mock = mock_with(&[APP]).await;
+    mock.add_app(OTHER, OTHER_SECRET);
+    // Stored encrypted: the digests come from decrypted secrets.
+    let master_key = wetoken_core::crypto::MasterKey::generate();
+    let keyring = wetoken_core::Keyring::new(
+        wetoken_core::crypto::MasterKey::parse(&master_key, "test").unwrap(),
+        None,
+    );
+    let mut s = settings(db, &mock);
+    s.master_key = Some(master_key);
+    s.consumer_keys_reload_ms = 50;
+    let server = TestServer::start(s.clone()).await;
+    server.add_app(APP).await;
+    server.add_app_with(OTHER, OTHER_SECRET).await;
+    let cli = Store::connect(&DatabaseOptions::new(&db.url))
+        .await
+        .unwrap()
+        .with_keyring(Some(std::sync::Arc::new(keyring)));
+    assert_eq!(cli.secrets_report().await.unwrap().plain, 0);
+    // One key, revoked at once: keys are required from then on all the same.
+    add_key(&cli, "mall", &[APP], true, &[]).await;
+    cli.revoke_consumer_key("mall", Utc::now()).await.unwrap();
+    eventually("keys are required", Duration::from_secs(10), || async {
+        server.get(&format!("/{APP}/wechat/token/get")).await.0 == 401
+    })
+    .await;
+    server.stop().await;
+
+    // Without reloads, so that what this process changes must apply by itself.
+    s.consumer_keys_reload_ms = 3_600_000;
+    let server = TestServer::start(s.clone()).await;
+    let sdk = |path: &str, appid: &str, secret: &str| format!("{path}?{appid}&secret={secret}");
+    let (code, body) = server
+        .get(&sdk(&format!("/{APP}/wechat/token/get"), APP, SECRET))
+        .await;
+    assert_eq!(code, 200, "its own secret reads its token: {body}");
+    assert_eq!(
+        body["access_token"].as_str(),
+        mock.current_token(APP).as_deref()
+    );
+    for path in [
+        sdk(&format!("/wx/{APP}/token/get"), APP, SECRET),
+        sdk(&format!("/wx/{APP}/ticket/get"), APP, SECRET),
+        // The SDK given a URL with a query of its own.
+        format!("/{APP}/wechat/token/get?x=1{APP}&secret={SECRET}"),
+        format!("/{APP}/wechat/ticket/get?type=wx_card&secret={SECRET}"),
+        sdk(&format!("/{OTHER}/wechat/token/get"), OTHER, OTHER_SECRET),
+    ] {
+        let (code, body) = server.get(&path).await;
+        assert_eq!(
+            (code, body["errcode"].as_i64()),
+            (200, Some(0)),
+            "{path}: {body}"
+        );
+    }
+    // Never another app's, never a wrong one, never for an app that does not exist: the same
+    // 401 as without a key.
+    for path in [
+        sdk(&format!("/{OTHER}/wechat/token/get"), OTHER, SECRET),
+        sdk(&format!("/wx/{OTHER}/ticket/get"), OTHER, SECRET),
+        sdk(&format!("/{APP}/wechat/token/get"), APP, OTHER_SECRET),
+        sdk(&format!("/{APP}/wechat/token/get"), APP, &SECRET[1..]),
+        sdk(
+            &format!("/{APP}/wechat/token/get"),
+            APP,
+            &format!("{SECRET}x"),
+        ),
+        format!("/{APP}/wechat/token/get?{APP}&secret="),
+        sdk("/wxnosuchapp/wechat/token/get", "wxnosuchapp", SECRET),
+        // Only reads: the jssdk signature takes a key.
+        format!("/{APP}/wechat/jssdk/config?url=http://a.example/&secret={SECRET}"),
+    ] {
+        let (code, body) = server.get(&path).await;
+        assert_eq!(
+            (code, body["errcode"].as_i64()),
+            (401, Some(90401)),
+            "{path}: {body}"
+        );
+    }
+    // A key presented is checked as a key, whatever the query holds.
+    let (code, _) = status(
+        server
+            .http
+            .get(format!(
+                "{}{}",
+                server.url,
+                sdk(&format!("/{APP}/wechat/token/get"), APP, SECRET)
+            ))
+            .bearer_auth("wtk_not-a-key"),
+    )
+    .await;
+    assert_eq!(code, 401);
+    // Like a key without refreshes: the passive refresh needs a consumer key.
+    let token = mock.current_token(APP).unwrap();
+    let (code, body) = server
+        .get(&format!(
+            "/{APP}/wechat/token/refresh?access_token={token}&secret={SECRET}"
+        ))
+        .await;
+    assert_eq!(
+        (code, body["errcode"].as_i64()),
+        (403, Some(90403)),
+        "{body}"
+    );
+    assert_eq!(
+        mock.calls(Endpoint::Token),
+        2,
+        "one fetch per app, none refused"
+    );
+
+    // This process changes a secret, or removes the app: it applies at once.
+    let (code, body) = server
+        .post_json(
+            "/wechat/app/update",
+            &json!({"appid": OTHER, "secret": NEW_SECRET}),
+        )
+        .await;
+    assert_eq!(code, 200, "{body}");
+    let other = format!("/{OTHER}/wechat/token/get");
+    assert_eq!(server.get(&sdk(&other, OTHER, OTHER_SECRET)).await.0, 401);
+    mock.add_app(OTHER, NEW_SECRET);
+    let (code, body) = server.get(&sdk(&other, OTHER, NEW_SECRET)).await;
+    assert_eq!(code, 200, "{body}");
+    let (code, _) = server
+        .post_json("/wechat/app/delete", &json!({"appid": OTHER}))
+        .await;
+    assert_eq!(code, 200);
+    assert_eq!(server.get(&sdk(&other, OTHER, NEW_SECRET)).await.0, 401);
+    server.stop().await;
+
+    // Another process changes a secret: seen from the next reload on.
+    s.consumer_keys_reload_ms = 50;
+    let server = TestServer::start(s).await;
+    let update = wetoken_core::AppUpdate {
+        secret: Some(wetoken_core::Secret::new(NEW_SECRET)),
+        ..wetoken_core::AppUpdate::default()
+    };
+    cli.update_app(&AppId::parse(APP).unwrap(), &update, Utc::now())
+        .await
+        .unwrap();
+    let mine = format!("/{APP}/wechat/token/get");
+    eventually(
+        "the new secret is loaded",
+        Duration::from_secs(10),
+        || async { server.get(&sdk(&mine, APP, NEW_SECRET)).await.0 == 200 },
+    )
+    .await;
+    assert_eq!(server.get(&sdk(&mine, APP, SECRET)).await.0, 401);
+    server.stop().await;
 }
