@@ -797,7 +797,7 @@ async fn dispatch(
                 .readers
                 .check(&parts, peer, appid, Purpose::Read, &state.engine)?;
             let appid = AppId::parse(appid)?;
-            let credential = state.engine.stored(&appid, Kind::AccessToken).await?;
+            let credential = Box::pin(state.engine.stored(&appid, Kind::AccessToken)).await?;
             Ok(credential_response(
                 Kind::AccessToken,
                 &credential,
@@ -814,7 +814,7 @@ async fn dispatch(
                 .readers
                 .check(&parts, peer, appid, Purpose::Use, &state.engine)?;
             let appid = AppId::parse(appid)?;
-            let params = Params::read(&parts, body, &state.http).await?;
+            let params = Box::pin(Params::read(&parts, body, &state.http)).await?;
             let request = WxCode {
                 user_name: params.required("user_name")?,
                 system_name: params.required("system_name")?,
