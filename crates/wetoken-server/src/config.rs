@@ -183,6 +183,59 @@ impl Default for HttpSettings {
 /// The prefix of the environment variables that configure the server.
 pub const ENV_PREFIX: &str = "WETOKEN_";
 
+/// Whether `key` (a `WETOKEN_*` variable's name after the prefix, lower-case) is shaped like the
+/// variables Kubernetes injects for a Service whose name starts with `wetoken`:
+/// `WETOKEN[_X]_SERVICE_HOST`, `…_SERVICE_PORT[_NAME]`, `…_PORT`, `…_PORT_9999_TCP[_PROTO|_PORT|_ADDR]`.
+/// No setting has such a name.
+fn is_service_link(key: &str) -> bool {
+    let parts: Vec<&str> = key.split('_').collect();
+    let is_proto = |p: &str| matches!(p, "tcp" | "udp" | "sctp");
+    parts
+        .windows(2)
+        .any(|w| w == ["service", "host"] || w == ["service", "port"])
+        || parts.last() == Some(&"port")
+        || parts
+            .windows(3)
+            .any(|w| w[0] == "port" && w[1].parse::<u16>().is_ok() && is_proto(w[2]))
+}
+
+/// The `WETOKEN_*` variables of this process that are taken for Kubernetes service links and
+/// ignored, for one warning at start.
+pub fn ignored_service_links() -> Vec<String> {
+    let mut names: Vec<String> = std::env::vars()
+        .filter_map(|(name, _)| {
+            let rest = name.strip_prefix(ENV_PREFIX)?.to_ascii_lowercase();
+            is_service_link(&rest).then_some(name)
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+/// Admin and master keys from examples and documentation, refused so that a copied example
+/// never guards a real deployment: any key containing one of these (case aside).
+const PLACEHOLDERS: [&str; 6] = [
+    "change-me",
+    "changeme",
+    "replace-me",
+    "placeholder",
+    "your-key",
+    // The base64 of compose's old demo master key, "compose-demo-key-replace-me-now!".
+    "y29tcg9zzs1kzw1vlwtles1yzxbsywnllw1llw5vdye=",
+];
+
+/// Refuses a key that is a known placeholder.
+fn not_placeholder(setting: &str, key: &str) -> Result<(), String> {
+    let lower = key.to_ascii_lowercase();
+    match PLACEHOLDERS.iter().find(|p| lower.contains(*p)) {
+        Some(_) => Err(format!(
+            "{setting} is a placeholder from an example: generate a real one (the admin key: \
+             `openssl rand -base64 32`; the master key: `wetoken-cli secrets new-key`)"
+        )),
+        None => Ok(()),
+    }
+}
+
 impl Settings {
     /// Settings from the defaults, the TOML file at `file` (if it exists), the `WETOKEN_*`
     /// environment, and `overrides` (the command line), each over the one before.
@@ -202,11 +255,12 @@ impl Settings {
             .merge(registry)
             .merge(
                 Env::prefixed(ENV_PREFIX)
-                    // WETOKEN_LOG (the log filter) and the test harness's WETOKEN_TEST_*
-                    // share the prefix but are not settings.
+                    // WETOKEN_LOG (the log filter), the test harness's WETOKEN_TEST_* and the
+                    // variables Kubernetes makes for a Service named wetoken share the prefix
+                    // but are not settings.
                     .filter(|key| {
                         let key = key.as_str().to_ascii_lowercase();
-                        key != "log" && !key.starts_with("test_")
+                        key != "log" && !key.starts_with("test_") && !is_service_link(&key)
                     })
                     .split("__"),
             )
@@ -239,7 +293,8 @@ impl Settings {
             Some(key) if key.len() < 16 => {
                 Err("the admin key must be at least 16 characters".into())
             }
-            key => Ok(key),
+            Some(key) => not_placeholder("admin_key", &key).map(|()| Some(key)),
+            None => Ok(None),
         })
     }
 
@@ -273,6 +328,14 @@ impl Settings {
     /// The master keys, from `master_key`/`master_key_file` and
     /// `master_key_previous`/`master_key_previous_file` (or their `WETOKEN_*` variables).
     pub fn keyring(&self) -> Result<Option<Arc<Keyring>>, String> {
+        for (name, key) in [
+            ("master_key", &self.master_key),
+            ("master_key_previous", &self.master_key_previous),
+        ] {
+            if let Some(key) = key {
+                not_placeholder(name, key)?;
+            }
+        }
         let sources = KeySources {
             key: self.master_key.clone(),
             key_file: self.master_key_file.clone(),
@@ -309,6 +372,58 @@ fn parse_networks(setting: &str, networks: &[String]) -> Result<Vec<ipnet::IpNet
 mod tests {
     use super::*;
     use figment::{Jail, Provider};
+
+    #[test]
+    fn kubernetes_service_links_are_no_settings() {
+        for link in [
+            "port",
+            "port_9999_tcp",
+            "port_9999_tcp_proto",
+            "port_9999_tcp_port",
+            "port_9999_tcp_addr",
+            "service_host",
+            "service_port",
+            "service_port_http",
+            "admin_service_host",
+            "admin_port_80_tcp",
+        ] {
+            assert!(is_service_link(link), "{link}");
+        }
+        for setting in [
+            "listen",
+            "database_url",
+            "refresh__margin_secs",
+            "http__body_limit_bytes",
+            "admin_key",
+            "reader_networks",
+        ] {
+            assert!(!is_service_link(setting), "{setting}");
+        }
+        Jail::expect_with(|jail| {
+            jail.set_env("WETOKEN_PORT", "tcp://10.0.0.1:9999");
+            jail.set_env("WETOKEN_PORT_9999_TCP", "tcp://10.0.0.1:9999");
+            jail.set_env("WETOKEN_SERVICE_HOST", "10.0.0.1");
+            jail.set_env("WETOKEN_SERVICE_PORT", "9999");
+            jail.set_env("WETOKEN_LISTEN", "127.0.0.1:4000");
+            let s = Settings::load(Path::new("none.toml"), Figment::new()).map_err(|e| *e)?;
+            assert_eq!(s.listen, "127.0.0.1:4000".parse().unwrap());
+            assert_eq!(ignored_service_links().len(), 4);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn placeholder_keys_are_refused() {
+        let mut s = Settings {
+            admin_key: Some("CHANGE-ME-to-a-long-random-string".into()),
+            ..Settings::default()
+        };
+        assert!(s.admin_key().unwrap_err().contains("placeholder"));
+        s.admin_key = Some("a-real-key-0123456789abcdef".into());
+        assert!(s.admin_key().unwrap().is_some());
+        s.master_key = Some("Y29tcG9zZS1kZW1vLWtleS1yZXBsYWNlLW1lLW5vdyE=".into());
+        assert!(s.keyring().unwrap_err().contains("placeholder"));
+    }
 
     #[test]
     fn layers_override_in_order() {

@@ -37,7 +37,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 use wetoken_core::{Clock, Engine, Store, SystemClock, WeChat};
 
-pub use config::{CredentialErrors, ENV_PREFIX, HttpSettings, Settings};
+pub use config::{CredentialErrors, ENV_PREFIX, HttpSettings, Settings, ignored_service_links};
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]

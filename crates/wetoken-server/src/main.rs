@@ -42,6 +42,23 @@ enum Command {
     ///
     /// Example: wetoken-server install -r zk://127.0.0.1:2181 -c t
     Install(InstallArgs),
+    /// Ask a server running here whether it is healthy: exit 0 if `/health` answers 200, 1
+    /// otherwise. For container health checks (Docker's HEALTHCHECK, compose), which have no
+    /// curl in wetoken's image.
+    Health(HealthArgs),
+}
+
+#[derive(clap::Args)]
+struct HealthArgs {
+    /// The server's address; 0.0.0.0 and [::] mean this host's loopback.
+    #[arg(long, env = "WETOKEN_LISTEN", default_value = "127.0.0.1:9999")]
+    listen: std::net::SocketAddr,
+    /// Ask `/live` instead: the process answers, whatever the database does.
+    #[arg(long)]
+    live: bool,
+    /// How long to wait for the answer, in seconds.
+    #[arg(long, default_value_t = 3)]
+    timeout_secs: u64,
 }
 
 /// Where the registry is, and which nodes of it are this server's.
@@ -63,9 +80,10 @@ struct RegistryArgs {
 
 #[derive(clap::Args)]
 struct StartArgs {
-    /// The TOML settings file; a missing file is skipped.
-    #[arg(long, default_value = "wetoken.toml")]
-    config: PathBuf,
+    /// The TOML settings file. Without this flag, wetoken.toml in the current directory is read
+    /// if it exists; a file named here must exist.
+    #[arg(long)]
+    config: Option<PathBuf>,
     #[command(flatten)]
     registry: RegistryArgs,
     /// The address to listen on, e.g. 127.0.0.1:9999.
@@ -119,6 +137,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Start(args) => start(args),
         Command::Install(args) => install(args),
+        Command::Health(args) => health(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -159,6 +178,42 @@ fn init_logging(format: LogFormat) {
     }
 }
 
+/// `wetoken-server health`: one HTTP/1.1 GET over a plain socket, so the image needs no curl.
+fn health(args: &HealthArgs) -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    let mut addr = args.listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let timeout = std::time::Duration::from_secs(args.timeout_secs.max(1));
+    let path = if args.live { "/live" } else { "/health" };
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout)
+        .with_context(|| format!("connecting to {addr}"))?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .with_context(|| format!("asking {addr}"))?;
+    let mut answer = Vec::new();
+    stream
+        .read_to_end(&mut answer)
+        .with_context(|| format!("reading {addr}'s answer"))?;
+    let answer = String::from_utf8_lossy(&answer);
+    let status = answer.split(' ').nth(1).unwrap_or_default();
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default().trim();
+    if status == "200" {
+        println!("{addr}{path}: {body}");
+        Ok(())
+    } else {
+        anyhow::bail!("{addr}{path} answered {status}: {body}")
+    }
+}
+
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -168,6 +223,22 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn start(args: StartArgs) -> anyhow::Result<()> {
     init_logging(args.log_format);
+    let config = match args.config {
+        Some(path) if !path.is_file() => anyhow::bail!(
+            "--config {}: no such file (without --config, wetoken.toml is read if it exists)",
+            path.display()
+        ),
+        Some(path) => path,
+        None => PathBuf::from("wetoken.toml"),
+    };
+    let links = wetoken_server::ignored_service_links();
+    if !links.is_empty() {
+        tracing::warn!(
+            ?links,
+            "ignoring these variables: Kubernetes makes them for a Service named wetoken, and \
+             they are no settings (set enableServiceLinks: false in the pod spec to drop them)"
+        );
+    }
     let mut flags = Figment::new();
     if let Some(listen) = args.listen {
         flags = flags.merge(("listen", listen));
@@ -196,7 +267,7 @@ fn start(args: StartArgs) -> anyhow::Result<()> {
             None => Figment::new(),
         };
         let settings =
-            Settings::load_with_registry(&args.config, layer, flags).context("reading settings")?;
+            Settings::load_with_registry(&config, layer, flags).context("reading settings")?;
         tracing::info!(
             database = %redact_url(&settings.database_url),
             wechat = %settings.wechat_base_url,

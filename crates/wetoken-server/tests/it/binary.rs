@@ -241,3 +241,99 @@ fn bad_settings_fail_with_a_clear_message() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Runs `wetoken-server ARGS` in `dir` to completion.
+fn run(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    let out = server_command(dir)
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Kubernetes' service-link variables are ignored with one warning; `health` tells a running
+/// server from none; a `--config` that does not exist and a placeholder key stop the start.
+#[tokio::test(flavor = "multi_thread")]
+async fn start_up_survives_service_links_and_refuses_mistakes() {
+    let dir = scratch_dir("startup");
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+
+    // Nothing listens yet: health says so.
+    let (ok, _, err) = run(&dir, &["health", "--listen", &listen], &[]);
+    assert!(!ok && err.contains(&listen), "{err}");
+
+    let mut child = server_command(&dir)
+        .env("WETOKEN_PORT", "tcp://10.0.0.1:9999")
+        .env("WETOKEN_PORT_9999_TCP", "tcp://10.0.0.1:9999")
+        .env("WETOKEN_SERVICE_HOST", "10.0.0.1")
+        .env("WETOKEN_SERVICE_PORT", "9999")
+        .args(["start", "--listen", &listen, "--log-format", "json"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let (ok, out, err) = tokio::task::block_in_place(|| {
+        let mut last = (false, String::new(), String::new());
+        for _ in 0..300 {
+            last = run(&dir, &["health", "--listen", &listen], &[]);
+            if last.0 {
+                break;
+            }
+            if let Some(status) = child.try_wait().unwrap() {
+                last.2 = format!("the server exited ({status})");
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        last
+    });
+    assert!(ok, "the server did not become healthy: {err}");
+    assert!(out.contains("/health"), "{out}");
+    let (ok, _, err) = run(
+        &dir,
+        &["health", "--live"],
+        &[("WETOKEN_LISTEN", &format!("0.0.0.0:{port}"))],
+    );
+    assert!(ok, "{err}");
+    Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    let output = tokio::task::block_in_place(|| child.wait_with_output().unwrap());
+    assert!(output.status.success());
+    let log = String::from_utf8_lossy(&output.stderr);
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("Kubernetes makes them"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{log}");
+    for name in [
+        "WETOKEN_PORT",
+        "WETOKEN_PORT_9999_TCP",
+        "WETOKEN_SERVICE_HOST",
+        "WETOKEN_SERVICE_PORT",
+    ] {
+        assert!(warnings[0].contains(&format!("\\\"{name}\\\"")), "{log}");
+    }
+
+    let (ok, _, err) = run(&dir, &["start", "--config", "nowhere.toml"], &[]);
+    assert!(
+        !ok && err.contains("--config nowhere.toml: no such file"),
+        "{err}"
+    );
+    let (ok, _, err) = run(
+        &dir,
+        &["start", "--listen", &listen],
+        &[("WETOKEN_ADMIN_KEY", "CHANGE-ME-to-a-long-random-string")],
+    );
+    assert!(!ok && err.contains("placeholder"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
