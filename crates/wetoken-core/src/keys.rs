@@ -366,7 +366,7 @@ impl Store {
             Err(e) => {
                 let manager = wetoken_migration::SchemaManager::new(self.connection());
                 if matches!(manager.has_table(TABLE).await, Ok(false)) {
-                    return Err(Error::Database(format!(
+                    return Err(Error::Schema(format!(
                         "table {TABLE} is missing: run `wetoken-cli migrate up` (or set auto_migrate)"
                     )));
                 }
@@ -377,7 +377,7 @@ impl Store {
             .map(|row| {
                 let id: String = row.try_get_by_index(0)?;
                 let corrupt = |what: &str| {
-                    Error::Database(format!("consumer key {id}: stored {what} is invalid"))
+                    Error::Schema(format!("consumer key {id}: stored {what} is invalid"))
                 };
                 let hash: String = row.try_get_by_index(2)?;
                 let appids: String = row.try_get_by_index(3)?;

@@ -200,7 +200,7 @@ impl Store {
                          CAST(@@global.time_zone AS CHAR)",
                     ))
                     .await?
-                    .ok_or_else(|| Error::Database("the time zone query answered no row".into()))?;
+                    .ok_or_else(|| Error::Schema("the time zone query answered no row".into()))?;
                 let offset: Option<i64> = row.try_get_by_index(0)?;
                 let name: String = row.try_get_by_index(1)?;
                 let offset = offset.ok_or_else(|| {

@@ -354,6 +354,19 @@ fn error_response(e: &ApiError) -> Response<Full<Bytes>> {
                 error!(%cause, "database error");
                 (code::INTERNAL, "internal error; see the server log".into())
             }
+            E::Schema(cause) => {
+                error!(%cause, "the database does not hold what wetoken expects");
+                (code::INTERNAL, "internal error; see the server log".into())
+            }
+            // The app's own settings, which an admin can fix; nothing secret is named.
+            E::AppConfig { .. } => {
+                error!(error = %e, "misconfigured app");
+                (code::INTERNAL, e.to_string())
+            }
+            E::RefreshPanicked { .. } => {
+                error!(error = %e, "a refresh task panicked");
+                (code::INTERNAL, "internal error; see the server log".into())
+            }
         },
     };
     let status = StatusCode::from_u16(code::http_status(errcode))

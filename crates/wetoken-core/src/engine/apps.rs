@@ -67,7 +67,7 @@ impl Engine {
         for (appid, secret) in self.inner.store.app_secrets().await? {
             match secret {
                 Ok(secret) => readable.push((appid, secret)),
-                Err(e) => debug!(%appid, error = %e, "app secret left out of the digests"),
+                Err(e) => debug!(%appid, error = %e.chain(), "app secret left out of the digests"),
             }
         }
         if !self.secret_digests().install(read_at, &readable) {

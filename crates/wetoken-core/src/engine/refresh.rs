@@ -35,6 +35,27 @@ fn error_from_message(message: &str) -> Error {
     }
 }
 
+/// What a refresh task that did not finish stands for: a panic (a bug), or a cancellation, which
+/// happens only while the runtime shuts down.
+fn task_error(appid: &AppId, kind: Kind, e: tokio::task::JoinError) -> Error {
+    if !e.is_panic() {
+        return Error::Unavailable(format!(
+            "the refresh of {kind} of {appid} was cancelled: the process is shutting down"
+        ));
+    }
+    let payload = e.into_panic();
+    let panic = payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned());
+    Error::RefreshPanicked {
+        appid: appid.clone(),
+        kind,
+        panic,
+    }
+}
+
 impl Engine {
     /// The slow path. Under the slot's lock: memory, then the database, then the lease.
     ///
@@ -148,7 +169,7 @@ impl Engine {
                     .instrument(span),
                 )
                 .await
-                .map_err(|e| Error::Database(format!("refresh task failed: {e}")))?;
+                .map_err(|e| task_error(appid, kind, e))?;
             }
             // Another replica (or another request here, through a different slot) holds the
             // lease: wait for its result in the database rather than calling WeChat.
@@ -184,7 +205,7 @@ impl Engine {
         let appid = &app.info.appid;
         let release = || async {
             if let Err(e) = store.release_lease(appid, kind, owner).await {
-                warn!(%appid, %kind, error = %e, "could not release the lease; it lapses by itself");
+                warn!(%appid, %kind, error = %e.chain(), "could not release the lease; it lapses by itself");
             }
         };
         // The previous holder may have stored its result between our read and our lease.
@@ -230,7 +251,7 @@ impl Engine {
         if force && fetched.is_ok() {
             let day = wechat_day(started);
             if let Err(e) = store.record_force(appid, &day, forced_today, started).await {
-                warn!(error = %e, "could not count a forced stable token");
+                warn!(error = %e.chain(), "could not count a forced stable token");
             }
         }
         match fetched {
@@ -270,7 +291,7 @@ impl Engine {
                     Err(e) => {
                         // Serve it even though it could not be stored: it is valid, and WeChat
                         // has already retired the previous one.
-                        warn!(error = %e, "fetched a credential but could not store it");
+                        warn!(error = %e.chain(), "fetched a credential but could not store it");
                         slot.set(credential.clone(), version, now);
                         release().await;
                         Ok(credential)
@@ -317,7 +338,7 @@ impl Engine {
             .record_failure(appid, kind, &failure, owner, now)
             .await
         {
-            warn!(error = %db, "could not record a failed refresh; the lease lapses by itself");
+            warn!(error = %db.chain(), "could not record a failed refresh; the lease lapses by itself");
         }
         match &e {
             UpstreamError::Refused { errcode, errmsg } if halted => {

@@ -78,7 +78,7 @@ impl Engine {
             let due = match self.inner.store.due(kind, horizon).await {
                 Ok(due) => due,
                 Err(e) => {
-                    warn!(%kind, error = %e, "scheduler could not list due credentials");
+                    warn!(%kind, error = %e.chain(), "scheduler could not list due credentials");
                     return;
                 }
             };
@@ -107,7 +107,7 @@ impl Engine {
                         .fill(&appid, kind, &slot, Need::Ahead(threshold))
                         .await
                     {
-                        debug!(%appid, %kind, error = %e, "scheduled refresh failed");
+                        debug!(%appid, %kind, error = %e.chain(), "scheduled refresh failed");
                     }
                     drop(permit);
                 });

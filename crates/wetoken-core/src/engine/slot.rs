@@ -160,7 +160,7 @@ impl Engine {
                         _ => slot.clear(),
                     }
                 }
-                Err(e) => debug!(%appid, %kind, error = %e, "cache check failed"),
+                Err(e) => debug!(%appid, %kind, error = %e.chain(), "cache check failed"),
             }
             slot.checking.store(false, Ordering::Release);
         });

@@ -54,7 +54,7 @@ impl Engine {
             .count_call(&app.info.appid, &wechat_day(self.now()))
             .await
         {
-            debug!(error = %e, "could not count an upstream call");
+            debug!(error = %e.chain(), "could not count an upstream call");
         }
         result
     }
@@ -77,10 +77,11 @@ impl Engine {
                     self.upstream(app, "work_token", call).await
                 }
                 (AppKind::Work, _, None) => {
-                    return Err(FetchError::Other(Error::Database(format!(
-                        "WeCom app {} has no corpid stored",
-                        app.info.appid
-                    ))));
+                    return Err(FetchError::Other(Error::AppConfig {
+                        appid: app.info.appid.to_string(),
+                        problem: "a WeCom app (kind work) needs a corpid, and none is stored"
+                            .into(),
+                    }));
                 }
                 (_, TokenMode::Stable, _) => {
                     let call = wechat.stable_token(&app.info.appid, &app.secret, force);

@@ -259,8 +259,10 @@ impl Store {
 
 /// The app a row describes, secrets left out.
 fn info_from_row(row: &app_info::Model) -> Result<AppInfo, Error> {
-    let corrupt =
-        |what: &str| Error::Database(format!("app {:?}: stored {what} is invalid", row.appid));
+    let corrupt = |what: &str| Error::AppConfig {
+        appid: format!("{:?}", row.appid),
+        problem: format!("its stored {what} is invalid"),
+    };
     let work = match (&row.corpid, &row.agentid) {
         (Some(corpid), Some(agentid)) => Some(WorkIds {
             corpid: corpid.clone(),

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::Alias;
-use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbErr};
+use sea_orm::{ConnectOptions, Database, DatabaseConnection};
 
 use crate::Error;
 use crate::crypto::{Keyring, SealError, is_sealed};
@@ -191,15 +191,4 @@ pub fn wechat_day(at: DateTime<Utc>) -> String {
 /// another row or column does not decrypt there.
 pub(crate) fn secret_context(appid: &str, column: &str) -> Vec<u8> {
     format!("wetoken/wechat_app_info/{column}/{appid}").into_bytes()
-}
-
-impl From<DbErr> for Error {
-    fn from(e: DbErr) -> Self {
-        match e {
-            DbErr::Conn(_) | DbErr::ConnectionAcquire(_) => {
-                Error::DatabaseUnavailable(e.to_string())
-            }
-            e => Error::Database(e.to_string()),
-        }
-    }
 }
