@@ -4,14 +4,15 @@
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{Expr, ExprTrait, Query};
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ConnectionTrait, EntityTrait, QueryOrder, QuerySelect,
-    SqlErr, TransactionTrait,
+    ActiveModelTrait, ActiveValue::Set, ConnectionTrait, EntityTrait, IdenStatic, QueryOrder,
+    QuerySelect, SqlErr, TransactionTrait,
 };
 
-use super::{DEFAULT_DAILY_BUDGET, Store, col, wechat_day};
+use super::{DEFAULT_DAILY_BUDGET, Store, wechat_day};
 use crate::Error;
 use crate::crypto::is_sealed;
-use crate::entity::app_info;
+use crate::entity::app_info::{self, Column as A};
+use crate::entity::credential::Column as C;
 use crate::model::{
     App, AppId, AppInfo, AppKind, AppUpdate, GoFields, Kind, NewApp, Secret, TokenMode, WorkIds,
 };
@@ -34,21 +35,21 @@ impl Store {
             daily_budget: Set(app.daily_budget.unwrap_or(DEFAULT_DAILY_BUDGET)),
             calls_day: Set(None),
             calls_today: Set(0),
-            secret: Set(self.seal(app.appid.as_str(), "secret", app.secret.expose())?),
+            secret: Set(self.seal(app.appid.as_str(), A::Secret, app.secret.expose())?),
             token: Set(app
                 .token
                 .as_ref()
-                .map(|s| self.seal(app.appid.as_str(), "token", s.expose()))
+                .map(|s| self.seal(app.appid.as_str(), A::Token, s.expose()))
                 .transpose()?),
             aes_key: Set(app
                 .aes_key
                 .as_ref()
-                .map(|s| self.seal(app.appid.as_str(), "aes_key", s.expose()))
+                .map(|s| self.seal(app.appid.as_str(), A::AesKey, s.expose()))
                 .transpose()?),
             // The Go schema's NOT NULL columns get '' for "not set", as the Go server wrote them,
             // so a rolled-back Go server reads every row.
             pay_key: Set(Some(match &app.pay_key {
-                Some(key) => self.seal(app.appid.as_str(), "pay_key", key.expose())?,
+                Some(key) => self.seal(app.appid.as_str(), A::PayKey, key.expose())?,
                 None => String::new(),
             })),
             mchid: Set(app.go.mchid.clone().unwrap_or_default()),
@@ -110,7 +111,7 @@ impl Store {
         Ok(rows
             .into_iter()
             .map(|(appid, stored)| {
-                let secret = self.open(&appid, "secret", stored).map(Secret::new);
+                let secret = self.open(&appid, A::Secret, stored).map(Secret::new);
                 (appid, secret)
             })
             .collect())
@@ -134,13 +135,13 @@ impl Store {
         let mut row: app_info::ActiveModel = row.into();
         let id = appid.as_str();
         if let Some(secret) = &update.secret {
-            row.secret = Set(self.seal(id, "secret", secret.expose())?);
+            row.secret = Set(self.seal(id, A::Secret, secret.expose())?);
         }
         if let Some(token) = &update.token {
-            row.token = Set(Some(self.seal(id, "token", token.expose())?));
+            row.token = Set(Some(self.seal(id, A::Token, token.expose())?));
         }
         if let Some(aes_key) = &update.aes_key {
-            row.aes_key = Set(Some(self.seal(id, "aes_key", aes_key.expose())?));
+            row.aes_key = Set(Some(self.seal(id, A::AesKey, aes_key.expose())?));
         }
         if let Some(mode) = update.token_mode {
             row.token_mode = Set(mode.as_str().to_owned());
@@ -149,7 +150,7 @@ impl Store {
             row.daily_budget = Set(budget);
         }
         if let Some(key) = &update.pay_key {
-            row.pay_key = Set(Some(self.seal(id, "pay_key", key.expose())?));
+            row.pay_key = Set(Some(self.seal(id, A::PayKey, key.expose())?));
         }
         let go = &update.go;
         if let Some(v) = &go.mchid {
@@ -172,16 +173,16 @@ impl Store {
         for kind in Kind::ALL {
             let lift = Query::update()
                 .table(kind.table())
-                .value(col("halted"), false)
-                .value(col("failures"), 0)
-                .value(col("retry_at"), Option::<DateTime<Utc>>::None)
-                .value(col("message"), "settings changed")
-                .value(col("update_time"), now)
-                .and_where(Expr::col(col("appid")).eq(appid.as_str()))
+                .value(C::Halted, false)
+                .value(C::Failures, 0)
+                .value(C::RetryAt, Option::<DateTime<Utc>>::None)
+                .value(C::Message, "settings changed")
+                .value(C::UpdateTime, now)
+                .and_where(Expr::col(C::Appid).eq(appid.as_str()))
                 .cond_where(
-                    Expr::col(col("halted"))
+                    Expr::col(C::Halted)
                         .eq(true)
-                        .or(Expr::col(col("failures")).gt(0)),
+                        .or(Expr::col(C::Failures).gt(0)),
                 )
                 .to_owned();
             txn.execute(&lift).await?;
@@ -196,7 +197,7 @@ impl Store {
         for kind in Kind::ALL {
             let delete = Query::delete()
                 .from_table(kind.table())
-                .and_where(Expr::col(col("appid")).eq(appid.as_str()))
+                .and_where(Expr::col(C::Appid).eq(appid.as_str()))
                 .to_owned();
             txn.execute(&delete).await?;
         }
@@ -212,15 +213,15 @@ impl Store {
         let update = Query::update()
             .table(app_info::Entity)
             .value(
-                col("calls_today"),
+                A::CallsToday,
                 Expr::case(
-                    Expr::col(col("calls_day")).eq(day),
-                    Expr::col(col("calls_today")).add(1),
+                    Expr::col(A::CallsDay).eq(day),
+                    Expr::col(A::CallsToday).add(1),
                 )
                 .finally(1),
             )
-            .value(col("calls_day"), day)
-            .and_where(Expr::col(col("appid")).eq(appid.as_str()))
+            .value(A::CallsDay, day)
+            .and_where(Expr::col(A::Appid).eq(appid.as_str()))
             .to_owned();
         self.db.execute(&update).await?;
         Ok(())
@@ -229,13 +230,13 @@ impl Store {
 
 impl Store {
     fn app_from_row(&self, row: app_info::Model) -> Result<App, Error> {
-        let open = |column, value: String| {
+        let open = |column: A, value: String| {
             if self.keyring.is_some() && !is_sealed(&value) {
                 // Accepted, so that rows from before encryption keep working, but a server with
                 // the key encrypted every plain value at start: this one came later.
                 tracing::warn!(
                     appid = row.appid,
-                    column,
+                    column = column.as_str(),
                     "stored in plain text although a master key is configured: written by a \
                      process without the key, or changed in the database; a server start or \
                      `wetoken-cli migrate up --encrypt-secrets` encrypts it"
@@ -243,16 +244,16 @@ impl Store {
             }
             self.open(&row.appid, column, value).map(Secret::new)
         };
-        let secret = open("secret", row.secret.clone())?;
+        let secret = open(A::Secret, row.secret.clone())?;
         let optional = |column, value: &Option<String>| {
             set(value).map(|v| open(column, v.to_owned())).transpose()
         };
         Ok(App {
             info: info_from_row(&row)?,
             secret,
-            token: optional("token", &row.token)?,
-            aes_key: optional("aes_key", &row.aes_key)?,
-            pay_key: optional("pay_key", &row.pay_key)?,
+            token: optional(A::Token, &row.token)?,
+            aes_key: optional(A::AesKey, &row.aes_key)?,
+            pay_key: optional(A::PayKey, &row.pay_key)?,
         })
     }
 }

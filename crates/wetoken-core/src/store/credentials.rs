@@ -4,12 +4,13 @@
 //! stable tokens.
 
 use chrono::{DateTime, Utc};
-use sea_orm::sea_query::{Alias, Expr, ExprTrait, JoinType, OnConflict, Order, Query};
-use sea_orm::{ConnectionTrait, DbBackend, SqlErr};
+use sea_orm::sea_query::{Expr, ExprTrait, JoinType, OnConflict, Order, Query};
+use sea_orm::{ConnectionTrait, DbBackend, FromQueryResult, SqlErr};
 
-use super::{Store, col};
+use super::Store;
 use crate::Error;
 use crate::entity::app_info;
+use crate::entity::credential::{Column, ROW_COLUMNS, Row, Selected};
 use crate::model::{AppId, AppKind, Credential, CredentialRecord, Kind, TokenMode};
 
 impl Store {
@@ -20,43 +21,30 @@ impl Store {
         kind: Kind,
     ) -> Result<Option<CredentialRecord>, Error> {
         let select = Query::select()
-            .columns([
-                kind.value_column(),
-                col("expires_at"),
-                col("message"),
-                col("halted"),
-                col("refresh_time"),
-                col("version"),
-                col("failures"),
-                col("retry_at"),
-                col("lease_owner"),
-                col("lease_until"),
-            ])
-            .expr(self.db_now_ms())
+            .expr_as(Expr::col(kind.value_column()), Selected::Value)
+            .columns(ROW_COLUMNS)
+            .expr_as(self.db_now_ms(), Selected::DbNow)
             .from(kind.table())
-            .and_where(Expr::col(col("appid")).eq(appid.as_str()))
+            .and_where(Expr::col(Column::Appid).eq(appid.as_str()))
             .to_owned();
         let Some(row) = self.db.query_one(&select).await? else {
             return Ok(None);
         };
-        let value: Option<String> = row.try_get_by_index(0)?;
-        let expires_at: Option<DateTime<Utc>> = row.try_get_by_index(1)?;
-        let credential = match (value, expires_at) {
+        let row = Row::from_query_result(&row, "")?;
+        let credential = match (row.value, row.expires_at) {
             (Some(value), Some(expires_at)) => Some(Credential { value, expires_at }),
             _ => None,
         };
-        let owner: Option<String> = row.try_get_by_index(8)?;
-        let lease_until: Option<i64> = row.try_get_by_index(9)?;
-        let db_now: i64 = row.try_get_by_index(10)?;
         Ok(Some(CredentialRecord {
             credential,
-            message: row.try_get_by_index(2)?,
-            halted: row.try_get_by_index(3)?,
-            refresh_time: row.try_get_by_index(4)?,
-            version: row.try_get_by_index(5)?,
-            failures: row.try_get_by_index(6)?,
-            retry_at: row.try_get_by_index(7)?,
-            leased: owner.is_some() && lease_until.is_some_and(|until| until >= db_now),
+            message: row.message,
+            halted: row.halted,
+            refresh_time: row.refresh_time,
+            version: row.version,
+            failures: row.failures,
+            retry_at: row.retry_at,
+            leased: row.lease_owner.is_some()
+                && row.lease_until.is_some_and(|until| until >= row.db_now),
         }))
     }
 
@@ -83,11 +71,11 @@ impl Store {
         self.insert_row(
             kind,
             vec![
-                col("appid"),
+                Column::Appid,
                 kind.value_column(),
-                col("expires_at"),
-                col("message"),
-                col("update_time"),
+                Column::ExpiresAt,
+                Column::Message,
+                Column::UpdateTime,
             ],
             vec![
                 appid.as_str().into(),
@@ -104,7 +92,7 @@ impl Store {
     pub(super) async fn insert_row(
         &self,
         kind: Kind,
-        columns: Vec<Alias>,
+        columns: Vec<Column>,
         values: Vec<sea_orm::sea_query::SimpleExpr>,
     ) -> Result<bool, Error> {
         let insert = Query::insert()
@@ -112,8 +100,8 @@ impl Store {
             .columns(columns)
             .values_panic(values)
             .on_conflict(
-                OnConflict::column(col("appid"))
-                    .do_nothing_on([col("appid")])
+                OnConflict::column(Column::Appid)
+                    .do_nothing_on([Column::Appid])
                     .to_owned(),
             )
             .to_owned();
@@ -135,49 +123,53 @@ impl Store {
     /// WeCom apps; card tickets only for official accounts that have asked for one before (most
     /// never use cards).
     pub async fn due(&self, kind: Kind, before: DateTime<Utc>) -> Result<Vec<Due>, Error> {
-        let app = Alias::new("app");
-        let cred = Alias::new("cred");
-        let mut select = Query::select()
-            .column((app.clone(), col("appid")))
-            .column((cred.clone(), col("expires_at")))
-            .column((app.clone(), col("token_mode")))
-            .from_as(app_info::Entity, app.clone())
-            .join_as(
-                if kind == Kind::CardTicket {
-                    JoinType::InnerJoin
-                } else {
-                    JoinType::LeftJoin
-                },
-                kind.table(),
-                cred.clone(),
-                Expr::col((app.clone(), col("appid"))).equals((cred.clone(), col("appid"))),
-            )
-            .cond_where(
-                Expr::col((cred.clone(), col("appid")))
-                    .is_null()
-                    .or(Expr::col((cred.clone(), col("halted"))).eq(false).and(
-                        Expr::col((cred.clone(), col("expires_at")))
-                            .is_null()
-                            .or(Expr::col((cred.clone(), col("expires_at"))).lt(before)),
-                    )),
-            )
-            .order_by((app.clone(), col("appid")), Order::Asc)
-            .to_owned();
+        use app_info::Column as A;
+        let (app, cred) = (app_info::Entity, kind.table());
         let kinds: Vec<&str> = [AppKind::Mp, AppKind::Mini, AppKind::Work]
             .into_iter()
             .filter(|k| k.has(kind))
             .map(AppKind::as_str)
             .collect();
-        select.and_where(Expr::col((app, col("kind"))).is_in(kinds));
+        let select = Query::select()
+            .column((app, A::Appid))
+            .column((cred, Column::ExpiresAt))
+            .column((app, A::TokenMode))
+            .from(app)
+            .join(
+                if kind == Kind::CardTicket {
+                    JoinType::InnerJoin
+                } else {
+                    JoinType::LeftJoin
+                },
+                cred,
+                Expr::col((app, A::Appid)).equals((cred, Column::Appid)),
+            )
+            .cond_where(
+                Expr::col((cred, Column::Appid))
+                    .is_null()
+                    .or(Expr::col((cred, Column::Halted)).eq(false).and(
+                        Expr::col((cred, Column::ExpiresAt))
+                            .is_null()
+                            .or(Expr::col((cred, Column::ExpiresAt)).lt(before)),
+                    )),
+            )
+            .and_where(Expr::col((app, A::Kind)).is_in(kinds))
+            .order_by((app, A::Appid), Order::Asc)
+            .to_owned();
+        #[derive(FromQueryResult)]
+        struct DueRow {
+            appid: String,
+            expires_at: Option<DateTime<Utc>>,
+            token_mode: String,
+        }
         let rows = self.db.query_all(&select).await?;
-        rows.into_iter()
+        rows.iter()
             .map(|row| {
-                let appid: String = row.try_get_by_index(0)?;
-                let mode: String = row.try_get_by_index(2)?;
+                let row = DueRow::from_query_result(row, "")?;
                 Ok(Due {
-                    appid: AppId::parse(&appid)?,
-                    expires_at: row.try_get_by_index(1)?,
-                    token_mode: TokenMode::parse(&mode)?,
+                    appid: AppId::parse(&row.appid)?,
+                    expires_at: row.expires_at,
+                    token_mode: TokenMode::parse(&row.token_mode)?,
                 })
             })
             .collect()
@@ -186,17 +178,22 @@ impl Store {
     /// Every stored `kind` credential's expiry, by app.
     pub async fn expiries(&self, kind: Kind) -> Result<Vec<(AppId, DateTime<Utc>)>, Error> {
         let select = Query::select()
-            .columns([col("appid"), col("expires_at")])
+            .columns([Column::Appid, Column::ExpiresAt])
             .from(kind.table())
-            .and_where(Expr::col(col("expires_at")).is_not_null())
+            .and_where(Expr::col(Column::ExpiresAt).is_not_null())
             .to_owned();
+        #[derive(FromQueryResult)]
+        struct ExpiryRow {
+            appid: String,
+            expires_at: DateTime<Utc>,
+        }
         self.db
             .query_all(&select)
             .await?
-            .into_iter()
+            .iter()
             .map(|row| {
-                let appid: String = row.try_get_by_index(0)?;
-                Ok((AppId::parse(&appid)?, row.try_get_by_index(1)?))
+                let row = ExpiryRow::from_query_result(row, "")?;
+                Ok((AppId::parse(&row.appid)?, row.expires_at))
             })
             .collect()
     }
@@ -208,22 +205,26 @@ impl Store {
         day: &str,
     ) -> Result<(i32, Option<DateTime<Utc>>), Error> {
         let select = Query::select()
-            .columns([col("force_day"), col("force_count"), col("forced_at")])
+            .columns([Column::ForceDay, Column::ForceCount, Column::ForcedAt])
             .from(Kind::AccessToken.table())
-            .and_where(Expr::col(col("appid")).eq(appid.as_str()))
+            .and_where(Expr::col(Column::Appid).eq(appid.as_str()))
             .to_owned();
+        #[derive(FromQueryResult)]
+        struct ForcesRow {
+            force_day: Option<String>,
+            force_count: i32,
+            forced_at: Option<DateTime<Utc>>,
+        }
         let Some(row) = self.db.query_one(&select).await? else {
             return Ok((0, None));
         };
-        let stored_day: Option<String> = row.try_get_by_index(0)?;
-        let count: i32 = row.try_get_by_index(1)?;
-        let at: Option<DateTime<Utc>> = row.try_get_by_index(2)?;
-        let today = if stored_day.as_deref() == Some(day) {
-            count
+        let row = ForcesRow::from_query_result(&row, "")?;
+        let today = if row.force_day.as_deref() == Some(day) {
+            row.force_count
         } else {
             0
         };
-        Ok((today, at))
+        Ok((today, row.forced_at))
     }
 
     /// Counts one forced stable token on `day`. Called by the lease holder only.
@@ -236,10 +237,10 @@ impl Store {
     ) -> Result<(), Error> {
         let update = Query::update()
             .table(Kind::AccessToken.table())
-            .value(col("force_day"), day)
-            .value(col("force_count"), count)
-            .value(col("forced_at"), now)
-            .and_where(Expr::col(col("appid")).eq(appid.as_str()))
+            .value(Column::ForceDay, day)
+            .value(Column::ForceCount, count)
+            .value(Column::ForcedAt, now)
+            .and_where(Expr::col(Column::Appid).eq(appid.as_str()))
             .to_owned();
         self.db.execute(&update).await?;
         Ok(())

@@ -6,8 +6,9 @@ use chrono::{DateTime, Utc};
 use sea_orm::ConnectionTrait;
 use sea_orm::sea_query::{Expr, ExprTrait, Query};
 
-use super::{Store, col};
+use super::Store;
 use crate::Error;
+use crate::entity::credential::Column;
 use crate::model::{AppId, Credential, Kind};
 
 /// A failed refresh, as recorded.
@@ -31,7 +32,7 @@ impl Store {
     async fn ensure_row(&self, appid: &AppId, kind: Kind, now: DateTime<Utc>) -> Result<(), Error> {
         self.insert_row(
             kind,
-            vec![col("appid"), col("message"), col("update_time")],
+            vec![Column::Appid, Column::Message, Column::UpdateTime],
             vec![appid.as_str().into(), "not fetched yet".into(), now.into()],
         )
         .await?;
@@ -54,13 +55,13 @@ impl Store {
         let ttl_ms = ttl.as_millis() as i64;
         let update = Query::update()
             .table(kind.table())
-            .value(col("lease_owner"), owner)
-            .value(col("lease_until"), self.db_now_ms().add(ttl_ms))
-            .and_where(Expr::col(col("appid")).eq(appid.as_str()))
+            .value(Column::LeaseOwner, owner)
+            .value(Column::LeaseUntil, self.db_now_ms().add(ttl_ms))
+            .and_where(Expr::col(Column::Appid).eq(appid.as_str()))
             .cond_where(
-                Expr::col(col("lease_owner"))
+                Expr::col(Column::LeaseOwner)
                     .is_null()
-                    .or(Expr::col(col("lease_until")).lt(self.db_now_ms())),
+                    .or(Expr::col(Column::LeaseUntil).lt(self.db_now_ms())),
             )
             .to_owned();
         Ok(self.db.execute(&update).await?.rows_affected() == 1)
@@ -70,10 +71,10 @@ impl Store {
     pub async fn release_lease(&self, appid: &AppId, kind: Kind, owner: &str) -> Result<(), Error> {
         let update = Query::update()
             .table(kind.table())
-            .value(col("lease_owner"), Option::<String>::None)
-            .value(col("lease_until"), Option::<i64>::None)
-            .and_where(Expr::col(col("appid")).eq(appid.as_str()))
-            .and_where(Expr::col(col("lease_owner")).eq(owner))
+            .value(Column::LeaseOwner, Option::<String>::None)
+            .value(Column::LeaseUntil, Option::<i64>::None)
+            .and_where(Expr::col(Column::Appid).eq(appid.as_str()))
+            .and_where(Expr::col(Column::LeaseOwner).eq(owner))
             .to_owned();
         self.db.execute(&update).await?;
         Ok(())
@@ -96,19 +97,19 @@ impl Store {
         let update = Query::update()
             .table(kind.table())
             .value(kind.value_column(), credential.value.as_str())
-            .value(col("expires_at"), credential.expires_at)
-            .value(col("message"), "success")
-            .value(col("halted"), false)
-            .value(col("failures"), 0)
-            .value(col("retry_at"), Option::<DateTime<Utc>>::None)
-            .value(col("version"), Expr::col(col("version")).add(1))
-            .value(col("lease_owner"), Option::<String>::None)
-            .value(col("lease_until"), Option::<i64>::None)
-            .value(col("refresh_time"), now)
-            .value(col("update_time"), now)
-            .and_where(Expr::col(col("appid")).eq(appid.as_str()))
-            .and_where(Expr::col(col("lease_owner")).eq(owner))
-            .and_where(Expr::col(col("version")).eq(version))
+            .value(Column::ExpiresAt, credential.expires_at)
+            .value(Column::Message, "success")
+            .value(Column::Halted, false)
+            .value(Column::Failures, 0)
+            .value(Column::RetryAt, Option::<DateTime<Utc>>::None)
+            .value(Column::Version, Expr::col(Column::Version).add(1))
+            .value(Column::LeaseOwner, Option::<String>::None)
+            .value(Column::LeaseUntil, Option::<i64>::None)
+            .value(Column::RefreshTime, now)
+            .value(Column::UpdateTime, now)
+            .and_where(Expr::col(Column::Appid).eq(appid.as_str()))
+            .and_where(Expr::col(Column::LeaseOwner).eq(owner))
+            .and_where(Expr::col(Column::Version).eq(version))
             .to_owned();
         Ok(self.db.execute(&update).await?.rows_affected() == 1)
     }
@@ -126,16 +127,16 @@ impl Store {
         let message: String = failure.message.chars().take(MESSAGE_MAX).collect();
         let update = Query::update()
             .table(kind.table())
-            .value(col("message"), message)
-            .value(col("halted"), failure.halted)
-            .value(col("failures"), failure.failures)
-            .value(col("retry_at"), failure.retry_at)
-            .value(col("lease_owner"), Option::<String>::None)
-            .value(col("lease_until"), Option::<i64>::None)
-            .value(col("refresh_time"), now)
-            .value(col("update_time"), now)
-            .and_where(Expr::col(col("appid")).eq(appid.as_str()))
-            .and_where(Expr::col(col("lease_owner")).eq(owner))
+            .value(Column::Message, message)
+            .value(Column::Halted, failure.halted)
+            .value(Column::Failures, failure.failures)
+            .value(Column::RetryAt, failure.retry_at)
+            .value(Column::LeaseOwner, Option::<String>::None)
+            .value(Column::LeaseUntil, Option::<i64>::None)
+            .value(Column::RefreshTime, now)
+            .value(Column::UpdateTime, now)
+            .and_where(Expr::col(Column::Appid).eq(appid.as_str()))
+            .and_where(Expr::col(Column::LeaseOwner).eq(owner))
             .to_owned();
         self.db.execute(&update).await?;
         Ok(())

@@ -20,12 +20,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sea_orm::sea_query::Alias;
-use sea_orm::{ConnectOptions, Database, DatabaseConnection};
+use sea_orm::{ConnectOptions, Database, DatabaseConnection, IdenStatic};
 
 use crate::Error;
 use crate::crypto::{Keyring, SealError, is_sealed};
-use crate::model::Kind;
+use crate::entity::app_info;
 
 /// How to reach the database.
 #[derive(Debug, Clone)]
@@ -60,38 +59,12 @@ impl DatabaseOptions {
 /// typical official account.
 pub const DEFAULT_DAILY_BUDGET: i32 = 2000;
 
-impl Kind {
-    pub(super) fn table(self) -> Alias {
-        Alias::new(match self {
-            Kind::AccessToken => "wechat_access_token",
-            Kind::JsapiTicket => "wechat_jsapi_ticket",
-            Kind::CardTicket => "wechat_card_ticket",
-        })
-    }
-
-    pub(super) fn value_column(self) -> Alias {
-        Alias::new(match self {
-            Kind::AccessToken => "access_token",
-            Kind::JsapiTicket | Kind::CardTicket => "ticket",
-        })
-    }
-}
-
-fn col(name: &'static str) -> Alias {
-    Alias::new(name)
-}
-
 /// wetoken's database.
 #[derive(Debug, Clone)]
 pub struct Store {
     db: DatabaseConnection,
     keyring: Option<Arc<Keyring>>,
 }
-
-/// The secret-like columns of `wechat_app_info`, encrypted when a master key is configured.
-/// An empty value is no value: the Go schema stores `''` for an unset `token`, `aes_key` or
-/// `pay_key`, and it is never encrypted.
-pub(crate) const SECRET_COLUMNS: [&str; 4] = ["secret", "token", "aes_key", "pay_key"];
 
 impl Store {
     /// Connects to the database `options` names.
@@ -146,12 +119,18 @@ impl Store {
 
     /// The stored form of a secret-like value of `appid`'s `column`: encrypted under the current
     /// master key, or as it is when none is configured.
-    pub(crate) fn seal(&self, appid: &str, column: &str, plain: &str) -> Result<String, Error> {
+    pub(crate) fn seal(
+        &self,
+        appid: &str,
+        column: app_info::Column,
+        plain: &str,
+    ) -> Result<String, Error> {
         match &self.keyring {
             Some(keyring) => Ok(keyring.seal(plain, &secret_context(appid, column))),
             // A plain value that looks encrypted would be refused when read back.
             None if is_sealed(plain) => Err(Error::InvalidInput(format!(
-                "{column} must not start with \"wtenc:\""
+                "{} must not start with \"wtenc:\"",
+                column.as_str()
             ))),
             None => Ok(plain.to_owned()),
         }
@@ -159,7 +138,12 @@ impl Store {
 
     /// The plain text of a stored secret-like value. A plain value is read as it is (rows from
     /// before encryption); an encrypted one needs its key and must authenticate.
-    pub(crate) fn open(&self, appid: &str, column: &str, stored: String) -> Result<String, Error> {
+    pub(crate) fn open(
+        &self,
+        appid: &str,
+        column: app_info::Column,
+        stored: String,
+    ) -> Result<String, Error> {
         if !is_sealed(&stored) {
             return Ok(stored);
         }
@@ -169,7 +153,8 @@ impl Store {
         };
         opened.map_err(|e| {
             Error::Secret(format!(
-                "the stored {column} of app {appid} cannot be decrypted: {e}"
+                "the stored {} of app {appid} cannot be decrypted: {e}",
+                column.as_str()
             ))
         })
     }
@@ -189,6 +174,6 @@ pub fn wechat_day(at: DateTime<Utc>) -> String {
 
 /// What a secret-like value is bound to: its table, column and appid. A ciphertext copied to
 /// another row or column does not decrypt there.
-pub(crate) fn secret_context(appid: &str, column: &str) -> Vec<u8> {
-    format!("wetoken/wechat_app_info/{column}/{appid}").into_bytes()
+pub(crate) fn secret_context(appid: &str, column: app_info::Column) -> Vec<u8> {
+    format!("wetoken/wechat_app_info/{}/{appid}", column.as_str()).into_bytes()
 }
