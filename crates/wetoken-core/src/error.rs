@@ -39,6 +39,8 @@ pub enum Error {
         appid: AppId,
         /// Which credential.
         kind: Kind,
+        /// WeChat's code, as recorded; `None` for a halt recorded before wetoken kept the code.
+        errcode: Option<i64>,
         /// The recorded outcome, `"<errcode>: <errmsg>"`.
         message: String,
     },
@@ -92,16 +94,6 @@ pub enum Error {
     /// not configured. The text names the app and column, never the value.
     #[error("{0}")]
     Secret(String),
-}
-
-impl Error {
-    /// WeChat's errcode behind a [`Error::Halted`], read back from the recorded message.
-    pub fn halted_errcode(&self) -> Option<i64> {
-        match self {
-            Error::Halted { message, .. } => message.split_once(':')?.0.trim().parse().ok(),
-            _ => None,
-        }
-    }
 }
 
 impl From<DbErr> for Error {

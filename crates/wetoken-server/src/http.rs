@@ -333,7 +333,7 @@ fn error_response(e: &ApiError) -> Response<Full<Bytes>> {
             E::NotStored { .. } => (code::NOT_STORED, e.to_string()),
             // WeChat's own code, which is never in wetoken's range: 502.
             E::Refused { errcode, errmsg } => (*errcode, errmsg.clone()),
-            E::Halted { .. } => (e.halted_errcode().unwrap_or(code::HALTED), e.to_string()),
+            E::Halted { errcode, .. } => (errcode.unwrap_or(code::HALTED), e.to_string()),
             E::Unavailable(m) => (
                 code::UPSTREAM_UNAVAILABLE,
                 format!("{m}; no valid credential is held"),

@@ -17,21 +17,28 @@ use super::config::{FORCE_SPACING_SECS, FORCES_PER_DAY};
 use super::slot::{Need, Slot};
 use super::upstream::FetchError;
 use crate::Error;
-use crate::model::{App, AppId, AppKind, Credential, Kind, TokenMode};
+use crate::model::{App, AppId, AppKind, Credential, CredentialRecord, Kind, TokenMode};
 use crate::store::{Failure, wechat_day};
 use crate::wechat::UpstreamError;
 
 pub(super) type BoxedResult<'a> =
     std::pin::Pin<Box<dyn Future<Output = Result<Arc<Credential>, Error>> + Send + 'a>>;
 
-/// The error a recorded failure stands for, as other replicas read it back.
-fn error_from_message(message: &str) -> Error {
-    match message.split_once(':') {
-        Some((code, text)) if code.trim().parse::<i64>().is_ok() => Error::Refused {
-            errcode: code.trim().parse().unwrap_or_default(),
-            errmsg: text.trim().to_owned(),
+/// The error a recorded failure stands for, as other replicas read it back: WeChat's refusal
+/// when the row keeps WeChat's code, else the recorded outcome as an outage (WeChat unreachable,
+/// or a row from before migration 000008, which kept no code).
+fn recorded_error(record: &CredentialRecord) -> Error {
+    match record.errcode {
+        Some(errcode) if errcode != 0 => Error::Refused {
+            errcode,
+            // The message was written as `<errcode>: <errmsg>` (`UpstreamError::message`).
+            errmsg: record
+                .message
+                .strip_prefix(&format!("{errcode}: "))
+                .unwrap_or(&record.message)
+                .to_owned(),
         },
-        _ => Error::Unavailable(message.to_owned()),
+        _ => Error::Unavailable(record.message.clone()),
     }
 }
 
@@ -132,12 +139,13 @@ impl Engine {
                     return Err(Error::Halted {
                         appid: appid.clone(),
                         kind,
+                        errcode: r.errcode,
                         message: r.message.clone(),
                     });
                 }
                 if r.retry_at.is_some_and(|at| now < at) {
                     debug!(%appid, %kind, "in backoff; not calling WeChat");
-                    return Err(error_from_message(&r.message));
+                    return Err(recorded_error(r));
                 }
             }
             let owner = format!(
@@ -328,6 +336,7 @@ impl Engine {
         let message = e.message();
         let failure = Failure {
             message: &message,
+            errcode: e.errcode(),
             halted,
             failures,
             retry_at: (!halted).then_some(now + delay),
@@ -349,6 +358,7 @@ impl Engine {
                 Error::Halted {
                     appid: appid.clone(),
                     kind,
+                    errcode: Some(*errcode),
                     message: format!("{errcode}: {errmsg}"),
                 }
             }
@@ -394,5 +404,50 @@ impl Engine {
             )));
         }
         Ok(count)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(message: &str, errcode: Option<i64>) -> CredentialRecord {
+        CredentialRecord {
+            credential: None,
+            message: message.into(),
+            errcode,
+            halted: false,
+            refresh_time: None,
+            version: 1,
+            failures: 1,
+            retry_at: None,
+            leased: false,
+        }
+    }
+
+    #[test]
+    fn a_recorded_failure_reads_back_by_its_errcode() {
+        match recorded_error(&record(
+            "45009: reach max api daily quota limit",
+            Some(45009),
+        )) {
+            Error::Refused { errcode, errmsg } => {
+                assert_eq!(
+                    (errcode, errmsg.as_str()),
+                    (45009, "reach max api daily quota limit")
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // No WeChat answer behind it, or a row from before migration 000008: the message as is.
+        for (message, errcode) in [
+            ("WeChat unreachable: timed out", None),
+            ("45009: reach max api daily quota limit", None),
+        ] {
+            match recorded_error(&record(message, errcode)) {
+                Error::Unavailable(m) => assert_eq!(m, message),
+                other => panic!("{other:?}"),
+            }
+        }
     }
 }

@@ -36,6 +36,9 @@ pub enum Column {
     /// The outcome of the last refresh: `success`, WeChat's `errcode: errmsg`, or what else
     /// happened.
     Message,
+    /// WeChat's code for that outcome: 0 for a success, NULL when no WeChat answer is behind it
+    /// (and in rows from before migration 000008).
+    Errcode,
     /// Whether refreshing stopped on an error retrying cannot cure.
     Halted,
     /// When the last refresh was attempted.
@@ -98,6 +101,8 @@ pub struct Row {
     pub expires_at: Option<DateTime<Utc>>,
     /// The outcome of the last refresh.
     pub message: String,
+    /// WeChat's code for it, if WeChat answered.
+    pub errcode: Option<i64>,
     /// Whether refreshing stopped.
     pub halted: bool,
     /// When the last refresh was attempted.
@@ -118,9 +123,10 @@ pub struct Row {
 
 /// The columns [`Row`] reads as they are stored (the value and the clock are selected under
 /// [`Selected`] names).
-pub(crate) const ROW_COLUMNS: [Column; 9] = [
+pub(crate) const ROW_COLUMNS: [Column; 10] = [
     Column::ExpiresAt,
     Column::Message,
+    Column::Errcode,
     Column::Halted,
     Column::RefreshTime,
     Column::Version,

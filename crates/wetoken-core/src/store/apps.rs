@@ -177,6 +177,7 @@ impl Store {
                 .value(C::Failures, 0)
                 .value(C::RetryAt, Option::<DateTime<Utc>>::None)
                 .value(C::Message, "settings changed")
+                .value(C::Errcode, Option::<i64>::None)
                 .value(C::UpdateTime, now)
                 .and_where(Expr::col(C::Appid).eq(appid.as_str()))
                 .cond_where(

@@ -38,6 +38,7 @@ impl Store {
         Ok(Some(CredentialRecord {
             credential,
             message: row.message,
+            errcode: row.errcode,
             halted: row.halted,
             refresh_time: row.refresh_time,
             version: row.version,

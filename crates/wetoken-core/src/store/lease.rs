@@ -4,7 +4,7 @@
 
 use chrono::{DateTime, Utc};
 use sea_orm::ConnectionTrait;
-use sea_orm::sea_query::{Expr, ExprTrait, Query};
+use sea_orm::sea_query::{Expr, ExprTrait, Query, UpdateStatement};
 
 use super::Store;
 use crate::Error;
@@ -16,6 +16,8 @@ use crate::model::{AppId, Credential, Kind};
 pub struct Failure<'a> {
     /// The outcome: WeChat's `errcode: errmsg`, or what else went wrong.
     pub message: &'a str,
+    /// WeChat's code, when WeChat answered.
+    pub errcode: Option<i64>,
     /// Whether refreshing stops until the app's settings change.
     pub halted: bool,
     /// Failures in a row, this one included.
@@ -94,21 +96,15 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<bool, Error> {
         let (owner, version) = fence;
-        let update = Query::update()
-            .table(kind.table())
+        let update = outcome(appid, kind, owner, now)
             .value(kind.value_column(), credential.value.as_str())
             .value(Column::ExpiresAt, credential.expires_at)
             .value(Column::Message, "success")
+            .value(Column::Errcode, 0)
             .value(Column::Halted, false)
             .value(Column::Failures, 0)
             .value(Column::RetryAt, Option::<DateTime<Utc>>::None)
             .value(Column::Version, Expr::col(Column::Version).add(1))
-            .value(Column::LeaseOwner, Option::<String>::None)
-            .value(Column::LeaseUntil, Option::<i64>::None)
-            .value(Column::RefreshTime, now)
-            .value(Column::UpdateTime, now)
-            .and_where(Expr::col(Column::Appid).eq(appid.as_str()))
-            .and_where(Expr::col(Column::LeaseOwner).eq(owner))
             .and_where(Expr::col(Column::Version).eq(version))
             .to_owned();
         Ok(self.db.execute(&update).await?.rows_affected() == 1)
@@ -125,20 +121,115 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<(), Error> {
         let message: String = failure.message.chars().take(MESSAGE_MAX).collect();
-        let update = Query::update()
-            .table(kind.table())
+        let update = outcome(appid, kind, owner, now)
             .value(Column::Message, message)
+            .value(Column::Errcode, failure.errcode)
             .value(Column::Halted, failure.halted)
             .value(Column::Failures, failure.failures)
             .value(Column::RetryAt, failure.retry_at)
-            .value(Column::LeaseOwner, Option::<String>::None)
-            .value(Column::LeaseUntil, Option::<i64>::None)
-            .value(Column::RefreshTime, now)
-            .value(Column::UpdateTime, now)
-            .and_where(Expr::col(Column::Appid).eq(appid.as_str()))
-            .and_where(Expr::col(Column::LeaseOwner).eq(owner))
             .to_owned();
         self.db.execute(&update).await?;
         Ok(())
+    }
+}
+
+/// The part every recorded outcome shares: it happens only while `owner` holds the lease, gives
+/// the lease back, and stamps the attempt.
+fn outcome(appid: &AppId, kind: Kind, owner: &str, now: DateTime<Utc>) -> UpdateStatement {
+    Query::update()
+        .table(kind.table())
+        .value(Column::LeaseOwner, Option::<String>::None)
+        .value(Column::LeaseUntil, Option::<i64>::None)
+        .value(Column::RefreshTime, now)
+        .value(Column::UpdateTime, now)
+        .and_where(Expr::col(Column::Appid).eq(appid.as_str()))
+        .and_where(Expr::col(Column::LeaseOwner).eq(owner))
+        .to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use chrono::TimeDelta;
+
+    use super::*;
+    use crate::model::{NewApp, Secret};
+    use crate::store::DatabaseOptions;
+
+    #[tokio::test]
+    async fn every_recorded_outcome_writes_its_errcode() {
+        let store = Store::connect(&DatabaseOptions::new("sqlite::memory:"))
+            .await
+            .unwrap();
+        store.migrate().await.unwrap();
+        let appid = AppId::parse("wx0123456789abcdef").unwrap();
+        let now = Utc::now();
+        store
+            .insert_app(&NewApp::mp(appid.clone(), Secret::new("s")), now)
+            .await
+            .unwrap();
+        let kind = Kind::AccessToken;
+        let record = || async { store.credential(&appid, kind).await.unwrap().unwrap() };
+
+        assert!(
+            store
+                .try_lease(&appid, kind, "a", Duration::from_secs(30), now)
+                .await
+                .unwrap()
+        );
+        assert_eq!(record().await.errcode, None, "not fetched yet");
+        let refused = Failure {
+            message: "40164: invalid ip",
+            errcode: Some(40164),
+            halted: false,
+            failures: 1,
+            retry_at: Some(now + TimeDelta::seconds(2)),
+        };
+        store
+            .record_failure(&appid, kind, &refused, "a", now)
+            .await
+            .unwrap();
+        assert_eq!(record().await.errcode, Some(40164));
+
+        assert!(
+            store
+                .try_lease(&appid, kind, "b", Duration::from_secs(30), now)
+                .await
+                .unwrap()
+        );
+        let unreachable = Failure {
+            message: "WeChat unreachable: timed out",
+            errcode: None,
+            ..refused
+        };
+        store
+            .record_failure(&appid, kind, &unreachable, "b", now)
+            .await
+            .unwrap();
+        assert_eq!(record().await.errcode, None);
+
+        assert!(
+            store
+                .try_lease(&appid, kind, "c", Duration::from_secs(30), now)
+                .await
+                .unwrap()
+        );
+        let credential = Credential {
+            value: "token".into(),
+            expires_at: now + TimeDelta::hours(2),
+        };
+        let version = record().await.version;
+        assert!(
+            store
+                .save_credential(&appid, kind, &credential, ("c", version), now)
+                .await
+                .unwrap()
+        );
+        let saved = record().await;
+        assert_eq!(
+            (saved.message.as_str(), saved.errcode),
+            ("success", Some(0))
+        );
     }
 }
