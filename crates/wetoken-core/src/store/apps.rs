@@ -210,7 +210,7 @@ impl Store {
     }
 
     /// Counts one upstream call for `appid` on `day`, for every replica to see.
-    pub async fn count_call(&self, appid: &AppId, day: &str) -> Result<(), Error> {
+    pub(crate) async fn count_call(&self, appid: &AppId, day: &str) -> Result<(), Error> {
         let update = Query::update()
             .table(app_info::Entity)
             .value(

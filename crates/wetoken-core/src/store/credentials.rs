@@ -123,7 +123,7 @@ impl Store {
     /// Only apps that have the credential are listed: jsapi tickets for official accounts and
     /// WeCom apps; card tickets only for official accounts that have asked for one before (most
     /// never use cards).
-    pub async fn due(&self, kind: Kind, before: DateTime<Utc>) -> Result<Vec<Due>, Error> {
+    pub(crate) async fn due(&self, kind: Kind, before: DateTime<Utc>) -> Result<Vec<Due>, Error> {
         use app_info::Column as A;
         let (app, cred) = (app_info::Entity, kind.table());
         let kinds: Vec<&str> = [AppKind::Mp, AppKind::Mini, AppKind::Work]
@@ -200,7 +200,7 @@ impl Store {
     }
 
     /// How many stable tokens were forced on `day` for `appid`, and when the last one was.
-    pub async fn forces(
+    pub(crate) async fn forces(
         &self,
         appid: &AppId,
         day: &str,
@@ -229,7 +229,7 @@ impl Store {
     }
 
     /// Counts one forced stable token on `day`. Called by the lease holder only.
-    pub async fn record_force(
+    pub(crate) async fn record_force(
         &self,
         appid: &AppId,
         day: &str,
@@ -250,7 +250,7 @@ impl Store {
 
 /// A credential the scheduler may need to renew.
 #[derive(Debug, Clone)]
-pub struct Due {
+pub(crate) struct Due {
     /// The app.
     pub appid: AppId,
     /// When the stored value expires, if one is stored.

@@ -45,7 +45,7 @@ impl Store {
     /// holds it or the holder's lease has lapsed. `owner` must be unique to this attempt.
     ///
     /// This is a single conditional UPDATE, a compare-and-set that every backend runs atomically.
-    pub async fn try_lease(
+    pub(crate) async fn try_lease(
         &self,
         appid: &AppId,
         kind: Kind,
@@ -70,7 +70,12 @@ impl Store {
     }
 
     /// Gives the lease back, if `owner` still holds it.
-    pub async fn release_lease(&self, appid: &AppId, kind: Kind, owner: &str) -> Result<(), Error> {
+    pub(crate) async fn release_lease(
+        &self,
+        appid: &AppId,
+        kind: Kind,
+        owner: &str,
+    ) -> Result<(), Error> {
         let update = Query::update()
             .table(kind.table())
             .value(Column::LeaseOwner, Option::<String>::None)
@@ -87,7 +92,7 @@ impl Store {
     /// The write is fenced: it happens only if `owner` still holds the lease and the row is still
     /// at `version`, the one read before the fetch. Returns whether it happened; `false` means a
     /// newer value was stored meanwhile and this one must not replace it.
-    pub async fn save_credential(
+    pub(crate) async fn save_credential(
         &self,
         appid: &AppId,
         kind: Kind,
@@ -112,7 +117,7 @@ impl Store {
 
     /// Records a failed refresh and gives the lease back. The stored value, if any, is kept: it
     /// may still be valid.
-    pub async fn record_failure(
+    pub(crate) async fn record_failure(
         &self,
         appid: &AppId,
         kind: Kind,

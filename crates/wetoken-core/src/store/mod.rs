@@ -13,7 +13,7 @@ mod apps;
 mod credentials;
 mod lease;
 
-pub use credentials::Due;
+pub(crate) use credentials::Due;
 pub(crate) use lease::Failure;
 
 use std::sync::Arc;
