@@ -1,9 +1,10 @@
 //! The database: apps and their stored credentials.
 //!
 //! One [`Store`] serves SQLite, MySQL/MariaDB and PostgreSQL alike.
-//! Apps go through the sea-orm entity in [`crate::entity`]; the two credential tables share a shape,
-//! so one set of sea-query statements serves both, with the table and value column taken from
-//! [`Kind`].
+//! Apps and consumer keys go through sea-orm entities in [`crate::entity`]; the three credential
+//! tables share a shape, so one set of sea-query statements serves them all, with the table and
+//! value column taken from [`Kind`](crate::model::Kind) and the columns named by
+//! [`crate::entity::credential::Column`].
 //!
 //! This file holds the connection, the sealing of secret-like columns and the error conversion;
 //! `apps` the app rows, `credentials` the credential rows, and `lease` the refresh lease and the
