@@ -25,6 +25,7 @@ mod m20261124_000004_call_budget;
 mod m20261125_000005_consumer_keys;
 mod m20261125_000006_secret_columns;
 mod m20261129_000007_go_takeover;
+mod m20261130_000008_errcode;
 
 pub mod go;
 
@@ -42,6 +43,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261125_000005_consumer_keys::Migration),
             Box::new(m20261125_000006_secret_columns::Migration),
             Box::new(m20261129_000007_go_takeover::Migration),
+            Box::new(m20261130_000008_errcode::Migration),
         ]
     }
 }

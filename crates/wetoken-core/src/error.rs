@@ -1,5 +1,10 @@
 //! The one error type of the engine.
 
+use std::fmt;
+use std::sync::Arc;
+
+use sea_orm::DbErr;
+
 use crate::model::{AppId, Kind};
 
 /// Why the engine could not do what was asked.
@@ -34,6 +39,8 @@ pub enum Error {
         appid: AppId,
         /// Which credential.
         kind: Kind,
+        /// WeChat's code, as recorded; `None` for a halt recorded before wetoken kept the code.
+        errcode: Option<i64>,
         /// The recorded outcome, `"<errcode>: <errmsg>"`.
         message: String,
     },
@@ -52,24 +59,89 @@ pub enum Error {
     /// WeChat could not be reached or failed, and no valid credential is held.
     #[error("{0}")]
     Unavailable(String),
-    /// The database could not be reached.
-    #[error("database unavailable: {0}")]
-    DatabaseUnavailable(String),
-    /// The database failed otherwise.
-    #[error("database error: {0}")]
-    Database(String),
+    /// The database could not be reached. The driver's error is the source; the text says only
+    /// this, so that an error chain (`{:#}`) names the cause once.
+    #[error("database unavailable")]
+    DatabaseUnavailable(#[source] Arc<DbErr>),
+    /// The database failed otherwise; the driver's error is the source.
+    #[error("database error")]
+    Database(#[source] Arc<DbErr>),
+    /// The database answered, but not with what wetoken's schema promises: a table is missing, or
+    /// a stored value (other than an app's settings) is malformed. The text says which.
+    #[error("{0}")]
+    Schema(String),
+    /// An app's stored settings cannot work: a WeCom app without its corpid, a kind or token mode
+    /// wetoken does not know. Updating the app fixes it.
+    #[error("app {appid} is misconfigured: {problem}")]
+    AppConfig {
+        /// The app, as stored.
+        appid: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// The task refreshing a credential panicked: a bug. Its lease lapses after `lease_ms`, and
+    /// the next request tries again.
+    #[error("refreshing {kind} of {appid} panicked: {panic}")]
+    RefreshPanicked {
+        /// The app.
+        appid: AppId,
+        /// Which credential.
+        kind: Kind,
+        /// The panic's message, when it had one.
+        panic: String,
+    },
     /// A stored secret cannot be read: it was altered, or is encrypted under a master key that is
     /// not configured. The text names the app and column, never the value.
     #[error("{0}")]
     Secret(String),
 }
 
-impl Error {
-    /// WeChat's errcode behind a [`Error::Halted`], read back from the recorded message.
-    pub fn halted_errcode(&self) -> Option<i64> {
-        match self {
-            Error::Halted { message, .. } => message.split_once(':')?.0.trim().parse().ok(),
-            _ => None,
+impl From<DbErr> for Error {
+    fn from(e: DbErr) -> Self {
+        match e {
+            DbErr::Conn(_) | DbErr::ConnectionAcquire(_) => Error::DatabaseUnavailable(Arc::new(e)),
+            e => Error::Database(Arc::new(e)),
         }
+    }
+}
+
+impl Error {
+    /// The error followed by its sources, `database unavailable: <the driver's text>`: what a
+    /// log line should carry, since [`Display`](fmt::Display) alone names no source.
+    pub fn chain(&self) -> Chain<'_> {
+        Chain(self)
+    }
+}
+
+/// An error and its sources, joined by `: `; see [`Error::chain`].
+pub struct Chain<'a>(&'a Error);
+
+impl fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = std::error::Error::source(self.0);
+        while let Some(e) = source {
+            write!(f, ": {e}")?;
+            source = e.source();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_database_error_keeps_its_source() {
+        let e = Error::from(DbErr::Custom("disk full".into()));
+        assert!(matches!(e, Error::Database(_)));
+        assert_eq!(e.to_string(), "database error");
+        let source = std::error::Error::source(&e).expect("a source");
+        assert!(source.downcast_ref::<Arc<DbErr>>().is_some(), "{source:?}");
+        assert_eq!(
+            e.chain().to_string(),
+            "database error: Custom Error: disk full"
+        );
     }
 }

@@ -22,10 +22,12 @@ use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use ipnet::IpNet;
 use rand::RngCore;
-use sea_orm::ConnectionTrait;
-use sea_orm::sea_query::{Alias, Expr, ExprTrait, Order, Query};
+use sea_orm::ActiveValue::Set;
+use sea_orm::sea_query::Expr;
+use sea_orm::{ColumnTrait, EntityName, EntityTrait, QueryFilter, QueryOrder};
 use sha2::{Digest, Sha256};
 
+use crate::entity::consumer_key::{self, Column};
 use crate::{AppId, Error, Secret, Store};
 
 /// What every consumer key starts with, so that secret scanners and people recognise one.
@@ -84,6 +86,35 @@ pub struct ConsumerKey {
     pub revoke_time: Option<DateTime<Utc>>,
     /// The SHA-256 of the key.
     pub hash: KeyHash,
+}
+
+impl ConsumerKey {
+    /// The record a stored row describes; a row that does not parse is [`Error::Schema`].
+    fn from_row(row: consumer_key::Model) -> Result<Self, Error> {
+        let corrupt = |what: &str| {
+            Error::Schema(format!("consumer key {}: stored {what} is invalid", row.id))
+        };
+        let list = |text: &str| {
+            text.split(',')
+                .filter(|item| !item.is_empty())
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        };
+        let networks = list(&row.networks)
+            .iter()
+            .map(|n| n.parse::<IpNet>().map_err(|_| corrupt("network")))
+            .collect::<Result<_, _>>()?;
+        Ok(ConsumerKey {
+            hash: KeyHash::from_hex(&row.key_hash).ok_or_else(|| corrupt("hash"))?,
+            appids: list(&row.appids).into_iter().collect(),
+            networks,
+            name: row.name,
+            allow_refresh: row.allow_refresh,
+            create_time: row.create_time,
+            revoke_time: row.revoke_time,
+            id: row.id,
+        })
+    }
 }
 
 /// What `key add` asks for.
@@ -275,12 +306,6 @@ impl SecretDigests {
     }
 }
 
-const TABLE: &str = "wetoken_consumer_key";
-
-fn col(name: &'static str) -> Alias {
-    Alias::new(name)
-}
-
 fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
@@ -319,90 +344,43 @@ impl Store {
         let appids: BTreeSet<&str> = new.appids.iter().map(AppId::as_str).collect();
         let appids: Vec<&str> = appids.into_iter().collect();
         let networks: Vec<String> = new.networks.iter().map(IpNet::to_string).collect();
-        let insert = Query::insert()
-            .into_table(col(TABLE))
-            .columns([
-                col("id"),
-                col("name"),
-                col("key_hash"),
-                col("appids"),
-                col("allow_refresh"),
-                col("networks"),
-                col("create_time"),
-            ])
-            .values_panic([
-                id.clone().into(),
-                new.name.clone().into(),
-                KeyHash::of(key.expose()).to_hex().into(),
-                appids.join(",").into(),
-                new.allow_refresh.into(),
-                networks.join(",").into(),
-                now.into(),
-            ])
-            .to_owned();
-        self.connection().execute(&insert).await?;
+        let row = consumer_key::ActiveModel {
+            id: Set(id.clone()),
+            name: Set(new.name.clone()),
+            key_hash: Set(KeyHash::of(key.expose()).to_hex()),
+            appids: Set(appids.join(",")),
+            allow_refresh: Set(new.allow_refresh),
+            networks: Set(networks.join(",")),
+            create_time: Set(now),
+            revoke_time: Set(None),
+        };
+        consumer_key::Entity::insert(row)
+            .exec(self.connection())
+            .await?;
         Ok(IssuedKey { id, key })
     }
 
     /// Every consumer key, revoked ones included, oldest first.
     pub async fn consumer_keys(&self) -> Result<Vec<ConsumerKey>, Error> {
-        let select = Query::select()
-            .columns([
-                col("id"),
-                col("name"),
-                col("key_hash"),
-                col("appids"),
-                col("allow_refresh"),
-                col("networks"),
-                col("create_time"),
-                col("revoke_time"),
-            ])
-            .from(col(TABLE))
-            .order_by(col("create_time"), Order::Asc)
-            .order_by(col("id"), Order::Asc)
-            .to_owned();
-        let rows = match self.connection().query_all(&select).await {
+        let found = consumer_key::Entity::find()
+            .order_by_asc(Column::CreateTime)
+            .order_by_asc(Column::Id)
+            .all(self.connection())
+            .await;
+        let rows = match found {
             Ok(rows) => rows,
             Err(e) => {
+                let table = consumer_key::Entity.table_name();
                 let manager = wetoken_migration::SchemaManager::new(self.connection());
-                if matches!(manager.has_table(TABLE).await, Ok(false)) {
-                    return Err(Error::Database(format!(
-                        "table {TABLE} is missing: run `wetoken-cli migrate up` (or set auto_migrate)"
+                if matches!(manager.has_table(table).await, Ok(false)) {
+                    return Err(Error::Schema(format!(
+                        "table {table} is missing: run `wetoken-cli migrate up` (or set auto_migrate)"
                     )));
                 }
                 return Err(e.into());
             }
         };
-        rows.into_iter()
-            .map(|row| {
-                let id: String = row.try_get_by_index(0)?;
-                let corrupt = |what: &str| {
-                    Error::Database(format!("consumer key {id}: stored {what} is invalid"))
-                };
-                let hash: String = row.try_get_by_index(2)?;
-                let appids: String = row.try_get_by_index(3)?;
-                let networks: String = row.try_get_by_index(5)?;
-                let networks = networks
-                    .split(',')
-                    .filter(|n| !n.is_empty())
-                    .map(|n| n.parse::<IpNet>().map_err(|_| corrupt("network")))
-                    .collect::<Result<_, _>>()?;
-                Ok(ConsumerKey {
-                    name: row.try_get_by_index(1)?,
-                    hash: KeyHash::from_hex(&hash).ok_or_else(|| corrupt("hash"))?,
-                    appids: appids
-                        .split(',')
-                        .filter(|a| !a.is_empty())
-                        .map(str::to_owned)
-                        .collect(),
-                    allow_refresh: row.try_get_by_index(4)?,
-                    networks,
-                    create_time: row.try_get_by_index(6)?,
-                    revoke_time: row.try_get_by_index(7)?,
-                    id,
-                })
-            })
-            .collect()
+        rows.into_iter().map(ConsumerKey::from_row).collect()
     }
 
     /// Revokes the key with this id or name. Returns its id; revoking a revoked key changes
@@ -430,13 +408,12 @@ impl Store {
                 )));
             }
         };
-        let update = Query::update()
-            .table(col(TABLE))
-            .value(col("revoke_time"), now)
-            .and_where(Expr::col(col("id")).eq(key.id.as_str()))
-            .and_where(Expr::col(col("revoke_time")).is_null())
-            .to_owned();
-        self.connection().execute(&update).await?;
+        consumer_key::Entity::update_many()
+            .col_expr(Column::RevokeTime, Expr::value(now))
+            .filter(Column::Id.eq(key.id.as_str()))
+            .filter(Column::RevokeTime.is_null())
+            .exec(self.connection())
+            .await?;
         Ok(key.id.clone())
     }
 

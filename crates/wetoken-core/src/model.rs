@@ -544,6 +544,9 @@ pub struct CredentialRecord {
     pub credential: Option<Credential>,
     /// The outcome of the last refresh: `success`, or WeChat's errcode and errmsg.
     pub message: String,
+    /// WeChat's code for that outcome: 0 for a success, `None` when no WeChat answer is behind it
+    /// (WeChat unreachable, a row not fetched yet, or written before wetoken kept the code).
+    pub errcode: Option<i64>,
     /// Whether refreshing stopped on an error retrying cannot cure.
     pub halted: bool,
     /// When the last refresh was attempted.

@@ -7,12 +7,13 @@
 
 use std::collections::BTreeMap;
 
-use sea_orm::ConnectionTrait;
-use sea_orm::sea_query::{Alias, Expr, ExprTrait, Query};
+use sea_orm::sea_query::{Expr, ExprTrait, Query};
+use sea_orm::{ConnectionTrait, DerivePartialModel, EntityName, EntityTrait};
 use wetoken_migration::{Migrator, MigratorTrait};
 
 use crate::crypto::{is_sealed, sealed_key_id};
-use crate::store::{SECRET_COLUMNS, secret_context};
+use crate::entity::app_info::{self, Column};
+use crate::store::secret_context;
 use crate::{Error, Store};
 
 /// How the stored secret-like values (`secret`, `token`, `aes_key`, `pay_key`) are held.
@@ -52,42 +53,54 @@ pub struct ResealReport {
     pub failed: Vec<String>,
 }
 
+/// The secret-like columns of `wechat_app_info`, encrypted when a master key is configured, as
+/// stored. An empty value is no value: the Go schema stores `''` for an unset `token`, `aes_key`
+/// or `pay_key`, and it is never encrypted.
+#[derive(DerivePartialModel)]
+#[sea_orm(entity = "app_info::Entity")]
+struct SecretColumns {
+    appid: String,
+    secret: Option<String>,
+    token: Option<String>,
+    aes_key: Option<String>,
+    pay_key: Option<String>,
+}
+
 struct RawRow {
     appid: String,
-    values: Vec<(&'static str, String)>,
+    values: Vec<(Column, String)>,
+}
+
+impl From<SecretColumns> for RawRow {
+    /// The values set, with their columns; `''` and NULL are no value.
+    fn from(row: SecretColumns) -> Self {
+        let values = [
+            (Column::Secret, row.secret),
+            (Column::Token, row.token),
+            (Column::AesKey, row.aes_key),
+            (Column::PayKey, row.pay_key),
+        ]
+        .into_iter()
+        .filter_map(|(column, value)| Some((column, value.filter(|v| !v.is_empty())?)))
+        .collect();
+        RawRow {
+            appid: row.appid,
+            values,
+        }
+    }
 }
 
 impl Store {
     async fn raw_secrets(&self) -> Result<Vec<RawRow>, Error> {
         let manager = wetoken_migration::SchemaManager::new(self.connection());
-        if !manager.has_table("wechat_app_info").await? {
+        if !manager.has_table(app_info::Entity.table_name()).await? {
             return Ok(Vec::new());
         }
-        let mut select = Query::select();
-        select
-            .column(Alias::new("appid"))
-            .from(Alias::new("wechat_app_info"));
-        for column in SECRET_COLUMNS {
-            select.column(Alias::new(column));
-        }
-        let rows = self.connection().query_all(&select).await?;
-        rows.into_iter()
-            .map(|row| {
-                let mut values = Vec::new();
-                for (i, column) in SECRET_COLUMNS.into_iter().enumerate() {
-                    if let Some(value) = row
-                        .try_get_by_index::<Option<String>>(i + 1)?
-                        .filter(|v| !v.is_empty())
-                    {
-                        values.push((column, value));
-                    }
-                }
-                Ok(RawRow {
-                    appid: row.try_get_by_index(0)?,
-                    values,
-                })
-            })
-            .collect()
+        let rows = app_info::Entity::find()
+            .into_partial_model::<SecretColumns>()
+            .all(self.connection())
+            .await?;
+        Ok(rows.into_iter().map(RawRow::from).collect())
     }
 
     /// Counts the stored secret-like values by how they are held.
@@ -187,10 +200,10 @@ impl Store {
                 };
                 let sealed = keyring.seal(&plain, &secret_context(&row.appid, column));
                 let update = Query::update()
-                    .table(Alias::new("wechat_app_info"))
-                    .value(Alias::new(column), sealed)
-                    .and_where(Expr::col(Alias::new("appid")).eq(row.appid.as_str()))
-                    .and_where(Expr::col(Alias::new(column)).eq(stored))
+                    .table(app_info::Entity)
+                    .value(column, sealed)
+                    .and_where(Expr::col(Column::Appid).eq(row.appid.as_str()))
+                    .and_where(Expr::col(column).eq(stored))
                     .to_owned();
                 if self.connection().execute(&update).await?.rows_affected() == 1 {
                     report.resealed += 1;

@@ -14,7 +14,7 @@
 
 use std::fmt;
 
-use sea_orm::{ConnectionTrait, DbBackend, Statement};
+use sea_orm::{ConnectionTrait, DbBackend, FromQueryResult, Statement};
 use wetoken_migration::SchemaManager;
 use wetoken_migration::go::{CREDENTIAL_TABLES, GO_NEVER, is_go_schema};
 
@@ -191,18 +191,18 @@ impl Store {
         match zone {
             GoZone::Fixed(seconds) => Ok(seconds),
             GoZone::Database => {
-                let row = self
-                    .connection()
-                    .query_one_raw(Statement::from_string(
-                        DbBackend::MySql,
-                        "SELECT CAST(TIMESTAMPDIFF(SECOND, UTC_TIMESTAMP(), \
-                         CONVERT_TZ(UTC_TIMESTAMP(), '+00:00', @@global.time_zone)) AS SIGNED), \
-                         CAST(@@global.time_zone AS CHAR)",
-                    ))
-                    .await?
-                    .ok_or_else(|| Error::Database("the time zone query answered no row".into()))?;
-                let offset: Option<i64> = row.try_get_by_index(0)?;
-                let name: String = row.try_get_by_index(1)?;
+                let ZoneRow {
+                    offset_secs: offset,
+                    zone_name: name,
+                } = ZoneRow::find_by_statement(Statement::from_string(
+                    DbBackend::MySql,
+                    "SELECT CAST(TIMESTAMPDIFF(SECOND, UTC_TIMESTAMP(), \
+                     CONVERT_TZ(UTC_TIMESTAMP(), '+00:00', @@global.time_zone)) AS SIGNED) \
+                     AS offset_secs, CAST(@@global.time_zone AS CHAR) AS zone_name",
+                ))
+                .one(self.connection())
+                .await?
+                .ok_or_else(|| Error::Schema("the time zone query answered no row".into()))?;
                 let offset = offset.ok_or_else(|| {
                     Error::InvalidInput(format!(
                         "the MySQL server's time zone {name:?} cannot be resolved (its time zone \
@@ -244,24 +244,24 @@ impl Store {
             } else {
                 "TRUE"
             };
-            let rows = self
-                .connection()
-                .query_all_raw(Statement::from_string(
-                    DbBackend::MySql,
-                    format!(
-                        "SELECT CAST(appid AS CHAR), CAST({age} AS SIGNED), CAST({pending} AS SIGNED) \
-                         FROM {table} WHERE expire_date > '{GO_NEVER}' \
-                         AND ({age} < {GO_WRITE_WINDOW_SECS}) ORDER BY appid"
-                    ),
-                ))
-                .await?;
+            let rows = RecentRow::find_by_statement(Statement::from_string(
+                DbBackend::MySql,
+                format!(
+                    "SELECT CAST(appid AS CHAR) AS appid, CAST({age} AS SIGNED) AS seconds_ago, \
+                     CAST({pending} AS SIGNED) AS pending \
+                     FROM {table} WHERE expire_date > '{GO_NEVER}' \
+                     AND ({age} < {GO_WRITE_WINDOW_SECS}) ORDER BY appid"
+                ),
+            ))
+            .all(self.connection())
+            .await?;
             for row in rows {
                 let write = GoWrite {
                     table,
-                    appid: row.try_get_by_index(0)?,
-                    seconds_ago: row.try_get_by_index(1)?,
+                    appid: row.appid,
+                    seconds_ago: row.seconds_ago,
                 };
-                let pending = row.try_get_by_index::<i64>(2)? != 0;
+                let pending = row.pending != 0;
                 if write.seconds_ago >= -CLOCK_SLACK_SECS {
                     survey.writes.push(write);
                 } else if pending {
@@ -274,21 +274,20 @@ impl Store {
             } else {
                 format!("expires_at IS NULL AND {value} IS NOT NULL AND ")
             };
-            let row = self
-                .connection()
-                .query_one_raw(Statement::from_string(
-                    DbBackend::MySql,
-                    format!(
-                        "SELECT CAST(COALESCE(SUM(expire_date > {go_now}), 0) AS SIGNED), \
-                         CAST(COALESCE(SUM(expire_date <= {go_now}), 0) AS SIGNED) \
-                         FROM {table} WHERE {unadopted}{value} <> '' \
-                         AND expire_date > '{GO_NEVER}'"
-                    ),
-                ))
-                .await?;
+            let row = AdoptableRow::find_by_statement(Statement::from_string(
+                DbBackend::MySql,
+                format!(
+                    "SELECT CAST(COALESCE(SUM(expire_date > {go_now}), 0) AS SIGNED) AS live, \
+                     CAST(COALESCE(SUM(expire_date <= {go_now}), 0) AS SIGNED) AS expired \
+                     FROM {table} WHERE {unadopted}{value} <> '' \
+                     AND expire_date > '{GO_NEVER}'"
+                ),
+            ))
+            .one(self.connection())
+            .await?;
             survey
                 .adoptable
-                .push((table, adoptable_from(row.as_ref())?));
+                .push((table, row.map(Adoptable::from).unwrap_or_default()));
         }
         Ok(Some(survey))
     }
@@ -319,14 +318,39 @@ impl Store {
     }
 }
 
-fn adoptable_from(row: Option<&sea_orm::QueryResult>) -> Result<Adoptable, Error> {
-    let Some(row) = row else {
-        return Ok(Adoptable::default());
-    };
-    Ok(Adoptable {
-        live: row.try_get_by_index::<i64>(0)?.max(0) as u64,
-        expired: row.try_get_by_index::<i64>(1)?.max(0) as u64,
-    })
+/// What the MySQL server says of its time zone.
+#[derive(FromQueryResult)]
+struct ZoneRow {
+    /// Its offset from UTC now, in seconds; NULL when its time zone tables are not loaded.
+    offset_secs: Option<i64>,
+    /// `@@global.time_zone`: `SYSTEM`, `+08:00`, a zone name.
+    zone_name: String,
+}
+
+/// A Go row issued lately.
+#[derive(FromQueryResult)]
+struct RecentRow {
+    appid: String,
+    /// How long ago it was issued (negative: in the future), read in the Go zone.
+    seconds_ago: i64,
+    /// 1 when wetoken has not adopted it yet.
+    pending: i64,
+}
+
+/// How many stored Go credentials are still to adopt, live and expired.
+#[derive(FromQueryResult)]
+struct AdoptableRow {
+    live: i64,
+    expired: i64,
+}
+
+impl From<AdoptableRow> for Adoptable {
+    fn from(row: AdoptableRow) -> Self {
+        Adoptable {
+            live: row.live.max(0) as u64,
+            expired: row.expired.max(0) as u64,
+        }
+    }
 }
 
 #[cfg(test)]

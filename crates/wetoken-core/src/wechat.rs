@@ -134,6 +134,14 @@ impl UpstreamError {
         )
     }
 
+    /// WeChat's code, when WeChat answered with one: what the `errcode` column records.
+    pub fn errcode(&self) -> Option<i64> {
+        match self {
+            UpstreamError::Refused { errcode, .. } => Some(*errcode),
+            _ => None,
+        }
+    }
+
     /// The one-line outcome stored in the `message` column.
     pub fn message(&self) -> String {
         match self {

@@ -333,7 +333,7 @@ fn error_response(e: &ApiError) -> Response<Full<Bytes>> {
             E::NotStored { .. } => (code::NOT_STORED, e.to_string()),
             // WeChat's own code, which is never in wetoken's range: 502.
             E::Refused { errcode, errmsg } => (*errcode, errmsg.clone()),
-            E::Halted { .. } => (e.halted_errcode().unwrap_or(code::HALTED), e.to_string()),
+            E::Halted { errcode, .. } => (errcode.unwrap_or(code::HALTED), e.to_string()),
             E::Unavailable(m) => (
                 code::UPSTREAM_UNAVAILABLE,
                 format!("{m}; no valid credential is held"),
@@ -352,6 +352,19 @@ fn error_response(e: &ApiError) -> Response<Full<Bytes>> {
             E::Database(cause) => {
                 // The database's own text stays in the log.
                 error!(%cause, "database error");
+                (code::INTERNAL, "internal error; see the server log".into())
+            }
+            E::Schema(cause) => {
+                error!(%cause, "the database does not hold what wetoken expects");
+                (code::INTERNAL, "internal error; see the server log".into())
+            }
+            // The app's own settings, which an admin can fix; nothing secret is named.
+            E::AppConfig { .. } => {
+                error!(error = %e, "misconfigured app");
+                (code::INTERNAL, e.to_string())
+            }
+            E::RefreshPanicked { .. } => {
+                error!(error = %e, "a refresh task panicked");
                 (code::INTERNAL, "internal error; see the server log".into())
             }
         },

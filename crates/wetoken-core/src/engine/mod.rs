@@ -1,0 +1,225 @@
+//! The engine: cache, single-flight refresh, the cluster-wide lease, backoff and the scheduler.
+//!
+//! Each (app, kind) has a [`Slot`]: the credential being served, when it was last checked against
+//! the database, and an async mutex that makes every refresh of that credential in this process
+//! wait for the one before it.
+//!
+//! - A request that finds a servable, recently checked credential in memory never touches the lock
+//!   or the database.
+//! - Otherwise it takes the lock, looks again (memory, then the database) and, only if neither has
+//!   what it needs, takes the credential's refresh lease in the database and calls WeChat. A
+//!   replica that finds the lease held waits for the holder's result in the database instead.
+//!
+//! So any number of concurrent requests, on any number of replicas sharing a database, make one
+//! upstream call per credential lifetime. The reasoning, with timings, is in
+//! `docs/ARCHITECTURE.md`.
+//!
+//! The engine is split by concern:
+//! - this file: the [`Engine`] handle, its shared state, and what callers ask of it
+//!   ([`Engine::get`], [`Engine::stored`], [`Engine::refresh`], [`Engine::force_refresh`]);
+//! - `config`: [`EngineConfig`], its validation, backoff and renewal points;
+//! - `slot`: what this process holds of each credential, and the background cache check;
+//! - `refresh`: the slow path under the slot's lock, the lease, the fenced write, recorded
+//!   failures;
+//! - `upstream`: the calls to WeChat and their accounting;
+//! - `scheduler`: renewing ahead of expiry;
+//! - `apps`: adding, changing and listing apps, the secret digests, `wx.config` signing.
+
+mod apps;
+mod config;
+mod refresh;
+mod scheduler;
+mod slot;
+mod upstream;
+
+pub use apps::{AppStatus, JssdkConfig};
+pub use config::EngineConfig;
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, RwLock};
+
+use chrono::{DateTime, Utc};
+use rand::Rng;
+use tokio::sync::Semaphore;
+
+use self::slot::{Need, Slot};
+use crate::Error;
+use crate::clock::Clock;
+use crate::keys::SecretDigests;
+use crate::model::{AppId, Credential, Kind};
+use crate::store::Store;
+use crate::wechat::WeChat;
+
+/// The token engine. Cheap to clone; clones share everything.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    wechat: WeChat,
+    clock: Arc<dyn Clock>,
+    config: EngineConfig,
+    slots: [RwLock<HashMap<String, Arc<Slot>>>; 3],
+    /// Names this process in lease owners.
+    replica: String,
+    /// Bounds the calls to WeChat in flight.
+    upstream: Semaphore,
+    leases: AtomicU64,
+    /// Scheduler scans finished, successful or not.
+    sweeps: AtomicU64,
+    /// Digests of the apps' secrets, for callers that present one (the Go SDK).
+    secrets: RwLock<SecretDigests>,
+}
+
+fn replica_name() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().chars().take(24).collect::<String>())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "wetoken".into());
+    format!(
+        "{host}:{}:{:04x}",
+        std::process::id(),
+        rand::rng().random::<u16>()
+    )
+}
+
+impl Engine {
+    /// An engine over `store` and `wechat`, reading time from `clock`.
+    pub fn new(
+        store: Store,
+        wechat: WeChat,
+        clock: Arc<dyn Clock>,
+        config: EngineConfig,
+    ) -> Result<Self, Error> {
+        config.validate()?;
+        let upstream = Semaphore::new(config.max_upstream_concurrency);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                store,
+                wechat,
+                clock,
+                config,
+                slots: Default::default(),
+                replica: replica_name(),
+                upstream,
+                leases: AtomicU64::new(0),
+                sweeps: AtomicU64::new(0),
+                secrets: RwLock::default(),
+            }),
+        })
+    }
+
+    /// The database.
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// The WeChat client.
+    pub(crate) fn wechat(&self) -> &WeChat {
+        &self.inner.wechat
+    }
+
+    /// The current time, as the engine sees it.
+    pub fn now(&self) -> DateTime<Utc> {
+        self.inner.clock.now()
+    }
+
+    /// The engine's settings.
+    pub fn config(&self) -> &EngineConfig {
+        &self.inner.config
+    }
+
+    /// A credential with more than the safety margin of life left.
+    ///
+    /// From memory when it holds one that was checked against the database within
+    /// `cache_check_ms` (a check that is due runs in the background, and the cached value is
+    /// served meanwhile for up to `cache_trust_secs`); otherwise from the database; otherwise
+    /// fetched from WeChat under the cluster-wide lease and stored in both.
+    pub async fn get(&self, appid: &AppId, kind: Kind) -> Result<Arc<Credential>, Error> {
+        let slot = self.slot(appid, kind);
+        let now = self.now();
+        if let Some(c) = slot.cached()
+            && self.satisfies(&slot, &c, now, &Need::Serve)
+        {
+            let unchecked = slot.unchecked_for(now);
+            if unchecked < self.inner.config.cache_check_ms as i64 {
+                return Ok(c);
+            }
+            if unchecked < self.trust_ms() {
+                self.check_in_background(appid, kind, slot.clone());
+                return Ok(c);
+            }
+        }
+        self.fill(appid, kind, &slot, Need::Serve).await
+    }
+
+    /// The stored credential, never fetched (the Go wetoken's `/wx/{appid}/token/query`): from
+    /// memory when it was checked against the database within `cache_check_ms`, else from the
+    /// database, as long as it has not expired. The safety margin does not apply: a value with a
+    /// minute left is still the stored one. Nothing stored, or only an expired value, is
+    /// [`Error::NotStored`].
+    pub async fn stored(&self, appid: &AppId, kind: Kind) -> Result<Arc<Credential>, Error> {
+        let now = self.now();
+        let known = self.inner.slots[kind.index()]
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(appid.as_str())
+            .cloned();
+        if let Some(slot) = known
+            && let Some(c) = slot.cached()
+            && c.expires_at > now
+            && slot.unchecked_for(now) < self.inner.config.cache_check_ms as i64
+        {
+            return Ok(c);
+        }
+        let record = self.inner.store.credential(appid, kind).await?;
+        if let Some(c) = record.and_then(|r| r.credential)
+            && c.expires_at > now
+        {
+            return Ok(Arc::new(c));
+        }
+        if self.inner.store.app_info(appid).await?.is_none() {
+            return Err(Error::UnknownApp(appid.clone()));
+        }
+        Err(Error::NotStored {
+            appid: appid.clone(),
+            kind,
+        })
+    }
+
+    /// The passive refresh: `failed` is a value WeChat rejected.
+    ///
+    /// If it is still the current credential, a new one is fetched; otherwise the current one is
+    /// returned without calling WeChat. So any number of callers reporting one bad value, on any
+    /// number of replicas, cause one upstream call.
+    pub async fn refresh(
+        &self,
+        appid: &AppId,
+        kind: Kind,
+        failed: &str,
+    ) -> Result<Arc<Credential>, Error> {
+        let slot = self.slot(appid, kind);
+        self.fill(appid, kind, &slot, Need::Replace(failed.to_owned()))
+            .await
+    }
+
+    /// Fetches a new credential now, whatever the stored one's state (an operator's forced
+    /// refresh). It goes through the lease like any refresh, so replicas still fetch once.
+    pub async fn force_refresh(&self, appid: &AppId, kind: Kind) -> Result<Arc<Credential>, Error> {
+        let current = self
+            .inner
+            .store
+            .credential(appid, kind)
+            .await?
+            .and_then(|r| r.credential);
+        match current {
+            Some(c) => self.refresh(appid, kind, &c.value).await,
+            None => self.get(appid, kind).await,
+        }
+    }
+}

@@ -1,0 +1,453 @@
+//! The slow path and the lease: under a slot's lock, look in memory, then the database, then take
+//! the credential's refresh lease, fetch, store fenced on the lease and the version read, and give
+//! the lease back; record a failure with its backoff, or a halt, for every replica to see.
+//! `docs/ARCHITECTURE.md` ("The lease") is the reasoning.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use rand::Rng;
+use tracing::{Instrument, debug, info, warn};
+
+use super::Engine;
+use super::config::{FORCE_SPACING_SECS, FORCES_PER_DAY};
+use super::slot::{Need, Slot};
+use super::upstream::FetchError;
+use crate::Error;
+use crate::model::{App, AppId, AppKind, Credential, CredentialRecord, Kind, TokenMode};
+use crate::store::{Failure, wechat_day};
+use crate::wechat::UpstreamError;
+
+pub(super) type BoxedResult<'a> =
+    std::pin::Pin<Box<dyn Future<Output = Result<Arc<Credential>, Error>> + Send + 'a>>;
+
+/// The error a recorded failure stands for, as other replicas read it back: WeChat's refusal
+/// when the row keeps WeChat's code, else the recorded outcome as an outage (WeChat unreachable,
+/// or a row from before migration 000008, which kept no code).
+fn recorded_error(record: &CredentialRecord) -> Error {
+    match record.errcode {
+        Some(errcode) if errcode != 0 => Error::Refused {
+            errcode,
+            // The message was written as `<errcode>: <errmsg>` (`UpstreamError::message`).
+            errmsg: record
+                .message
+                .strip_prefix(&format!("{errcode}: "))
+                .unwrap_or(&record.message)
+                .to_owned(),
+        },
+        _ => Error::Unavailable(record.message.clone()),
+    }
+}
+
+/// What a refresh task that did not finish stands for: a panic (a bug), or a cancellation, which
+/// happens only while the runtime shuts down.
+fn task_error(appid: &AppId, kind: Kind, e: tokio::task::JoinError) -> Error {
+    if !e.is_panic() {
+        return Error::Unavailable(format!(
+            "the refresh of {kind} of {appid} was cancelled: the process is shutting down"
+        ));
+    }
+    let payload = e.into_panic();
+    let panic = payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned());
+    Error::RefreshPanicked {
+        appid: appid.clone(),
+        kind,
+        panic,
+    }
+}
+
+impl Engine {
+    /// The slow path. Under the slot's lock: memory, then the database, then the lease.
+    ///
+    /// Boxed as `dyn Send` because a ticket's refresh recurses into its token's.
+    pub(super) fn fill<'a>(
+        &'a self,
+        appid: &'a AppId,
+        kind: Kind,
+        slot: &'a Arc<Slot>,
+        need: Need,
+    ) -> BoxedResult<'a> {
+        Box::pin(self.fill_unboxed(appid, kind, slot, need))
+    }
+
+    pub(super) async fn fill_unboxed(
+        &self,
+        appid: &AppId,
+        kind: Kind,
+        slot: &Arc<Slot>,
+        need: Need,
+    ) -> Result<Arc<Credential>, Error> {
+        let _flight = slot.flight.lock().await;
+        let config = &self.inner.config;
+        let deadline = tokio::time::Instant::now()
+            + Duration::from_millis(config.lease_ms)
+            + Duration::from_secs(5);
+        loop {
+            let now = self.now();
+            let cached = slot.cached();
+            if let Some(c) = &cached
+                && self.satisfies(slot, c, now, &need)
+                && slot.unchecked_for(now) < config.cache_check_ms as i64
+            {
+                return Ok(c.clone());
+            }
+            let record = match self.inner.store.credential(appid, kind).await {
+                Ok(record) => record,
+                Err(e) => {
+                    // The database is away: what memory holds stays good for a while, since
+                    // nobody can replace it without the database either.
+                    if let Some(c) = cached
+                        && self.satisfies(slot, &c, now, &need)
+                        && slot.unchecked_for(now) < self.trust_ms()
+                    {
+                        return Ok(c);
+                    }
+                    return Err(e);
+                }
+            };
+            let Some(app) = self.inner.store.app(appid).await? else {
+                // Keep no slot for an appid nobody registered, or a flood of made-up appids would
+                // grow the map without bound.
+                self.forget(appid);
+                return Err(Error::UnknownApp(appid.clone()));
+            };
+            if !app.info.kind.has(kind) {
+                self.forget(appid);
+                return Err(Error::InvalidInput(format!(
+                    "{appid} is a {} app; WeChat issues no {kind} to those",
+                    app.info.kind.as_str()
+                )));
+            }
+            self.settle_margin(slot, &app, kind);
+            let version = record.as_ref().map_or(0, |r| r.version);
+            if let Some(c) = record.as_ref().and_then(|r| r.credential.as_ref())
+                && self.satisfies(slot, c, now, &need)
+            {
+                let c = Arc::new(c.clone());
+                slot.set(c.clone(), version, now);
+                return Ok(c);
+            }
+            if let Some(r) = &record {
+                if r.halted {
+                    return Err(Error::Halted {
+                        appid: appid.clone(),
+                        kind,
+                        errcode: r.errcode,
+                        message: r.message.clone(),
+                    });
+                }
+                if r.retry_at.is_some_and(|at| now < at) {
+                    debug!(%appid, %kind, "in backoff; not calling WeChat");
+                    return Err(recorded_error(r));
+                }
+            }
+            let owner = format!(
+                "{}#{}",
+                self.inner.replica,
+                self.inner.leases.fetch_add(1, Ordering::Relaxed)
+            );
+            let ttl = Duration::from_millis(config.lease_ms);
+            if self
+                .inner
+                .store
+                .try_lease(appid, kind, &owner, ttl, now)
+                .await?
+            {
+                metrics::counter!("wetoken_lease_acquired_total", "kind" => kind.name())
+                    .increment(1);
+                // The refresh runs in a task of its own: a caller that goes away must not strand
+                // the lease or lose a value WeChat has already issued.
+                let engine = self.clone();
+                let slot = slot.clone();
+                let need = need.clone();
+                let span = tracing::info_span!("refresh", appid = %appid, kind = %kind);
+                return tokio::spawn(
+                    async move {
+                        engine
+                            .refresh_under_lease(app, kind, &slot, &need, &owner)
+                            .await
+                    }
+                    .instrument(span),
+                )
+                .await
+                .map_err(|e| task_error(appid, kind, e))?;
+            }
+            // Another replica (or another request here, through a different slot) holds the
+            // lease: wait for its result in the database rather than calling WeChat.
+            metrics::counter!("wetoken_lease_waits_total", "kind" => kind.name()).increment(1);
+            let seen = record.as_ref().map(|r| (r.version, r.refresh_time));
+            loop {
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(Error::Unavailable(
+                        "another replica is refreshing this credential and has not finished".into(),
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(config.lease_poll_ms)).await;
+                let Some(r) = self.inner.store.credential(appid, kind).await? else {
+                    break;
+                };
+                if Some((r.version, r.refresh_time)) != seen || !r.leased {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Holding the lease `owner`: look once more, fetch, store fenced, give the lease back.
+    pub(super) async fn refresh_under_lease(
+        &self,
+        app: App,
+        kind: Kind,
+        slot: &Slot,
+        need: &Need,
+        owner: &str,
+    ) -> Result<Arc<Credential>, Error> {
+        let store = &self.inner.store;
+        let appid = &app.info.appid;
+        let release = || async {
+            if let Err(e) = store.release_lease(appid, kind, owner).await {
+                warn!(%appid, %kind, error = %e.chain(), "could not release the lease; it lapses by itself");
+            }
+        };
+        // The previous holder may have stored its result between our read and our lease.
+        let record = match store.credential(appid, kind).await {
+            Ok(r) => r,
+            Err(e) => {
+                release().await;
+                return Err(e);
+            }
+        };
+        let now = self.now();
+        let version = record.as_ref().map_or(0, |r| r.version);
+        if let Some(c) = record.as_ref().and_then(|r| r.credential.as_ref())
+            && self.satisfies(slot, c, now, need)
+        {
+            release().await;
+            let c = Arc::new(c.clone());
+            slot.set(c.clone(), version, now);
+            return Ok(c);
+        }
+        // A stable token reported bad while it is still the current one: only a forced refresh
+        // replaces it, and WeChat allows 20 a day, 30 s apart.
+        let current = record.as_ref().and_then(|r| r.credential.as_ref());
+        let force = kind == Kind::AccessToken
+            && app.info.kind != AppKind::Work
+            && app.info.token_mode == TokenMode::Stable
+            && matches!(need, Need::Replace(failed) if current.is_some_and(|c| c.value == *failed));
+        let mut forced_today = 0;
+        if force {
+            match self.force_allowed(appid, now).await {
+                Ok(count) => forced_today = count + 1,
+                Err(e) => {
+                    release().await;
+                    return Err(e);
+                }
+            }
+        }
+        let started = self.now();
+        let timer = std::time::Instant::now();
+        let fetched = self.fetch(&app, kind, force).await;
+        metrics::histogram!("wetoken_refresh_seconds", "kind" => kind.name())
+            .record(timer.elapsed().as_secs_f64());
+        if force && fetched.is_ok() {
+            let day = wechat_day(started);
+            if let Err(e) = store.record_force(appid, &day, forced_today, started).await {
+                warn!(error = %e.chain(), "could not count a forced stable token");
+            }
+        }
+        match fetched {
+            Ok(issued) => {
+                let credential = Arc::new(Credential {
+                    value: issued.value,
+                    expires_at: started + TimeDelta::seconds(issued.expires_in as i64),
+                });
+                let now = self.now();
+                match store
+                    .save_credential(appid, kind, &credential, (owner, version), now)
+                    .await
+                {
+                    Ok(true) => {
+                        slot.set(credential.clone(), version + 1, now);
+                        info!(expires_at = %credential.expires_at, "refreshed");
+                        Ok(credential)
+                    }
+                    Ok(false) => {
+                        // Our lease lapsed and another replica stored a newer value: it wins.
+                        warn!(
+                            "lease lapsed during the refresh; a newer value is stored, keeping it"
+                        );
+                        let newer = store
+                            .credential(appid, kind)
+                            .await?
+                            .and_then(|r| r.credential.map(|c| (c, r.version)));
+                        match newer {
+                            Some((c, v)) if self.satisfies(slot, &c, now, &Need::Serve) => {
+                                let c = Arc::new(c);
+                                slot.set(c.clone(), v, now);
+                                Ok(c)
+                            }
+                            _ => Ok(credential),
+                        }
+                    }
+                    Err(e) => {
+                        // Serve it even though it could not be stored: it is valid, and WeChat
+                        // has already retired the previous one.
+                        warn!(error = %e.chain(), "fetched a credential but could not store it");
+                        slot.set(credential.clone(), version, now);
+                        release().await;
+                        Ok(credential)
+                    }
+                }
+            }
+            Err(FetchError::Other(e)) => {
+                release().await;
+                Err(e)
+            }
+            Err(FetchError::Upstream(e)) => {
+                let failures = record.as_ref().map_or(0, |r| r.failures).saturating_add(1);
+                Err(self.failed(appid, kind, owner, failures, e).await)
+            }
+        }
+    }
+
+    /// Records a failed fetch, with when any replica may try next, and gives the lease back.
+    pub(super) async fn failed(
+        &self,
+        appid: &AppId,
+        kind: Kind,
+        owner: &str,
+        failures: i32,
+        e: UpstreamError,
+    ) -> Error {
+        let now = self.now();
+        let halted = e.is_fatal();
+        let factor = rand::rng().random_range(0.5..=1.0);
+        let delay = self
+            .inner
+            .config
+            .backoff(failures.max(1) as u32, e.is_quota(), factor);
+        let message = e.message();
+        let failure = Failure {
+            message: &message,
+            errcode: e.errcode(),
+            halted,
+            failures,
+            retry_at: (!halted).then_some(now + delay),
+        };
+        if let Err(db) = self
+            .inner
+            .store
+            .record_failure(appid, kind, &failure, owner, now)
+            .await
+        {
+            warn!(error = %db.chain(), "could not record a failed refresh; the lease lapses by itself");
+        }
+        match &e {
+            UpstreamError::Refused { errcode, errmsg } if halted => {
+                warn!(
+                    errcode,
+                    "WeChat refused for good; refreshing stops until the app's settings change"
+                );
+                Error::Halted {
+                    appid: appid.clone(),
+                    kind,
+                    errcode: Some(*errcode),
+                    message: format!("{errcode}: {errmsg}"),
+                }
+            }
+            UpstreamError::Refused { errcode, errmsg } => {
+                warn!(
+                    errcode,
+                    failures,
+                    retry_in_ms = delay.num_milliseconds(),
+                    "refresh refused"
+                );
+                Error::Refused {
+                    errcode: *errcode,
+                    errmsg: errmsg.clone(),
+                }
+            }
+            other => {
+                warn!(error = %other, failures, retry_in_ms = delay.num_milliseconds(), "refresh failed");
+                Error::Unavailable(other.to_string())
+            }
+        }
+    }
+
+    /// How many stable tokens `appid` forced today, if one more is within WeChat's limits.
+    pub(super) async fn force_allowed(
+        &self,
+        appid: &AppId,
+        now: DateTime<Utc>,
+    ) -> Result<i32, Error> {
+        let (count, last) = self.inner.store.forces(appid, &wechat_day(now)).await?;
+        if count >= FORCES_PER_DAY {
+            return Err(Error::ForceLimited(format!(
+                "{appid}'s stable token was forced {count} times today and WeChat allows \
+                 {FORCES_PER_DAY}; not calling WeChat"
+            )));
+        }
+        if let Some(last) = last
+            && now - last < TimeDelta::seconds(FORCE_SPACING_SECS)
+        {
+            return Err(Error::ForceLimited(format!(
+                "{appid}'s stable token was forced {} s ago and WeChat allows one every \
+                 {FORCE_SPACING_SECS} s; not calling WeChat",
+                (now - last).num_seconds()
+            )));
+        }
+        Ok(count)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(message: &str, errcode: Option<i64>) -> CredentialRecord {
+        CredentialRecord {
+            credential: None,
+            message: message.into(),
+            errcode,
+            halted: false,
+            refresh_time: None,
+            version: 1,
+            failures: 1,
+            retry_at: None,
+            leased: false,
+        }
+    }
+
+    #[test]
+    fn a_recorded_failure_reads_back_by_its_errcode() {
+        match recorded_error(&record(
+            "45009: reach max api daily quota limit",
+            Some(45009),
+        )) {
+            Error::Refused { errcode, errmsg } => {
+                assert_eq!(
+                    (errcode, errmsg.as_str()),
+                    (45009, "reach max api daily quota limit")
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // No WeChat answer behind it, or a row from before migration 000008: the message as is.
+        for (message, errcode) in [
+            ("WeChat unreachable: timed out", None),
+            ("45009: reach max api daily quota limit", None),
+        ] {
+            match recorded_error(&record(message, errcode)) {
+                Error::Unavailable(m) => assert_eq!(m, message),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+}

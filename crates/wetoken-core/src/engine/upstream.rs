@@ -1,0 +1,129 @@
+//! The calls to WeChat: which endpoint fetches which credential for which kind of app, the token a
+//! ticket needs (refreshed once if WeChat rejects it), and the accounting of every call (the
+//! upstream concurrency bound, metrics, the app's count of calls today).
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tracing::{debug, warn};
+
+use super::Engine;
+use crate::Error;
+use crate::model::{App, AppKind, Credential, Kind, TokenMode};
+use crate::store::wechat_day;
+use crate::wechat::{Issued, UpstreamError};
+
+/// A failed fetch: either WeChat refused this credential's own call, or something it depends on
+/// (the token a ticket needs) failed and has been dealt with already.
+pub(super) enum FetchError {
+    Upstream(UpstreamError),
+    Other(Error),
+}
+
+impl Engine {
+    /// Awaits one WeChat call and accounts for it: the calls counter and latency histogram,
+    /// and the app's count of calls today in the database.
+    pub(super) async fn upstream(
+        &self,
+        app: &App,
+        endpoint: &'static str,
+        call: impl Future<Output = Result<Issued, UpstreamError>>,
+    ) -> Result<Issued, UpstreamError> {
+        let _permit = self.inner.upstream.acquire().await;
+        let started = std::time::Instant::now();
+        let result = call.await;
+        let outcome = match &result {
+            Ok(_) => "ok".to_owned(),
+            Err(UpstreamError::Refused { errcode, .. }) => errcode.to_string(),
+            Err(UpstreamError::Status(status)) => format!("http_{status}"),
+            Err(UpstreamError::Transport(_)) => "unreachable".to_owned(),
+            Err(UpstreamError::Malformed(_)) => "malformed".to_owned(),
+        };
+        metrics::counter!(
+            "wetoken_upstream_calls_total",
+            "appid" => app.info.appid.to_string(),
+            "endpoint" => endpoint,
+            "result" => outcome,
+        )
+        .increment(1);
+        metrics::histogram!("wetoken_upstream_seconds", "endpoint" => endpoint)
+            .record(started.elapsed().as_secs_f64());
+        if let Err(e) = self
+            .inner
+            .store
+            .count_call(&app.info.appid, &wechat_day(self.now()))
+            .await
+        {
+            debug!(error = %e.chain(), "could not count an upstream call");
+        }
+        result
+    }
+
+    /// One upstream fetch of `kind` for `app`; `force` forces a new stable token.
+    ///
+    /// A ticket needs a token: if WeChat rejects the one held, the token is refreshed once (as a
+    /// passive refresh, so concurrent rejections share it) and the ticket call tried once more.
+    pub(super) async fn fetch(
+        &self,
+        app: &App,
+        kind: Kind,
+        force: bool,
+    ) -> Result<Issued, FetchError> {
+        let wechat = &self.inner.wechat;
+        if kind == Kind::AccessToken {
+            let issued = match (app.info.kind, app.info.token_mode, &app.info.work) {
+                (AppKind::Work, _, Some(work)) => {
+                    let call = wechat.work_token(&work.corpid, &app.secret);
+                    self.upstream(app, "work_token", call).await
+                }
+                (AppKind::Work, _, None) => {
+                    return Err(FetchError::Other(Error::AppConfig {
+                        appid: app.info.appid.to_string(),
+                        problem: "a WeCom app (kind work) needs a corpid, and none is stored"
+                            .into(),
+                    }));
+                }
+                (_, TokenMode::Stable, _) => {
+                    let call = wechat.stable_token(&app.info.appid, &app.secret, force);
+                    self.upstream(app, "stable_token", call).await
+                }
+                (_, TokenMode::Classic, _) => {
+                    let call = wechat.access_token(&app.info.appid, &app.secret);
+                    self.upstream(app, "token", call).await
+                }
+            };
+            return issued.map_err(FetchError::Upstream);
+        }
+        let ticket = |token: Arc<Credential>| async move {
+            match (app.info.kind, kind) {
+                (AppKind::Work, _) => {
+                    let call = wechat.work_jsapi_ticket(&token.value);
+                    self.upstream(app, "work_ticket", call).await
+                }
+                (_, Kind::CardTicket) => {
+                    let call = wechat.ticket(&token.value, "wx_card");
+                    self.upstream(app, "ticket", call).await
+                }
+                _ => {
+                    let call = wechat.ticket(&token.value, "jsapi");
+                    self.upstream(app, "ticket", call).await
+                }
+            }
+        };
+        let token = self
+            .get(&app.info.appid, Kind::AccessToken)
+            .await
+            .map_err(FetchError::Other)?;
+        match ticket(token.clone()).await {
+            Err(e) if e.is_token_rejected() => {
+                warn!(error = %e, "WeChat rejected the token; refreshing it once");
+                let token = self
+                    .refresh(&app.info.appid, Kind::AccessToken, &token.value)
+                    .await
+                    .map_err(FetchError::Other)?;
+                ticket(token).await.map_err(FetchError::Upstream)
+            }
+            other => other.map_err(FetchError::Upstream),
+        }
+    }
+}

@@ -1,0 +1,304 @@
+//! App rows (`wechat_app_info`): adding, reading, changing and deleting apps, with their
+//! secret-like columns sealed and opened on the way, and the per-day count of upstream calls.
+
+use chrono::{DateTime, Utc};
+use sea_orm::sea_query::{Expr, ExprTrait, Query};
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ConnectionTrait, EntityTrait, IdenStatic, QueryOrder,
+    QuerySelect, SqlErr, TransactionTrait,
+};
+
+use super::{DEFAULT_DAILY_BUDGET, Store, wechat_day};
+use crate::Error;
+use crate::crypto::is_sealed;
+use crate::entity::app_info::{self, Column as A};
+use crate::entity::credential::Column as C;
+use crate::model::{
+    App, AppId, AppInfo, AppKind, AppUpdate, GoFields, Kind, NewApp, Secret, TokenMode, WorkIds,
+};
+
+impl Store {
+    /// Adds an app. An existing appid is refused and its row left as it was.
+    pub async fn insert_app(&self, app: &NewApp, now: DateTime<Utc>) -> Result<(), Error> {
+        if (app.kind == AppKind::Work) != app.work.is_some() {
+            return Err(Error::InvalidInput(
+                "a WeCom app (kind work) needs a corpid and an agentid; other kinds take neither"
+                    .into(),
+            ));
+        }
+        let row = app_info::ActiveModel {
+            appid: Set(app.appid.as_str().to_owned()),
+            kind: Set(app.kind.as_str().to_owned()),
+            token_mode: Set(app.token_mode.as_str().to_owned()),
+            corpid: Set(app.work.as_ref().map(|w| w.corpid.clone())),
+            agentid: Set(app.work.as_ref().map(|w| w.agentid.clone())),
+            daily_budget: Set(app.daily_budget.unwrap_or(DEFAULT_DAILY_BUDGET)),
+            calls_day: Set(None),
+            calls_today: Set(0),
+            secret: Set(self.seal(app.appid.as_str(), A::Secret, app.secret.expose())?),
+            token: Set(app
+                .token
+                .as_ref()
+                .map(|s| self.seal(app.appid.as_str(), A::Token, s.expose()))
+                .transpose()?),
+            aes_key: Set(app
+                .aes_key
+                .as_ref()
+                .map(|s| self.seal(app.appid.as_str(), A::AesKey, s.expose()))
+                .transpose()?),
+            // The Go schema's NOT NULL columns get '' for "not set", as the Go server wrote them,
+            // so a rolled-back Go server reads every row.
+            pay_key: Set(Some(match &app.pay_key {
+                Some(key) => self.seal(app.appid.as_str(), A::PayKey, key.expose())?,
+                None => String::new(),
+            })),
+            mchid: Set(app.go.mchid.clone().unwrap_or_default()),
+            sub_appid: Set(app.go.sub_appid.clone().unwrap_or_default()),
+            sub_mchid: Set(app.go.sub_mchid.clone().unwrap_or_default()),
+            wechat_host: Set(app.go.wechat_host.clone()),
+            wcode_template_id: Set(app.go.wcode_template_id.clone()),
+            create_time: Set(now),
+            update_time: Set(now),
+        };
+        match app_info::Entity::insert(row).exec(&self.db).await {
+            Ok(_) => Ok(()),
+            Err(e) if matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
+                Err(Error::DuplicateApp(app.appid.clone()))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// One app, if it exists.
+    pub async fn app(&self, appid: &AppId) -> Result<Option<App>, Error> {
+        let row = app_info::Entity::find_by_id(appid.as_str().to_owned())
+            .one(&self.db)
+            .await?;
+        row.map(|row| self.app_from_row(row)).transpose()
+    }
+
+    /// What listings show of one app, if it exists. Its secrets are not decrypted.
+    pub async fn app_info(&self, appid: &AppId) -> Result<Option<AppInfo>, Error> {
+        let row = app_info::Entity::find_by_id(appid.as_str().to_owned())
+            .one(&self.db)
+            .await?;
+        row.as_ref().map(info_from_row).transpose()
+    }
+
+    /// What listings show of every app, ordered by appid. No secret is decrypted, so a value that
+    /// does not decrypt spoils no listing.
+    pub async fn apps(&self) -> Result<Vec<AppInfo>, Error> {
+        app_info::Entity::find()
+            .order_by_asc(app_info::Column::Appid)
+            .all(&self.db)
+            .await?
+            .iter()
+            .map(info_from_row)
+            .collect()
+    }
+
+    /// Every app's secret, decrypted, for the engine's digests of them (the Go SDK presents an
+    /// app's own secret). Reads the two columns only. An app whose secret does not decrypt comes
+    /// with its error, so that one broken row spoils no other app.
+    pub async fn app_secrets(&self) -> Result<Vec<(String, Result<Secret, Error>)>, Error> {
+        let rows: Vec<(String, String)> = app_info::Entity::find()
+            .select_only()
+            .column(app_info::Column::Appid)
+            .column(app_info::Column::Secret)
+            .into_tuple()
+            .all(&self.db)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(appid, stored)| {
+                let secret = self.open(&appid, A::Secret, stored).map(Secret::new);
+                (appid, secret)
+            })
+            .collect())
+    }
+
+    /// Changes an app's settings. Any halt on its credentials is lifted, since the settings that
+    /// caused it may be what changed.
+    pub async fn update_app(
+        &self,
+        appid: &AppId,
+        update: &AppUpdate,
+        now: DateTime<Utc>,
+    ) -> Result<(), Error> {
+        let txn = self.db.begin().await?;
+        let Some(row) = app_info::Entity::find_by_id(appid.as_str().to_owned())
+            .one(&txn)
+            .await?
+        else {
+            return Err(Error::UnknownApp(appid.clone()));
+        };
+        let mut row: app_info::ActiveModel = row.into();
+        let id = appid.as_str();
+        if let Some(secret) = &update.secret {
+            row.secret = Set(self.seal(id, A::Secret, secret.expose())?);
+        }
+        if let Some(token) = &update.token {
+            row.token = Set(Some(self.seal(id, A::Token, token.expose())?));
+        }
+        if let Some(aes_key) = &update.aes_key {
+            row.aes_key = Set(Some(self.seal(id, A::AesKey, aes_key.expose())?));
+        }
+        if let Some(mode) = update.token_mode {
+            row.token_mode = Set(mode.as_str().to_owned());
+        }
+        if let Some(budget) = update.daily_budget {
+            row.daily_budget = Set(budget);
+        }
+        if let Some(key) = &update.pay_key {
+            row.pay_key = Set(Some(self.seal(id, A::PayKey, key.expose())?));
+        }
+        let go = &update.go;
+        if let Some(v) = &go.mchid {
+            row.mchid = Set(v.clone());
+        }
+        if let Some(v) = &go.sub_appid {
+            row.sub_appid = Set(v.clone());
+        }
+        if let Some(v) = &go.sub_mchid {
+            row.sub_mchid = Set(v.clone());
+        }
+        if let Some(v) = &go.wechat_host {
+            row.wechat_host = Set(Some(v.clone()));
+        }
+        if let Some(v) = &go.wcode_template_id {
+            row.wcode_template_id = Set(Some(v.clone()));
+        }
+        row.update_time = Set(now);
+        row.update(&txn).await?;
+        for kind in Kind::ALL {
+            let lift = Query::update()
+                .table(kind.table())
+                .value(C::Halted, false)
+                .value(C::Failures, 0)
+                .value(C::RetryAt, Option::<DateTime<Utc>>::None)
+                .value(C::Message, "settings changed")
+                .value(C::Errcode, Option::<i64>::None)
+                .value(C::UpdateTime, now)
+                .and_where(Expr::col(C::Appid).eq(appid.as_str()))
+                .cond_where(
+                    Expr::col(C::Halted)
+                        .eq(true)
+                        .or(Expr::col(C::Failures).gt(0)),
+                )
+                .to_owned();
+            txn.execute(&lift).await?;
+        }
+        txn.commit().await?;
+        Ok(())
+    }
+
+    /// Removes an app and its stored credentials. Returns whether it existed.
+    pub async fn delete_app(&self, appid: &AppId) -> Result<bool, Error> {
+        let txn = self.db.begin().await?;
+        for kind in Kind::ALL {
+            let delete = Query::delete()
+                .from_table(kind.table())
+                .and_where(Expr::col(C::Appid).eq(appid.as_str()))
+                .to_owned();
+            txn.execute(&delete).await?;
+        }
+        let gone = app_info::Entity::delete_by_id(appid.as_str().to_owned())
+            .exec(&txn)
+            .await?;
+        txn.commit().await?;
+        Ok(gone.rows_affected > 0)
+    }
+
+    /// Counts one upstream call for `appid` on `day`, for every replica to see.
+    pub(crate) async fn count_call(&self, appid: &AppId, day: &str) -> Result<(), Error> {
+        let update = Query::update()
+            .table(app_info::Entity)
+            .value(
+                A::CallsToday,
+                Expr::case(
+                    Expr::col(A::CallsDay).eq(day),
+                    Expr::col(A::CallsToday).add(1),
+                )
+                .finally(1),
+            )
+            .value(A::CallsDay, day)
+            .and_where(Expr::col(A::Appid).eq(appid.as_str()))
+            .to_owned();
+        self.db.execute(&update).await?;
+        Ok(())
+    }
+}
+
+impl Store {
+    fn app_from_row(&self, row: app_info::Model) -> Result<App, Error> {
+        let open = |column: A, value: String| {
+            if self.keyring.is_some() && !is_sealed(&value) {
+                // Accepted, so that rows from before encryption keep working, but a server with
+                // the key encrypted every plain value at start: this one came later.
+                tracing::warn!(
+                    appid = row.appid,
+                    column = column.as_str(),
+                    "stored in plain text although a master key is configured: written by a \
+                     process without the key, or changed in the database; a server start or \
+                     `wetoken-cli migrate up --encrypt-secrets` encrypts it"
+                );
+            }
+            self.open(&row.appid, column, value).map(Secret::new)
+        };
+        let secret = open(A::Secret, row.secret.clone())?;
+        let optional = |column, value: &Option<String>| {
+            set(value).map(|v| open(column, v.to_owned())).transpose()
+        };
+        Ok(App {
+            info: info_from_row(&row)?,
+            secret,
+            token: optional(A::Token, &row.token)?,
+            aes_key: optional(A::AesKey, &row.aes_key)?,
+            pay_key: optional(A::PayKey, &row.pay_key)?,
+        })
+    }
+}
+
+/// The app a row describes, secrets left out.
+fn info_from_row(row: &app_info::Model) -> Result<AppInfo, Error> {
+    let corrupt = |what: &str| Error::AppConfig {
+        appid: format!("{:?}", row.appid),
+        problem: format!("its stored {what} is invalid"),
+    };
+    let work = match (&row.corpid, &row.agentid) {
+        (Some(corpid), Some(agentid)) => Some(WorkIds {
+            corpid: corpid.clone(),
+            agentid: agentid.clone(),
+        }),
+        _ => None,
+    };
+    Ok(AppInfo {
+        appid: AppId::parse(&row.appid).map_err(|_| corrupt("appid"))?,
+        kind: AppKind::parse(&row.kind).map_err(|_| corrupt("kind"))?,
+        token_mode: TokenMode::parse(&row.token_mode).map_err(|_| corrupt("token_mode"))?,
+        work,
+        daily_budget: row.daily_budget,
+        calls_today: if row.calls_day.as_deref() == Some(wechat_day(Utc::now()).as_str()) {
+            row.calls_today
+        } else {
+            0
+        },
+        has_token: set(&row.token).is_some(),
+        has_aes_key: set(&row.aes_key).is_some(),
+        has_pay_key: set(&row.pay_key).is_some(),
+        go: GoFields {
+            mchid: set(&Some(row.mchid.clone())).map(str::to_owned),
+            sub_appid: set(&Some(row.sub_appid.clone())).map(str::to_owned),
+            sub_mchid: set(&Some(row.sub_mchid.clone())).map(str::to_owned),
+            wechat_host: set(&row.wechat_host).map(str::to_owned),
+            wcode_template_id: set(&row.wcode_template_id).map(str::to_owned),
+        },
+        create_time: row.create_time,
+        update_time: row.update_time,
+    })
+}
+
+/// A stored optional value: `None` for NULL and for the Go schema's `''`.
+fn set(value: &Option<String>) -> Option<&str> {
+    value.as_deref().filter(|v| !v.is_empty())
+}

@@ -1,0 +1,180 @@
+//! The database: apps and their stored credentials.
+//!
+//! One [`Store`] serves SQLite, MySQL/MariaDB and PostgreSQL alike.
+//! Apps and consumer keys go through sea-orm entities in [`crate::entity`]; the three credential
+//! tables share a shape, so one set of sea-query statements serves them all, with the table and
+//! value column taken from [`Kind`](crate::model::Kind) and the columns named by
+//! [`crate::entity::credential::Column`].
+//!
+//! This file holds the connection, the sealing of secret-like columns and the error conversion;
+//! `apps` the app rows, `credentials` the credential rows, and `lease` the refresh lease and the
+//! fenced writes only the engine makes.
+
+mod apps;
+mod credentials;
+mod lease;
+
+pub(crate) use credentials::Due;
+pub(crate) use lease::Failure;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sea_orm::{ConnectOptions, Database, DatabaseConnection, IdenStatic};
+
+use crate::Error;
+use crate::crypto::{Keyring, SealError, is_sealed};
+use crate::entity::app_info;
+
+/// How to reach the database.
+#[derive(Debug, Clone)]
+pub struct DatabaseOptions {
+    /// `sqlite://path?mode=rwc`, `mysql://…` or `postgres://…`.
+    pub url: String,
+    /// The most connections the pool opens.
+    pub max_connections: u32,
+    /// How long to wait for a connection before failing.
+    pub connect_timeout: Duration,
+    /// How long a connection may live before it is replaced, if limited.
+    pub max_lifetime: Option<Duration>,
+    /// The master keys app secrets are encrypted with; `None` stores them in plain text (and
+    /// refuses to read encrypted ones). See [`crate::crypto`].
+    pub keyring: Option<Arc<Keyring>>,
+}
+
+impl DatabaseOptions {
+    /// Options for `url` with a pool fit for one wetoken process.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            max_connections: 16,
+            connect_timeout: Duration::from_secs(5),
+            max_lifetime: None,
+            keyring: None,
+        }
+    }
+}
+
+/// The daily budget of upstream calls of an app that was given none: WeChat's token quota for a
+/// typical official account.
+pub const DEFAULT_DAILY_BUDGET: i32 = 2000;
+
+/// wetoken's database.
+#[derive(Debug, Clone)]
+pub struct Store {
+    db: DatabaseConnection,
+    keyring: Option<Arc<Keyring>>,
+}
+
+impl Store {
+    /// Connects to the database `options` names.
+    ///
+    /// A SQLite URL without a `mode` gets `mode=rwc`, so the file is created on first start.
+    pub async fn connect(options: &DatabaseOptions) -> Result<Self, Error> {
+        let mut url = options.url.clone();
+        if url.starts_with("sqlite:") && !url.contains("mode=") && !url.contains(":memory:") {
+            url.push_str(if url.contains('?') {
+                "&mode=rwc"
+            } else {
+                "?mode=rwc"
+            });
+        }
+        let mut connect = ConnectOptions::new(url);
+        connect
+            .max_connections(options.max_connections)
+            .min_connections(1)
+            .connect_timeout(options.connect_timeout)
+            .acquire_timeout(options.connect_timeout)
+            .sqlx_logging(false);
+        if let Some(lifetime) = options.max_lifetime {
+            connect.max_lifetime(lifetime);
+        }
+        if options.url.contains(":memory:") {
+            // Every in-memory SQLite connection is a separate database.
+            connect.max_connections(1);
+        }
+        let db = Database::connect(connect).await.map_err(Error::from)?;
+        Ok(Self {
+            db,
+            keyring: options.keyring.clone(),
+        })
+    }
+
+    /// Wraps an open connection. Secrets are stored in plain text unless
+    /// [`Store::with_keyring`] says otherwise.
+    pub fn from_connection(db: DatabaseConnection) -> Self {
+        Self { db, keyring: None }
+    }
+
+    /// The same store, encrypting and decrypting secrets with `keyring`.
+    pub fn with_keyring(mut self, keyring: Option<Arc<Keyring>>) -> Self {
+        self.keyring = keyring;
+        self
+    }
+
+    /// The keyring secrets are encrypted with, if any.
+    pub fn keyring(&self) -> Option<&Keyring> {
+        self.keyring.as_deref()
+    }
+
+    /// The stored form of a secret-like value of `appid`'s `column`: encrypted under the current
+    /// master key, or as it is when none is configured.
+    pub(crate) fn seal(
+        &self,
+        appid: &str,
+        column: app_info::Column,
+        plain: &str,
+    ) -> Result<String, Error> {
+        match &self.keyring {
+            Some(keyring) => Ok(keyring.seal(plain, &secret_context(appid, column))),
+            // A plain value that looks encrypted would be refused when read back.
+            None if is_sealed(plain) => Err(Error::InvalidInput(format!(
+                "{} must not start with \"wtenc:\"",
+                column.as_str()
+            ))),
+            None => Ok(plain.to_owned()),
+        }
+    }
+
+    /// The plain text of a stored secret-like value. A plain value is read as it is (rows from
+    /// before encryption); an encrypted one needs its key and must authenticate.
+    pub(crate) fn open(
+        &self,
+        appid: &str,
+        column: app_info::Column,
+        stored: String,
+    ) -> Result<String, Error> {
+        if !is_sealed(&stored) {
+            return Ok(stored);
+        }
+        let opened = match &self.keyring {
+            Some(keyring) => keyring.open(&stored, &secret_context(appid, column)),
+            None => Err(SealError::NoKey),
+        };
+        opened.map_err(|e| {
+            Error::Secret(format!(
+                "the stored {} of app {appid} cannot be decrypted: {e}",
+                column.as_str()
+            ))
+        })
+    }
+
+    /// The underlying connection.
+    pub fn connection(&self) -> &DatabaseConnection {
+        &self.db
+    }
+}
+
+/// The day as WeChat counts it for its daily limits (China time), `YYYYMMDD`.
+pub fn wechat_day(at: DateTime<Utc>) -> String {
+    (at + chrono::TimeDelta::hours(8))
+        .format("%Y%m%d")
+        .to_string()
+}
+
+/// What a secret-like value is bound to: its table, column and appid. A ciphertext copied to
+/// another row or column does not decrypt there.
+pub(crate) fn secret_context(appid: &str, column: app_info::Column) -> Vec<u8> {
+    format!("wetoken/wechat_app_info/{}/{appid}", column.as_str()).into_bytes()
+}
