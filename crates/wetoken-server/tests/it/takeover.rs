@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use chrono::{FixedOffset, Utc};
-use sea_orm::{ConnectionTrait, DbBackend, Statement};
+use sea_orm::{ConnectionTrait, DbBackend, FromQueryResult, Statement};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -173,55 +173,67 @@ impl GoDb {
 
     /// Every column of the database, as `table.column → type, nullability, default`.
     async fn schema(&self) -> BTreeMap<String, String> {
-        let rows = self
-            .store
-            .connection()
-            .query_all_raw(Statement::from_string(
-                DbBackend::MySql,
-                "SELECT CAST(TABLE_NAME AS CHAR), CAST(COLUMN_NAME AS CHAR), \
-                 CAST(COLUMN_TYPE AS CHAR), CAST(IS_NULLABLE AS CHAR), \
-                 CAST(COALESCE(COLUMN_DEFAULT, '-') AS CHAR), \
-                 CAST(COALESCE(COLLATION_NAME, '-') AS CHAR) \
-                 FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE()",
-            ))
-            .await
-            .unwrap();
-        rows.into_iter()
-            .map(|row| {
-                let get = |i| row.try_get_by_index::<String>(i).unwrap();
-                (
-                    format!("{}.{}", get(0), get(1)),
-                    format!("{} {} {} {}", get(2), get(3), get(4), get(5)),
-                )
-            })
-            .collect()
+        #[derive(FromQueryResult)]
+        struct Column {
+            name: String,
+            shape: String,
+        }
+        Column::find_by_statement(Statement::from_string(
+            DbBackend::MySql,
+            "SELECT CAST(CONCAT(TABLE_NAME, '.', COLUMN_NAME) AS CHAR) AS name, \
+             CAST(CONCAT_WS(' ', COLUMN_TYPE, IS_NULLABLE, COALESCE(COLUMN_DEFAULT, '-'), \
+             COALESCE(COLLATION_NAME, '-')) AS CHAR) AS shape \
+             FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE()",
+        ))
+        .all(self.store.connection())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.name, c.shape))
+        .collect()
     }
 
     /// The rows that must survive, as text.
     async fn data(&self) -> Vec<String> {
+        #[derive(FromQueryResult)]
+        struct Line {
+            line: String,
+        }
         let mut out = Vec::new();
         for sql in [
             "SELECT CONCAT_WS('|', appid, secret, token, aes_key, mchid, pay_key, sub_appid, \
-             sub_mchid, COALESCE(wechat_host, '-'), COALESCE(wcode_template_id, '-')) \
+             sub_mchid, COALESCE(wechat_host, '-'), COALESCE(wcode_template_id, '-')) AS line \
              FROM wechat_app_info ORDER BY appid",
-            "SELECT CONCAT_WS('|', appid, access_token, expire, expire_date) \
+            "SELECT CONCAT_WS('|', appid, access_token, expire, expire_date) AS line \
              FROM wechat_access_token ORDER BY appid",
-            "SELECT CONCAT_WS('|', appid, ticket, expire, expire_date) \
+            "SELECT CONCAT_WS('|', appid, ticket, expire, expire_date) AS line \
              FROM wechat_jsapi_ticket ORDER BY appid",
-            "SELECT CONCAT_WS('|', appid, openid, user_name) FROM wechat_user_info \
+            "SELECT CONCAT_WS('|', appid, openid, user_name) AS line FROM wechat_user_info \
              ORDER BY user_id",
         ] {
-            for row in self
-                .store
-                .connection()
-                .query_all_raw(Statement::from_string(DbBackend::MySql, sql))
+            let lines = Line::find_by_statement(Statement::from_string(DbBackend::MySql, sql))
+                .all(self.store.connection())
                 .await
-                .unwrap()
-            {
-                out.push(row.try_get_by_index::<String>(0).unwrap());
-            }
+                .unwrap();
+            out.extend(lines.into_iter().map(|l| l.line));
         }
         out
+    }
+
+    /// How many stored tokens have a wetoken expiry.
+    async fn adopted_tokens(&self) -> i64 {
+        #[derive(FromQueryResult)]
+        struct Count {
+            n: i64,
+        }
+        Count::find_by_statement(Statement::from_string(
+            DbBackend::MySql,
+            "SELECT COUNT(*) AS n FROM wechat_access_token WHERE expires_at IS NOT NULL",
+        ))
+        .one(self.store.connection())
+        .await
+        .unwrap()
+        .map_or(0, |c| c.n)
     }
 
     async fn drop_db(self) {
@@ -852,18 +864,7 @@ async fn an_install_cut_off_after_any_statement_finishes_when_run_again() {
         assert_eq!(go.schema().await, schema, "cut after {limit}: {out}");
         assert_eq!(go.data().await, data, "cut after {limit}: {out}");
         // And the adopted expiries are there.
-        let adopted: i64 = go
-            .store
-            .connection()
-            .query_one_raw(Statement::from_string(
-                DbBackend::MySql,
-                "SELECT COUNT(*) FROM wechat_access_token WHERE expires_at IS NOT NULL",
-            ))
-            .await
-            .unwrap()
-            .unwrap()
-            .try_get_by_index(0)
-            .unwrap();
+        let adopted = go.adopted_tokens().await;
         assert_eq!(adopted, 2, "cut after {limit}: {out}");
         go.drop_db().await;
     }
