@@ -1,6 +1,7 @@
 //! The engine on its own, over in-memory SQLite and the mock WeChat.
 
 mod lease_model;
+mod lease_replicas;
 
 use std::sync::Arc;
 
