@@ -176,6 +176,13 @@ impl TestDb {
         })
     }
 
+    /// A fresh SQLite database, which every run tests on.
+    pub async fn sqlite() -> TestDb {
+        TestDb::create(Backend::Sqlite, "SQLite")
+            .await
+            .expect("SQLite is always tested")
+    }
+
     /// The database's own name (a SQLite file's stem).
     pub fn name(&self) -> &str {
         &self.name
@@ -210,12 +217,13 @@ impl TestDb {
 /// ```
 #[macro_export]
 macro_rules! on_databases {
-    ([$($backend:ident),+ $(,)?]: $($scenario:ident),* $(,)?) => {
-        $(
-            mod $scenario {
-                $( $crate::on_databases!(@test $scenario, $backend); )+
-            }
-        )*
+    ($backends:tt : $($scenario:ident),* $(,)?) => {
+        $( $crate::on_databases!(@module $scenario $backends); )*
+    };
+    (@module $scenario:ident [$($backend:ident),+ $(,)?]) => {
+        mod $scenario {
+            $( $crate::on_databases!(@test $scenario, $backend); )+
+        }
     };
     (@test $scenario:ident, Sqlite) => { $crate::on_databases!(@fn $scenario, sqlite, Sqlite); };
     (@test $scenario:ident, Mysql) => { $crate::on_databases!(@fn $scenario, mysql, Mysql); };

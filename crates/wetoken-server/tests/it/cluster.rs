@@ -41,31 +41,10 @@ async fn add_app(http: &reqwest::Client, replica: &Replica, appid: &str) {
     assert_eq!(status, 200, "{body}");
 }
 
-/// Runs `scenario` on MariaDB and on PostgreSQL.
-macro_rules! on_shared_databases {
-    ($($scenario:ident),* $(,)?) => {
-        $(
-            mod $scenario {
-                use crate::harness::{Backend, TestDb};
-
-                async fn run(backend: Backend) {
-                    if let Some(db) = TestDb::create(backend).await {
-                        super::$scenario(&db).await;
-                        db.drop_db().await;
-                    }
-                }
-
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn mysql() { run(Backend::Mysql).await }
-
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn postgres() { run(Backend::Postgres).await }
-            }
-        )*
-    };
-}
-
-on_shared_databases!(
+// Replicas share one database, which SQLite cannot serve to several processes: these run on
+// MariaDB and PostgreSQL.
+wetoken_testkit::on_databases!(
+    [Mysql, Postgres]:
     cold_start_across_replicas_fetches_once,
     passive_refresh_across_replicas_fetches_once,
     kill_9_of_the_lease_holder_is_taken_over,

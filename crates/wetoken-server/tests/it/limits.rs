@@ -8,12 +8,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use wetoken_mock::{Endpoint, Fault};
 
-use crate::harness::{Backend, TestDb, TestServer, mock_with, settings};
+use crate::harness::{TestDb, TestServer, mock_with, settings};
 
 async fn sqlite() -> TestDb {
-    TestDb::create(Backend::Sqlite)
-        .await
-        .expect("SQLite is always tested")
+    TestDb::sqlite().await
 }
 
 fn addr(server: &TestServer) -> String {
