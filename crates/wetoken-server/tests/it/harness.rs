@@ -18,7 +18,7 @@ use serde_json::Value;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use wetoken_core::{AppId, ManualClock, NewConsumerKey, Store};
+use wetoken_core::{AppId, Engine, ManualClock, NewConsumerKey, Store};
 use wetoken_mock::MockWeChat;
 use wetoken_server::{CredentialErrors, Server, Settings};
 
@@ -32,6 +32,8 @@ pub const SECRET: &str = "6acb2b999177524beba3d97d54df2de5";
 pub struct TestServer {
     pub url: String,
     pub clock: Arc<ManualClock>,
+    /// The server's engine, for waiting on its scheduler ([`TestServer::sweeps`]).
+    pub engine: Engine,
     pub http: reqwest::Client,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<std::io::Result<()>>,
@@ -66,6 +68,7 @@ impl TestServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let engine = server.engine().clone();
+        let server_engine = engine.clone();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(server.serve(listener, async move {
             let _ = stopped.await;
@@ -81,6 +84,7 @@ impl TestServer {
         TestServer {
             url,
             clock,
+            engine: server_engine,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(20))
                 .build()
@@ -90,7 +94,21 @@ impl TestServer {
         }
     }
 
-    /// Shuts the server down and waits until it has.
+    /// Waits until the scheduler has finished `n` whole scans that began after this call: the
+    /// scan under way may have read the clock or the database before the caller changed them.
+    /// A finished scan has decided about every credential and started the refreshes it found
+    /// due (which may still run; [`TestServer::stop`] waits for them).
+    pub async fn sweeps(&self, n: u64) {
+        let start = self.engine.sweeps();
+        eventually(
+            &format!("{n} more scheduler scans"),
+            Duration::from_secs(20),
+            || async { self.engine.sweeps() > start + n },
+        )
+        .await;
+    }
+
+    /// Shuts the server down and waits until it has, scheduled refreshes under way included.
     pub async fn stop(mut self) {
         let _ = self.stop.take().unwrap().send(());
         (&mut self.task).await.unwrap().unwrap();
