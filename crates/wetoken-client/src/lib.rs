@@ -23,6 +23,7 @@
 #![deny(missing_docs)]
 
 use std::future::Future;
+use std::marker::PhantomData;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -110,9 +111,12 @@ impl TokenSource for FixedToken {
     }
 }
 
-/// Options for a source. Start from [`AccessToken::builder`] or [`JsapiTicket::builder`].
-#[derive(Debug, Clone)]
-pub struct Builder {
+/// The one builder of every source: options, then `build`. Start from [`AccessToken::builder`],
+/// [`JsapiTicket::builder`] or [`JssdkConfig::builder`]; `T` is what `build` makes.
+///
+/// Every source takes the same server options (`url`, `urls`, `key`, `timeout`,
+/// `connect_timeout`); the cached ones also take a `margin`, and a ticket its `kind`.
+pub struct Builder<T> {
     urls: Vec<String>,
     margin: Duration,
     timeout: Duration,
@@ -120,9 +124,55 @@ pub struct Builder {
     ticket: Option<TicketKind>,
     /// `Bearer <consumer key>`, marked sensitive so its `Debug` hides it.
     authorization: Option<reqwest::header::HeaderValue>,
+    target: PhantomData<fn() -> T>,
 }
 
-impl Builder {
+/// Builds an [`AccessToken`].
+pub type AccessTokenBuilder = Builder<AccessToken>;
+/// Builds a [`JsapiTicket`].
+pub type JsapiTicketBuilder = Builder<JsapiTicket>;
+/// Builds a [`JssdkConfig`].
+pub type JssdkConfigBuilder = Builder<JssdkConfig>;
+
+impl<T> Clone for Builder<T> {
+    fn clone(&self) -> Self {
+        Self {
+            urls: self.urls.clone(),
+            margin: self.margin,
+            timeout: self.timeout,
+            connect_timeout: self.connect_timeout,
+            ticket: self.ticket,
+            authorization: self.authorization.clone(),
+            target: PhantomData,
+        }
+    }
+}
+
+impl<T> std::fmt::Debug for Builder<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Builder")
+            .field("urls", &self.urls)
+            .field("margin", &self.margin)
+            .field("timeout", &self.timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("ticket", &self.ticket)
+            .field("authorization", &self.authorization)
+            .finish()
+    }
+}
+
+/// The sources that cache what they get, and so take a [`Builder::margin`].
+pub trait Caching: sealed::Sealed {}
+impl Caching for AccessToken {}
+impl Caching for JsapiTicket {}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for super::AccessToken {}
+    impl Sealed for super::JsapiTicket {}
+}
+
+impl<T> Builder<T> {
     fn new(ticket: Option<TicketKind>) -> Self {
         Self {
             urls: Vec::new(),
@@ -131,6 +181,7 @@ impl Builder {
             connect_timeout: Duration::from_secs(2),
             ticket,
             authorization: None,
+            target: PhantomData,
         }
     }
 
@@ -152,7 +203,8 @@ impl Builder {
         self
     }
 
-    /// Adds a server's URL for the credential's `get` route; tried in the order added.
+    /// Adds a server's URL for the source's route (the credential's `get` route, or
+    /// `/jssdk/config`); servers are tried in the order added.
     pub fn url(mut self, url: impl Into<String>) -> Self {
         self.urls.push(url.into());
         self
@@ -161,12 +213,6 @@ impl Builder {
     /// Adds several servers' URLs.
     pub fn urls<I: IntoIterator<Item = S>, S: Into<String>>(mut self, urls: I) -> Self {
         self.urls.extend(urls.into_iter().map(Into::into));
-        self
-    }
-
-    /// How much life a cached value must have left to be handed out (default 60 s).
-    pub fn margin(mut self, margin: Duration) -> Self {
-        self.margin = margin;
         self
     }
 
@@ -232,6 +278,34 @@ impl Builder {
                 "access_token"
             },
         })
+    }
+}
+
+impl<T: Caching> Builder<T> {
+    /// How much life a cached value must have left to be handed out (default 60 s).
+    pub fn margin(mut self, margin: Duration) -> Self {
+        self.margin = margin;
+        self
+    }
+}
+
+impl Builder<AccessToken> {
+    /// The source; fails on a malformed URL or none at all.
+    pub fn build(self) -> Result<AccessToken, Error> {
+        self.source().map(AccessToken)
+    }
+}
+
+impl Builder<JsapiTicket> {
+    /// Which ticket: the jsapi ticket (default) or the `wx_card` ticket.
+    pub fn kind(mut self, kind: TicketKind) -> Self {
+        self.ticket = Some(kind);
+        self
+    }
+
+    /// The source; fails on a malformed URL or none at all.
+    pub fn build(self) -> Result<JsapiTicket, Error> {
+        self.source().map(JsapiTicket)
     }
 }
 
@@ -519,7 +593,7 @@ impl AccessToken {
 
     /// Options, and several servers.
     pub fn builder() -> AccessTokenBuilder {
-        AccessTokenBuilder(Builder::new(None))
+        Builder::new(None)
     }
 
     /// When the cached token expires, if one is cached.
@@ -541,41 +615,6 @@ impl TokenSource for AccessToken {
     }
 }
 
-/// Builds an [`AccessToken`].
-#[derive(Debug, Clone)]
-pub struct AccessTokenBuilder(Builder);
-
-impl AccessTokenBuilder {
-    /// Adds a server's token route URL; servers are tried in the order added.
-    pub fn url(self, url: impl Into<String>) -> Self {
-        Self(self.0.url(url))
-    }
-    /// Adds several servers' token route URLs.
-    pub fn urls<I: IntoIterator<Item = S>, S: Into<String>>(self, urls: I) -> Self {
-        Self(self.0.urls(urls))
-    }
-    /// How much life a cached token must have left to be handed out (default 60 s).
-    pub fn margin(self, margin: Duration) -> Self {
-        Self(self.0.margin(margin))
-    }
-    /// How long one request may take (default 5 s).
-    pub fn timeout(self, timeout: Duration) -> Self {
-        Self(self.0.timeout(timeout))
-    }
-    /// How long connecting may take (default 2 s).
-    pub fn connect_timeout(self, timeout: Duration) -> Self {
-        Self(self.0.connect_timeout(timeout))
-    }
-    /// The consumer key to present, for servers that require one.
-    pub fn key(self, key: impl AsRef<str>) -> Self {
-        Self(self.0.key(key))
-    }
-    /// The source; fails on a malformed URL or none at all.
-    pub fn build(self) -> Result<AccessToken, Error> {
-        self.0.source().map(AccessToken)
-    }
-}
-
 /// An app's jsapi (or card) ticket, pulled from wetoken's `/{appid}/wechat/ticket/get` route.
 pub struct JsapiTicket(Source);
 
@@ -587,7 +626,7 @@ impl JsapiTicket {
 
     /// Options, the ticket kind, and several servers.
     pub fn builder() -> JsapiTicketBuilder {
-        JsapiTicketBuilder(Builder::new(Some(TicketKind::Jsapi)))
+        Builder::new(Some(TicketKind::Jsapi))
     }
 
     /// The ticket, from the cache while it has more than the margin left, else from a server.
@@ -603,42 +642,6 @@ impl JsapiTicket {
     /// When the cached ticket expires, if one is cached.
     pub async fn expires_at(&self) -> Option<SystemTime> {
         self.0.expires_at().await
-    }
-}
-
-/// Builds a [`JsapiTicket`].
-#[derive(Debug, Clone)]
-pub struct JsapiTicketBuilder(Builder);
-
-impl JsapiTicketBuilder {
-    /// Adds a server's ticket route URL; servers are tried in the order added.
-    pub fn url(self, url: impl Into<String>) -> Self {
-        Self(self.0.url(url))
-    }
-    /// Adds several servers' ticket route URLs.
-    pub fn urls<I: IntoIterator<Item = S>, S: Into<String>>(self, urls: I) -> Self {
-        Self(self.0.urls(urls))
-    }
-    /// Which ticket: the jsapi ticket (default) or the `wx_card` ticket.
-    pub fn kind(mut self, kind: TicketKind) -> Self {
-        self.0.ticket = Some(kind);
-        self
-    }
-    /// How much life a cached ticket must have left to be handed out (default 60 s).
-    pub fn margin(self, margin: Duration) -> Self {
-        Self(self.0.margin(margin))
-    }
-    /// How long one request may take (default 5 s).
-    pub fn timeout(self, timeout: Duration) -> Self {
-        Self(self.0.timeout(timeout))
-    }
-    /// The consumer key to present, for servers that require one.
-    pub fn key(self, key: impl AsRef<str>) -> Self {
-        Self(self.0.key(key))
-    }
-    /// The source; fails on a malformed URL or none at all.
-    pub fn build(self) -> Result<JsapiTicket, Error> {
-        self.0.source().map(JsapiTicket)
     }
 }
 
@@ -667,7 +670,7 @@ impl JssdkConfig {
 
     /// Options, and several servers.
     pub fn builder() -> JssdkConfigBuilder {
-        JssdkConfigBuilder(Builder::new(None))
+        Builder::new(None)
     }
 
     /// What `wx.config` needs for the page at `page_url` (its full http(s) URL; a `#` fragment
@@ -691,41 +694,16 @@ impl JssdkConfig {
     }
 }
 
-/// Builds a [`JssdkConfig`].
-#[derive(Debug, Clone)]
-pub struct JssdkConfigBuilder(Builder);
-
-impl JssdkConfigBuilder {
-    /// The consumer key to present, for servers that have consumer keys.
-    pub fn key(self, key: impl AsRef<str>) -> Self {
-        Self(self.0.key(key))
-    }
-    /// Adds a server's `/jssdk/config` route URL; servers are tried in the order added.
-    pub fn url(self, url: impl Into<String>) -> Self {
-        Self(self.0.url(url))
-    }
-    /// Adds several servers' route URLs.
-    pub fn urls<I: IntoIterator<Item = S>, S: Into<String>>(self, urls: I) -> Self {
-        Self(self.0.urls(urls))
-    }
-    /// How long one request may take (default 5 s).
-    pub fn timeout(self, timeout: Duration) -> Self {
-        Self(self.0.timeout(timeout))
-    }
-    /// How long connecting may take (default 2 s).
-    pub fn connect_timeout(self, timeout: Duration) -> Self {
-        Self(self.0.connect_timeout(timeout))
-    }
+impl Builder<JssdkConfig> {
     /// The signer; fails on a malformed URL or none at all.
     pub fn build(self) -> Result<JssdkConfig, Error> {
-        if self.0.urls.is_empty() {
+        if self.urls.is_empty() {
             return Err(Error::InvalidUrl {
                 url: String::new(),
                 reason: "no server URL given".into(),
             });
         }
         let routes = self
-            .0
             .urls
             .iter()
             .map(|u| {
@@ -741,7 +719,7 @@ impl JssdkConfigBuilder {
             .collect::<Result<Vec<_>, _>>()?;
         Ok(JssdkConfig {
             routes,
-            servers: self.0.servers()?,
+            servers: self.servers()?,
         })
     }
 }
@@ -810,6 +788,30 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One builder: every source takes every server option. `JsapiTicketBuilder` once lacked
+    /// `connect_timeout`, when each source had a builder of its own.
+    #[test]
+    fn every_source_takes_the_same_server_options() {
+        fn options<T>(b: Builder<T>, route: &str) -> Builder<T> {
+            b.url(format!("http://127.0.0.1:1/wx1/wechat/{route}"))
+                .urls([format!("http://127.0.0.1:2/wx1/wechat/{route}")])
+                .key("k")
+                .timeout(Duration::from_secs(1))
+                .connect_timeout(Duration::from_millis(300))
+        }
+        let token = options(AccessToken::builder(), "token/get").margin(Duration::ZERO);
+        assert_eq!(token.connect_timeout, Duration::from_millis(300));
+        token.build().unwrap();
+        let ticket = options(JsapiTicket::builder(), "ticket/get")
+            .kind(TicketKind::Card)
+            .margin(Duration::ZERO);
+        assert_eq!(ticket.connect_timeout, Duration::from_millis(300));
+        ticket.build().unwrap();
+        let jssdk = options(JssdkConfig::builder(), "jssdk/config");
+        assert_eq!(jssdk.connect_timeout, Duration::from_millis(300));
+        jssdk.build().unwrap();
+    }
 
     #[test]
     fn malformed_urls_are_refused() {

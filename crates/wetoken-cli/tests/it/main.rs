@@ -6,6 +6,7 @@ use std::process::{Command, Stdio};
 use serde_json::json;
 use wetoken_mock::{Endpoint, MockWeChat};
 use wetoken_registry::Registry;
+use wetoken_testkit::{Backend, TestDb};
 
 fn cli(args: &[&str]) -> (bool, String, String) {
     run_cli(args, "", &[])
@@ -89,67 +90,15 @@ fn an_unreachable_database_is_a_clear_failure() {
     );
 }
 
-/// A fresh database on `backend` ("sqlite", "mysql" or "postgres"), or `None` when the developer
-/// opted out of it (never under CI), as the server's test harness does.
-async fn fresh_database(
-    backend: &str,
-    dir: &std::path::Path,
-) -> Option<(String, Option<(String, String)>)> {
-    use sea_orm::{ConnectionTrait, Database};
-    let wanted =
-        std::env::var("WETOKEN_TEST_DATABASES").unwrap_or_else(|_| "sqlite,mysql,postgres".into());
-    if !wanted.split(',').any(|b| b.trim() == backend) {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "CI must test {backend}"
-        );
-        return None;
-    }
-    static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let name = format!("wt_cli_{}_{backend}_{n}", std::process::id());
-    let (root, admin_db) = match backend {
-        "sqlite" => {
-            return Some((
-                format!("sqlite://{}", dir.join(format!("{name}.db")).display()),
-                None,
-            ));
-        }
-        "mysql" => (
-            std::env::var("WETOKEN_TEST_MYSQL_URL")
-                .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into()),
-            "test",
-        ),
-        _ => (
-            std::env::var("WETOKEN_TEST_POSTGRES_URL")
-                .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into()),
-            "postgres",
-        ),
-    };
-    let admin = format!("{}/{admin_db}", root.trim_end_matches('/'));
-    let db = Database::connect(&admin)
-        .await
-        .unwrap_or_else(|e| panic!("cannot reach {admin}: {e}"));
-    let _ = db
-        .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name}"))
-        .await;
-    db.execute_unprepared(&format!("CREATE DATABASE {name}"))
-        .await
-        .unwrap();
-    Some((
-        format!("{}/{name}", root.trim_end_matches('/')),
-        Some((admin, name)),
-    ))
-}
-
-async fn drop_database(admin: Option<(String, String)>) {
-    use sea_orm::{ConnectionTrait, Database};
-    if let Some((admin, name)) = admin {
-        let db = Database::connect(&admin).await.unwrap();
-        let _ = db
-            .execute_unprepared(&format!("DROP DATABASE {name}"))
-            .await;
-    }
+/// A fresh database on `backend` ("sqlite", "mysql" or "postgres") for `test`, from the harness
+/// the server's tests use too: `None`, announced as skipped, when the developer opted out of it
+/// (never under CI).
+async fn fresh_database(backend: &str, test: &str) -> Option<TestDb> {
+    let backend = Backend::ALL
+        .into_iter()
+        .find(|b| b.name() == backend)
+        .expect("a backend name");
+    TestDb::create(backend, test).await
 }
 
 /// The registries to test: `fs://` under `dir` always, ZooKeeper unless the developer opted out.
@@ -169,9 +118,12 @@ async fn install_creates_the_tables_a_registry_names_once() {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         for registry_url in registries(&dir) {
-            let Some((url, admin)) = fresh_database(backend, &dir).await else {
+            let Some(db) =
+                fresh_database(backend, "install_creates_the_tables_a_registry_names_once").await
+            else {
                 continue;
             };
+            let url = db.url.clone();
             let registry = Registry::open(&registry_url).await.unwrap();
             // MySQL in the Go/hydra form, the others as plain URLs.
             let node = if backend == "mysql" {
@@ -247,7 +199,7 @@ async fn install_creates_the_tables_a_registry_names_once() {
                 !ok && err.contains("/mall/var/db/bare") && err.contains("malformed"),
                 "{err}"
             );
-            drop_database(admin).await;
+            db.drop_db().await;
         }
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -283,9 +235,12 @@ async fn apps_tokens_and_tickets_from_the_command_line() {
             std::env::temp_dir().join(format!("wetoken-apps-{}-{backend}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let Some((url, admin)) = fresh_database(backend, &dir).await else {
+        let Some(database) =
+            fresh_database(backend, "apps_tokens_and_tickets_from_the_command_line").await
+        else {
             continue;
         };
+        let url = database.url.clone();
         let db = ["--database-url", url.as_str()];
         let with_db = |args: &[&str]| -> Vec<String> {
             args.iter()
@@ -446,7 +401,7 @@ async fn apps_tokens_and_tickets_from_the_command_line() {
             assert!(!out.contains(secret) && !err.contains(secret) && !show.contains(secret));
         }
         mock.shutdown().await;
-        drop_database(admin).await;
+        database.drop_db().await;
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
@@ -741,9 +696,12 @@ async fn import_loads_apps_and_live_tokens_from_an_export() {
             std::env::temp_dir().join(format!("wetoken-import-{}-{backend}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let Some((url, admin)) = fresh_database(backend, &dir).await else {
+        let Some(database) =
+            fresh_database(backend, "import_loads_apps_and_live_tokens_from_an_export").await
+        else {
             continue;
         };
+        let url = database.url.clone();
         let (ok, _, err) = cli(&["migrate", "up", "--database-url", &url]);
         assert!(ok, "{err}");
         let jsonl = dir.join("apps.jsonl");
@@ -836,7 +794,7 @@ async fn import_loads_apps_and_live_tokens_from_an_export() {
         );
         let (_, out, _) = cli(&["app", "list", "--database-url", &url]);
         assert!(!out.contains("wximp4"), "{backend}: {out}");
-        drop_database(admin).await;
+        database.drop_db().await;
         let _ = std::fs::remove_dir_all(&dir);
     }
     mock.shutdown().await;

@@ -17,7 +17,7 @@ use wetoken_mock::Endpoint;
 
 use wetoken_server::CredentialErrors;
 
-use crate::harness::{Backend, TestDb, TestServer, mock_with, on_every_database, settings};
+use crate::harness::{TestDb, TestServer, mock_with, on_every_database, settings};
 
 const APP: &str = "wxclient";
 
@@ -150,9 +150,7 @@ async fn counting_proxy(target: String) -> Counter {
 }
 
 async fn sqlite() -> TestDb {
-    TestDb::create(Backend::Sqlite)
-        .await
-        .expect("SQLite is always tested")
+    TestDb::sqlite().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

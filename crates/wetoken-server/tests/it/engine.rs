@@ -381,9 +381,10 @@ async fn scheduler_renews_ahead_of_expiry(db: &TestDb) {
     let token = server.token(APP).await;
     assert_eq!(mock.current_token(APP), Some(token.clone()));
 
-    // Far from expiry nothing happens.
+    // Far from expiry nothing happens: two whole scans that saw the moved clock found nothing
+    // due, and a scan starts what it finds due before it counts as finished.
     server.clock.advance(Duration::from_secs(7200 - 1500 - 1));
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    server.sweeps(2).await;
     assert_eq!(mock.calls(Endpoint::Token), 2);
 
     // Inside the renewal window (20 to 25 minutes before expiry, by app) both are renewed,
@@ -396,7 +397,7 @@ async fn scheduler_renews_ahead_of_expiry(db: &TestDb) {
     let renewed = server.token(APP).await;
     assert_ne!(renewed, token);
     assert_eq!(mock.current_token(APP), Some(renewed));
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    server.sweeps(2).await;
     assert_eq!(
         mock.calls(Endpoint::Token),
         4,
@@ -410,11 +411,14 @@ async fn scheduler_renews_ahead_of_expiry(db: &TestDb) {
         mock.calls(Endpoint::Token) >= 6
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The engine's clock stands still, so the backoff never ends: scans keep finding both
+    // tokens due, and the refreshes they start must find the backoff and not call WeChat.
+    // Stopping waits for every refresh the scheduler started.
+    server.sweeps(3).await;
+    server.stop().await;
     assert_eq!(
         mock.calls(Endpoint::Token),
         6,
         "one failed try per app until the backoff ends"
     );
-    server.stop().await;
 }

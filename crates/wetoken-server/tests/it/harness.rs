@@ -1,184 +1,29 @@
-//! Starting servers, mocks and databases for the tests.
+//! Starting servers, mocks and replicas for the tests.
 //!
-//! Every test runs once per backend. SQLite always runs. MariaDB and PostgreSQL run against
-//! `WETOKEN_TEST_MYSQL_URL` (default `mysql://root@127.0.0.1:3306`) and
-//! `WETOKEN_TEST_POSTGRES_URL` (default `postgres://postgres@127.0.0.1:5432`); each test creates a
-//! database of its own there and drops it afterwards. A backend that cannot be reached fails the
-//! test. A developer without them can say `WETOKEN_TEST_DATABASES=sqlite`; under `CI=true` that
-//! opt-out is itself a failure, so CI always covers all three.
+//! Databases come from `wetoken-testkit`, shared with the CLI's and the engine's tests: every
+//! scenario runs once per backend (`on_every_database!`), each on a database of its own, and a
+//! backend left out with `WETOKEN_TEST_DATABASES` is announced as skipped (and fails under
+//! `CI=true`).
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use chrono::Utc;
-use sea_orm::ConnectionTrait;
 use serde_json::Value;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use wetoken_core::{AppId, DatabaseOptions, ManualClock, NewConsumerKey, Store};
+use wetoken_core::{AppId, Engine, ManualClock, NewConsumerKey, Store};
 use wetoken_mock::MockWeChat;
 use wetoken_server::{CredentialErrors, Server, Settings};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Backend {
-    Sqlite,
-    Mysql,
-    Postgres,
-}
-
-impl Backend {
-    fn name(self) -> &'static str {
-        match self {
-            Backend::Sqlite => "sqlite",
-            Backend::Mysql => "mysql",
-            Backend::Postgres => "postgres",
-        }
-    }
-}
-
-/// A database made for one test.
-pub struct TestDb {
-    pub url: String,
-    admin_url: Option<String>,
-    name: String,
-    _dir: Option<PathBuf>,
-}
-
-static COUNTER: AtomicU64 = AtomicU64::new(0);
-
-fn unique_name() -> String {
-    format!(
-        "wt_{}_{}_{}",
-        std::process::id(),
-        Utc::now().timestamp_micros(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-impl TestDb {
-    /// A fresh database on `backend`, or `None` when the developer opted out of that backend.
-    pub async fn create(backend: Backend) -> Option<TestDb> {
-        let wanted = std::env::var("WETOKEN_TEST_DATABASES")
-            .unwrap_or_else(|_| "sqlite,mysql,postgres".into());
-        let wanted: Vec<&str> = wanted.split(',').map(str::trim).collect();
-        if !wanted.contains(&backend.name()) {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "CI must test {} but WETOKEN_TEST_DATABASES={wanted:?} leaves it out",
-                backend.name()
-            );
-            eprintln!(
-                "not testing on {}: WETOKEN_TEST_DATABASES leaves it out",
-                backend.name()
-            );
-            return None;
-        }
-        let name = unique_name();
-        Some(match backend {
-            Backend::Sqlite => {
-                let dir = std::env::temp_dir().join("wetoken-tests");
-                std::fs::create_dir_all(&dir).expect("temp dir");
-                let path = dir.join(format!("{name}.db"));
-                TestDb {
-                    url: format!("sqlite://{}?mode=rwc", path.display()),
-                    admin_url: None,
-                    name,
-                    _dir: Some(path),
-                }
-            }
-            Backend::Mysql | Backend::Postgres => {
-                let (var, default, admin_db) = if backend == Backend::Mysql {
-                    (
-                        "WETOKEN_TEST_MYSQL_URL",
-                        "mysql://root@127.0.0.1:3306",
-                        "test",
-                    )
-                } else {
-                    (
-                        "WETOKEN_TEST_POSTGRES_URL",
-                        "postgres://postgres@127.0.0.1:5432",
-                        "postgres",
-                    )
-                };
-                let root = std::env::var(var).unwrap_or_else(|_| default.into());
-                let root = root.trim_end_matches('/').to_owned();
-                let admin_url = format!("{root}/{admin_db}");
-                let admin = Store::connect(&DatabaseOptions::new(&admin_url))
-                    .await
-                    .unwrap_or_else(|e| {
-                        panic!(
-                            "cannot reach {} at {admin_url}: {e}. Start it, point {var} at one, \
-                             or set WETOKEN_TEST_DATABASES=sqlite to test on SQLite only",
-                            backend.name()
-                        )
-                    });
-                admin
-                    .connection()
-                    .execute_unprepared(&format!("CREATE DATABASE {name}"))
-                    .await
-                    .expect("create test database");
-                TestDb {
-                    url: format!("{root}/{name}"),
-                    admin_url: Some(admin_url),
-                    name,
-                    _dir: None,
-                }
-            }
-        })
-    }
-
-    /// Drops the database. Tests call it at the end; a failed test leaves its database behind
-    /// for a look.
-    pub async fn drop_db(self) {
-        if let Some(path) = &self._dir {
-            let _ = std::fs::remove_file(path);
-        }
-        if let Some(admin_url) = &self.admin_url {
-            let admin = Store::connect(&DatabaseOptions::new(admin_url))
-                .await
-                .unwrap();
-            let _ = admin
-                .connection()
-                .execute_unprepared(&format!("DROP DATABASE {}", self.name))
-                .await;
-        }
-    }
-}
-
-/// Runs `scenario` once for each of SQLite, MariaDB and PostgreSQL.
-macro_rules! on_every_database {
-    ($($scenario:ident),* $(,)?) => {
-        $(
-            mod $scenario {
-                use crate::harness::{Backend, TestDb};
-
-                async fn run(backend: Backend) {
-                    if let Some(db) = TestDb::create(backend).await {
-                        super::$scenario(&db).await;
-                        db.drop_db().await;
-                    }
-                }
-
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn sqlite() { run(Backend::Sqlite).await }
-
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn mysql() { run(Backend::Mysql).await }
-
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn postgres() { run(Backend::Postgres).await }
-            }
-        )*
-    };
-}
-pub(crate) use on_every_database;
+pub(crate) use wetoken_testkit::on_every_database;
+pub use wetoken_testkit::{Backend, TestDb};
 
 /// The secret every test app is registered with, at the mock and at the server.
 pub const SECRET: &str = "6acb2b999177524beba3d97d54df2de5";
@@ -187,6 +32,8 @@ pub const SECRET: &str = "6acb2b999177524beba3d97d54df2de5";
 pub struct TestServer {
     pub url: String,
     pub clock: Arc<ManualClock>,
+    /// The server's engine, for waiting on its scheduler ([`TestServer::sweeps`]).
+    pub engine: Engine,
     pub http: reqwest::Client,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<std::io::Result<()>>,
@@ -221,6 +68,7 @@ impl TestServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let engine = server.engine().clone();
+        let server_engine = engine.clone();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(server.serve(listener, async move {
             let _ = stopped.await;
@@ -236,6 +84,7 @@ impl TestServer {
         TestServer {
             url,
             clock,
+            engine: server_engine,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(20))
                 .build()
@@ -245,7 +94,21 @@ impl TestServer {
         }
     }
 
-    /// Shuts the server down and waits until it has.
+    /// Waits until the scheduler has finished `n` whole scans that began after this call: the
+    /// scan under way may have read the clock or the database before the caller changed them.
+    /// A finished scan has decided about every credential and started the refreshes it found
+    /// due (which may still run; [`TestServer::stop`] waits for them).
+    pub async fn sweeps(&self, n: u64) {
+        let start = self.engine.sweeps();
+        eventually(
+            &format!("{n} more scheduler scans"),
+            Duration::from_secs(20),
+            || async { self.engine.sweeps() > start + n },
+        )
+        .await;
+    }
+
+    /// Shuts the server down and waits until it has, scheduled refreshes under way included.
     pub async fn stop(mut self) {
         let _ = self.stop.take().unwrap().send(());
         (&mut self.task).await.unwrap().unwrap();

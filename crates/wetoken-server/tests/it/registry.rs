@@ -233,9 +233,7 @@ async fn a_lost_zookeeper_session_is_made_again() {
     let proxy = Proxy::start(target).await;
     let proxied = format!("zk://{}/{chroot}?session_timeout_ms=2000", proxy.addr);
 
-    let db = TestDb::create(crate::harness::Backend::Sqlite)
-        .await
-        .unwrap();
+    let db = TestDb::sqlite().await;
     let mock = mock_with(&["wxzk"]).await;
     let (ok, _, err) = run(&[
         "install",
@@ -305,9 +303,7 @@ async fn a_lost_zookeeper_session_is_made_again() {
 /// longer accepted them. It must be gone while a slow request is still in flight.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_announcement_goes_before_requests_drain() {
-    let db = TestDb::create(crate::harness::Backend::Sqlite)
-        .await
-        .unwrap();
+    let db = TestDb::sqlite().await;
     let mock = mock_with(&["wxdrain0", "wxdrain1"]).await;
     let http = reqwest::Client::new();
     for (i, url) in registries("drain").into_iter().enumerate() {

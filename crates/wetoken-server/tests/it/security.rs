@@ -387,9 +387,7 @@ fn anyhow_chain(e: &dyn std::error::Error) -> String {
 /// made to resolve to 127.0.0.1.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_trust_is_not_lent_to_web_pages() {
-    let db = TestDb::create(crate::harness::Backend::Sqlite)
-        .await
-        .unwrap();
+    let db = TestDb::sqlite().await;
     let mock = mock_with(&[APP]).await;
     let server = TestServer::start(settings(&db, &mock)).await;
     server.add_app(APP).await;

@@ -90,7 +90,7 @@ struct GoDb {
 impl GoDb {
     async fn create() -> Option<GoDb> {
         let ddl = go_ddl()?;
-        let db = TestDb::create(Backend::Mysql).await?;
+        let db = TestDb::create(Backend::Mysql, "takeover (Go schema on MariaDB)").await?;
         let store = Store::connect(&DatabaseOptions::new(&db.url))
             .await
             .unwrap();
