@@ -291,7 +291,14 @@ impl Engine {
                             Some((c, v)) if self.satisfies(slot, &c, now, &Need::Serve) => {
                                 let c = Arc::new(c);
                                 slot.set(c.clone(), v, now);
-                                Ok(c)
+                                // The stored value is the cluster's from now on; but a passive
+                                // refresh must not get back the value it reported: ours, just
+                                // issued, is the newer one at WeChat then.
+                                if self.satisfies(slot, &c, now, need) {
+                                    Ok(c)
+                                } else {
+                                    Ok(credential)
+                                }
                             }
                             _ => Ok(credential),
                         }

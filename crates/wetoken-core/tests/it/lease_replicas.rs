@@ -223,8 +223,6 @@ struct Outcome {
     takeovers: u64,
     /// Rounds without a kill or a call longer than the lease: exactly one fetch each.
     clean_rounds: u64,
-    /// Passive refreshes that got the reported value back after a lapsed lease (a known flaw).
-    reported_back: u64,
     /// Earlier values of a lifetime served and then refused by the mock's strict reading.
     strict_refusals: u64,
 }
@@ -382,16 +380,9 @@ async fn schedule(url: &str, observer: &Engine, seed: u64) -> Result<Outcome, St
                 refused.insert(credential.value.clone());
             }
             if is_refresh && Some(&credential.value) == reported.as_ref() {
-                // A known flaw, left to the engine's owner: a holder fenced out because its
-                // lease lapsed adopts the stored value if it is servable (`Need::Serve`), even
-                // when that is the very value a passive refresh reported. Only a lapsed lease
-                // leads there; anywhere else it is a failure.
-                if took < Duration::from_millis(LEASE_MS) && kills == 0 && delay.is_none() {
-                    return Err(say(
-                        "a passive refresh answered the value it reported".into()
-                    ));
-                }
-                outcome.reported_back += 1;
+                return Err(say(
+                    "a passive refresh answered the value it reported".into()
+                ));
             }
             served.insert(credential.value.clone());
         }
@@ -520,7 +511,6 @@ async fn run_schedules(db: &TestDb, count: u64, parallel: usize) {
                 total.slow += o.slow;
                 total.takeovers += o.takeovers;
                 total.clean_rounds += o.clean_rounds;
-                total.reported_back += o.reported_back;
                 total.strict_refusals += o.strict_refusals;
             }
             Err(e) => failures.push(e),
