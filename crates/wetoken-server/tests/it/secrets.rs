@@ -3,10 +3,11 @@
 
 use std::sync::Arc;
 
-use sea_orm::ConnectionTrait;
-use sea_orm::sea_query::{Alias, Expr, ExprTrait, Query};
+use sea_orm::sea_query::Expr;
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QuerySelect};
 use serde_json::json;
 use wetoken_core::crypto::{MasterKey, sealed_key_id};
+use wetoken_core::entity::app_info::{self, Column};
 use wetoken_core::{DatabaseOptions, Keyring, Reseal, Store};
 use wetoken_mock::Endpoint;
 use wetoken_server::{Server, Settings};
@@ -16,28 +17,24 @@ use crate::harness::{SECRET, TestDb, TestServer, mock_with, on_every_database, s
 on_every_database!(secrets_are_encrypted_rotated_and_checked);
 
 /// The raw stored `column` of `appid`.
-async fn stored(store: &Store, appid: &str, column: &'static str) -> String {
-    let select = Query::select()
-        .column(Alias::new(column))
-        .from(Alias::new("wechat_app_info"))
-        .and_where(Expr::col(Alias::new("appid")).eq(appid))
-        .to_owned();
-    let row = store
-        .connection()
-        .query_one(&select)
+async fn stored(store: &Store, appid: &str, column: Column) -> String {
+    app_info::Entity::find_by_id(appid.to_owned())
+        .select_only()
+        .column(column)
+        .into_tuple::<String>()
+        .one(store.connection())
         .await
         .unwrap()
-        .unwrap();
-    row.try_get_by_index(0).unwrap()
+        .unwrap()
 }
 
-async fn overwrite(store: &Store, appid: &str, column: &'static str, value: String) {
-    let update = Query::update()
-        .table(Alias::new("wechat_app_info"))
-        .value(Alias::new(column), value)
-        .and_where(Expr::col(Alias::new("appid")).eq(appid))
-        .to_owned();
-    store.connection().execute(&update).await.unwrap();
+async fn overwrite(store: &Store, appid: &str, column: Column, value: String) {
+    app_info::Entity::update_many()
+        .col_expr(column, Expr::value(value))
+        .filter(Column::Appid.eq(appid))
+        .exec(store.connection())
+        .await
+        .unwrap();
 }
 
 fn with_keys(s: &Settings, current: Option<&str>, previous: Option<&str>) -> Settings {
@@ -87,16 +84,16 @@ async fn secrets_are_encrypted_rotated_and_checked(db: &TestDb) {
         .await;
     assert_eq!(code, 400, "{body}");
     server.stop().await;
-    assert_eq!(stored(&raw, OLD, "secret").await, SECRET);
+    assert_eq!(stored(&raw, OLD, Column::Secret).await, SECRET);
 
     // With one: the plain row is encrypted at start; new rows are written encrypted.
     let server = TestServer::start(with_keys(&base, Some(&k1), None)).await;
-    let sealed = stored(&raw, OLD, "secret").await;
+    let sealed = stored(&raw, OLD, Column::Secret).await;
     assert!(
         sealed.starts_with("wtenc:v1:") && !sealed.contains(SECRET),
         "{sealed}"
     );
-    let token = stored(&raw, OLD, "token").await;
+    let token = stored(&raw, OLD, Column::Token).await;
     assert!(
         token.starts_with("wtenc:v1:"),
         "the message token too: {token}"
@@ -108,7 +105,11 @@ async fn secrets_are_encrypted_rotated_and_checked(db: &TestDb) {
         )
         .await;
     assert_eq!(code, 200, "{body}");
-    assert!(stored(&raw, NEW, "aes_key").await.starts_with("wtenc:v1:"));
+    assert!(
+        stored(&raw, NEW, Column::AesKey)
+            .await
+            .starts_with("wtenc:v1:")
+    );
     // The longest secret accepted still fits once encrypted (the widened columns).
     let (code, body) = server
         .post_json(
@@ -117,7 +118,7 @@ async fn secrets_are_encrypted_rotated_and_checked(db: &TestDb) {
         )
         .await;
     assert_eq!(code, 200, "{body}");
-    assert!(stored(&raw, "wxlong", "secret").await.len() > 255);
+    assert!(stored(&raw, "wxlong", Column::Secret).await.len() > 255);
     let (code, body) = server.get("/wechat/app/show?appid=wxlong").await;
     assert_eq!(code, 200, "{body}");
     // The secrets decrypt to what WeChat knows: both apps fetch.
@@ -167,12 +168,12 @@ async fn secrets_are_encrypted_rotated_and_checked(db: &TestDb) {
     server.stop().await;
 
     // A tampered ciphertext: a clear error for that app, WeChat not called, others unaffected.
-    let sealed = stored(&raw, OLD, "secret").await;
+    let sealed = stored(&raw, OLD, Column::Secret).await;
     assert_eq!(sealed_key_id(&sealed), Some(keyring.current_id()));
     let mut chars: Vec<char> = sealed.chars().collect();
     let at = chars.len() - 12;
     chars[at] = if chars[at] == 'A' { 'B' } else { 'A' };
-    overwrite(&raw, OLD, "secret", chars.into_iter().collect()).await;
+    overwrite(&raw, OLD, Column::Secret, chars.into_iter().collect()).await;
     let server = TestServer::start(with_keys(&base, Some(&k2), None)).await;
     let calls = mock.calls(Endpoint::Token);
     let (code, body) = server.get(&format!("/{OLD}/wechat/token/get")).await;
@@ -217,7 +218,13 @@ async fn secrets_are_encrypted_rotated_and_checked(db: &TestDb) {
         assert!(response.text().await.unwrap().contains(OLD), "{page}");
     }
     // Copying another app's ciphertext does not work either: the appid is bound in.
-    overwrite(&raw, OLD, "secret", stored(&raw, NEW, "secret").await).await;
+    overwrite(
+        &raw,
+        OLD,
+        Column::Secret,
+        stored(&raw, NEW, Column::Secret).await,
+    )
+    .await;
     let (code, body) = server
         .post_json("/wechat/app/refresh", &json!({"appid": OLD}))
         .await;
