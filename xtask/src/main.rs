@@ -99,7 +99,32 @@ fn main() -> ExitCode {
 const FORBIDDEN: &[(&str, &[&str])] = &[
     // The engine knows nothing of serving HTTP or of command lines. (It does use hyper through
     // reqwest, as an HTTP client; see `DIRECT_FORBIDDEN`.)
-    ("wetoken-core", &["clap", "figment", "wetoken-server"]),
+    (
+        "wetoken-core",
+        &[
+            "clap",
+            "figment",
+            "wetoken-server",
+            "wetoken-registry",
+            "wetoken-cli",
+            "wetoken-client",
+            "wetoken-testkit",
+        ],
+    ),
+    // Dependencies point one way: the CLI works on the database through the core, never
+    // through the server; the server takes no CLI; only tests take the testkit.
+    (
+        "wetoken-cli",
+        &["wetoken-server", "wetoken-client", "wetoken-testkit"],
+    ),
+    (
+        "wetoken-server",
+        &["wetoken-cli", "wetoken-client", "wetoken-testkit"],
+    ),
+    (
+        "wetoken-migration",
+        &["wetoken-core", "wetoken-server", "wetoken-registry"],
+    ),
     // A service that only pulls tokens links nothing of the server or its database layer.
     (
         "wetoken-client",
@@ -113,11 +138,29 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
             "clap",
         ],
     ),
-    ("wetoken-wire", &["reqwest", "hyper", "sea-orm", "tokio"]),
+    (
+        "wetoken-wire",
+        &[
+            "reqwest",
+            "hyper",
+            "sea-orm",
+            "tokio",
+            "wetoken-core",
+            "wetoken-server",
+            "wetoken-client",
+        ],
+    ),
     // The registry reads configuration: it knows nothing of HTTP or the database layer.
     (
         "wetoken-registry",
-        &["hyper", "reqwest", "sea-orm", "sqlx", "wetoken-core"],
+        &[
+            "hyper",
+            "reqwest",
+            "sea-orm",
+            "sqlx",
+            "wetoken-core",
+            "wetoken-server",
+        ],
     ),
 ];
 
