@@ -1,0 +1,356 @@
+//! Who may call which route: the consumer-key policy of the token, ticket and jssdk routes
+//! ([`ReaderPolicy`]), the admin policy ([`AdminPolicy`]), and the rule that trust granted by a
+//! caller's address alone does not extend to web pages a browser opens on that caller's machine.
+//! `dispatch` runs these checks before anything else about a request is looked at.
+
+use std::sync::Arc;
+
+use tracing::warn;
+use wetoken_core::keys::{Access, Refusal};
+use wetoken_core::{Engine, KeyTable};
+
+use super::error::ApiError;
+
+/// Who may use the token, ticket and jssdk routes.
+pub(crate) struct ReaderPolicy {
+    /// While no consumer key exists, callers must come from one of these.
+    pub networks: Vec<ipnet::IpNet>,
+    /// The consumer keys, as last read from the database. The request path only takes the read
+    /// lock for the length of a hash lookup; the reload task swaps in a new snapshot.
+    pub keys: std::sync::RwLock<Arc<KeyTable>>,
+}
+
+/// The header Go-era clients that cannot set `Authorization` may send the consumer key in.
+pub(crate) const KEY_HEADER: &str = "x-wetoken-key";
+
+/// What a request on a guarded route does with the app's credentials, for the scope check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Purpose {
+    /// Reads a token or ticket (`get`, and a read-only `query`): a consumer key for the app, or
+    /// the app's own secret in the query, which is how the Go SDK asks.
+    Read,
+    /// A passive refresh: a consumer key for the app that allows refreshes.
+    Refresh,
+    /// Anything else done with the app's credentials (the jssdk signature, sending a message):
+    /// a consumer key for the app.
+    Use,
+}
+
+/// The 401's message: what a guarded route takes.
+const NEEDS_A_KEY: &str = "this route needs a consumer key (Authorization: Bearer <key>); \
+     token and ticket reads also take the app's own secret (?secret=)";
+
+impl ReaderPolicy {
+    /// Checks the caller before anything else, and before the app is looked up: a refusal says
+    /// nothing about whether the app exists.
+    ///
+    /// While consumer keys exist, a request that presents none may read (`Purpose::Read`) an
+    /// app's token and ticket with that app's secret in its `secret` query parameter, as the
+    /// Go SDK sends it: as if it held a key for that one app, without refreshes. A wrong secret
+    /// counts as no key. `engine` holds the secrets' digests.
+    pub(super) fn check(
+        &self,
+        request: &http::request::Parts,
+        peer: std::net::IpAddr,
+        appid: &str,
+        purpose: Purpose,
+        engine: &Engine,
+    ) -> Result<(), ApiError> {
+        let headers = &request.headers;
+        let table = self.keys.read().unwrap_or_else(|e| e.into_inner());
+        if !table.is_required() {
+            return if self.networks.iter().any(|n| n.contains(&peer)) {
+                trusted_by_address(request, peer)
+            } else {
+                Err(ApiError::Forbidden(
+                    "token and ticket reads answer only local callers until consumer keys are configured"
+                        .into(),
+                ))
+            };
+        }
+        let presented = presented_key(headers);
+        if presented.is_none()
+            && purpose != Purpose::Use
+            && let Some(secret) = query_secret(request.uri.query())
+        {
+            drop(table);
+            if !engine.is_app_secret(appid, &secret) {
+                // Never the secret itself; the path (in the span) names the app.
+                warn!(%peer, "refused: the secret presented is not this app's");
+                return Err(ApiError::Unauthorized(NEEDS_A_KEY));
+            }
+            if purpose == Purpose::Refresh {
+                return Err(ApiError::Forbidden(
+                    "the app's secret reads its token and ticket; a passive refresh needs a \
+                     consumer key"
+                        .into(),
+                ));
+            }
+            return Ok(());
+        }
+        let access = Access {
+            appid,
+            refresh: purpose == Purpose::Refresh,
+            peer,
+        };
+        table
+            .check(presented, access)
+            .map_err(|refusal| match refusal {
+                Refusal::MissingKey | Refusal::UnknownKey => ApiError::Unauthorized(NEEDS_A_KEY),
+                Refusal::OutOfScope => {
+                    ApiError::Forbidden("this consumer key does not cover this appid".into())
+                }
+                Refusal::Address => ApiError::Forbidden(
+                    "this consumer key may not be used from this address".into(),
+                ),
+                Refusal::RefreshNotAllowed => {
+                    ApiError::Forbidden("this consumer key may not ask for refreshes".into())
+                }
+            })
+    }
+
+    /// Installs a new snapshot of the keys.
+    pub(crate) fn replace(&self, table: KeyTable) {
+        *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(table);
+    }
+}
+
+/// The app secret a request presents in its query, as the Go SDK sends it: it appends
+/// `<appid>&secret=<secret>` to the URL it is given, so `?wx1&secret=S`, or `?x=1wx1&secret=S`
+/// after a query of its own. The first non-empty `secret` counts.
+fn query_secret(query: Option<&str>) -> Option<std::borrow::Cow<'_, str>> {
+    form_urlencoded::parse(query?.as_bytes())
+        .find(|(name, value)| name == "secret" && !value.is_empty())
+        .map(|(_, value)| value)
+}
+
+/// The consumer key a request presents: `Authorization: Bearer <key>`, else `X-Wetoken-Key`.
+fn presented_key(headers: &http::HeaderMap) -> Option<&str> {
+    bearer(headers)
+        .or_else(|| headers.get(KEY_HEADER).and_then(|v| v.to_str().ok()))
+        .map(str::trim)
+}
+
+/// The credentials of an `Authorization: Bearer <credentials>` header. The scheme's case does
+/// not matter (RFC 9110), so `bearer …` from a client library is the same key.
+fn bearer(headers: &http::HeaderMap) -> Option<&str> {
+    let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, credentials) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then_some(credentials)
+}
+
+/// Who may use the admin routes.
+pub(crate) struct AdminPolicy {
+    /// When set, callers must present it as a bearer token, from anywhere.
+    pub key: Option<String>,
+    /// While no key is set, callers must come from one of these.
+    pub networks: Vec<ipnet::IpNet>,
+}
+
+impl AdminPolicy {
+    pub(super) fn check(
+        &self,
+        request: &http::request::Parts,
+        peer: std::net::IpAddr,
+    ) -> Result<(), ApiError> {
+        use subtle::ConstantTimeEq;
+        match &self.key {
+            Some(key) => {
+                let presented = bearer(&request.headers).unwrap_or_default();
+                // Constant time in the key's content; only the (public) length can show.
+                if bool::from(presented.as_bytes().ct_eq(key.as_bytes())) {
+                    Ok(())
+                } else {
+                    Err(ApiError::Unauthorized(
+                        "this route needs the admin key: Authorization: Bearer <key>",
+                    ))
+                }
+            }
+            None if self.networks.iter().any(|n| n.contains(&peer)) => {
+                trusted_by_address(request, peer)
+            }
+            None => Err(ApiError::Forbidden(
+                "the admin routes answer only local callers until an admin key is configured"
+                    .into(),
+            )),
+        }
+    }
+}
+
+/// Access granted by the caller's address alone (no admin key, no consumer key yet) must not
+/// extend to web pages that a browser on a trusted machine happens to open. Refused:
+/// - a request a browser marks as coming from another site (`Sec-Fetch-Site: cross-site` or
+///   `same-site`), or whose `Origin` is not this server: a form or script on some page (CSRF);
+/// - a loopback caller that names this server by a domain name other than `localhost` or this
+///   host's own name (which a registry announcement uses): a page
+///   whose domain was made to resolve to 127.0.0.1 (DNS rebinding), or a proxy on this host that
+///   passes its public `Host` on, which would make every outside caller look local.
+///
+/// Programs (the clients, curl, the Go SDKs) send none of these headers, and a person opening
+/// the status page by its address sends `Sec-Fetch-Site: none` or `same-origin`.
+fn trusted_by_address(
+    request: &http::request::Parts,
+    peer: std::net::IpAddr,
+) -> Result<(), ApiError> {
+    let refuse = |what: &str| {
+        Err(ApiError::Forbidden(format!(
+            "access by network address alone does not extend to {what}; configure an admin key \
+             or consumer keys to call this route from there"
+        )))
+    };
+    // One pass over the few headers a request carries rather than three hashed lookups: this
+    // runs on every token read of an install without keys, and cost it 700 instructions.
+    let (mut host, mut origin, mut site) = (None, None, None);
+    for (name, value) in &request.headers {
+        let slot = if *name == http::header::HOST {
+            &mut host
+        } else if *name == http::header::ORIGIN {
+            &mut origin
+        } else if *name == SEC_FETCH_SITE {
+            &mut site
+        } else {
+            continue;
+        };
+        slot.get_or_insert(value);
+    }
+    let authority = request
+        .uri
+        .authority()
+        .map(http::uri::Authority::as_str)
+        .or_else(|| host?.to_str().ok());
+    if let Some(site) = site
+        && (site == "cross-site" || site == "same-site")
+    {
+        return refuse("requests from other web sites");
+    }
+    if let Some(origin) = origin {
+        let same = origin
+            .to_str()
+            .ok()
+            .and_then(|o| o.split_once("://"))
+            .is_some_and(|(_, host)| authority.is_some_and(|a| a.eq_ignore_ascii_case(host)));
+        if !same {
+            return refuse("requests from other web sites");
+        }
+    }
+    if peer.is_loopback()
+        && let Some(authority) = authority
+    {
+        // An IPv6 literal is bracketed; a browser takes a name of digits and dots for IPv4.
+        let host = authority
+            .rsplit_once(':')
+            .map_or(authority, |(host, port)| {
+                if port.ends_with(']') { authority } else { host }
+            });
+        let literal =
+            host.starts_with('[') || host.bytes().all(|b| b.is_ascii_digit() || b == b'.');
+        // This host's own name is fine: a server listening on every address announces itself
+        // by it, and a rebinding page cannot take it over.
+        if !(literal
+            || host.eq_ignore_ascii_case("localhost")
+            || host.eq_ignore_ascii_case(crate::hostname()))
+        {
+            return refuse("loopback callers that name this server by a domain name");
+        }
+    }
+    Ok(())
+}
+
+const SEC_FETCH_SITE: http::HeaderName = http::HeaderName::from_static("sec-fetch-site");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::Request;
+
+    #[test]
+    fn address_trust_does_not_extend_to_web_pages() {
+        let loopback = std::net::IpAddr::from([127, 0, 0, 1]);
+        let lan = std::net::IpAddr::from([10, 0, 0, 7]);
+        let check = |peer, headers: &[(&str, &str)]| {
+            let mut request = Request::builder().uri("/wx1/wechat/token/get");
+            for (name, value) in headers {
+                request = request.header(*name, *value);
+            }
+            let (parts, ()) = request.body(()).unwrap().into_parts();
+            trusted_by_address(&parts, peer).is_ok()
+        };
+        // How a server listening on every address announces itself, so how a local caller
+        // that found it in the registry names it.
+        let own_name = format!("{}:9999", crate::hostname());
+        let allowed: &[(std::net::IpAddr, &[(&str, &str)])] = &[
+            (loopback, &[]),
+            (loopback, &[("host", "127.0.0.1:9999")]),
+            (loopback, &[("host", "localhost:9999")]),
+            (loopback, &[("host", "LOCALHOST")]),
+            (loopback, &[("host", "[::1]:9999")]),
+            (loopback, &[("host", "[::1]")]),
+            (loopback, &[("host", &own_name)]),
+            (
+                loopback,
+                &[("host", "127.0.0.1:9999"), ("sec-fetch-site", "none")],
+            ),
+            (
+                loopback,
+                &[
+                    ("host", "127.0.0.1:9999"),
+                    ("sec-fetch-site", "same-origin"),
+                ],
+            ),
+            (
+                loopback,
+                &[
+                    ("host", "127.0.0.1:9999"),
+                    ("origin", "http://127.0.0.1:9999"),
+                ],
+            ),
+            // From the network, a name is how callers reach it.
+            (lan, &[("host", "wetoken.internal:9999")]),
+        ];
+        for (peer, headers) in allowed {
+            assert!(check(*peer, headers), "{peer} {headers:?} should pass");
+        }
+        let refused: &[(std::net::IpAddr, &[(&str, &str)])] = &[
+            (
+                loopback,
+                &[("host", "127.0.0.1:9999"), ("sec-fetch-site", "cross-site")],
+            ),
+            (
+                loopback,
+                &[("host", "127.0.0.1:9999"), ("sec-fetch-site", "same-site")],
+            ),
+            (
+                lan,
+                &[
+                    ("host", "wetoken.internal"),
+                    ("sec-fetch-site", "cross-site"),
+                ],
+            ),
+            (
+                loopback,
+                &[
+                    ("host", "127.0.0.1:9999"),
+                    ("origin", "http://evil.example"),
+                ],
+            ),
+            (loopback, &[("host", "127.0.0.1:9999"), ("origin", "null")]),
+            (loopback, &[("origin", "http://127.0.0.1:9999")]),
+            (
+                lan,
+                &[
+                    ("host", "wetoken.internal"),
+                    ("origin", "https://evil.example"),
+                ],
+            ),
+            // DNS rebinding, or a local proxy passing the public name on.
+            (loopback, &[("host", "rebind.evil.example:9999")]),
+            (loopback, &[("host", "wetoken.example.com")]),
+        ];
+        for (peer, headers) in refused {
+            assert!(
+                !check(*peer, headers),
+                "{peer} {headers:?} should be refused"
+            );
+        }
+    }
+}

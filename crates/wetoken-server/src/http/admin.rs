@@ -1,0 +1,185 @@
+//! The admin handlers, `/wechat/app/{create,list,show,update,delete,refresh}`: they add, show,
+//! change and remove apps and force refreshes, and render an app's state as the wire's
+//! [`AppView`]. `dispatch` has checked the admin policy before they run.
+
+use http::{Method, StatusCode};
+use hyper::body::Incoming;
+use tracing::warn;
+use wetoken_core::{
+    AppId, AppKind, AppStatus, AppUpdate, CredentialRecord, GoFields, Kind, NewApp, Secret,
+    TokenMode,
+};
+use wetoken_wire::{AppList, AppShow, AppView, Created, CredentialState, code};
+
+use super::State;
+use super::credential::credential_response;
+use super::error::{ApiError, ApiResult, json, success};
+use super::params::Params;
+
+pub(super) async fn app_route(
+    state: &State,
+    action: &str,
+    parts: &http::request::Parts,
+    body: Incoming,
+) -> ApiResult {
+    let method = &parts.method;
+    let allowed = match action {
+        // The Go clients create apps with GET and a query string.
+        "create" => method == Method::GET || method == Method::POST,
+        "list" | "show" => method == Method::GET,
+        "update" | "delete" | "refresh" => method == Method::POST,
+        _ => return Err(ApiError::NotFound),
+    };
+    if !allowed {
+        return Err(ApiError::MethodNotAllowed);
+    }
+    let params = Params::read(parts, body, &state.http).await?;
+    if action == "create" && method == Method::GET && params.optional("secret").is_some() {
+        // Never the secret itself: the Go clients' way still works, but should end.
+        warn!(
+            appid = params.optional("appid").unwrap_or_default(),
+            "deprecated: an app was created with its secret in a GET query string; POST it in the body"
+        );
+    }
+    let engine = &state.engine;
+    match action {
+        "create" => {
+            let kind = AppKind::parse(params.optional("kind").unwrap_or("mp"))?;
+            let (appid, work) = NewApp::identify(
+                kind,
+                params.optional("appid"),
+                params.optional("corpid"),
+                params.optional("agentid"),
+            )?;
+            let app = NewApp {
+                appid,
+                kind,
+                token_mode: params
+                    .optional("token_mode")
+                    .map(TokenMode::parse)
+                    .transpose()?
+                    .unwrap_or_default(),
+                work,
+                secret: params
+                    .secret("secret", 255)?
+                    .ok_or_else(|| ApiError::BadRequest("secret is required".into()))?,
+                token: params.secret("token", Secret::MAX_MESSAGE_KEY)?,
+                aes_key: params.secret("aes_key", Secret::MAX_MESSAGE_KEY)?,
+                daily_budget: params.budget()?,
+                pay_key: params.secret("pay_key", GoFields::MAX)?,
+                go: params.go_fields()?,
+            };
+            engine.add_app(&app).await?;
+            Ok(json(
+                StatusCode::OK,
+                &Created {
+                    errcode: code::OK,
+                    errmsg: "success".into(),
+                    appid: app.appid.to_string(),
+                },
+            ))
+        }
+        "list" => {
+            let apps = engine.app_statuses().await?;
+            Ok(json(
+                StatusCode::OK,
+                &AppList {
+                    errcode: code::OK,
+                    errmsg: "success".into(),
+                    apps: apps.iter().map(app_view).collect(),
+                },
+            ))
+        }
+        "show" => {
+            let appid = AppId::parse(params.required("appid")?)?;
+            let status = engine.app_status(&appid).await?;
+            Ok(json(
+                StatusCode::OK,
+                &AppShow {
+                    errcode: code::OK,
+                    errmsg: "success".into(),
+                    app: app_view(&status),
+                },
+            ))
+        }
+        "update" => {
+            let appid = AppId::parse(params.required("appid")?)?;
+            let update = AppUpdate {
+                secret: params.secret("secret", Secret::MAX_APP_SECRET)?,
+                token: params.secret("token", Secret::MAX_MESSAGE_KEY)?,
+                aes_key: params.secret("aes_key", Secret::MAX_MESSAGE_KEY)?,
+                token_mode: params
+                    .optional("token_mode")
+                    .map(TokenMode::parse)
+                    .transpose()?,
+                daily_budget: params.budget()?,
+                pay_key: params.secret("pay_key", GoFields::MAX)?,
+                go: params.go_fields()?,
+            };
+            engine.update_app(&appid, &update).await?;
+            Ok(success())
+        }
+        "delete" => {
+            let appid = AppId::parse(params.required("appid")?)?;
+            engine.delete_app(&appid).await?;
+            Ok(success())
+        }
+        "refresh" => {
+            let appid = AppId::parse(params.required("appid")?)?;
+            let kind = match params.optional("kind").unwrap_or("token") {
+                "token" => Kind::AccessToken,
+                "ticket" | "jsapi" => Kind::JsapiTicket,
+                "wx_card" => Kind::CardTicket,
+                other => {
+                    return Err(ApiError::BadRequest(format!(
+                        "unknown kind {other:?}: expected token, ticket or wx_card"
+                    )));
+                }
+            };
+            let credential = engine.force_refresh(&appid, kind).await?;
+            Ok(credential_response(kind, &credential, engine.now()))
+        }
+        _ => Err(ApiError::NotFound),
+    }
+}
+
+fn app_view(status: &AppStatus) -> AppView {
+    let app = &status.app;
+    AppView {
+        appid: app.appid.to_string(),
+        kind: app.kind.as_str().into(),
+        token_mode: app.token_mode.as_str().into(),
+        corpid: app.work.as_ref().map(|w| w.corpid.clone()),
+        agentid: app.work.as_ref().map(|w| w.agentid.clone()),
+        daily_budget: app.daily_budget,
+        calls_today: app.calls_today,
+        has_token: app.has_token,
+        has_aes_key: app.has_aes_key,
+        has_pay_key: app.has_pay_key,
+        mchid: app.go.mchid.clone(),
+        sub_appid: app.go.sub_appid.clone(),
+        sub_mchid: app.go.sub_mchid.clone(),
+        wechat_host: app.go.wechat_host.clone(),
+        wcode_template_id: app.go.wcode_template_id.clone(),
+        create_time: app.create_time.to_rfc3339(),
+        update_time: app.update_time.to_rfc3339(),
+        access_token: credential_state(status.access_token.as_ref()),
+        jsapi_ticket: credential_state(status.jsapi_ticket.as_ref()),
+        card_ticket: credential_state(status.card_ticket.as_ref()),
+    }
+}
+
+fn credential_state(record: Option<&CredentialRecord>) -> CredentialState {
+    match record {
+        None => CredentialState {
+            expires_at: None,
+            message: "not fetched yet".into(),
+            halted: false,
+        },
+        Some(r) => CredentialState {
+            expires_at: r.credential.as_ref().map(|c| c.expires_at.to_rfc3339()),
+            message: r.message.clone(),
+            halted: r.halted,
+        },
+    }
+}

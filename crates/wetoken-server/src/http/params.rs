@@ -1,0 +1,144 @@
+//! Request parameters: the query string overlaid by a form or JSON body, read within the body
+//! limit, with the Go wetoken's camelCase names folded onto ours, and the typed fields the
+//! handlers ask for (required and optional values, secrets, the daily budget, the Go fields).
+
+use std::collections::HashMap;
+
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use wetoken_core::{AppUpdate, GoFields, Secret};
+
+use super::error::ApiError;
+use crate::config::HttpSettings;
+
+/// A request's parameters: the query string, overlaid by a form or JSON body.
+/// Parameters a route does not use are ignored.
+#[derive(Default)]
+pub(super) struct Params(HashMap<String, String>);
+
+impl Params {
+    pub(super) async fn read(
+        parts: &http::request::Parts,
+        body: Incoming,
+        limits: &HttpSettings,
+    ) -> Result<Self, ApiError> {
+        let limit = limits.body_limit_bytes;
+        let declared = parts
+            .headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limit as u64) {
+            return Err(ApiError::BodyTooLarge(limit));
+        }
+        let is_json = parts
+            .headers
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.to_ascii_lowercase().contains("json"));
+        let body = Limited::new(body, limit)
+            .collect()
+            .await
+            .map_err(|e| {
+                if e.is::<http_body_util::LengthLimitError>() {
+                    ApiError::BodyTooLarge(limit)
+                } else {
+                    ApiError::BadRequest("could not read the request body".into())
+                }
+            })?
+            .to_bytes();
+        Self::parse(parts.uri.query(), &body, is_json)
+    }
+
+    /// The parameters of a query string and a body already read: what [`Params::read`] does once
+    /// it has the body. Never panics, whatever the input (`fuzz/` and a property test check).
+    pub(super) fn parse(query: Option<&str>, body: &[u8], is_json: bool) -> Result<Self, ApiError> {
+        let mut map: HashMap<String, String> = query
+            .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+            .unwrap_or_default();
+        let blank = body.iter().all(u8::is_ascii_whitespace);
+        if !blank && is_json {
+            let object: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(body)
+                .map_err(|e| {
+                ApiError::BadRequest(format!("request body is not a JSON object: {e}"))
+            })?;
+            for (key, value) in object {
+                let text = match value {
+                    serde_json::Value::String(s) => s,
+                    serde_json::Value::Null => continue,
+                    serde_json::Value::Number(n) => n.to_string(),
+                    serde_json::Value::Bool(b) => b.to_string(),
+                    _ => {
+                        return Err(ApiError::BadRequest(format!(
+                            "field {key:?} must be a string"
+                        )));
+                    }
+                };
+                map.insert(key, text);
+            }
+        } else if !blank {
+            map.extend(form_urlencoded::parse(body).into_owned());
+        }
+        for (go, ours) in GoFields::GO_NAMES {
+            let Some(value) = map.remove(go) else {
+                continue;
+            };
+            match map.get(ours) {
+                Some(other) if *other != value => {
+                    return Err(ApiError::BadRequest(format!(
+                        "{ours} and {go} name the same field and disagree: give one"
+                    )));
+                }
+                _ => {
+                    map.insert(ours.to_owned(), value);
+                }
+            }
+        }
+        Ok(Self(map))
+    }
+
+    pub(super) fn optional(&self, name: &str) -> Option<&str> {
+        self.0
+            .get(name)
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
+    }
+
+    pub(super) fn required(&self, name: &str) -> Result<&str, ApiError> {
+        self.optional(name)
+            .ok_or_else(|| ApiError::BadRequest(format!("{name} is required")))
+    }
+
+    /// `daily_budget`: a whole number of upstream calls a day.
+    pub(super) fn budget(&self) -> Result<Option<i32>, ApiError> {
+        Ok(self
+            .optional("daily_budget")
+            .map(AppUpdate::budget)
+            .transpose()?)
+    }
+
+    /// The Go wetoken's app fields that are not secrets.
+    pub(super) fn go_fields(&self) -> Result<GoFields, ApiError> {
+        let field = |name| {
+            self.optional(name)
+                .map(|v| GoFields::check(name, v))
+                .transpose()
+        };
+        Ok(GoFields {
+            mchid: field("mchid")?,
+            sub_appid: field("sub_appid")?,
+            sub_mchid: field("sub_mchid")?,
+            wechat_host: field("wechat_host")?,
+            wcode_template_id: field("wcode_template_id")?,
+        })
+    }
+
+    /// A secret-like field: at most `max` characters, no control characters.
+    pub(super) fn secret(&self, name: &str, max: usize) -> Result<Option<Secret>, ApiError> {
+        Ok(self
+            .optional(name)
+            .map(|v| Secret::checked(name, v, max))
+            .transpose()?)
+    }
+}

@@ -1,0 +1,225 @@
+//! Routing: the request path, matched as raw text on its `/`-separated segments (never
+//! percent-decoded, so an encoded `/` or `..` cannot reach another route), into a [`Route`];
+//! and the credential-route group, which answers errors as `http.credential_errors` says.
+
+use wetoken_core::Kind;
+
+/// The routes, as matched on path segments.
+pub(super) enum Route<'a> {
+    Status,
+    Health,
+    Live,
+    Metrics,
+    App(&'a str),
+    Jssdk(&'a str),
+    Credential {
+        appid: &'a str,
+        kind: Kind,
+        refresh: bool,
+    },
+    /// `/wx/{appid}/token/query`: the stored token, never fetched.
+    Query(&'a str),
+    /// `/wx/{appid}/wxcode/send`: the Go wetoken's verification-code message.
+    WxCode(&'a str),
+}
+
+impl Route<'_> {
+    /// The route's name in metrics.
+    pub(super) fn label(&self) -> &'static str {
+        match self {
+            Route::Status => "status",
+            Route::Health => "health",
+            Route::Live => "live",
+            Route::Metrics => "metrics",
+            Route::App(_) => "app",
+            Route::Jssdk(_) => "jssdk_config",
+            Route::Credential {
+                kind: Kind::AccessToken,
+                refresh: false,
+                ..
+            } => "token_get",
+            Route::Credential {
+                kind: Kind::AccessToken,
+                refresh: true,
+                ..
+            } => "token_refresh",
+            Route::Credential { refresh: false, .. } => "ticket_get",
+            Route::Credential { refresh: true, .. } => "ticket_refresh",
+            Route::Query(_) => "token_query",
+            Route::WxCode(_) => "wxcode_send",
+        }
+    }
+}
+
+/// `path` split at each '/' into at most `N` segments (`None` past the last), or `None` when it
+/// has more. A byte loop: `str::split` sets up a searcher per segment, which cost the token route
+/// about 300 instructions.
+fn segments<const N: usize>(path: &str) -> Option<[Option<&str>; N]> {
+    let mut parts = [None; N];
+    let mut start = 0;
+    let mut n = 0;
+    for (i, &b) in path.as_bytes().iter().enumerate() {
+        if b == b'/' {
+            *parts.get_mut(n)? = Some(&path[start..i]);
+            n += 1;
+            start = i + 1;
+        }
+    }
+    *parts.get_mut(n)? = Some(&path[start..]);
+    Some(parts)
+}
+
+pub(super) fn route(path: &str) -> Option<Route<'_>> {
+    if path == "/" {
+        return Some(Route::Status);
+    }
+    let parts = segments::<5>(path.strip_prefix('/')?)?;
+    let credential = |appid, kind: &str, op: &str| {
+        let kind = match kind {
+            "token" => Kind::AccessToken,
+            "ticket" => Kind::JsapiTicket,
+            _ => return None,
+        };
+        let refresh = match op {
+            "get" => false,
+            "refresh" => true,
+            _ => return None,
+        };
+        Some(Route::Credential {
+            appid,
+            kind,
+            refresh,
+        })
+    };
+    match parts {
+        [Some("health" | "healthz" | "ready" | "readyz"), None, ..] => Some(Route::Health),
+        [Some("live" | "livez"), None, ..] => Some(Route::Live),
+        [Some("metrics"), None, ..] => Some(Route::Metrics),
+        [Some("wechat"), Some("app"), Some(action), None, None] => Some(Route::App(action)),
+        [
+            Some(appid),
+            Some("wechat"),
+            Some("jssdk"),
+            Some("config"),
+            None,
+        ] => Some(Route::Jssdk(appid)),
+        [Some("wx"), Some(appid), Some("token"), Some("query"), None] => Some(Route::Query(appid)),
+        [Some("wx"), Some(appid), Some("wxcode"), Some("send"), None] => Some(Route::WxCode(appid)),
+        [Some("wx"), Some(appid), Some(kind), Some(op), None] => credential(appid, kind, op),
+        [Some(appid), Some("wechat"), Some(kind), Some(op), None] => credential(appid, kind, op),
+        _ => None,
+    }
+}
+
+/// Whether `path` is in the credential-route group: `/wx/{appid}/…` and `/{appid}/wechat/…`
+/// (the token, ticket, refresh and jssdk routes, and any route added under those prefixes),
+/// but not the admin routes' `/wechat/app/…`. The group answers errors as
+/// `http.credential_errors` says. Decided from the path alone, before routing, so a route
+/// added to the group later needs nothing else to answer alike, and neither does a path in it
+/// that no route matches.
+pub(super) fn in_credential_group(path: &str) -> bool {
+    let Some((first, rest)) = path.strip_prefix('/').and_then(|p| p.split_once('/')) else {
+        return false;
+    };
+    first == "wx" || rest.split_once('/').map_or(rest, |(second, _)| second) == "wechat"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wetoken_core::{AppId, Kind};
+
+    fn credential_route(path: &str) -> Option<(String, Kind, bool)> {
+        match route(path)? {
+            Route::Credential {
+                appid,
+                kind,
+                refresh,
+            } => Some((appid.to_owned(), kind, refresh)),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn routes() {
+        assert_eq!(
+            credential_route("/wx1/wechat/token/get"),
+            Some(("wx1".into(), Kind::AccessToken, false))
+        );
+        assert_eq!(
+            credential_route("/wx/wx1/ticket/refresh"),
+            Some(("wx1".into(), Kind::JsapiTicket, true))
+        );
+        assert!(matches!(
+            route("/wechat/app/create"),
+            Some(Route::App("create"))
+        ));
+        assert!(matches!(route("/health"), Some(Route::Health)));
+        assert!(matches!(route("/"), Some(Route::Status)));
+        assert!(matches!(route("/metrics"), Some(Route::Metrics)));
+        for bad in [
+            "",
+            "//",
+            "/wx1/wechat/token",
+            "/wx1/wechat/token/get/",
+            "/wx1/wechat/token/get/x",
+            "/wx1/wechat/secret/get",
+            "/wx1/other/token/get",
+            "wx1/wechat/token/get",
+        ] {
+            assert!(route(bad).is_none(), "{bad:?} should not route");
+        }
+    }
+
+    #[test]
+    fn the_credential_group_is_every_route_under_its_prefixes() {
+        for path in [
+            "/wx1/wechat/token/get",
+            "/wx1/wechat/ticket/refresh",
+            "/wx1/wechat/jssdk/config",
+            "/wx/wx1/token/get",
+            "/wx/wx1/ticket/get",
+            // Routes to come inherit the group; so does a path no route matches.
+            "/wx/wx1/token/query",
+            "/wx/wx1/wxcode/send",
+            "/wx1/wechat/no/such",
+            "/wechat/wechat/token/get",
+        ] {
+            assert!(in_credential_group(path), "{path}");
+        }
+        for path in [
+            "/",
+            "",
+            "/wx",
+            "/health",
+            "/metrics",
+            "/wechat/app/create",
+            "/wechat/app/list",
+            "/nothing/here",
+        ] {
+            assert!(!in_credential_group(path), "{path}");
+        }
+    }
+
+    proptest::proptest! {
+        /// The byte loop splits as `str::split` does, and refuses what has too many segments.
+        #[test]
+        fn segments_split_like_str_split(path in "[a/b.%]{0,12}") {
+            let expected: Vec<&str> = path.split('/').collect();
+            match segments::<5>(&path) {
+                Some(parts) => {
+                    let got: Vec<&str> = parts.iter().map_while(|p| *p).collect();
+                    proptest::prop_assert_eq!(got, expected);
+                }
+                None => proptest::prop_assert!(expected.len() > 5, "{path:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn encoded_slashes_stay_in_the_appid() {
+        // The path is not decoded, so this is one (malformed) appid, not another route.
+        let (appid, _, _) = credential_route("/wx%2Fwechat%2Ftoken/wechat/token/get").unwrap();
+        assert!(AppId::parse(&appid).is_err());
+    }
+}
