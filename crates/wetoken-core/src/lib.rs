@@ -27,6 +27,7 @@ pub mod crypto;
 mod engine;
 pub mod entity;
 mod error;
+mod facade;
 mod install;
 pub mod keys;
 pub mod model;

@@ -74,7 +74,7 @@ async fn dispatch(
             if !read_only {
                 return Err(ApiError::MethodNotAllowed);
             }
-            Box::pin(state.engine.store().ping()).await?;
+            Box::pin(state.engine.ping_database()).await?;
             Ok(success())
         }
         Route::Live => {

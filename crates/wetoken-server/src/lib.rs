@@ -126,7 +126,7 @@ impl Server {
                 "no admin key is configured: the admin routes answer only these networks"
             );
         }
-        let keys = engine.store().key_table().await.map_err(db_error)?;
+        let keys = engine.key_table().await.map_err(db_error)?;
         if keys.is_required() {
             // The Go SDK presents its app's secret instead of a key.
             engine.reload_app_secrets().await.map_err(db_error)?;
@@ -318,7 +318,7 @@ async fn reload_keys(state: Arc<http::State>, every: Duration, mut stop: watch::
             () = tokio::time::sleep(every) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
-        match state.engine.store().key_table().await {
+        match state.engine.key_table().await {
             Ok(table) => {
                 if table.is_required()
                     && let Err(e) = state.engine.reload_app_secrets().await

@@ -35,7 +35,7 @@ pub(crate) async fn render(engine: &Engine) -> Result<String, Error> {
     let handle = handle();
     let now = engine.now();
     for kind in Kind::ALL {
-        for (appid, expires_at) in engine.store().expiries(kind).await? {
+        for (appid, expires_at) in engine.expiries(kind).await? {
             metrics::gauge!(
                 "wetoken_credential_seconds_left",
                 "appid" => appid.to_string(),
@@ -44,7 +44,7 @@ pub(crate) async fn render(engine: &Engine) -> Result<String, Error> {
             .set((expires_at - now).num_seconds() as f64);
         }
     }
-    for app in engine.store().apps().await? {
+    for app in engine.apps().await? {
         let appid = app.appid.to_string();
         metrics::gauge!("wetoken_upstream_calls_today", "appid" => appid.clone())
             .set(f64::from(app.calls_today));
