@@ -4,7 +4,6 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -44,7 +43,7 @@ pub(crate) async fn handle(
     let errors_in_body = state.http.credential_errors == CredentialErrors::InBody
         && in_credential_group(request.uri().path());
     let timeout = Duration::from_secs(state.http.request_timeout_secs);
-    let answer = within(
+    let answer = tokio::time::timeout(
         timeout,
         dispatch(&state, peer, request, &mut label).instrument(span.clone()),
     )
@@ -90,54 +89,6 @@ fn count_request(route: &'static str, status: &'static str) {
             "status" => status,
         )
         .increment(1),
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// Runs `future` to its end, or gives up after `limit`. Unlike `tokio::time::timeout`, the
-    /// timer is armed only when the first poll does not finish the future: a token answered from
-    /// memory neither reads the clock for a deadline nor touches the timer wheel. A slow request
-    /// gets its `limit` from its first wait on, a few microseconds late.
-    ///
-    /// A struct, not an `async fn`: an async fn would hold `future` twice (as its argument and
-    /// as the pinned local), and this future is moved several times per request.
-    struct Within<F> {
-        #[pin]
-        future: F,
-        // Unconstrained, as in `tokio::time::timeout`: a future that spends the task's
-        // cooperative budget must not keep its own deadline from firing.
-        #[pin]
-        timer: Option<tokio::task::Unconstrained<tokio::time::Sleep>>,
-        limit: Duration,
-    }
-}
-
-fn within<F: Future>(limit: Duration, future: F) -> Within<F> {
-    Within {
-        future,
-        timer: None,
-        limit,
-    }
-}
-
-impl<F: Future> Future for Within<F> {
-    type Output = Option<F::Output>;
-
-    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
-        let mut this = self.project();
-        if let Poll::Ready(output) = this.future.poll(cx) {
-            return Poll::Ready(Some(output));
-        }
-        if this.timer.is_none() {
-            this.timer
-                .set(Some(tokio::task::unconstrained(tokio::time::sleep(
-                    *this.limit,
-                ))));
-        }
-        match this.timer.as_pin_mut() {
-            Some(timer) => timer.poll(cx).map(|()| None),
-            None => Poll::Pending,
-        }
     }
 }
 
@@ -195,25 +146,6 @@ fn status_label(status: StatusCode) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[tokio::test(start_paused = true)]
-    async fn within_arms_its_timer_only_for_futures_that_wait() {
-        let limit = Duration::from_secs(30);
-        assert_eq!(within(limit, async { 1 }).await, Some(1));
-        let started = tokio::time::Instant::now();
-        assert_eq!(within(limit, std::future::pending::<u8>()).await, None);
-        assert_eq!(started.elapsed(), limit);
-        let slow = async {
-            tokio::time::sleep(Duration::from_secs(29)).await;
-            2
-        };
-        assert_eq!(within(limit, slow).await, Some(2));
-        let too_slow = async {
-            tokio::time::sleep(Duration::from_secs(31)).await;
-            3
-        };
-        assert_eq!(within(limit, too_slow).await, None);
-    }
 
     #[test]
     fn request_ids_are_short_hex_and_distinct() {
