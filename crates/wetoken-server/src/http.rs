@@ -51,7 +51,7 @@ pub(crate) struct State {
 
 /// Routes a request. The token and ticket routes are awaited inline; every other route's future
 /// is boxed, so that this future (moved a few times per request) stays small: the database ping
-/// alone is 9 KB, and copying it cost the token route a third of its instructions.
+/// alone is 9 KB, and copying it was most of the token route's work (docs/performance.md).
 async fn dispatch(
     state: &State,
     peer: std::net::IpAddr,
@@ -212,10 +212,10 @@ async fn dispatch(
 mod tests {
     use super::*;
 
-    /// hyper moves a request's future several times (`memcpy` was 64 % of the token route's
-    /// instructions when a cold route's 9 KB database future sat inline in it). Cold routes box
-    /// their work; this keeps a new inline future, or an `async fn` wrapper that holds its
-    /// argument twice, from growing the hot one unnoticed. Today: 1,792 and 960 bytes.
+    /// hyper moves a request's future several times, so its size is copied on every request
+    /// (docs/performance.md: a cold route's 9 KB database future inline in it was most of the
+    /// token route's work). Cold routes box their work; this keeps a new inline future, or an
+    /// `async fn` wrapper that holds its argument twice, from growing the hot one unnoticed.
     #[test]
     fn the_request_future_stays_small() {
         fn size3<A, B, C, F: Future>(_: impl Fn(A, B, C) -> F) -> usize {
