@@ -323,7 +323,7 @@ async fn reload_keys(state: Arc<http::State>, every: Duration, mut stop: watch::
                 if table.is_required()
                     && let Err(e) = state.engine.reload_app_secrets().await
                 {
-                    warn!(error = %e, "cannot reload the app secrets; keeping the last ones");
+                    warn!(error = %e.chain(), "cannot reload the app secrets; keeping the last ones");
                 }
                 let active = table.active();
                 if active != last {
@@ -332,7 +332,9 @@ async fn reload_keys(state: Arc<http::State>, every: Duration, mut stop: watch::
                 }
                 state.readers.replace(table);
             }
-            Err(e) => warn!(error = %e, "cannot reload the consumer keys; keeping the last ones"),
+            Err(e) => {
+                warn!(error = %e.chain(), "cannot reload the consumer keys; keeping the last ones")
+            }
         }
     }
 }
