@@ -102,18 +102,12 @@ async fn dispatch(
             kind,
             refresh,
         } => {
-            if !(read_only || method == Method::POST) {
-                return Err(ApiError::MethodNotAllowed);
-            }
             let purpose = if refresh {
                 Purpose::Refresh
             } else {
                 Purpose::Read
             };
-            state
-                .readers
-                .check(&parts, peer, appid, purpose, &state.engine)?;
-            let appid = AppId::parse(appid)?;
+            let appid = admit(state, &parts, peer, appid, purpose)?;
             // `?type=wx_card` picks the card ticket; only the refresh route needs a body.
             let params = if refresh || (kind != Kind::AccessToken && parts.uri.query().is_some()) {
                 Box::pin(Params::read(&parts, body, &state.http)).await?
@@ -146,14 +140,8 @@ async fn dispatch(
             ))
         }
         Route::Query(appid) => {
-            if !(read_only || method == Method::POST) {
-                return Err(ApiError::MethodNotAllowed);
-            }
             // The Go SDK's own secret reads its app's stored token, as on token/get.
-            state
-                .readers
-                .check(&parts, peer, appid, Purpose::Read, &state.engine)?;
-            let appid = AppId::parse(appid)?;
+            let appid = admit(state, &parts, peer, appid, Purpose::Read)?;
             let credential = Box::pin(state.engine.stored(&appid, Kind::AccessToken)).await?;
             Ok(credential_response(
                 Kind::AccessToken,
@@ -162,15 +150,9 @@ async fn dispatch(
             ))
         }
         Route::WxCode(appid) => {
-            if !(read_only || method == Method::POST) {
-                return Err(ApiError::MethodNotAllowed);
-            }
             // Sending a message on the app's behalf takes a key (or a local caller while none
             // exists), as the jssdk route does.
-            state
-                .readers
-                .check(&parts, peer, appid, Purpose::Use, &state.engine)?;
-            let appid = AppId::parse(appid)?;
+            let appid = admit(state, &parts, peer, appid, Purpose::Use)?;
             let params = Box::pin(Params::read(&parts, body, &state.http)).await?;
             let request = WxCode {
                 user_name: params.required("user_name")?,
@@ -183,13 +165,7 @@ async fn dispatch(
         }
         Route::App(action) => Box::pin(app_route(state, action, &parts, body)).await,
         Route::Jssdk(appid) => {
-            if !(read_only || method == Method::POST) {
-                return Err(ApiError::MethodNotAllowed);
-            }
-            state
-                .readers
-                .check(&parts, peer, appid, Purpose::Use, &state.engine)?;
-            let appid = AppId::parse(appid)?;
+            let appid = admit(state, &parts, peer, appid, Purpose::Use)?;
             let params = Params::read(&parts, body, &state.http).await?;
             let config =
                 Box::pin(state.engine.jssdk_config(&appid, params.required("url")?)).await?;
@@ -206,6 +182,24 @@ async fn dispatch(
             ))
         }
     }
+}
+
+/// What every credential-group route does first: the method (GET, HEAD or POST), then the
+/// caller, and only then the appid, so that a refusal never says whether an appid exists.
+fn admit(
+    state: &State,
+    parts: &http::request::Parts,
+    peer: std::net::IpAddr,
+    appid: &str,
+    purpose: Purpose,
+) -> Result<AppId, ApiError> {
+    if !matches!(parts.method, Method::GET | Method::HEAD | Method::POST) {
+        return Err(ApiError::MethodNotAllowed);
+    }
+    state
+        .readers
+        .check(parts, peer, appid, purpose, &state.engine)?;
+    Ok(AppId::parse(appid)?)
 }
 
 #[cfg(test)]
