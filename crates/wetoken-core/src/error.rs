@@ -62,10 +62,10 @@ pub enum Error {
     /// The database could not be reached. The driver's error is the source; the text says only
     /// this, so that an error chain (`{:#}`) names the cause once.
     #[error("database unavailable")]
-    DatabaseUnavailable(#[source] Arc<DbErr>),
+    DatabaseUnavailable(#[source] DbCause),
     /// The database failed otherwise; the driver's error is the source.
     #[error("database error")]
-    Database(#[source] Arc<DbErr>),
+    Database(#[source] DbCause),
     /// The database answered, but not with what wetoken's schema promises: a table is missing, or
     /// a stored value (other than an app's settings) is malformed. The text says which.
     #[error("{0}")]
@@ -96,11 +96,27 @@ pub enum Error {
     Secret(String),
 }
 
+/// The database driver's error, as an [`Error`]'s source. sea-orm's text already ends with the
+/// driver's own cause (`Connection Error: <cause>`) and then offers that cause as its source
+/// too, so an error chain (`{:#}`) printed it twice: this source ends the chain with the text.
+#[derive(Debug, Clone)]
+pub struct DbCause(pub Arc<DbErr>);
+
+impl fmt::Display for DbCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for DbCause {}
+
 impl From<DbErr> for Error {
     fn from(e: DbErr) -> Self {
         match e {
-            DbErr::Conn(_) | DbErr::ConnectionAcquire(_) => Error::DatabaseUnavailable(Arc::new(e)),
-            e => Error::Database(Arc::new(e)),
+            DbErr::Conn(_) | DbErr::ConnectionAcquire(_) => {
+                Error::DatabaseUnavailable(DbCause(Arc::new(e)))
+            }
+            e => Error::Database(DbCause(Arc::new(e))),
         }
     }
 }
@@ -138,10 +154,26 @@ mod tests {
         assert!(matches!(e, Error::Database(_)));
         assert_eq!(e.to_string(), "database error");
         let source = std::error::Error::source(&e).expect("a source");
-        assert!(source.downcast_ref::<Arc<DbErr>>().is_some(), "{source:?}");
+        assert!(source.downcast_ref::<DbCause>().is_some(), "{source:?}");
         assert_eq!(
             e.chain().to_string(),
             "database error: Custom Error: disk full"
         );
+    }
+
+    #[test]
+    fn a_connection_error_names_its_cause_once() {
+        let e = Error::from(DbErr::Conn(sea_orm::RuntimeErr::Internal(
+            "connection refused".into(),
+        )));
+        let chain = e.chain().to_string();
+        assert_eq!(chain.matches("connection refused").count(), 1, "{chain}");
+        let mut sources = 0;
+        let mut next = std::error::Error::source(&e);
+        while let Some(s) = next {
+            sources += 1;
+            next = s.source();
+        }
+        assert_eq!(sources, 1);
     }
 }

@@ -41,7 +41,7 @@ mod wxcode;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use crypto::{KeySources, Keyring};
 pub use engine::{AppStatus, Engine, EngineConfig, JssdkConfig};
-pub use error::{Chain, Error};
+pub use error::{Chain, DbCause, Error};
 pub use install::{InstallPlan, Installed, TABLES};
 pub use keys::{ConsumerKey, KeyTable, NewConsumerKey};
 pub use model::{

@@ -88,6 +88,12 @@ fn an_unreachable_database_is_a_clear_failure() {
         err.starts_with("wetoken-cli: opening the database"),
         "{err}"
     );
+    // Where, and why, in one line: not only "pool timed out".
+    assert!(
+        err.contains("cannot connect to 127.0.0.1:1: connection refused"),
+        "{err}"
+    );
+    assert_eq!(err.matches("connection refused").count(), 1, "{err}");
 }
 
 /// A fresh database on `backend` ("sqlite", "mysql" or "postgres") for `test`, from the harness

@@ -94,7 +94,19 @@ impl Store {
             // Every in-memory SQLite connection is a separate database.
             connect.max_connections(1);
         }
-        let db = Database::connect(connect).await.map_err(Error::from)?;
+        let db = match Database::connect(connect).await {
+            Ok(db) => db,
+            Err(e @ (sea_orm::DbErr::ConnectionAcquire(_) | sea_orm::DbErr::Conn(_))) => {
+                // The pool often says only that it timed out: find out why, and where.
+                return Err(match probe(&options.url, options.connect_timeout).await {
+                    Some(cause) => {
+                        Error::from(sea_orm::DbErr::Conn(sea_orm::RuntimeErr::Internal(cause)))
+                    }
+                    None => Error::from(e),
+                });
+            }
+            Err(e) => return Err(e.into()),
+        };
         Ok(Self {
             db,
             keyring: options.keyring.clone(),
@@ -177,4 +189,101 @@ pub fn wechat_day(at: DateTime<Utc>) -> String {
 /// another row or column does not decrypt there.
 pub(crate) fn secret_context(appid: &str, column: app_info::Column) -> Vec<u8> {
     format!("wetoken/wechat_app_info/{}/{appid}", column.as_str()).into_bytes()
+}
+
+/// The `host:port` a MySQL or PostgreSQL URL names (the port defaulted), if it names one.
+fn host_port(url: &str) -> Option<(String, u16)> {
+    let (scheme, rest) = url.split_once("://")?;
+    let default = match scheme {
+        "mysql" | "mariadb" => 3306,
+        "postgres" | "postgresql" => 5432,
+        _ => return None,
+    };
+    let authority = rest.split(['/', '?']).next()?;
+    let host_port = authority.rsplit('@').next()?;
+    let (host, port) = match host_port.strip_prefix('[') {
+        // [v6] or [v6]:port
+        Some(v6) => {
+            let (host, after) = v6.split_once(']')?;
+            (host, after.strip_prefix(':'))
+        }
+        None => match host_port.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (host_port, None),
+        },
+    };
+    if host.is_empty() {
+        return None;
+    }
+    let port = match port {
+        Some(port) => port.parse().ok()?,
+        None => default,
+    };
+    Some((host.to_owned(), port))
+}
+
+/// Why the database at `url` cannot be reached, found by opening a TCP connection to it: the
+/// pool's own error after a failed start says only that it timed out. `None` when the host
+/// answers (the cause is then past TCP: authentication, TLS, the database's name, which the
+/// pool would have reported) or the URL names no host.
+async fn probe(url: &str, timeout: std::time::Duration) -> Option<String> {
+    let (host, port) = host_port(url)?;
+    let target = format!("{host}:{port}");
+    let connect = tokio::net::TcpStream::connect((host.as_str(), port));
+    let cause = match tokio::time::timeout(timeout, connect).await {
+        Ok(Ok(_)) => return None,
+        Ok(Err(e)) => match e.kind() {
+            std::io::ErrorKind::ConnectionRefused => "connection refused".to_owned(),
+            _ if e.to_string().contains("lookup") || e.to_string().contains("resolve") => {
+                format!("cannot resolve {host}: {e}")
+            }
+            _ => e.to_string(),
+        },
+        Err(_) => format!("no answer within {} s", timeout.as_secs()),
+    };
+    Some(format!("cannot connect to {target}: {cause}"))
+}
+
+#[cfg(test)]
+mod connect_tests {
+    use super::*;
+
+    #[test]
+    fn urls_name_their_host_and_port() {
+        for (url, want) in [
+            (
+                "mysql://root:pw@127.0.0.1:3399/x",
+                Some(("127.0.0.1", 3399)),
+            ),
+            ("mysql://root@db/x?ssl-mode=disabled", Some(("db", 3306))),
+            ("postgres://u:p@[::1]:6000/x", Some(("::1", 6000))),
+            ("postgres://u@[::1]/x", Some(("::1", 5432))),
+            (
+                "postgres://pg.example.com/x",
+                Some(("pg.example.com", 5432)),
+            ),
+            ("sqlite://wetoken.db", None),
+        ] {
+            let got = host_port(url);
+            assert_eq!(got.as_ref().map(|(h, p)| (h.as_str(), *p)), want, "{url}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_database_is_named_with_its_cause() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = closed.local_addr().unwrap().port();
+        drop(closed);
+        let mut options = DatabaseOptions::new(format!("mysql://root:pw@127.0.0.1:{port}/x"));
+        options.connect_timeout = std::time::Duration::from_secs(1);
+        let e = Store::connect(&options).await.expect_err("refused");
+        let text = e.chain().to_string();
+        assert!(
+            text.contains(&format!(
+                "cannot connect to 127.0.0.1:{port}: connection refused"
+            )),
+            "{text}"
+        );
+        assert!(!text.contains("pw"), "{text}");
+    }
 }
