@@ -87,11 +87,7 @@ impl Engine {
     /// refresh) and the message sent once more.
     pub async fn send_wxcode(&self, appid: &AppId, request: &WxCode<'_>) -> Result<i64, Error> {
         request.check()?;
-        let app = self
-            .store()
-            .app_info(appid)
-            .await?
-            .ok_or_else(|| Error::UnknownApp(appid.clone()))?;
+        let app = self.store().known_app_info(appid).await?;
         if app.kind != AppKind::Mp {
             return Err(Error::InvalidInput(format!(
                 "{appid} is a {} app: template messages are an official account's (kind mp)",

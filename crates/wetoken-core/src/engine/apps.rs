@@ -120,12 +120,7 @@ impl Engine {
 
     /// One app and the state of its credentials.
     pub async fn app_status(&self, appid: &AppId) -> Result<AppStatus, Error> {
-        let app = self
-            .inner
-            .store
-            .app_info(appid)
-            .await?
-            .ok_or_else(|| Error::UnknownApp(appid.clone()))?;
+        let app = self.store().known_app_info(appid).await?;
         self.status_of(app).await
     }
 
@@ -164,12 +159,7 @@ impl Engine {
             ));
         }
         let ticket = self.get(appid, Kind::JsapiTicket).await?;
-        let app = self
-            .inner
-            .store
-            .app_info(appid)
-            .await?
-            .ok_or_else(|| Error::UnknownApp(appid.clone()))?;
+        let app = self.store().known_app_info(appid).await?;
         let app_id = app
             .work
             .map_or_else(|| appid.as_str().to_owned(), |w| w.corpid);

@@ -85,6 +85,13 @@ impl Store {
         row.as_ref().map(info_from_row).transpose()
     }
 
+    /// What listings show of one app, which must exist ([`Error::UnknownApp`] otherwise).
+    pub async fn known_app_info(&self, appid: &AppId) -> Result<AppInfo, Error> {
+        self.app_info(appid)
+            .await?
+            .ok_or_else(|| Error::UnknownApp(appid.clone()))
+    }
+
     /// What listings show of every app, ordered by appid. No secret is decrypted, so a value that
     /// does not decrypt spoils no listing.
     pub async fn apps(&self) -> Result<Vec<AppInfo>, Error> {
