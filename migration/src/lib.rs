@@ -26,6 +26,7 @@ mod m20261125_000005_consumer_keys;
 mod m20261125_000006_secret_columns;
 mod m20261129_000007_go_takeover;
 mod m20261130_000008_errcode;
+mod m20261205_000009_quota_guard;
 
 pub mod go;
 
@@ -44,6 +45,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261125_000006_secret_columns::Migration),
             Box::new(m20261129_000007_go_takeover::Migration),
             Box::new(m20261130_000008_errcode::Migration),
+            Box::new(m20261205_000009_quota_guard::Migration),
         ]
     }
 }

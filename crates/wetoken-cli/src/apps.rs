@@ -306,6 +306,7 @@ pub(crate) async fn app(action: AppAction) -> anyhow::Result<()> {
                 aes_key,
                 pay_key: args.go.pay_key()?,
                 go: args.go.fields()?,
+                verify_secs: None,
             };
             engine(store, WeChatOptions::default())?
                 .add_app(&app)
@@ -367,6 +368,7 @@ pub(crate) async fn app(action: AppAction) -> anyhow::Result<()> {
                     .transpose()?,
                 pay_key: args.go.pay_key()?,
                 go: args.go.fields()?,
+                verify_secs: None,
             };
             let store = args.db.open_installed().await?;
             store.prepare_secrets().await?;

@@ -178,6 +178,7 @@ fn check(line: usize, mut fields: BTreeMap<String, String>) -> anyhow::Result<Re
             wechat_host: go("wechat_host")?,
             wcode_template_id: go("wcode_template_id")?,
         },
+        verify_secs: None,
     };
     let mut credentials = Vec::new();
     for (kind, value, expires) in [

@@ -9,13 +9,14 @@ use crate::takeover::{GoSurvey, Takeover};
 use crate::{Error, Store};
 
 /// The tables wetoken owns, as named in the Go wetoken.
-pub const TABLES: [&str; 6] = [
+pub const TABLES: [&str; 7] = [
     "wechat_app_info",
     "wechat_access_token",
     "wechat_jsapi_ticket",
     "wechat_card_ticket",
     "wechat_user_info",
     "wetoken_consumer_key",
+    "wetoken_refresh_share",
 ];
 
 impl Store {

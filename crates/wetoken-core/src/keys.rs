@@ -353,6 +353,8 @@ impl Store {
             networks: Set(networks.join(",")),
             create_time: Set(now),
             revoke_time: Set(None),
+            refresh_burst: Set(None),
+            refresh_per_minute: Set(None),
         };
         consumer_key::Entity::insert(row)
             .exec(self.connection())

@@ -40,13 +40,13 @@ mod wxcode;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use crypto::{KeySources, Keyring};
-pub use engine::{AppStatus, Engine, EngineConfig, JssdkConfig};
+pub use engine::{AppStatus, Engine, EngineConfig, JssdkConfig, Reporter};
 pub use error::{Chain, DbCause, Error};
 pub use install::{InstallPlan, Installed, TABLES};
 pub use keys::{ConsumerKey, KeyTable, NewConsumerKey};
 pub use model::{
     App, AppId, AppInfo, AppKind, AppUpdate, Credential, CredentialRecord, GoFields, Kind, NewApp,
-    Secret, TokenMode, WorkIds,
+    Secret, TokenCheck, TokenMode, WorkIds,
 };
 pub use secrets::{Reseal, ResealReport, SecretsReport};
 pub use store::{DatabaseOptions, Store};

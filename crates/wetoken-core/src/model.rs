@@ -285,6 +285,9 @@ pub struct AppInfo {
     pub daily_budget: i32,
     /// Upstream calls made for it today (WeChat's day, China time), by every replica.
     pub calls_today: i32,
+    /// Its out-of-band check interval in seconds, if it has its own (0: off); `None` takes the
+    /// server's default.
+    pub verify_secs: Option<i32>,
     /// Whether a message-push token is stored.
     pub has_token: bool,
     /// Whether an EncodingAESKey is stored.
@@ -441,6 +444,8 @@ pub struct NewApp {
     pub pay_key: Option<Secret>,
     /// The Go wetoken's other app fields.
     pub go: GoFields,
+    /// The out-of-band check interval in seconds (0: off); `None` takes the server's default.
+    pub verify_secs: Option<i32>,
 }
 
 impl NewApp {
@@ -484,6 +489,7 @@ impl NewApp {
             aes_key: None,
             pay_key: None,
             go: GoFields::default(),
+            verify_secs: None,
         }
     }
 }
@@ -505,6 +511,8 @@ pub struct AppUpdate {
     pub pay_key: Option<Secret>,
     /// New values of the Go wetoken's other fields; `None` ones are left as they are.
     pub go: GoFields,
+    /// A new out-of-band check interval in seconds (0: off).
+    pub verify_secs: Option<i32>,
 }
 
 impl AppUpdate {
@@ -534,6 +542,7 @@ impl AppUpdate {
             && self.daily_budget.is_none()
             && self.pay_key.is_none()
             && self.go.is_empty()
+            && self.verify_secs.is_none()
     }
 }
 
@@ -559,6 +568,29 @@ pub struct CredentialRecord {
     pub retry_at: Option<DateTime<Utc>>,
     /// Whether a replica holds the refresh lease and it has not lapsed (on the database's clock).
     pub leased: bool,
+    /// WeChat's last word on the stored value, if it was asked and the value has not changed
+    /// since.
+    pub check: Option<TokenCheck>,
+    /// How many values were found dead before their time: replaced by a fetch made outside
+    /// wetoken.
+    pub replaced: i32,
+}
+
+/// What WeChat said when asked whether a stored value still works.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenCheck {
+    /// When it was asked.
+    pub at: DateTime<Utc>,
+    /// Its answer: 0 when the value worked, else WeChat's errcode (40001, 40014, 42001 when it
+    /// was rejected).
+    pub errcode: i64,
+}
+
+impl TokenCheck {
+    /// Whether WeChat accepted the value.
+    pub fn accepted(&self) -> bool {
+        self.errcode == 0
+    }
 }
 
 #[cfg(test)]

@@ -161,6 +161,18 @@ struct Answer {
     ticket: Option<String>,
     expires_in: Option<u64>,
     msgid: Option<i64>,
+    quota: Option<Quota>,
+}
+
+/// WeChat's own count of one API's calls today (`/cgi-bin/openapi/quota/get`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub struct Quota {
+    /// The API's daily limit.
+    pub daily_limit: i64,
+    /// Calls counted today.
+    pub used: i64,
+    /// Calls left today.
+    pub remain: i64,
 }
 
 /// A client for WeChat's token and ticket endpoints.
@@ -277,6 +289,49 @@ impl WeChat {
             })
             .await?;
         Ok(answer.msgid.unwrap_or_default())
+    }
+
+    /// Asks WeChat whether `token` still works, spending none of the token quota:
+    /// `GET /cgi-bin/get_api_domain_ip` (WeCom's on its own root when `work`). `Ok` means
+    /// WeChat accepted it; a rejection is [`UpstreamError::Refused`] with 40001, 40014 or
+    /// 42001 ([`UpstreamError::is_token_rejected`]).
+    pub async fn check_token(&self, token: &str, work: bool) -> Result<(), UpstreamError> {
+        let roots = if work { &self.work_roots } else { &self.roots };
+        let query = [("access_token", token)];
+        self.get(roots, "/cgi-bin/get_api_domain_ip", &query)
+            .await
+            .map(drop)
+    }
+
+    /// `POST /cgi-bin/openapi/quota/get`: WeChat's count of `cgi_path`'s calls today (for
+    /// `/cgi-bin/token`, the token quota), asked with the app's `token`.
+    pub async fn quota(&self, token: &str, cgi_path: &str) -> Result<Quota, UpstreamError> {
+        let body = serde_json::json!({ "cgi_path": cgi_path });
+        let answer = self
+            .send(&self.roots, |root| {
+                self.http
+                    .post(format!("{root}/cgi-bin/openapi/quota/get"))
+                    .query(&[("access_token", token)])
+                    .json(&body)
+            })
+            .await?;
+        answer
+            .quota
+            .ok_or_else(|| UpstreamError::Malformed("no quota in the answer".into()))
+    }
+
+    /// `POST /cgi-bin/clear_quota`: resets the app's API call counts for today. WeChat allows
+    /// it 10 times a month (then `48006`).
+    pub async fn clear_quota(&self, token: &str, appid: &AppId) -> Result<(), UpstreamError> {
+        let body = serde_json::json!({ "appid": appid.as_str() });
+        self.send(&self.roots, |root| {
+            self.http
+                .post(format!("{root}/cgi-bin/clear_quota"))
+                .query(&[("access_token", token)])
+                .json(&body)
+        })
+        .await
+        .map(drop)
     }
 
     /// GETs `path` with `query`.

@@ -34,6 +34,10 @@ pub mod code {
     pub const DUPLICATE_APP: i64 = 90409;
     /// A limit would be exceeded: a stable token may be forced 20 times a day, 30 s apart.
     pub const LIMITED: i64 = 90429;
+    /// The app's daily budget of token fetches is spent for the WeChat day (it ends at midnight
+    /// China time), or only the reserve kept for scheduled renewals is left; WeChat was not
+    /// called. Served tokens keep working; a passive refresh is refused until the day ends.
+    pub const OVER_BUDGET: i64 = 90430;
     /// The request body is larger than the server accepts.
     pub const BODY_TOO_LARGE: i64 = 90413;
     /// No route matches the path.
@@ -66,7 +70,7 @@ pub mod code {
             METHOD_NOT_ALLOWED => 405,
             DUPLICATE_APP => 409,
             BODY_TOO_LARGE => 413,
-            LIMITED => 429,
+            LIMITED | OVER_BUDGET => 429,
             INTERNAL => 500,
             UPSTREAM_UNAVAILABLE | DATABASE_UNAVAILABLE => 503,
             _ => 502,

@@ -27,6 +27,7 @@
 
 mod apps;
 mod config;
+mod guard;
 mod refresh;
 mod scheduler;
 mod slot;
@@ -34,6 +35,7 @@ mod upstream;
 
 pub use apps::{AppStatus, JssdkConfig};
 pub use config::EngineConfig;
+pub use guard::Reporter;
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
@@ -190,6 +192,19 @@ impl Engine {
             appid: appid.clone(),
             kind,
         })
+    }
+
+    /// A caller's report that WeChat rejected `failed`: [`Engine::refresh`], with the caller
+    /// named for the quota guard's log lines and shares.
+    pub async fn report(
+        &self,
+        appid: &AppId,
+        kind: Kind,
+        failed: &str,
+        by: &Reporter,
+    ) -> Result<Arc<Credential>, Error> {
+        let _ = by;
+        self.refresh(appid, kind, failed).await
     }
 
     /// The passive refresh: `failed` is a value WeChat rejected.

@@ -429,6 +429,8 @@ mod tests {
             failures: 1,
             retry_at: None,
             leased: false,
+            check: None,
+            replaced: 0,
         }
     }
 

@@ -29,6 +29,9 @@ pub struct Model {
     pub calls_day: Option<String>,
     /// Upstream calls made for the app on `calls_day`, by every replica.
     pub calls_today: i32,
+    /// The out-of-band check interval in seconds; NULL takes the server's default, 0 turns it
+    /// off (migration 000009).
+    pub verify_secs: Option<i32>,
     /// The Go wetoken's WeChat Pay merchant id (`''` when unset, as the Go schema has it).
     pub mchid: String,
     /// The WeChat Pay key, sealed like the secret (`''` or NULL when unset).

@@ -23,6 +23,11 @@ pub struct Model {
     pub create_time: DateTimeUtc,
     /// When it was revoked; a revoked key keeps its row.
     pub revoke_time: Option<DateTimeUtc>,
+    /// The most passive-refresh reports it may make at once (its bucket's size); NULL takes
+    /// the server's default (migration 000009).
+    pub refresh_burst: Option<i32>,
+    /// How many reports a minute refill its bucket; NULL takes the server's default.
+    pub refresh_per_minute: Option<i32>,
 }
 
 /// No relations are navigated through the ORM.

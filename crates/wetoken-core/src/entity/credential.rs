@@ -4,7 +4,7 @@
 //! Not sea-orm entities: an entity is bound to one table, and these three are reached through one
 //! set of sea-query statements in [`crate::store`]. The columns are those of migrations 000001,
 //! 000002, 000003 (the card ticket table, and the count of forced stable tokens, on
-//! `wechat_access_token` only) and 000008 (`errcode`).
+//! `wechat_access_token` only), 000008 (`errcode`) and 000009 (the shared token check).
 
 use chrono::{DateTime, Utc};
 use sea_orm::{DeriveIden, FromQueryResult};
@@ -61,6 +61,16 @@ pub enum Column {
     ForceCount,
     /// `wechat_access_token` only: when the last stable token was forced.
     ForcedAt,
+    /// The `version` WeChat was last asked about (migration 000009).
+    CheckVersion,
+    /// When it was asked.
+    CheckedAt,
+    /// WeChat's answer: 0 when the value worked, else its errcode.
+    CheckErrcode,
+    /// When the slow out-of-band check next looks at the value; NULL when none is scheduled.
+    CheckDueAt,
+    /// How many values were found dead before their time (replaced outside wetoken).
+    ReplacedCount,
 }
 
 /// The names a credential query gives what it computes or renames.
@@ -117,13 +127,21 @@ pub struct Row {
     pub lease_owner: Option<String>,
     /// The lease's end, on the database's clock.
     pub lease_until: Option<i64>,
+    /// The version WeChat was last asked about.
+    pub check_version: Option<i64>,
+    /// When.
+    pub checked_at: Option<DateTime<Utc>>,
+    /// WeChat's answer.
+    pub check_errcode: Option<i64>,
+    /// Values found dead before their time.
+    pub replaced_count: i32,
     /// The database's clock when the row was read.
     pub db_now: i64,
 }
 
 /// The columns [`Row`] reads as they are stored (the value and the clock are selected under
 /// [`Selected`] names).
-pub(crate) const ROW_COLUMNS: [Column; 10] = [
+pub(crate) const ROW_COLUMNS: [Column; 14] = [
     Column::ExpiresAt,
     Column::Message,
     Column::Errcode,
@@ -134,4 +152,8 @@ pub(crate) const ROW_COLUMNS: [Column; 10] = [
     Column::RetryAt,
     Column::LeaseOwner,
     Column::LeaseUntil,
+    Column::CheckVersion,
+    Column::CheckedAt,
+    Column::CheckErrcode,
+    Column::ReplacedCount,
 ];

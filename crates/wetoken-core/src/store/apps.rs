@@ -35,6 +35,7 @@ impl Store {
             daily_budget: Set(app.daily_budget.unwrap_or(DEFAULT_DAILY_BUDGET)),
             calls_day: Set(None),
             calls_today: Set(0),
+            verify_secs: Set(app.verify_secs),
             secret: Set(self.seal(app.appid.as_str(), A::Secret, app.secret.expose())?),
             token: Set(app
                 .token
@@ -155,6 +156,9 @@ impl Store {
         }
         if let Some(budget) = update.daily_budget {
             row.daily_budget = Set(budget);
+        }
+        if let Some(secs) = update.verify_secs {
+            row.verify_secs = Set(Some(secs));
         }
         if let Some(key) = &update.pay_key {
             row.pay_key = Set(Some(self.seal(id, A::PayKey, key.expose())?));
@@ -290,6 +294,7 @@ fn info_from_row(row: &app_info::Model) -> Result<AppInfo, Error> {
         } else {
             0
         },
+        verify_secs: row.verify_secs,
         has_token: set(&row.token).is_some(),
         has_aes_key: set(&row.aes_key).is_some(),
         has_pay_key: set(&row.pay_key).is_some(),

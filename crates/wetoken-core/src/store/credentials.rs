@@ -11,7 +11,7 @@ use super::Store;
 use crate::Error;
 use crate::entity::app_info;
 use crate::entity::credential::{Column, ROW_COLUMNS, Row, Selected};
-use crate::model::{AppId, AppKind, Credential, CredentialRecord, Kind, TokenMode};
+use crate::model::{AppId, AppKind, Credential, CredentialRecord, Kind, TokenCheck, TokenMode};
 
 impl Store {
     /// The stored state of one credential, if a row exists.
@@ -46,6 +46,13 @@ impl Store {
             retry_at: row.retry_at,
             leased: row.lease_owner.is_some()
                 && row.lease_until.is_some_and(|until| until >= row.db_now),
+            check: match (row.check_version, row.checked_at, row.check_errcode) {
+                (Some(v), Some(at), Some(errcode)) if v == row.version => {
+                    Some(TokenCheck { at, errcode })
+                }
+                _ => None,
+            },
+            replaced: row.replaced_count,
         }))
     }
 

@@ -68,6 +68,7 @@ pub(super) async fn app_route(
                 daily_budget: params.budget()?,
                 pay_key: params.secret("pay_key", GoFields::MAX)?,
                 go: params.go_fields()?,
+                verify_secs: None,
             };
             engine.add_app(&app).await?;
             Ok(json(
@@ -115,6 +116,7 @@ pub(super) async fn app_route(
                 daily_budget: params.budget()?,
                 pay_key: params.secret("pay_key", GoFields::MAX)?,
                 go: params.go_fields()?,
+                verify_secs: None,
             };
             engine.update_app(&appid, &update).await?;
             Ok(success())

@@ -445,9 +445,9 @@ async fn consumer_keys_cannot_be_migrated_away(db: &TestDb) {
         .unwrap();
     store.migrate().await.unwrap();
     add_key(&store, "reader", &[APP], true, &[]).await;
-    // Down past 000008, 000007 and 000006 (nothing encrypted, so they go) to 000005, which
-    // refuses.
-    let err = wetoken_migration::Migrator::down(store.connection(), Some(4))
+    // Down past 000009, 000008, 000007 and 000006 (nothing encrypted, so they go) to 000005,
+    // which refuses.
+    let err = wetoken_migration::Migrator::down(store.connection(), Some(5))
         .await
         .unwrap_err()
         .to_string();
