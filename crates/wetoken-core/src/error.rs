@@ -58,20 +58,9 @@ pub enum Error {
     ForceLimited(String),
     /// The app's daily budget of token fetches is spent for this WeChat day (it ends at midnight
     /// China time), or what is left of it is kept for scheduled renewals; WeChat was not called.
-    #[error(
-        "{appid} made {used} token fetches today; {limit} are allowed for {what}, so WeChat was not called (the count starts again at midnight China time; `wetoken-cli app quota {appid}` shows WeChat's own)"
-    )]
-    OverBudget {
-        /// The app.
-        appid: AppId,
-        /// Fetches counted today, by every replica.
-        used: i32,
-        /// The limit that applied.
-        limit: i32,
-        /// What the limit is for: `passive and forced refreshes` (the budget less the reserve
-        /// kept for scheduled renewals) or `any fetch` (the whole budget).
-        what: &'static str,
-    },
+    /// The text says which, with the counts.
+    #[error("{0}")]
+    OverBudget(String),
     /// WeChat could not be reached or failed, and no valid credential is held.
     #[error("{0}")]
     Unavailable(String),

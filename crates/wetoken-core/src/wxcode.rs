@@ -120,7 +120,9 @@ impl Engine {
         let token = self.get(appid, Kind::AccessToken).await?;
         let sent = match self.wechat().send_template(&token.value, &message).await {
             Err(e) if e.is_token_rejected() => {
-                let token = self.refresh(appid, Kind::AccessToken, &token.value).await?;
+                let token = self
+                    .replace_rejected(appid, Kind::AccessToken, &token.value)
+                    .await?;
                 self.wechat().send_template(&token.value, &message).await
             }
             other => other,

@@ -48,6 +48,25 @@ pub struct EngineConfig {
     /// While the database cannot be reached, a cached credential is served for at most this long
     /// after its last successful check. Keep it under WeChat's five-minute overlap.
     pub cache_trust_secs: u64,
+    /// How long WeChat's answer about a stored access token settles callers' reports of it: a
+    /// report of a token WeChat accepted less than this long ago is answered with that token,
+    /// with no call to WeChat at all. After that the next report asks WeChat again (one call,
+    /// shared by every replica through the database).
+    pub report_check_secs: u64,
+    /// A reported ticket (which WeChat offers no way to check) is replaced only once its last
+    /// refresh is at least this old.
+    pub ticket_report_min_age_secs: u64,
+    /// Token fetches of each app's daily budget kept for scheduled renewals: passive and forced
+    /// refreshes stop at `daily_budget` less this (less at most half the budget, for apps with
+    /// small budgets).
+    pub budget_reserve: u32,
+    /// How often each app's stored access token is checked with WeChat, so that a token
+    /// replaced outside wetoken is renewed without waiting for a caller to report it. An app's
+    /// own `verify_secs` overrides it; 0 turns the check off.
+    pub verify_interval_secs: u64,
+    /// The share of a day's 20 forced stable tokens that one reporter (a consumer key, or an
+    /// address while no keys exist) may cause, in percent.
+    pub stable_share_percent: u32,
 }
 
 impl Default for EngineConfig {
@@ -67,6 +86,11 @@ impl Default for EngineConfig {
             lease_poll_ms: 100,
             cache_check_ms: 1_000,
             cache_trust_secs: 240,
+            report_check_secs: 30,
+            ticket_report_min_age_secs: 60,
+            budget_reserve: 100,
+            verify_interval_secs: 600,
+            stable_share_percent: 50,
         }
     }
 }
@@ -122,7 +146,40 @@ impl EngineConfig {
         if self.cache_trust_secs >= WECHAT_OVERLAP_SECS {
             return bad("cache_trust_secs must be below WeChat's 300 s overlap");
         }
+        if self.report_check_secs == 0 || self.report_check_secs > 3600 {
+            return bad(
+                "report_check_secs must be from 1 to 3600 (every report would otherwise ask WeChat, or a rejection would go unheard for hours)",
+            );
+        }
+        if self.ticket_report_min_age_secs > 7200 {
+            return bad("ticket_report_min_age_secs must be at most 7200, a ticket's lifetime");
+        }
+        if self.verify_interval_secs > 86_400 {
+            return bad("verify_interval_secs must be at most 86400 (0 turns the check off)");
+        }
+        if !(1..=100).contains(&self.stable_share_percent) {
+            return bad("stable_share_percent must be from 1 to 100");
+        }
         Ok(())
+    }
+
+    /// The daily budget's limit for passive and forced refreshes: the budget less the reserve,
+    /// and never less than half the budget.
+    pub(super) fn on_demand_limit(&self, budget: i32) -> i32 {
+        let reserve = i32::try_from(self.budget_reserve).unwrap_or(i32::MAX);
+        budget - reserve.min(budget / 2)
+    }
+
+    /// How many of a day's forced stable tokens one reporter may cause (at least one).
+    pub(super) fn stable_share(&self) -> i32 {
+        ((FORCES_PER_DAY as u32 * self.stable_share_percent).div_ceil(100)).max(1) as i32
+    }
+
+    /// The out-of-band check interval of an app whose own setting is `verify_secs`; `None`
+    /// when the check is off.
+    pub(super) fn verify_interval(&self, verify_secs: Option<i32>) -> Option<TimeDelta> {
+        let secs = verify_secs.map_or(self.verify_interval_secs as i64, i64::from);
+        (secs > 0).then(|| TimeDelta::seconds(secs))
     }
 
     pub(super) fn margin(&self) -> TimeDelta {

@@ -45,7 +45,7 @@ use chrono::{DateTime, Utc};
 use rand::Rng;
 use tokio::sync::Semaphore;
 
-use self::slot::{Need, Slot};
+use self::slot::{Need, Slot, Why};
 use crate::Error;
 use crate::clock::Clock;
 use crate::keys::SecretDigests;
@@ -136,6 +136,12 @@ impl Engine {
         &self.inner.config
     }
 
+    /// How many times this process has tried to take a refresh lease (each attempt is a write
+    /// to the database, whether or not it got the lease).
+    pub fn lease_attempts(&self) -> u64 {
+        self.inner.leases.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// A credential with more than the safety margin of life left.
     ///
     /// From memory when it holds one that was checked against the database within
@@ -194,8 +200,19 @@ impl Engine {
         })
     }
 
-    /// A caller's report that WeChat rejected `failed`: [`Engine::refresh`], with the caller
-    /// named for the quota guard's log lines and shares.
+    /// A caller's report that WeChat rejected `failed`: the passive refresh, behind the quota
+    /// guard.
+    ///
+    /// - If `failed` is no longer the current value, the current one is returned without
+    ///   calling WeChat. So any number of callers reporting one bad value, on any number of
+    ///   replicas, cause at most one fetch.
+    /// - If it is the current access token, WeChat is asked whether it really rejects it
+    ///   (`get_api_domain_ip`, which spends no token quota) before anything is fetched; its
+    ///   answer is shared by every replica for `report_check_secs`. A token WeChat accepts is
+    ///   returned as it is, and `by` is named in the log.
+    /// - A current ticket is replaced only once it is `ticket_report_min_age_secs` old.
+    /// - A fetch stops at the app's daily budget less the reserve for scheduled renewals
+    ///   ([`Error::OverBudget`]); a forced stable token, at `by`'s share of the day's 20.
     pub async fn report(
         &self,
         appid: &AppId,
@@ -203,23 +220,31 @@ impl Engine {
         failed: &str,
         by: &Reporter,
     ) -> Result<Arc<Credential>, Error> {
-        let _ = by;
-        self.refresh(appid, kind, failed).await
+        let slot = self.slot(appid, kind);
+        let need = Need::replace(failed, Why::Report(by.clone()));
+        self.fill(appid, kind, &slot, need).await
     }
 
-    /// The passive refresh: `failed` is a value WeChat rejected.
-    ///
-    /// If it is still the current credential, a new one is fetched; otherwise the current one is
-    /// returned without calling WeChat. So any number of callers reporting one bad value, on any
-    /// number of replicas, cause one upstream call.
+    /// [`Engine::report`] by code that embeds the engine ([`Reporter::Embedded`]).
     pub async fn refresh(
         &self,
         appid: &AppId,
         kind: Kind,
         failed: &str,
     ) -> Result<Arc<Credential>, Error> {
+        self.report(appid, kind, failed, &Reporter::Embedded).await
+    }
+
+    /// Replaces `failed`, which WeChat itself rejected in answer to a call of wetoken's: no
+    /// check first, and the whole budget applies.
+    pub(crate) async fn replace_rejected(
+        &self,
+        appid: &AppId,
+        kind: Kind,
+        failed: &str,
+    ) -> Result<Arc<Credential>, Error> {
         let slot = self.slot(appid, kind);
-        self.fill(appid, kind, &slot, Need::Replace(failed.to_owned()))
+        self.fill(appid, kind, &slot, Need::replace(failed, Why::Rejected))
             .await
     }
 
@@ -233,7 +258,11 @@ impl Engine {
             .await?
             .and_then(|r| r.credential);
         match current {
-            Some(c) => self.refresh(appid, kind, &c.value).await,
+            Some(c) => {
+                let slot = self.slot(appid, kind);
+                self.fill(appid, kind, &slot, Need::replace(&c.value, Why::Forced))
+                    .await
+            }
             None => self.get(appid, kind).await,
         }
     }

@@ -14,11 +14,12 @@ use tracing::{Instrument, debug, info, warn};
 
 use super::Engine;
 use super::config::{FORCE_SPACING_SECS, FORCES_PER_DAY};
-use super::slot::{Need, Slot};
+use super::guard::{Declined, OVER_BUDGET_ERRCODE};
+use super::slot::{Need, Slot, Why};
 use super::upstream::FetchError;
 use crate::Error;
 use crate::model::{App, AppId, AppKind, Credential, CredentialRecord, Kind, TokenMode};
-use crate::store::{Failure, wechat_day};
+use crate::store::{Checked, Failure, wechat_day, wechat_day_end};
 use crate::wechat::UpstreamError;
 
 pub(super) type BoxedResult<'a> =
@@ -29,6 +30,7 @@ pub(super) type BoxedResult<'a> =
 /// or a row from before migration 000008, which kept no code).
 fn recorded_error(record: &CredentialRecord) -> Error {
     match record.errcode {
+        Some(OVER_BUDGET_ERRCODE) => Error::OverBudget(record.message.clone()),
         Some(errcode) if errcode != 0 => Error::Refused {
             errcode,
             // The message was written as `<errcode>: <errmsg>` (`UpstreamError::message`).
@@ -134,6 +136,23 @@ impl Engine {
                 slot.set(c.clone(), version, now);
                 return Ok(c);
             }
+            // A report of the stored value that the database already answers: no lease, no
+            // write, no call to WeChat.
+            if let Need::Replace {
+                failed,
+                why: Why::Report(by),
+            } = &need
+                && let Some(r) = &record
+                && let Some(c) = &r.credential
+                && c.value == *failed
+                && self.satisfies(slot, c, now, &Need::Serve)
+                && let Some(declined) = self.settled(kind, r, now)
+            {
+                let c = Arc::new(c.clone());
+                slot.set(c.clone(), version, now);
+                self.declined(appid, kind, slot, by, declined, now);
+                return Ok(c);
+            }
             if let Some(r) = &record {
                 if r.halted {
                     return Err(Error::Halted {
@@ -234,22 +253,127 @@ impl Engine {
             slot.set(c.clone(), version, now);
             return Ok(c);
         }
+        let check_due = self
+            .inner
+            .config
+            .verify_interval(app.info.verify_secs)
+            .map(|interval| now + interval);
+        // A caller reports the stored value, and it still has life: ask WeChat before fetching.
+        if let Need::Replace {
+            failed,
+            why: Why::Report(by),
+        } = need
+            && let Some(r) = &record
+            && let Some(c) = &r.credential
+            && c.value == *failed
+            && self.satisfies(slot, c, now, &Need::Serve)
+        {
+            if let Some(declined) = self.settled(kind, r, now) {
+                release().await;
+                let c = Arc::new(c.clone());
+                slot.set(c.clone(), version, now);
+                self.declined(appid, kind, slot, by, declined, now);
+                return Ok(c);
+            }
+            let known_rejected = r
+                .check
+                .is_some_and(|check| !check.accepted() && self.fresh(&check, now));
+            if kind == Kind::AccessToken && !known_rejected {
+                let answer = self.ask_wechat(&app, &c.value).await;
+                let errcode = match &answer {
+                    Ok(()) => Some(0),
+                    Err(e) if e.is_token_rejected() => e.errcode(),
+                    Err(_) => None,
+                };
+                if let Some(errcode) = errcode {
+                    // Released now if WeChat accepts the token; kept for the fetch otherwise.
+                    let accepted = errcode == 0;
+                    let check = Checked {
+                        version,
+                        errcode: Some(errcode),
+                        next_due: if accepted { check_due } else { None },
+                        replaced: false,
+                    };
+                    if let Err(e) = store
+                        .record_check(appid, kind, owner, check, self.now(), accepted)
+                        .await
+                    {
+                        warn!(error = %e.chain(), "could not record WeChat's answer about the token");
+                        if accepted {
+                            release().await;
+                        }
+                    }
+                }
+                match answer {
+                    Ok(()) => {
+                        let c = Arc::new(c.clone());
+                        slot.set(c.clone(), version, now);
+                        self.declined(appid, kind, slot, by, Declined::StillAccepted, now);
+                        return Ok(c);
+                    }
+                    Err(e) if e.is_token_rejected() => {
+                        info!(reporter = %by, errcode = e.errcode(), "WeChat confirms the reported token is rejected; fetching a new one");
+                    }
+                    // Fail open: the budget's reserve still bounds what a broken check costs.
+                    Err(e) => warn!(
+                        reporter = %by, error = %e,
+                        "could not ask WeChat whether the reported token works; fetching a new one"
+                    ),
+                }
+            }
+        }
         // A stable token reported bad while it is still the current one: only a forced refresh
-        // replaces it, and WeChat allows 20 a day, 30 s apart.
+        // replaces it, and WeChat allows 20 a day, 30 s apart; one reporter may cause only its
+        // share of them.
         let current = record.as_ref().and_then(|r| r.credential.as_ref());
         let force = kind == Kind::AccessToken
             && app.info.kind != AppKind::Work
             && app.info.token_mode == TokenMode::Stable
-            && matches!(need, Need::Replace(failed) if current.is_some_and(|c| c.value == *failed));
+            && matches!(need, Need::Replace { failed, .. } if current.is_some_and(|c| c.value == *failed));
+        let reporter = match need {
+            Need::Replace {
+                why: Why::Report(by),
+                ..
+            } => Some(by),
+            _ => None,
+        };
         let mut forced_today = 0;
         if force {
-            match self.force_allowed(appid, now).await {
+            let allowed = match reporter {
+                Some(by) => self.share_allowed(appid, by, now).await,
+                None => Ok(()),
+            };
+            match allowed.and(self.force_allowed(appid, now).await) {
                 Ok(count) => forced_today = count + 1,
                 Err(e) => {
                     release().await;
                     return Err(e);
                 }
             }
+        }
+        if kind == Kind::AccessToken
+            && let Err(e) = self.claim_budget(&app, need, now).await
+        {
+            if need.on_demand() {
+                release().await;
+            } else {
+                // Nothing but a new WeChat day helps: no replica tries again before it.
+                let message = e.to_string();
+                let failure = Failure {
+                    message: &message,
+                    errcode: Some(OVER_BUDGET_ERRCODE),
+                    halted: false,
+                    failures: record.as_ref().map_or(0, |r| r.failures),
+                    retry_at: Some(wechat_day_end(now)),
+                };
+                if let Err(db) = store
+                    .record_failure(appid, kind, &failure, owner, now)
+                    .await
+                {
+                    warn!(error = %db.chain(), "could not record the budget refusal");
+                }
+            }
+            return Err(e);
         }
         let started = self.now();
         let timer = std::time::Instant::now();
@@ -261,6 +385,11 @@ impl Engine {
             if let Err(e) = store.record_force(appid, &day, forced_today, started).await {
                 warn!(error = %e.chain(), "could not count a forced stable token");
             }
+            if let Some(by) = reporter
+                && let Err(e) = store.count_share(appid, &by.share_id(), &day).await
+            {
+                warn!(error = %e.chain(), "could not count a reporter's forced stable token");
+            }
         }
         match fetched {
             Ok(issued) => {
@@ -270,7 +399,7 @@ impl Engine {
                 });
                 let now = self.now();
                 match store
-                    .save_credential(appid, kind, &credential, (owner, version), now)
+                    .save_credential(appid, kind, &credential, (owner, version), now, check_due)
                     .await
                 {
                     Ok(true) => {

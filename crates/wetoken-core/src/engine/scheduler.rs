@@ -13,8 +13,10 @@ use tracing::{debug, warn};
 
 use super::Engine;
 use super::config::STABLE_RENEW_SECS;
-use super::slot::Need;
-use crate::model::{Kind, TokenMode};
+use super::slot::{Need, Why};
+use crate::Error;
+use crate::model::{AppId, Kind, TokenMode};
+use crate::store::Checked;
 
 impl Engine {
     /// How many scans the scheduler has finished in this process, whether or not they found
@@ -111,6 +113,159 @@ impl Engine {
                     }
                     drop(permit);
                 });
+            }
+        }
+        self.check_sweep(semaphore, running).await;
+    }
+}
+
+/// The most out-of-band checks one scan starts; the rest wait for the next scan.
+const CHECKS_PER_SCAN: u64 = 1000;
+
+impl Engine {
+    /// Starts the out-of-band checks that are due: each app's stored access token is shown to
+    /// WeChat every `verify_interval_secs` (or the app's own `verify_secs`), so that a token
+    /// replaced outside wetoken is renewed without waiting for a caller to report it.
+    async fn check_sweep(&self, semaphore: &Arc<Semaphore>, running: &mut JoinSet<()>) {
+        let config = &self.inner.config;
+        let now = self.now();
+        let horizon =
+            now + TimeDelta::seconds((config.refresh_ahead_secs + config.jitter_secs) as i64);
+        let due = match self
+            .inner
+            .store
+            .checks_due(now, horizon, CHECKS_PER_SCAN)
+            .await
+        {
+            Ok(due) => due,
+            Err(e) => {
+                warn!(error = %e.chain(), "scheduler could not list due token checks");
+                return;
+            }
+        };
+        for appid in due {
+            let Ok(permit) = semaphore.clone().acquire_owned().await else {
+                return;
+            };
+            let engine = self.clone();
+            running.spawn(async move {
+                if let Err(e) = engine.check_out_of_band(&appid).await {
+                    debug!(%appid, error = %e.chain(), "out-of-band check failed");
+                }
+                drop(permit);
+            });
+        }
+    }
+
+    /// One out-of-band check of `appid`'s access token, under its lease; renews the token at
+    /// once if WeChat no longer accepts it.
+    pub(super) async fn check_out_of_band(&self, appid: &AppId) -> Result<(), Error> {
+        let kind = Kind::AccessToken;
+        let store = &self.inner.store;
+        let slot = self.slot(appid, kind);
+        let _flight = slot.flight.lock().await;
+        let Some(app) = store.app(appid).await? else {
+            return Ok(());
+        };
+        let now = self.now();
+        let owner = format!(
+            "{}#{}",
+            self.inner.replica,
+            self.inner.leases.fetch_add(1, Ordering::Relaxed)
+        );
+        let ttl = Duration::from_millis(self.inner.config.lease_ms);
+        if !store.try_lease(appid, kind, &owner, ttl, now).await? {
+            // Another replica is refreshing or checking it.
+            return Ok(());
+        }
+        let release = || async {
+            if let Err(e) = store.release_lease(appid, kind, &owner).await {
+                warn!(%appid, error = %e.chain(), "could not release the lease; it lapses by itself");
+            }
+        };
+        let record = match store.credential(appid, kind).await {
+            Ok(Some(r)) if !r.halted => r,
+            Ok(_) => {
+                release().await;
+                return Ok(());
+            }
+            Err(e) => {
+                release().await;
+                return Err(e);
+            }
+        };
+        let interval = self.inner.config.verify_interval(app.info.verify_secs);
+        let Some(current) = record.credential.clone() else {
+            release().await;
+            return Ok(());
+        };
+        let recently = |i: TimeDelta| record.check.is_some_and(|c| now - c.at < i / 2);
+        let next_due = interval.map(|i| now + i);
+        let skip = match interval {
+            // Turned off since it was scheduled: unschedule it.
+            None => true,
+            // Checked meanwhile (a report, another replica): that check rescheduled it.
+            Some(i) => recently(i),
+        };
+        let check = |errcode, next_due, replaced| Checked {
+            version: record.version,
+            errcode,
+            next_due,
+            replaced,
+        };
+        if skip {
+            let keep = if interval.is_some() { next_due } else { None };
+            store
+                .record_check(appid, kind, &owner, check(None, keep, false), now, true)
+                .await?;
+            return Ok(());
+        }
+        match self.ask_wechat(&app, &current.value).await {
+            Ok(()) => {
+                store
+                    .record_check(
+                        appid,
+                        kind,
+                        &owner,
+                        check(Some(0), next_due, false),
+                        now,
+                        true,
+                    )
+                    .await
+            }
+            Err(e) if e.is_token_rejected() => {
+                metrics::counter!("wetoken_out_of_band_replacements_total").increment(1);
+                warn!(
+                    %appid,
+                    errcode = e.errcode(),
+                    expires_at = %current.expires_at,
+                    "WeChat no longer accepts the stored token, which had life left: it was \
+                     replaced outside wetoken (another program with the app's secret, or the \
+                     admin console; a leaked secret?). Renewing it now"
+                );
+                if let Err(db) = store
+                    .record_check(
+                        appid,
+                        kind,
+                        &owner,
+                        check(e.errcode(), None, true),
+                        now,
+                        false,
+                    )
+                    .await
+                {
+                    warn!(error = %db.chain(), "could not count the replacement");
+                }
+                let need = Need::replace(&current.value, Why::Rejected);
+                self.refresh_under_lease(app, kind, &slot, &need, &owner)
+                    .await
+                    .map(drop)
+            }
+            Err(e) => {
+                debug!(%appid, error = %e, "out-of-band check got no answer; trying again later");
+                store
+                    .record_check(appid, kind, &owner, check(None, next_due, false), now, true)
+                    .await
             }
         }
     }

@@ -10,8 +10,8 @@ use chrono::{DateTime, TimeDelta, Utc};
 use tokio::sync::Mutex;
 use tracing::debug;
 
-use super::Engine;
 use super::config::STABLE_MARGIN_SECS;
+use super::{Engine, Reporter};
 use crate::model::{App, AppId, AppKind, Credential, Kind, TokenMode};
 
 /// What a caller needs of a credential.
@@ -19,10 +19,50 @@ use crate::model::{App, AppId, AppKind, Credential, Kind, TokenMode};
 pub(super) enum Need {
     /// One with more than the margin left.
     Serve,
-    /// One that is servable and is not this value (a passive refresh).
-    Replace(String),
+    /// One that is servable and is not `failed`: a passive refresh, or a forced one.
+    Replace {
+        /// The value to replace.
+        failed: String,
+        /// Who says it must go, which decides what the quota guard asks first.
+        why: Why,
+    },
     /// One with more than this left (a scheduled renewal).
     Ahead(TimeDelta),
+}
+
+/// Why a value is to be replaced.
+#[derive(Clone, Debug)]
+pub(super) enum Why {
+    /// A caller reports that WeChat rejected it. WeChat is asked first (tokens), or the value
+    /// must be old enough (tickets); the fetch counts against the budget less the reserve.
+    Report(Reporter),
+    /// WeChat itself rejected it, in answer to a call of wetoken's (a ticket fetch, a message,
+    /// the out-of-band check). Fetched at once, against the whole budget.
+    Rejected,
+    /// An operator forces a new one. Fetched at once, against the budget less the reserve.
+    Forced,
+}
+
+impl Need {
+    /// Whether a caller or an operator asks for the fetch (it stops at the budget less the
+    /// reserve), rather than the credential's own life or WeChat (the whole budget).
+    pub(super) fn on_demand(&self) -> bool {
+        matches!(
+            self,
+            Need::Replace {
+                why: Why::Report(_) | Why::Forced,
+                ..
+            }
+        )
+    }
+
+    /// A replacement of `failed` for `why`.
+    pub(super) fn replace(failed: &str, why: Why) -> Self {
+        Need::Replace {
+            failed: failed.to_owned(),
+            why,
+        }
+    }
 }
 
 /// One credential as this process knows it.
@@ -39,6 +79,9 @@ pub(super) struct Slot {
     pub(super) margin_ms: AtomicI64,
     /// Held while this process looks for, waits for or fetches a new value.
     pub(super) flight: Mutex<()>,
+    /// When a report WeChat contradicted was last logged at warn (engine clock, Unix ms), so
+    /// that a caller stuck in a loop leaves one line a minute, not one per report.
+    pub(super) warned_ms: AtomicI64,
 }
 
 impl Slot {
@@ -119,7 +162,7 @@ impl Engine {
         };
         match need {
             Need::Serve => left > margin,
-            Need::Replace(failed) => c.value != *failed && left > margin,
+            Need::Replace { failed, .. } => c.value != *failed && left > margin,
             Need::Ahead(threshold) => left > *threshold,
         }
     }

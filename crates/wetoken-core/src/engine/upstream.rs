@@ -5,12 +5,11 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use tracing::{debug, warn};
+use tracing::warn;
 
 use super::Engine;
 use crate::Error;
 use crate::model::{App, AppKind, Credential, Kind, TokenMode};
-use crate::store::wechat_day;
 use crate::wechat::{Issued, UpstreamError};
 
 /// A failed fetch: either WeChat refused this credential's own call, or something it depends on
@@ -21,14 +20,15 @@ pub(super) enum FetchError {
 }
 
 impl Engine {
-    /// Awaits one WeChat call and accounts for it: the calls counter and latency histogram,
-    /// and the app's count of calls today in the database.
-    pub(super) async fn upstream(
+    /// Awaits one WeChat call and accounts for it: the upstream concurrency bound, the calls
+    /// counter and the latency histogram. (Token fetches are counted against the app's budget
+    /// before they are made: see `claim_budget`.)
+    pub(super) async fn upstream<T>(
         &self,
         app: &App,
         endpoint: &'static str,
-        call: impl Future<Output = Result<Issued, UpstreamError>>,
-    ) -> Result<Issued, UpstreamError> {
+        call: impl Future<Output = Result<T, UpstreamError>>,
+    ) -> Result<T, UpstreamError> {
         let _permit = self.inner.upstream.acquire().await;
         let started = std::time::Instant::now();
         let result = call.await;
@@ -48,14 +48,6 @@ impl Engine {
         .increment(1);
         metrics::histogram!("wetoken_upstream_seconds", "endpoint" => endpoint)
             .record(started.elapsed().as_secs_f64());
-        if let Err(e) = self
-            .inner
-            .store
-            .count_call(&app.info.appid, &wechat_day(self.now()))
-            .await
-        {
-            debug!(error = %e.chain(), "could not count an upstream call");
-        }
         result
     }
 
@@ -118,7 +110,7 @@ impl Engine {
             Err(e) if e.is_token_rejected() => {
                 warn!(error = %e, "WeChat rejected the token; refreshing it once");
                 let token = self
-                    .refresh(&app.info.appid, Kind::AccessToken, &token.value)
+                    .replace_rejected(&app.info.appid, Kind::AccessToken, &token.value)
                     .await
                     .map_err(FetchError::Other)?;
                 ticket(token).await.map_err(FetchError::Upstream)

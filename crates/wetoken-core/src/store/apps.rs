@@ -213,30 +213,12 @@ impl Store {
                 .to_owned();
             txn.execute(&delete).await?;
         }
+        txn.execute(&Store::forget_shares(appid)).await?;
         let gone = app_info::Entity::delete_by_id(appid.as_str().to_owned())
             .exec(&txn)
             .await?;
         txn.commit().await?;
         Ok(gone.rows_affected > 0)
-    }
-
-    /// Counts one upstream call for `appid` on `day`, for every replica to see.
-    pub(crate) async fn count_call(&self, appid: &AppId, day: &str) -> Result<(), Error> {
-        let update = Query::update()
-            .table(app_info::Entity)
-            .value(
-                A::CallsToday,
-                Expr::case(
-                    Expr::col(A::CallsDay).eq(day),
-                    Expr::col(A::CallsToday).add(1),
-                )
-                .finally(1),
-            )
-            .value(A::CallsDay, day)
-            .and_where(Expr::col(A::Appid).eq(appid.as_str()))
-            .to_owned();
-        self.db.execute(&update).await?;
-        Ok(())
     }
 }
 

@@ -129,7 +129,8 @@ impl Store {
     ///
     /// Only apps that have the credential are listed: jsapi tickets for official accounts and
     /// WeCom apps; card tickets only for official accounts that have asked for one before (most
-    /// never use cards).
+    /// never use cards). A ticket whose app's access token is halted is not listed either: it
+    /// cannot be fetched without one, and trying would take and release its lease on every scan.
     pub(crate) async fn due(&self, kind: Kind, before: DateTime<Utc>) -> Result<Vec<Due>, Error> {
         use app_info::Column as A;
         let (app, cred) = (app_info::Entity, kind.table());
@@ -138,7 +139,7 @@ impl Store {
             .filter(|k| k.has(kind))
             .map(AppKind::as_str)
             .collect();
-        let select = Query::select()
+        let mut select = Query::select()
             .column((app, A::Appid))
             .column((cred, Column::ExpiresAt))
             .column((app, A::TokenMode))
@@ -164,6 +165,22 @@ impl Store {
             .and_where(Expr::col((app, A::Kind)).is_in(kinds))
             .order_by((app, A::Appid), Order::Asc)
             .to_owned();
+        if kind != Kind::AccessToken {
+            let token = Kind::AccessToken.table();
+            select
+                .join(
+                    JoinType::LeftJoin,
+                    token,
+                    Expr::col((app, A::Appid)).equals((token, Column::Appid)),
+                )
+                .cond_where(
+                    Expr::col((token, Column::Appid)).is_null().or(Expr::col((
+                        token,
+                        Column::Halted,
+                    ))
+                    .eq(false)),
+                );
+        }
         #[derive(FromQueryResult)]
         struct DueRow {
             appid: String,
@@ -180,6 +197,36 @@ impl Store {
                     token_mode: TokenMode::parse(&row.token_mode)?,
                 })
             })
+            .collect()
+    }
+
+    /// Access tokens whose out-of-band check is due at `now`, that are not halted and are still
+    /// good past `horizon` (those nearer their end are renewed anyway), the most overdue first,
+    /// at most `limit`.
+    pub(crate) async fn checks_due(
+        &self,
+        now: DateTime<Utc>,
+        horizon: DateTime<Utc>,
+        limit: u64,
+    ) -> Result<Vec<AppId>, Error> {
+        let select = Query::select()
+            .column(Column::Appid)
+            .from(Kind::AccessToken.table())
+            .and_where(Expr::col(Column::CheckDueAt).lte(now))
+            .and_where(Expr::col(Column::Halted).eq(false))
+            .and_where(Expr::col(Column::ExpiresAt).gt(horizon))
+            .order_by(Column::CheckDueAt, Order::Asc)
+            .limit(limit)
+            .to_owned();
+        #[derive(FromQueryResult)]
+        struct CheckRow {
+            appid: String,
+        }
+        self.db
+            .query_all(&select)
+            .await?
+            .iter()
+            .map(|row| AppId::parse(&CheckRow::from_query_result(row, "")?.appid))
             .collect()
     }
 

@@ -87,7 +87,8 @@ impl Store {
         Ok(())
     }
 
-    /// Stores a freshly fetched credential as the current one and gives the lease back.
+    /// Stores a freshly fetched credential as the current one and gives the lease back;
+    /// `check_due` is when the out-of-band check first looks at it (`None`: never).
     ///
     /// The write is fenced: it happens only if `owner` still holds the lease and the row is still
     /// at `version`, the one read before the fetch. Returns whether it happened; `false` means a
@@ -99,9 +100,11 @@ impl Store {
         credential: &Credential,
         fence: (&str, i64),
         now: DateTime<Utc>,
+        check_due: Option<DateTime<Utc>>,
     ) -> Result<bool, Error> {
         let (owner, version) = fence;
         let update = outcome(appid, kind, owner, now)
+            .value(Column::CheckDueAt, check_due)
             .value(kind.value_column(), credential.value.as_str())
             .value(Column::ExpiresAt, credential.expires_at)
             .value(Column::Message, "success")
@@ -133,6 +136,61 @@ impl Store {
             .value(Column::Failures, failure.failures)
             .value(Column::RetryAt, failure.retry_at)
             .to_owned();
+        self.db.execute(&update).await?;
+        Ok(())
+    }
+}
+
+/// What WeChat said when asked whether the stored value works, to record.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Checked {
+    /// The stored version asked about.
+    pub version: i64,
+    /// WeChat's answer: 0 when it worked; `None` when it gave none (unreachable, a transient
+    /// error): then only the next check is scheduled.
+    pub errcode: Option<i64>,
+    /// When the out-of-band check looks next (`None`: never).
+    pub next_due: Option<DateTime<Utc>>,
+    /// Whether the value was found dead before its time (replaced outside wetoken).
+    pub replaced: bool,
+}
+
+impl Store {
+    /// Records WeChat's answer about the stored value, for every replica to read, if `owner`
+    /// still holds the lease. With `release`, gives the lease back (the check was all the
+    /// holder had to do); without, keeps it for the fetch that follows a rejection.
+    pub(crate) async fn record_check(
+        &self,
+        appid: &AppId,
+        kind: Kind,
+        owner: &str,
+        check: Checked,
+        now: DateTime<Utc>,
+        release: bool,
+    ) -> Result<(), Error> {
+        let mut update = Query::update();
+        update
+            .table(kind.table())
+            .value(Column::CheckDueAt, check.next_due)
+            .and_where(Expr::col(Column::Appid).eq(appid.as_str()))
+            .and_where(Expr::col(Column::LeaseOwner).eq(owner));
+        if let Some(errcode) = check.errcode {
+            update
+                .value(Column::CheckVersion, check.version)
+                .value(Column::CheckedAt, now)
+                .value(Column::CheckErrcode, errcode);
+        }
+        if check.replaced {
+            update.value(
+                Column::ReplacedCount,
+                Expr::col(Column::ReplacedCount).add(1),
+            );
+        }
+        if release {
+            update
+                .value(Column::LeaseOwner, Option::<String>::None)
+                .value(Column::LeaseUntil, Option::<i64>::None);
+        }
         self.db.execute(&update).await?;
         Ok(())
     }
@@ -227,7 +285,7 @@ mod tests {
         let version = record().await.version;
         assert!(
             store
-                .save_credential(&appid, kind, &credential, ("c", version), now)
+                .save_credential(&appid, kind, &credential, ("c", version), now, None)
                 .await
                 .unwrap()
         );

@@ -13,9 +13,11 @@
 mod apps;
 mod credentials;
 mod lease;
+mod quota;
 
 pub(crate) use credentials::Due;
-pub(crate) use lease::Failure;
+pub(crate) use lease::{Checked, Failure};
+pub use quota::wechat_day_end;
 
 use std::sync::Arc;
 use std::time::Duration;

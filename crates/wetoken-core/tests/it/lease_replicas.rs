@@ -11,7 +11,9 @@
 //! - an expiry round moves the clocks (the engines' [`ManualClock`] and the mock's) to five
 //!   minutes less one second before the stored value expires, so every replica needs a new one;
 //! - a passive round has the replicas report the stored value as rejected
-//!   ([`Engine::refresh`]), mixed with plain reads.
+//!   ([`Engine::refresh`]), mixed with plain reads. The mock has really invalidated it: a
+//!   report of a value WeChat still accepts is answered with that value and fetches nothing
+//!   (the quota guard, tested in `quota_guard`).
 //!
 //! Every replica makes one to three concurrent calls per round. At random, the round's first
 //! WeChat fetch is slow ([`Fault::Delay`], longer than the lease in one round of four), one
@@ -288,6 +290,9 @@ async fn schedule(url: &str, observer: &Engine, seed: u64) -> Result<Outcome, St
         }
         let started_at = clock.now();
         let reported = stored.as_ref().map(|r| r.value.clone());
+        if passive && let Some(value) = &reported {
+            mock.invalidate_token(value);
+        }
         let calls_before = mock.calls(Endpoint::Token);
 
         let delay = match rng.random_range(0..8) {

@@ -2,6 +2,7 @@
 
 mod lease_model;
 mod lease_replicas;
+mod quota_guard;
 
 use std::sync::Arc;
 

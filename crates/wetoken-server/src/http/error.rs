@@ -55,7 +55,7 @@ pub(super) fn error_response(e: &ApiError) -> Response<Full<Bytes>> {
             E::UnknownApp(_) => (code::UNKNOWN_APP, e.to_string()),
             E::DuplicateApp(_) => (code::DUPLICATE_APP, e.to_string()),
             E::ForceLimited(m) => (code::LIMITED, m.clone()),
-            e @ E::OverBudget { .. } => (code::OVER_BUDGET, e.to_string()),
+            E::OverBudget(m) => (code::OVER_BUDGET, m.clone()),
             E::NotStored { .. } => (code::NOT_STORED, e.to_string()),
             // WeChat's own code, which is never in wetoken's range: 502.
             E::Refused { errcode, errmsg } => (*errcode, errmsg.clone()),
