@@ -85,16 +85,32 @@ pub(crate) fn describe() {
         "wetoken_lease_waits_total",
         "Times this replica waited on another's refresh lease, by credential kind."
     );
+    describe_counter!(
+        "wetoken_refresh_reports_total",
+        "Passive-refresh reports answered with the value they named, without a fetch, by kind and outcome (still_accepted: WeChat accepts the token; too_recent: the ticket is younger than ticket_report_min_age_secs). A steady rise means a caller reports tokens that work."
+    );
+    describe_counter!(
+        "wetoken_budget_refusals_total",
+        "Token fetches refused by an app's daily budget, by limit (reserve: a passive or forced refresh met the budget less the reserve; budget: a scheduled renewal met the whole budget). Alert on any increase."
+    );
+    describe_counter!(
+        "wetoken_stable_share_refusals_total",
+        "Forced stable tokens refused because the reporter had caused its share of the day's 20."
+    );
+    describe_counter!(
+        "wetoken_out_of_band_replacements_total",
+        "Stored access tokens the slow check found dead before their time: replaced by a fetch outside wetoken (a leaked secret?). Per app: replaced_count in `wetoken-cli app show`."
+    );
     describe_gauge!(
         "wetoken_credential_seconds_left",
         "Seconds of life the stored credential has left, by appid and kind."
     );
     describe_gauge!(
         "wetoken_upstream_calls_today",
-        "Calls to WeChat for the app today (China time), by every replica."
+        "Token fetches for the app today (WeChat's day, China time), by every replica: what the daily budget counts."
     );
     describe_gauge!(
         "wetoken_upstream_daily_budget",
-        "The app's configured daily budget of calls to WeChat."
+        "The app's daily budget of token fetches."
     );
 }

@@ -91,7 +91,7 @@ impl Engine {
     pub async fn update_app(&self, appid: &AppId, update: &AppUpdate) -> Result<(), Error> {
         if update.is_empty() {
             return Err(Error::InvalidInput(
-                "nothing to update: give secret, token, aes_key, token_mode, daily_budget, or a Go field (mchid, pay_key, sub_appid, sub_mchid, wechat_host, wcode_template_id)".into(),
+                "nothing to update: give secret, token, aes_key, token_mode, daily_budget, verify_secs, or a Go field (mchid, pay_key, sub_appid, sub_mchid, wechat_host, wcode_template_id)".into(),
             ));
         }
         self.inner
@@ -101,6 +101,12 @@ impl Engine {
         self.forget(appid);
         if let Some(secret) = &update.secret {
             self.remember_secret(appid, Some(secret));
+        }
+        if let Some(secs) = update.verify_secs {
+            // The slow check follows the new interval from now (or stops).
+            let next = self.inner.config.verify_interval(Some(secs));
+            let next = next.map(|interval| self.now() + interval);
+            self.inner.store.schedule_check(appid, next).await?;
         }
         info!(%appid, "app updated");
         Ok(())

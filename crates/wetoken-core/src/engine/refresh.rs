@@ -339,11 +339,12 @@ impl Engine {
         };
         let mut forced_today = 0;
         if force {
-            let allowed = match reporter {
-                Some(by) => self.share_allowed(appid, by, now).await,
-                None => Ok(()),
+            // WeChat's own limits first: they are what an operator needs to hear about.
+            let allowed = match (self.force_allowed(appid, now).await, reporter) {
+                (Ok(count), Some(by)) => self.share_allowed(appid, by, now).await.map(|()| count),
+                (other, _) => other,
             };
-            match allowed.and(self.force_allowed(appid, now).await) {
+            match allowed {
                 Ok(count) => forced_today = count + 1,
                 Err(e) => {
                     release().await;
@@ -363,7 +364,9 @@ impl Engine {
                     message: &message,
                     errcode: Some(OVER_BUDGET_ERRCODE),
                     halted: false,
-                    failures: record.as_ref().map_or(0, |r| r.failures),
+                    // Counted as a failure, so that an update of the app (a larger budget) lifts
+                    // the wait.
+                    failures: record.as_ref().map_or(0, |r| r.failures).saturating_add(1),
                     retry_at: Some(wechat_day_end(now)),
                 };
                 if let Err(db) = store

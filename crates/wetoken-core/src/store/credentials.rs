@@ -230,6 +230,23 @@ impl Store {
             .collect()
     }
 
+    /// Sets when the slow check next looks at `appid`'s stored access token (`None`: never), if
+    /// one is stored.
+    pub(crate) async fn schedule_check(
+        &self,
+        appid: &AppId,
+        next: Option<DateTime<Utc>>,
+    ) -> Result<(), Error> {
+        let update = Query::update()
+            .table(Kind::AccessToken.table())
+            .value(Column::CheckDueAt, next)
+            .and_where(Expr::col(Column::Appid).eq(appid.as_str()))
+            .and_where(Expr::col(Column::AccessToken).is_not_null())
+            .to_owned();
+        self.db.execute(&update).await?;
+        Ok(())
+    }
+
     /// Every stored `kind` credential's expiry, by app.
     pub async fn expiries(&self, kind: Kind) -> Result<Vec<(AppId, DateTime<Utc>)>, Error> {
         let select = Query::select()

@@ -8,6 +8,8 @@
 //! - A token replaced outside wetoken is found and renewed by the slow check, and counted.
 //! - A halted app takes no lease and writes nothing on scheduler passes.
 //! - One reporter cannot spend more than its share of a day's forced stable tokens.
+//! - A reported ticket is replaced only once it is old enough.
+//! - An app's own check interval turns the slow check off and on.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,8 +17,8 @@ use std::time::Duration;
 use chrono::{TimeDelta, Utc};
 use sea_orm::{ConnectionTrait, Statement};
 use wetoken_core::{
-    AppId, Clock, DatabaseOptions, Engine, EngineConfig, Error, Kind, ManualClock, NewApp,
-    Reporter, Secret, Store, SystemClock, TokenMode, WeChat, WeChatOptions,
+    AppId, AppUpdate, Clock, DatabaseOptions, Engine, EngineConfig, Error, Kind, ManualClock,
+    NewApp, Reporter, Secret, Store, SystemClock, TokenMode, WeChat, WeChatOptions,
 };
 use wetoken_mock::{Endpoint, MockConfig, MockWeChat};
 use wetoken_testkit::{TestDb, on_every_database};
@@ -358,6 +360,74 @@ async fn one_key_cannot_spend_the_days_forced_stable_tokens(db: &TestDb) {
     assert_eq!(mock.calls(Endpoint::StableToken), before + 1);
 }
 
+/// A ticket (WeChat offers no check for one) is replaced on a report only once it is
+/// `ticket_report_min_age_secs` old.
+async fn a_reported_ticket_is_replaced_only_once_old_enough(db: &TestDb) {
+    let mock = MockWeChat::start().await.unwrap();
+    mock.add_app(APPID, SECRET);
+    let clock = Arc::new(ManualClock::new(Utc::now()));
+    let app = NewApp::mp(appid(), Secret::new(SECRET));
+    let engines = replicas(db, &mock, clock.clone(), config(), app).await;
+    let ticket = engines[0].get(&appid(), Kind::JsapiTicket).await.unwrap();
+    assert_eq!(mock.calls(Endpoint::Ticket), 1);
+    for (i, engine) in engines.iter().enumerate() {
+        let answer = engine
+            .report(&appid(), Kind::JsapiTicket, &ticket.value, &key("pages"))
+            .await
+            .unwrap();
+        assert_eq!(
+            answer.value, ticket.value,
+            "report {i}: too young to replace"
+        );
+        clock.advance(Duration::from_secs(15));
+    }
+    assert_eq!(mock.calls(Endpoint::Ticket), 1);
+    clock.advance(Duration::from_secs(16));
+    let answer = engines[1]
+        .report(&appid(), Kind::JsapiTicket, &ticket.value, &key("pages"))
+        .await
+        .unwrap();
+    assert_ne!(answer.value, ticket.value, "61 s old: replaced");
+    assert_eq!(mock.calls(Endpoint::Ticket), 2);
+}
+
+/// An app's own `verify_secs` of 0 turns the slow check off for it, at once; a positive one turns
+/// it back on.
+async fn an_apps_own_interval_turns_the_slow_check_off_and_on(db: &TestDb) {
+    let mock = MockWeChat::start().await.unwrap();
+    mock.add_app(APPID, SECRET);
+    let config = EngineConfig {
+        verify_interval_secs: 1,
+        scan_interval_ms: 50,
+        refresh_tickets: false,
+        ..config()
+    };
+    let app = NewApp::mp(appid(), Secret::new(SECRET));
+    let engines = replicas(db, &mock, Arc::new(SystemClock), config, app).await;
+    engines[0].get(&appid(), Kind::AccessToken).await.unwrap();
+    let off = AppUpdate {
+        verify_secs: Some(0),
+        ..AppUpdate::default()
+    };
+    engines[0].update_app(&appid(), &off).await.unwrap();
+    let scheduler = Scheduler::start(&engines[1]);
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    assert_eq!(mock.calls(Endpoint::CheckToken), 0, "off for this app");
+    let on = AppUpdate {
+        verify_secs: Some(1),
+        ..AppUpdate::default()
+    };
+    engines[2].update_app(&appid(), &on).await.unwrap();
+    wait_until(Duration::from_secs(5), || {
+        mock.calls(Endpoint::CheckToken) >= 2
+    })
+    .await;
+    scheduler.stop().await;
+    assert_eq!(mock.calls(Endpoint::Token), 1);
+}
+
+wetoken_testkit::on_databases!([Sqlite]: an_apps_own_interval_turns_the_slow_check_off_and_on);
+
 on_every_database!(
     a_buggy_reporter_of_a_good_token_makes_no_fetch,
     a_loop_on_rejected_tokens_stops_at_the_reserve,
@@ -365,6 +435,7 @@ on_every_database!(
     a_token_replaced_out_of_band_is_renewed_by_the_slow_check,
     a_halted_app_is_left_alone_by_the_scheduler,
     one_key_cannot_spend_the_days_forced_stable_tokens,
+    a_reported_ticket_is_replaced_only_once_old_enough,
 );
 
 /// Every credential row, as text: what "writes nothing" compares.

@@ -72,6 +72,7 @@ async fn apps_are_managed_and_secrets_never_returned(db: &TestDb) {
         "{body}"
     );
     let token = server.token(APP).await;
+    mock.invalidate_token(&token);
     let (_, fresh) = server
         .get(&format!("/{APP}/wechat/token/refresh?access_token={token}"))
         .await;

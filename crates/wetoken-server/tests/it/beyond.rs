@@ -34,7 +34,11 @@ async fn stable_tokens_are_forced_within_wechats_limits(db: &TestDb) {
     // 02:00 UTC is 10:00 in China: twenty-one forces 31 s apart stay within WeChat's day.
     let morning = Utc::now().date_naive().and_hms_opt(2, 0, 0).unwrap();
     let clock = Arc::new(ManualClock::new(Utc.from_utc_datetime(&morning)));
-    let server = TestServer::start_with_clock(settings(db, &mock), clock).await;
+    // One caller reports all twenty-one: give it the whole day's share (the share itself is
+    // tested in wetoken-core's `quota_guard`).
+    let mut settings = settings(db, &mock);
+    settings.refresh.stable_share_percent = 100;
+    let server = TestServer::start_with_clock(settings, clock).await;
     let (status, body) = server
         .post_json(
             "/wechat/app/create",
@@ -58,6 +62,8 @@ async fn stable_tokens_are_forced_within_wechats_limits(db: &TestDb) {
     assert_eq!(body["access_token"], tokens[0].as_str());
     assert_eq!(mock.calls(Endpoint::StableToken), 1);
     let mut current = tokens[0].clone();
+    // WeChat has really rejected it: a report of a token WeChat accepts fetches nothing.
+    mock.invalidate_token(&current);
     let (status, body) = server.get(&refresh(&current)).await;
     assert_eq!(status, 200, "{body}");
     assert_ne!(body["access_token"], current.as_str());
@@ -65,6 +71,7 @@ async fn stable_tokens_are_forced_within_wechats_limits(db: &TestDb) {
     assert_eq!(mock.calls(Endpoint::StableToken), 2);
 
     // Within 30 s of the last force: refused here, WeChat not called.
+    mock.invalidate_token(&current);
     let (status, code, msg) = errcode(&server, &refresh(&current)).await;
     assert_eq!((status, code), (429, 90429), "{msg}");
     assert!(msg.contains("30 s"), "{msg}");
@@ -74,6 +81,7 @@ async fn stable_tokens_are_forced_within_wechats_limits(db: &TestDb) {
     for _ in 0..19 {
         server.clock.advance(Duration::from_secs(31));
         mock.advance(Duration::from_secs(31));
+        mock.invalidate_token(&current);
         let (status, body) = server.get(&refresh(&current)).await;
         assert_eq!(status, 200, "{body}");
         let fresh = body["access_token"].as_str().unwrap().to_owned();
@@ -86,6 +94,7 @@ async fn stable_tokens_are_forced_within_wechats_limits(db: &TestDb) {
     assert_eq!(mock.calls(Endpoint::StableToken), 21);
     server.clock.advance(Duration::from_secs(31));
     mock.advance(Duration::from_secs(31));
+    mock.invalidate_token(&current);
     let (status, code, msg) = errcode(&server, &refresh(&current)).await;
     assert_eq!((status, code), (429, 90429), "{msg}");
     assert!(msg.contains("20 times today"), "{msg}");

@@ -490,11 +490,19 @@ async fn the_blocking_flavour_works_without_a_runtime() {
     let server = TestServer::start(settings(&db, &mock)).await;
     server.add_app(APP).await;
     let url = format!("{}/{APP}/wechat/token/get", server.url);
-    let (token, again) = tokio::task::spawn_blocking(move || {
+    let (source, token) = tokio::task::spawn_blocking(move || {
         let source = wetoken_client::blocking::AccessToken::by_url(&url).unwrap();
         let token = source.token().unwrap();
-        source.invalidate(&token).unwrap();
-        (token, source.token().unwrap())
+        (source, token)
+    })
+    .await
+    .unwrap();
+    // WeChat rejects it (a token WeChat accepts would be answered as it is).
+    mock.invalidate_token(&token);
+    let reported = token.clone();
+    let again = tokio::task::spawn_blocking(move || {
+        source.invalidate(&reported).unwrap();
+        source.token().unwrap()
     })
     .await
     .unwrap();

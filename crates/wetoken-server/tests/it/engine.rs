@@ -95,7 +95,9 @@ async fn passive_refresh_calls_wechat_once_per_current_value(db: &TestDb) {
     assert_eq!(body["access_token"], current.as_str());
     assert_eq!(mock.calls(Endpoint::Token), 1);
 
-    // Fifty callers report the current one at once: one call.
+    // Fifty callers report the current one at once, which WeChat has really rejected: one
+    // check and one fetch.
+    mock.invalidate_token(&current);
     let path = format!("/{APP}/wechat/token/refresh?access_token={current}");
     let answers = join_all((0..50).map(|_| server.get(&path))).await;
     let fresh = answers[0].1["access_token"].as_str().unwrap().to_owned();
@@ -238,6 +240,7 @@ async fn fatal_wechat_errors_halt_until_settings_change(db: &TestDb) {
     // A halt while a valid token is held: the token keeps being served.
     let held = server.token(APP).await;
     mock.add_app(APP, "rotated-at-wechat");
+    mock.invalidate_token(&held);
     let (status, body) = server
         .get(&format!("/{APP}/wechat/token/refresh?access_token={held}"))
         .await;
@@ -335,6 +338,7 @@ async fn unreachable_wechat_gives_503_and_valid_tokens_keep_being_served(db: &Te
     // WeChat failing does not stop a valid token from being served, and a passive refresh of
     // it that fails says why.
     mock.inject(Endpoint::Token, Fault::HttpStatus(500), 5);
+    mock.invalidate_token(&token);
     let (status, body) = server
         .get(&format!("/{APP}/wechat/token/refresh?access_token={token}"))
         .await;

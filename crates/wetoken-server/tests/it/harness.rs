@@ -52,6 +52,9 @@ pub fn settings(db: &TestDb, mock: &MockWeChat) -> Settings {
         ..Settings::default()
     };
     s.refresh.scan_interval_ms = 3_600_000;
+    // Tests report tickets right after fetching them; the quota guard's minimum age is tested
+    // in wetoken-core's `quota_guard`.
+    s.refresh.ticket_report_min_age_secs = 0;
     s.http.credential_errors = CredentialErrors::AsStatus;
     s
 }
