@@ -34,6 +34,15 @@ pub(crate) enum AppAction {
     /// Change an app's secret, message token, AES key, token mode or daily budget. This also
     /// lifts a halt on its credentials; servers pick the change up within a second.
     Update(Box<UpdateArgs>),
+    /// Show WeChat's own count of the app's token calls today next to wetoken's; with --clear,
+    /// reset both (WeChat allows that 10 times a month).
+    ///
+    /// Asks WeChat with the token the servers stored, and never fetches one: a new token would
+    /// end the one they hand out. So a server must have fetched a token that is still valid.
+    ///
+    /// Examples: wetoken-cli app quota wx9e02ddcc34513fd4;
+    /// wetoken-cli app quota wx9e02ddcc34513fd4 --clear
+    Quota(Box<crate::quota::QuotaArgs>),
     /// Remove an app and its stored token and tickets.
     Remove {
         /// The appid (a WeCom app's is <corpid>.<agentid>).
@@ -222,7 +231,18 @@ pub(crate) enum TicketType {
 pub(crate) struct GetArgs {
     /// The appid (a WeCom app's is <corpid>.<agentid>).
     appid: String,
-    /// WeChat's API root, used only when a new credential must be fetched.
+    #[command(flatten)]
+    wechat: WeChatArgs,
+    #[command(flatten)]
+    db: DatabaseArg,
+}
+
+/// Where WeChat is: the servers' `wechat_base_url` and `wechat_work_base_url` settings, under
+/// the same names.
+#[derive(clap::Args)]
+pub(crate) struct WeChatArgs {
+    /// WeChat's API root: where `token get` and `ticket get` fetch a credential the database
+    /// lacks, and `app quota` reads and clears the counts.
     #[arg(
         long,
         env = "WETOKEN_WECHAT_BASE_URL",
@@ -236,8 +256,12 @@ pub(crate) struct GetArgs {
         default_value = "https://qyapi.weixin.qq.com"
     )]
     wechat_work_base_url: String,
-    #[command(flatten)]
-    db: DatabaseArg,
+}
+
+impl WeChatArgs {
+    pub(crate) fn options(&self) -> WeChatOptions {
+        WeChatOptions::with_base_urls(&self.wechat_base_url, &self.wechat_work_base_url, None)
+    }
 }
 
 /// An engine over `store`, for commands that manage apps or read credentials. `wechat` is only
@@ -415,6 +439,7 @@ pub(crate) async fn app(action: AppAction) -> anyhow::Result<()> {
             engine.update_app(&appid, &update).await?;
             println!("updated {appid}");
         }
+        AppAction::Quota(args) => crate::quota::run(*args).await?,
         AppAction::Remove { appid, db } => {
             let appid = AppId::parse(&appid)?;
             let engine = engine(db.open_installed().await?, WeChatOptions::default())?;
@@ -501,9 +526,7 @@ fn show(status: &AppStatus, now: DateTime<Utc>) -> String {
 
 async fn get(args: GetArgs, kind: Kind) -> anyhow::Result<()> {
     let appid = AppId::parse(&args.appid)?;
-    let wechat =
-        WeChatOptions::with_base_urls(&args.wechat_base_url, &args.wechat_work_base_url, None);
-    let engine = engine(args.db.open_installed().await?, wechat)?;
+    let engine = engine(args.db.open_installed().await?, args.wechat.options())?;
     let credential = engine.get(&appid, kind).await?;
     println!("{}", credential.value);
     eprintln!(

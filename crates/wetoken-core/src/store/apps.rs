@@ -220,6 +220,19 @@ impl Store {
         Ok(gone.rows_affected > 0)
     }
 
+    /// Sets the app's count of upstream calls today back to 0, for every replica to see: after
+    /// WeChat's own counts were cleared (`clear_quota`), so the daily budget lets it fetch again.
+    /// An unknown app changes nothing.
+    pub async fn reset_calls_today(&self, appid: &AppId) -> Result<(), Error> {
+        let update = Query::update()
+            .table(app_info::Entity)
+            .value(A::CallsToday, 0)
+            .and_where(Expr::col(A::Appid).eq(appid.as_str()))
+            .to_owned();
+        self.db.execute(&update).await?;
+        Ok(())
+    }
+
     /// Counts one upstream call for `appid` on `day`, for every replica to see.
     pub(crate) async fn count_call(&self, appid: &AppId, day: &str) -> Result<(), Error> {
         let update = Query::update()
