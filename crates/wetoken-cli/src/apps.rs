@@ -34,6 +34,15 @@ pub(crate) enum AppAction {
     /// Change an app's secret, message token, AES key, token mode or daily budget. This also
     /// lifts a halt on its credentials; servers pick the change up within a second.
     Update(Box<UpdateArgs>),
+    /// Show WeChat's own count of the app's token calls today next to wetoken's; with --clear,
+    /// reset both (WeChat allows that 10 times a month).
+    ///
+    /// Asks WeChat with the token the servers stored, and never fetches one: a new token would
+    /// end the one they hand out. So a server must have fetched a token that is still valid.
+    ///
+    /// Examples: wetoken-cli app quota wx9e02ddcc34513fd4;
+    /// wetoken-cli app quota wx9e02ddcc34513fd4 --clear
+    Quota(Box<crate::quota::QuotaArgs>),
     /// Remove an app and its stored token and tickets.
     Remove {
         /// The appid (a WeCom app's is <corpid>.<agentid>).
@@ -71,6 +80,11 @@ pub(crate) struct AddArgs {
     /// Upstream calls a day this app may make (default 2000, WeChat's quota).
     #[arg(long)]
     daily_budget: Option<String>,
+    /// How often, in seconds, the servers ask WeChat whether this app's token still works, to
+    /// catch a fetch made outside wetoken; 0 turns it off, 86400 at most. Unset: the servers'
+    /// default.
+    #[arg(long, value_name = "SECS")]
+    verify_secs: Option<String>,
     #[command(flatten)]
     go: GoArgs,
     #[command(flatten)]
@@ -146,6 +160,10 @@ pub(crate) struct UpdateArgs {
     /// A new daily budget of upstream calls.
     #[arg(long)]
     daily_budget: Option<String>,
+    /// A new interval, in seconds, of the check of the app's token with WeChat (0: off, 86400
+    /// at most).
+    #[arg(long, value_name = "SECS")]
+    verify_secs: Option<String>,
     #[command(flatten)]
     go: GoArgs,
     #[command(flatten)]
@@ -213,7 +231,18 @@ pub(crate) enum TicketType {
 pub(crate) struct GetArgs {
     /// The appid (a WeCom app's is <corpid>.<agentid>).
     appid: String,
-    /// WeChat's API root, used only when a new credential must be fetched.
+    #[command(flatten)]
+    wechat: WeChatArgs,
+    #[command(flatten)]
+    db: DatabaseArg,
+}
+
+/// Where WeChat is: the servers' `wechat_base_url` and `wechat_work_base_url` settings, under
+/// the same names.
+#[derive(clap::Args)]
+pub(crate) struct WeChatArgs {
+    /// WeChat's API root: where `token get` and `ticket get` fetch a credential the database
+    /// lacks, and `app quota` reads and clears the counts.
     #[arg(
         long,
         env = "WETOKEN_WECHAT_BASE_URL",
@@ -227,8 +256,12 @@ pub(crate) struct GetArgs {
         default_value = "https://qyapi.weixin.qq.com"
     )]
     wechat_work_base_url: String,
-    #[command(flatten)]
-    db: DatabaseArg,
+}
+
+impl WeChatArgs {
+    pub(crate) fn options(&self) -> WeChatOptions {
+        WeChatOptions::with_base_urls(&self.wechat_base_url, &self.wechat_work_base_url, None)
+    }
 }
 
 /// An engine over `store`, for commands that manage apps or read credentials. `wechat` is only
@@ -267,6 +300,20 @@ fn secret(given: Option<String>, what: &str) -> anyhow::Result<Secret> {
     Ok(Secret::checked("secret", &value, Secret::MAX_APP_SECRET)?)
 }
 
+fn parse_verify_secs(text: Option<&str>) -> anyhow::Result<Option<i32>> {
+    Ok(text.map(AppUpdate::verify_interval).transpose()?)
+}
+
+/// An app's out-of-band check interval as listings show it: `600s`, `off`, or `default` (the
+/// servers' setting).
+fn shown_interval(secs: Option<i32>) -> String {
+    match secs {
+        None => "default".into(),
+        Some(0) => "off".into(),
+        Some(secs) => format!("{secs}s"),
+    }
+}
+
 fn message_key(name: &str, value: Option<String>) -> anyhow::Result<Option<Secret>> {
     Ok(value
         .map(|v| Secret::checked(name, &v, Secret::MAX_MESSAGE_KEY))
@@ -288,6 +335,7 @@ pub(crate) async fn app(action: AppAction) -> anyhow::Result<()> {
                 .as_deref()
                 .map(AppUpdate::budget)
                 .transpose()?;
+            let verify_secs = parse_verify_secs(args.verify_secs.as_deref())?;
             let token = message_key("token", args.token)?;
             let aes_key = message_key("aes_key", args.aes_key)?;
             let store = args.db.open_installed().await?;
@@ -306,7 +354,7 @@ pub(crate) async fn app(action: AppAction) -> anyhow::Result<()> {
                 aes_key,
                 pay_key: args.go.pay_key()?,
                 go: args.go.fields()?,
-                verify_secs: None,
+                verify_secs,
             };
             engine(store, WeChatOptions::default())?
                 .add_app(&app)
@@ -327,8 +375,8 @@ pub(crate) async fn app(action: AppAction) -> anyhow::Result<()> {
                 return Ok(());
             }
             println!(
-                "{:<40} {:<5} {:<8} {:<16} {:<16} {:>11}",
-                "APPID", "KIND", "MODE", "TOKEN", "TICKET", "CALLS TODAY"
+                "{:<40} {:<5} {:<8} {:<16} {:<16} {:>11} {:>7}",
+                "APPID", "KIND", "MODE", "TOKEN", "TICKET", "CALLS TODAY", "VERIFY"
             );
             for status in &apps {
                 let app = &status.app;
@@ -338,13 +386,14 @@ pub(crate) async fn app(action: AppAction) -> anyhow::Result<()> {
                     "-".into()
                 };
                 println!(
-                    "{:<40} {:<5} {:<8} {:<16} {:<16} {:>11}",
+                    "{:<40} {:<5} {:<8} {:<16} {:<16} {:>11} {:>7}",
                     app.appid.as_str(),
                     app.kind.as_str(),
                     app.token_mode.as_str(),
                     state(status.access_token.as_ref(), now),
                     ticket,
                     format!("{}/{}", app.calls_today, app.daily_budget),
+                    shown_interval(app.verify_secs),
                 );
             }
         }
@@ -368,7 +417,7 @@ pub(crate) async fn app(action: AppAction) -> anyhow::Result<()> {
                     .transpose()?,
                 pay_key: args.go.pay_key()?,
                 go: args.go.fields()?,
-                verify_secs: None,
+                verify_secs: parse_verify_secs(args.verify_secs.as_deref())?,
             };
             let store = args.db.open_installed().await?;
             store.prepare_secrets().await?;
@@ -384,12 +433,13 @@ pub(crate) async fn app(action: AppAction) -> anyhow::Result<()> {
             };
             if update.is_empty() {
                 bail!(
-                    "nothing to update: give --secret, --token, --aes-key, --token-mode, --daily-budget, or a Go field (--mchid, --pay-key, --sub-appid, --sub-mchid, --wechat-host, --wcode-template-id)"
+                    "nothing to update: give --secret, --token, --aes-key, --token-mode, --daily-budget, --verify-secs, or a Go field (--mchid, --pay-key, --sub-appid, --sub-mchid, --wechat-host, --wcode-template-id)"
                 );
             }
             engine.update_app(&appid, &update).await?;
             println!("updated {appid}");
         }
+        AppAction::Quota(args) => crate::quota::run(*args).await?,
         AppAction::Remove { appid, db } => {
             let appid = AppId::parse(&appid)?;
             let engine = engine(db.open_installed().await?, WeChatOptions::default())?;
@@ -433,11 +483,12 @@ fn show(status: &AppStatus, now: DateTime<Utc>) -> String {
     }
     let set = |present: bool| if present { "set" } else { "not set" };
     out += &format!(
-        "secret:       set (never shown)\nmsg token:    {}\naes key:      {}\ncalls today:  {} of {}\ncreated:      {}\nupdated:      {}\n",
+        "secret:       set (never shown)\nmsg token:    {}\naes key:      {}\ncalls today:  {} of {}\nverify every: {}\ncreated:      {}\nupdated:      {}\n",
         set(app.has_token),
         set(app.has_aes_key),
         app.calls_today,
         app.daily_budget,
+        shown_interval(app.verify_secs),
         app.create_time.to_rfc3339(),
         app.update_time.to_rfc3339(),
     );
@@ -475,9 +526,7 @@ fn show(status: &AppStatus, now: DateTime<Utc>) -> String {
 
 async fn get(args: GetArgs, kind: Kind) -> anyhow::Result<()> {
     let appid = AppId::parse(&args.appid)?;
-    let wechat =
-        WeChatOptions::with_base_urls(&args.wechat_base_url, &args.wechat_work_base_url, None);
-    let engine = engine(args.db.open_installed().await?, wechat)?;
+    let engine = engine(args.db.open_installed().await?, args.wechat.options())?;
     let credential = engine.get(&appid, kind).await?;
     println!("{}", credential.value);
     eprintln!(

@@ -13,6 +13,7 @@ use wetoken_core::{DatabaseOptions, GoZone, Store, Takeover};
 mod apps;
 mod import;
 mod keys;
+mod quota;
 mod secrets;
 
 /// Manage wetoken's database: tables, apps, consumer keys, the master key, and the tokens and
@@ -65,7 +66,8 @@ enum Command {
         #[command(subcommand)]
         action: MigrateAction,
     },
-    /// Add, list, show, change or remove apps. App secrets are never printed.
+    /// Add, list, show, change or remove apps, and read or clear their WeChat quota. App secrets
+    /// are never printed.
     App {
         #[command(subcommand)]
         action: apps::AppAction,

@@ -521,16 +521,31 @@ impl AppUpdate {
 
     /// Checks a daily budget given as text.
     pub fn budget(text: &str) -> Result<i32, Error> {
-        text.parse::<i32>()
-            .ok()
-            .filter(|n| Self::BUDGETS.contains(n))
-            .ok_or_else(|| {
-                Error::InvalidInput(format!(
-                    "daily_budget must be a whole number from {} to {}",
-                    Self::BUDGETS.start(),
-                    Self::BUDGETS.end()
-                ))
-            })
+        number_in(text, &Self::BUDGETS).ok_or_else(|| {
+            Error::InvalidInput(format!(
+                "daily_budget must be a whole number from {} to {}",
+                Self::BUDGETS.start(),
+                Self::BUDGETS.end()
+            ))
+        })
+    }
+
+    /// The range an app's out-of-band check interval must be in, in seconds: 0 turns the check
+    /// off, and a day is the longest. Each check is one call of WeChat's check API, which has a
+    /// daily limit of its own (in the thousands), so a short interval spends it.
+    pub const VERIFY_SECS: std::ops::RangeInclusive<i32> = 0..=86_400;
+
+    /// Checks an out-of-band check interval (`verify_secs`) given as text.
+    pub fn verify_interval(text: &str) -> Result<i32, Error> {
+        number_in(text, &Self::VERIFY_SECS).ok_or_else(|| {
+            Error::InvalidInput(format!(
+                "verify_secs must be a whole number of seconds from {} (no checks) to {} \
+                 (a day), not {:?}",
+                Self::VERIFY_SECS.start(),
+                Self::VERIFY_SECS.end(),
+                truncate_for_message(text)
+            ))
+        })
     }
 
     /// Whether the update changes nothing.
@@ -544,6 +559,11 @@ impl AppUpdate {
             && self.go.is_empty()
             && self.verify_secs.is_none()
     }
+}
+
+/// `text` as a whole number within `range`, if it is one.
+fn number_in(text: &str, range: &std::ops::RangeInclusive<i32>) -> Option<i32> {
+    text.parse::<i32>().ok().filter(|n| range.contains(n))
 }
 
 /// What the database holds for one credential of one app.
@@ -631,6 +651,17 @@ mod tests {
                 && !s.ends_with('.')
                 && !s.contains("..");
             proptest::prop_assert_eq!(AppId::parse(&s).is_ok(), expected);
+        }
+    }
+
+    #[test]
+    fn verify_intervals_are_0_to_a_day() {
+        assert_eq!(AppUpdate::verify_interval("0").unwrap(), 0);
+        assert_eq!(AppUpdate::verify_interval("600").unwrap(), 600);
+        assert_eq!(AppUpdate::verify_interval("86400").unwrap(), 86_400);
+        for bad in ["-1", "86401", "", "10m", "1.5", "99999999999"] {
+            let error = AppUpdate::verify_interval(bad).unwrap_err().to_string();
+            assert!(error.contains("verify_secs must be"), "{bad:?}: {error}");
         }
     }
 

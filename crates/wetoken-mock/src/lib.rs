@@ -10,7 +10,25 @@
 //! - `GET /cgi-bin/ticket/getticket` needs a valid official-account token (classic or stable).
 //! - WeCom's `GET /cgi-bin/gettoken` hands out the same token per (corpid, secret) while it is
 //!   valid, and `GET /cgi-bin/get_jsapi_ticket` needs such a token.
-//! - `GET /cgi-bin/get_api_domain_ip` and `POST /cgi-bin/menu/create` only check a token.
+//! - `GET /cgi-bin/get_api_domain_ip`, `GET /cgi-bin/getcallbackip` and `POST /cgi-bin/menu/create`
+//!   only check a token (of any kind, WeCom's too): `{"ip_list":["127.0.0.1"]}` while it works.
+//!   They spend no quota.
+//! - Daily quotas: each app may make [`MockConfig::token_daily_limit`] successful
+//!   `/cgi-bin/token` calls a mock day, [`MockConfig::stable_token_daily_limit`]
+//!   `/cgi-bin/stable_token` calls, and each WeCom corp as many `gettoken` calls as
+//!   `token_daily_limit`. Past it a call gets `45009` and is not counted. A *mock day* is 24 hours
+//!   of the mock clock since the mock started (so [`MockWeChat::advance`] past a day boundary
+//!   resets the counts), not China's midnight: a test never sees a reset it did not ask for.
+//! - `POST /cgi-bin/openapi/quota/get` with `{"cgi_path":"/cgi-bin/token"}` (or
+//!   `/cgi-bin/stable_token`) answers the token's app's count today:
+//!   `{"errcode":0,"errmsg":"ok","quota":{"daily_limit":2000,"used":5,"remain":1995}}`. A body that
+//!   is not JSON with a string `cgi_path` gets 47001, a path without its leading `/` (or with
+//!   WeChat's host) 76003, a `/sns/` path 76022, any other path 76021 (the mock counts no other).
+//! - `POST /cgi-bin/clear_quota` with `{"appid":"…"}` resets every count of the token's app for
+//!   today, at most 10 times a mock month (30 mock days since the start), then `48006`. A missing
+//!   appid gets 41002; another app's appid 40013 (WeChat documents no code for that case: the
+//!   mock's choice).
+//! - The quota calls need an official account's token (classic or stable): WeCom has neither.
 //! - `POST /cgi-bin/message/template/send` checks a token, `touser` (40003 when empty) and
 //!   `template_id` (40037 when empty), and keeps each message it accepts
 //!   ([`MockWeChat::sent_templates`]).
@@ -71,6 +89,11 @@ pub struct MockConfig {
     /// Whether an unknown appid (or corpid) is registered, with the secret it came with, by its
     /// first token call instead of getting 40013.
     pub auto_register: bool,
+    /// Successful `/cgi-bin/token` calls an app may make a mock day (WeChat: 2000 for an
+    /// official account); WeCom's `gettoken` calls per corp are held to it too. Past it, 45009.
+    pub token_daily_limit: u64,
+    /// `/cgi-bin/stable_token` calls an app may make a mock day (WeChat: 500,000). Past it, 45009.
+    pub stable_token_daily_limit: u64,
 }
 
 impl Default for MockConfig {
@@ -80,6 +103,8 @@ impl Default for MockConfig {
             ticket_expires_in: 7200,
             overlap: Duration::from_secs(300),
             auto_register: false,
+            token_daily_limit: 2000,
+            stable_token_daily_limit: 500_000,
         }
     }
 }
@@ -103,11 +128,17 @@ pub enum Endpoint {
     WorkTicket,
     /// `POST /cgi-bin/message/template/send`.
     TemplateSend,
+    /// `GET /cgi-bin/getcallbackip`: only checks the token, like [`Endpoint::CheckToken`].
+    CallbackIp,
+    /// `POST /cgi-bin/openapi/quota/get`: an app's count of a limited call today.
+    QuotaGet,
+    /// `POST /cgi-bin/clear_quota`: resets an app's counts, 10 times a month.
+    ClearQuota,
 }
 
 impl Endpoint {
     /// Every endpoint, in declaration order.
-    pub const ALL: [Endpoint; 8] = [
+    pub const ALL: [Endpoint; 11] = [
         Endpoint::Token,
         Endpoint::StableToken,
         Endpoint::Ticket,
@@ -116,10 +147,14 @@ impl Endpoint {
         Endpoint::WorkToken,
         Endpoint::WorkTicket,
         Endpoint::TemplateSend,
+        Endpoint::CallbackIp,
+        Endpoint::QuotaGet,
+        Endpoint::ClearQuota,
     ];
 
     /// The name the `/mock/…` control routes use: `token`, `stable_token`, `ticket`,
-    /// `check_token`, `menu_create`, `work_token`, `work_ticket` or `template_send`.
+    /// `check_token`, `menu_create`, `work_token`, `work_ticket`, `template_send`, `callback_ip`,
+    /// `quota_get` or `clear_quota`.
     pub fn name(self) -> &'static str {
         match self {
             Endpoint::Token => "token",
@@ -130,6 +165,9 @@ impl Endpoint {
             Endpoint::WorkToken => "work_token",
             Endpoint::WorkTicket => "work_ticket",
             Endpoint::TemplateSend => "template_send",
+            Endpoint::CallbackIp => "callback_ip",
+            Endpoint::QuotaGet => "quota_get",
+            Endpoint::ClearQuota => "clear_quota",
         }
     }
 
@@ -149,6 +187,9 @@ impl Endpoint {
             Endpoint::WorkToken => "/cgi-bin/gettoken",
             Endpoint::WorkTicket => "/cgi-bin/get_jsapi_ticket",
             Endpoint::TemplateSend => "/cgi-bin/message/template/send",
+            Endpoint::CallbackIp => "/cgi-bin/getcallbackip",
+            Endpoint::QuotaGet => "/cgi-bin/openapi/quota/get",
+            Endpoint::ClearQuota => "/cgi-bin/clear_quota",
         }
     }
 
@@ -244,6 +285,25 @@ impl MockWeChat {
     /// before the mock started (by a Go wetoken, say), so that it is accepted; counts no call.
     pub fn grant_token(&self, appid: &str, token: &str, valid_for: Duration) {
         lock(&self.world).grant(appid, token, valid_for);
+    }
+
+    /// How many `/cgi-bin/token` calls of `appid` counted against its quota this mock day: the
+    /// `used` that `/cgi-bin/openapi/quota/get` reports.
+    pub fn token_fetches(&self, appid: &str) -> u64 {
+        self.quota_used(appid, Endpoint::Token)
+    }
+
+    /// How many calls of a limited `endpoint` ([`Endpoint::Token`], [`Endpoint::StableToken`], or
+    /// [`Endpoint::WorkToken`] with a corpid) counted against `owner`'s quota this mock day.
+    /// Unlike [`MockWeChat::calls`], calls refused for any reason are not in it, and
+    /// `clear_quota` resets it; [`MockWeChat::reset_calls`] does not.
+    pub fn quota_used(&self, owner: &str, endpoint: Endpoint) -> u64 {
+        lock(&self.world).quota_used(owner, endpoint)
+    }
+
+    /// How many `clear_quota` calls `appid` had honoured this mock month (10 are allowed).
+    pub fn quota_clears(&self, appid: &str) -> u32 {
+        lock(&self.world).quota_clears(appid)
     }
 
     /// The template messages accepted so far, as their JSON bodies, oldest first.

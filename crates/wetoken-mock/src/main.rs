@@ -31,6 +31,10 @@ struct Args {
     /// The lifetime of issued tickets, in seconds.
     #[arg(long, value_name = "SECS", default_value_t = 7200)]
     ticket_expires_in: u64,
+    /// Successful /cgi-bin/token calls an app may make a mock day (24 h since the start) before
+    /// it gets 45009; WeCom's gettoken calls per corp too.
+    #[arg(long, value_name = "CALLS", default_value_t = 2000)]
+    token_daily_limit: u64,
 }
 
 fn parse_app(text: &str) -> Result<(String, String), String> {
@@ -82,6 +86,7 @@ async fn main() -> ExitCode {
         token_expires_in: args.token_expires_in,
         ticket_expires_in: args.ticket_expires_in,
         auto_register: args.auto_register,
+        token_daily_limit: args.token_daily_limit,
         ..MockConfig::default()
     };
     let mock = match MockWeChat::start_with(config, args.listen).await {

@@ -124,7 +124,11 @@ async fn read_body(body: Incoming) -> Option<Bytes> {
 fn wants_post(endpoint: Endpoint) -> bool {
     matches!(
         endpoint,
-        Endpoint::StableToken | Endpoint::MenuCreate | Endpoint::TemplateSend
+        Endpoint::StableToken
+            | Endpoint::MenuCreate
+            | Endpoint::TemplateSend
+            | Endpoint::QuotaGet
+            | Endpoint::ClearQuota
     )
 }
 
@@ -215,11 +219,13 @@ async fn answer(
             }
         }
         Endpoint::Ticket => w.ticket(&params),
-        Endpoint::CheckToken => w.check_only(&params),
+        Endpoint::CheckToken | Endpoint::CallbackIp => w.check_only(&params),
         Endpoint::MenuCreate => w.menu_create(&params, body.as_deref().unwrap_or_default()),
         Endpoint::WorkToken => w.work_token(&params),
         Endpoint::WorkTicket => w.work_ticket(&params),
         Endpoint::TemplateSend => w.template_send(&params, body.as_deref().unwrap_or_default()),
+        Endpoint::QuotaGet => w.quota_get(&params, body.as_deref().unwrap_or_default()),
+        Endpoint::ClearQuota => w.clear_quota(&params, body.as_deref().unwrap_or_default()),
     }
 }
 

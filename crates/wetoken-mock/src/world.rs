@@ -17,6 +17,10 @@ pub(crate) type Params = HashMap<String, String>;
 pub(crate) type Reply = Result<Value, Value>;
 
 const DAY_MS: u64 = 86_400_000;
+/// The mock month `clear_quota`'s allowance is counted over, in mock days.
+const DAYS_PER_MONTH: u64 = 30;
+/// `clear_quota` calls honoured per app and mock month (WeChat: 10 a month).
+const CLEARS_PER_MONTH: u32 = 10;
 const FORCES_PER_DAY: usize = 20;
 const FORCE_SPACING_MS: u64 = 30_000;
 const TOKEN_ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-";
@@ -84,8 +88,24 @@ impl Clock {
     }
 
     fn now(&self) -> Duration {
-        self.start_unix + self.started.elapsed() + self.offset
+        self.start_unix + self.since_start()
     }
+
+    /// Mock time since the start: real time elapsed plus every advance.
+    fn since_start(&self) -> Duration {
+        self.started.elapsed() + self.offset
+    }
+}
+
+/// The calls WeChat counts against daily quotas, and the clears of those counts.
+#[derive(Default)]
+struct Quotas {
+    /// The mock day `used` counts.
+    day: u64,
+    /// (appid or corpid, endpoint) → calls counted on `day`.
+    used: HashMap<(String, Endpoint), u64>,
+    /// appid → (a mock month, `clear_quota` calls honoured in it).
+    clears: HashMap<String, (u64, u32)>,
 }
 
 /// Everything the mock remembers.
@@ -107,6 +127,7 @@ pub(crate) struct World {
     pub calls: [u64; Endpoint::ALL.len()],
     /// Queued faults per endpoint, each with how many calls it still applies to.
     faults: [VecDeque<(Fault, u32)>; Endpoint::ALL.len()],
+    quotas: Quotas,
 }
 
 fn missing(value: Option<&str>) -> Option<&str> {
@@ -150,7 +171,57 @@ impl World {
             sent: Vec::new(),
             calls: [0; Endpoint::ALL.len()],
             faults: std::array::from_fn(|_| VecDeque::new()),
+            quotas: Quotas::default(),
         }
+    }
+
+    /// The mock day: whole days of mock time since the start.
+    fn day(&self) -> u64 {
+        self.clock.since_start().as_millis() as u64 / DAY_MS
+    }
+
+    fn daily_limit(&self, endpoint: Endpoint) -> u64 {
+        match endpoint {
+            Endpoint::StableToken => self.config.stable_token_daily_limit,
+            _ => self.config.token_daily_limit,
+        }
+    }
+
+    pub fn quota_used(&self, owner: &str, endpoint: Endpoint) -> u64 {
+        if self.quotas.day != self.day() {
+            return 0;
+        }
+        self.quotas
+            .used
+            .get(&(owner.to_owned(), endpoint))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    pub fn quota_clears(&self, appid: &str) -> u32 {
+        let month = self.day() / DAYS_PER_MONTH;
+        match self.quotas.clears.get(appid) {
+            Some(&(m, clears)) if m == month => clears,
+            _ => 0,
+        }
+    }
+
+    /// Counts one call of a limited `endpoint` for `owner`, or refuses it with 45009 when this
+    /// mock day's are spent.
+    fn spend(&mut self, owner: &str, endpoint: Endpoint) -> Result<(), Value> {
+        let used = self.quota_used(owner, endpoint);
+        if used >= self.daily_limit(endpoint) {
+            return Err(self.error(45009, "reach max api daily quota limit"));
+        }
+        let day = self.day();
+        if self.quotas.day != day {
+            self.quotas.day = day;
+            self.quotas.used.clear();
+        }
+        self.quotas
+            .used
+            .insert((owner.to_owned(), endpoint), used + 1);
+        Ok(())
     }
 
     fn now(&self) -> u64 {
@@ -322,6 +393,7 @@ impl World {
     pub fn token(&mut self, params: &Params) -> Reply {
         let get = |name: &str| params.get(name).map(String::as_str);
         let appid = self.check_app(get("grant_type"), get("appid"), get("secret"))?;
+        self.spend(&appid, Endpoint::Token)?;
         let token = self.mint(&appid, Kind::Classic);
         let cut = self.now().saturating_add(self.overlap_ms());
         let series = self.classic.entry(appid).or_default();
@@ -337,6 +409,7 @@ impl World {
             request.appid.as_deref(),
             request.secret.as_deref(),
         )?;
+        self.spend(&appid, Endpoint::StableToken)?;
         let now = self.now();
         let overlap = self.overlap_ms();
         let app = self.stable.entry(appid.clone()).or_default();
@@ -402,10 +475,64 @@ impl World {
         })
     }
 
-    /// `GET /cgi-bin/get_api_domain_ip`: checks any token.
+    /// `GET /cgi-bin/get_api_domain_ip` and `GET /cgi-bin/getcallbackip`: check any token.
     pub fn check_only(&self, params: &Params) -> Reply {
         self.check_token(params, &[Kind::Classic, Kind::Stable, Kind::Work])?;
         Ok(json!({"ip_list": ["127.0.0.1"]}))
+    }
+
+    /// `POST /cgi-bin/openapi/quota/get`: the token's app's count today of the call `cgi_path`
+    /// names.
+    pub fn quota_get(&self, params: &Params, body: &[u8]) -> Reply {
+        let appid = self.check_token(params, &[Kind::Classic, Kind::Stable])?;
+        let path = serde_json::from_slice::<Value>(body)
+            .ok()
+            .and_then(|b| b.get("cgi_path")?.as_str().map(str::to_owned));
+        let Some(path) = path else {
+            return Err(self.error(47001, "data format error"));
+        };
+        if !path.starts_with('/') {
+            return Err(self.error(76003, "invalid cgi_path"));
+        }
+        if path.contains("/sns/") {
+            return Err(self.error(76022, "could not use this cgi_path, no permission"));
+        }
+        let endpoint = match path.as_str() {
+            "/cgi-bin/token" => Endpoint::Token,
+            "/cgi-bin/stable_token" => Endpoint::StableToken,
+            _ => return Err(self.error(76021, "cgi_path not found, please check")),
+        };
+        let limit = self.daily_limit(endpoint);
+        let used = self.quota_used(&appid, endpoint);
+        Ok(json!({
+            "errcode": 0,
+            "errmsg": "ok",
+            "quota": {"daily_limit": limit, "used": used, "remain": limit.saturating_sub(used)},
+        }))
+    }
+
+    /// `POST /cgi-bin/clear_quota`: resets the counts of the token's app, which the body's
+    /// `appid` must name; 10 times a mock month.
+    pub fn clear_quota(&mut self, params: &Params, body: &[u8]) -> Reply {
+        let appid = self.check_token(params, &[Kind::Classic, Kind::Stable])?;
+        let Ok(body) = serde_json::from_slice::<Value>(body) else {
+            return Err(self.error(47001, "data format error"));
+        };
+        match missing(body.get("appid").and_then(Value::as_str)) {
+            None => return Err(self.error(41002, "appid missing")),
+            Some(named) if named != appid => return Err(self.error(40013, "invalid appid")),
+            Some(_) => {}
+        }
+        let clears = self.quota_clears(&appid);
+        if clears >= CLEARS_PER_MONTH {
+            return Err(self.error(48006, "forbid to clear quota because of reaching the limit"));
+        }
+        let month = self.day() / DAYS_PER_MONTH;
+        self.quotas
+            .clears
+            .insert(appid.clone(), (month, clears + 1));
+        self.quotas.used.retain(|(owner, _), _| *owner != appid);
+        Ok(json!({"errcode": 0, "errmsg": "ok"}))
     }
 
     /// `POST /cgi-bin/menu/create`: checks any token, then that the body is JSON.
@@ -462,6 +589,7 @@ impl World {
             }
             Some(_) => {}
         }
+        self.spend(corpid, Endpoint::WorkToken)?;
         let key = (corpid.to_owned(), secret.to_owned());
         let current = self.work.get(&key).and_then(|s| s.current.clone());
         let live = current.filter(|t| self.remaining(t).is_some_and(|left| left > 0));

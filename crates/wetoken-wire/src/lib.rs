@@ -145,6 +145,10 @@ pub struct AppView {
     pub daily_budget: i32,
     /// Upstream calls made for the app today (China time), by every replica.
     pub calls_today: i32,
+    /// How often, in seconds, the servers check the app's token with WeChat to catch a fetch made
+    /// outside wetoken: 0 never; absent, the servers' default (and from servers before it existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify_secs: Option<i32>,
     /// Whether a message-push token is stored.
     pub has_token: bool,
     /// Whether an EncodingAESKey is stored.
@@ -294,6 +298,26 @@ mod tests {
                 "{errcode}"
             );
         }
+    }
+
+    #[test]
+    fn an_app_view_without_verify_secs_still_parses() {
+        // What servers from before `verify_secs` answer.
+        let state = r#"{"message":"not fetched yet","halted":false}"#;
+        let old = format!(
+            r#"{{"appid":"wxa","kind":"mp","token_mode":"classic","daily_budget":2000,"calls_today":0,"has_token":false,"has_aes_key":false,"create_time":"t","update_time":"t","access_token":{state},"jsapi_ticket":{state},"card_ticket":{state}}}"#
+        );
+        let mut view: AppView = serde_json::from_str(&old).unwrap();
+        assert_eq!(view.verify_secs, None);
+        assert!(
+            !serde_json::to_string(&view)
+                .unwrap()
+                .contains("verify_secs")
+        );
+        view.verify_secs = Some(0);
+        let json = serde_json::to_string(&view).unwrap();
+        assert!(json.contains(r#""verify_secs":0"#), "{json}");
+        assert_eq!(serde_json::from_str::<AppView>(&json).unwrap(), view);
     }
 
     #[test]

@@ -8,6 +8,8 @@ use wetoken_mock::{Endpoint, MockWeChat};
 use wetoken_registry::Registry;
 use wetoken_testkit::{Backend, TestDb};
 
+mod quota_guard;
+
 fn cli(args: &[&str]) -> (bool, String, String) {
     run_cli(args, "", &[])
 }

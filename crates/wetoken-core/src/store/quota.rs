@@ -85,9 +85,10 @@ impl Store {
         })
     }
 
-    /// Forgets the fetches counted for `appid` today: after WeChat's own count was cleared
-    /// (`clear_quota`), the app may fetch again.
-    pub async fn reset_fetches(&self, appid: &AppId) -> Result<bool, Error> {
+    /// Forgets the fetches counted for `appid` today, for every replica to see: after WeChat's
+    /// own count was cleared (`clear_quota`), the daily budget lets it fetch again. Returns
+    /// whether the app exists.
+    pub async fn reset_calls_today(&self, appid: &AppId) -> Result<bool, Error> {
         let update = Query::update()
             .table(app_info::Entity)
             .value(A::CallsToday, 0)

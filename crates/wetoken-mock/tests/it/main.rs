@@ -3,6 +3,7 @@
 mod control;
 mod faults;
 mod official;
+mod quota;
 mod stable;
 mod support;
 mod wecom;

@@ -68,7 +68,7 @@ pub(super) async fn app_route(
                 daily_budget: params.budget()?,
                 pay_key: params.secret("pay_key", GoFields::MAX)?,
                 go: params.go_fields()?,
-                verify_secs: None,
+                verify_secs: params.verify_secs()?,
             };
             engine.add_app(&app).await?;
             Ok(json(
@@ -116,7 +116,7 @@ pub(super) async fn app_route(
                 daily_budget: params.budget()?,
                 pay_key: params.secret("pay_key", GoFields::MAX)?,
                 go: params.go_fields()?,
-                verify_secs: None,
+                verify_secs: params.verify_secs()?,
             };
             engine.update_app(&appid, &update).await?;
             Ok(success())
@@ -155,6 +155,7 @@ fn app_view(status: &AppStatus) -> AppView {
         agentid: app.work.as_ref().map(|w| w.agentid.clone()),
         daily_budget: app.daily_budget,
         calls_today: app.calls_today,
+        verify_secs: app.verify_secs,
         has_token: app.has_token,
         has_aes_key: app.has_aes_key,
         has_pay_key: app.has_pay_key,

@@ -118,6 +118,14 @@ impl Params {
             .transpose()?)
     }
 
+    /// `verify_secs`: how often the app's token is checked with WeChat, in seconds (0: never).
+    pub(super) fn verify_secs(&self) -> Result<Option<i32>, ApiError> {
+        Ok(self
+            .optional("verify_secs")
+            .map(AppUpdate::verify_interval)
+            .transpose()?)
+    }
+
     /// The Go wetoken's app fields that are not secrets.
     pub(super) fn go_fields(&self) -> Result<GoFields, ApiError> {
         let field = |name| {

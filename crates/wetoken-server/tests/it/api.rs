@@ -30,7 +30,7 @@ async fn apps_are_managed_and_secrets_never_returned(db: &TestDb) {
     let (status, body) = server
         .post_json(
             "/wechat/app/create",
-            &json!({"appid": "wxc", "secret": "other-secret"}),
+            &json!({"appid": "wxc", "secret": "other-secret", "verify_secs": 600}),
         )
         .await;
     assert_eq!(status, 200, "{body}");
@@ -51,6 +51,9 @@ async fn apps_are_managed_and_secrets_never_returned(db: &TestDb) {
     );
     assert_eq!(list["apps"][0]["has_token"], true);
     assert_eq!(list["apps"][1]["has_aes_key"], true);
+    // The out-of-band check interval: absent when the servers' default applies.
+    assert!(list["apps"][1].get("verify_secs").is_none(), "{list}");
+    assert_eq!(list["apps"][2]["verify_secs"], 600);
     assert_eq!(
         list["apps"][0]["access_token"]["message"],
         "not fetched yet"
@@ -92,6 +95,33 @@ async fn apps_are_managed_and_secrets_never_returned(db: &TestDb) {
     assert_eq!(status, 200, "{body}");
     let (_, show) = server.get("/wechat/app/show?appid=wxc").await;
     assert_eq!(show["app"]["has_token"], true);
+    assert_eq!(
+        show["app"]["verify_secs"], 600,
+        "kept by an update without it"
+    );
+    let (status, body) = server
+        .post_raw(
+            "/wechat/app/update",
+            "application/x-www-form-urlencoded",
+            b"appid=wxc&verify_secs=0".to_vec(),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (_, show) = server.get("/wechat/app/show?appid=wxc").await;
+    assert_eq!(show["app"]["verify_secs"], 0, "0 turns the check off");
+    for bad in [json!(-1), json!(86_401), json!("10m")] {
+        for route in ["/wechat/app/update", "/wechat/app/create"] {
+            let (status, body) = server
+                .post_json(
+                    route,
+                    &json!({"appid": "wxc", "secret": "s", "verify_secs": bad}),
+                )
+                .await;
+            assert_eq!(status, 400, "{route} {bad}: {body}");
+            let message = body["errmsg"].as_str().unwrap();
+            assert!(message.contains("verify_secs must be"), "{message}");
+        }
+    }
     let (status, body) = server
         .post_json("/wechat/app/update", &json!({"appid": "wxc"}))
         .await;
