@@ -519,6 +519,24 @@ fn show(status: &AppStatus, now: DateTime<Utc>) -> String {
             if let Some(at) = r.refresh_time {
                 out += &format!("  refreshed:  {}\n", at.to_rfc3339());
             }
+            if let Some(check) = r.check {
+                let answer = if check.accepted() {
+                    "accepted".to_owned()
+                } else {
+                    format!("rejected ({})", check.errcode)
+                };
+                out += &format!(
+                    "  checked:    {} by WeChat at {}\n",
+                    answer,
+                    check.at.to_rfc3339()
+                );
+            }
+            if r.replaced > 0 {
+                out += &format!(
+                    "  replaced:   {} times outside wetoken (a leaked secret?)\n",
+                    r.replaced
+                );
+            }
         }
     }
     out

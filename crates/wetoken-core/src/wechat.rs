@@ -292,15 +292,18 @@ impl WeChat {
     }
 
     /// Asks WeChat whether `token` still works, spending none of the token quota:
-    /// `GET /cgi-bin/get_api_domain_ip` (WeCom's on its own root when `work`). `Ok` means
-    /// WeChat accepted it; a rejection is [`UpstreamError::Refused`] with 40001, 40014 or
-    /// 42001 ([`UpstreamError::is_token_rejected`]).
+    /// `GET /cgi-bin/get_api_domain_ip`, or for a WeCom token (`work`) WeCom's
+    /// `GET /cgi-bin/getcallbackip`. `Ok` means WeChat accepted it; a rejection is
+    /// [`UpstreamError::Refused`] with 40001, 40014 or 42001
+    /// ([`UpstreamError::is_token_rejected`]).
     pub async fn check_token(&self, token: &str, work: bool) -> Result<(), UpstreamError> {
-        let roots = if work { &self.work_roots } else { &self.roots };
+        let (roots, path) = if work {
+            (&self.work_roots, "/cgi-bin/getcallbackip")
+        } else {
+            (&self.roots, "/cgi-bin/get_api_domain_ip")
+        };
         let query = [("access_token", token)];
-        self.get(roots, "/cgi-bin/get_api_domain_ip", &query)
-            .await
-            .map(drop)
+        self.get(roots, path, &query).await.map(drop)
     }
 
     /// `POST /cgi-bin/openapi/quota/get`: WeChat's count of `cgi_path`'s calls today (for

@@ -223,6 +223,10 @@ pub struct CredentialState {
     pub message: String,
     /// Whether wetoken stopped calling WeChat for it until the app's settings change.
     pub halted: bool,
+    /// How many stored values WeChat dropped before their time: replaced by a fetch made outside
+    /// wetoken with the app's secret. Absent from servers before it was counted.
+    #[serde(default)]
+    pub replaced: i32,
 }
 
 /// The answer of `/wechat/app/list`.

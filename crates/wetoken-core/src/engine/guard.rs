@@ -145,7 +145,12 @@ impl Engine {
     pub(super) async fn ask_wechat(&self, app: &App, token: &str) -> Result<(), UpstreamError> {
         let work = app.info.kind == AppKind::Work;
         let call = self.inner.wechat.check_token(token, work);
-        self.upstream(app, "get_api_domain_ip", call).await
+        let endpoint = if work {
+            "getcallbackip"
+        } else {
+            "get_api_domain_ip"
+        };
+        self.upstream(app, endpoint, call).await
     }
 
     /// Counts one token fetch against the app's budget for today, or refuses it: passive and

@@ -17,8 +17,8 @@ use std::time::Duration;
 use chrono::{TimeDelta, Utc};
 use sea_orm::{ConnectionTrait, Statement};
 use wetoken_core::{
-    AppId, AppUpdate, Clock, DatabaseOptions, Engine, EngineConfig, Error, Kind, ManualClock,
-    NewApp, Reporter, Secret, Store, SystemClock, TokenMode, WeChat, WeChatOptions,
+    AppId, AppKind, AppUpdate, Clock, DatabaseOptions, Engine, EngineConfig, Error, Kind,
+    ManualClock, NewApp, Reporter, Secret, Store, SystemClock, TokenMode, WeChat, WeChatOptions,
 };
 use wetoken_mock::{Endpoint, MockConfig, MockWeChat};
 use wetoken_testkit::{TestDb, on_every_database};
@@ -76,7 +76,7 @@ fn config() -> EngineConfig {
     }
 }
 
-fn key(name: &str) -> Reporter {
+fn key_named(name: &str) -> Reporter {
     Reporter::Key(name.into())
 }
 
@@ -94,7 +94,12 @@ async fn a_buggy_reporter_of_a_good_token_makes_no_fetch(db: &TestDb) {
         let engine = &engines[i % 3];
         let token = engine.get(&appid(), Kind::AccessToken).await.unwrap();
         let answer = engine
-            .report(&appid(), Kind::AccessToken, &token.value, &key("buggy"))
+            .report(
+                &appid(),
+                Kind::AccessToken,
+                &token.value,
+                &key_named("buggy"),
+            )
             .await
             .unwrap();
         assert_eq!(answer.value, first.value, "report {i} changed the token");
@@ -104,6 +109,45 @@ async fn a_buggy_reporter_of_a_good_token_makes_no_fetch(db: &TestDb) {
     assert_eq!(mock.calls(Endpoint::Token), 1, "no fetch for 2000 reports");
     let checks = mock.calls(Endpoint::CheckToken);
     assert!((1..=6).contains(&checks), "{checks} verification calls");
+}
+
+/// A WeCom app's reported token is checked on WeCom's root (`getcallbackip`): one WeChat
+/// accepts is answered as it is; one it rejects is replaced.
+async fn a_wecom_token_is_checked_on_wecoms_own_call(db: &TestDb) {
+    let mock = MockWeChat::start().await.unwrap();
+    mock.add_app("wwquotacorp", SECRET);
+    let clock = Arc::new(ManualClock::new(Utc::now()));
+    let (key, work) =
+        NewApp::identify(AppKind::Work, None, Some("wwquotacorp"), Some("1000002")).unwrap();
+    let app = NewApp {
+        kind: AppKind::Work,
+        work,
+        ..NewApp::mp(key.clone(), Secret::new(SECRET))
+    };
+    let engines = replicas(db, &mock, clock.clone(), config(), app).await;
+    let token = engines[0].get(&key, Kind::AccessToken).await.unwrap();
+    for engine in &engines {
+        let answer = engine
+            .report(&key, Kind::AccessToken, &token.value, &key_named("wecom"))
+            .await
+            .unwrap();
+        assert_eq!(answer.value, token.value);
+    }
+    assert_eq!(mock.calls(Endpoint::WorkToken), 1, "no fetch");
+    assert_eq!(
+        mock.calls(Endpoint::CallbackIp),
+        1,
+        "one check, on WeCom's call"
+    );
+    assert_eq!(mock.calls(Endpoint::CheckToken), 0);
+    mock.invalidate_token(&token.value);
+    clock.advance(Duration::from_secs(31));
+    let answer = engines[1]
+        .report(&key, Kind::AccessToken, &token.value, &key_named("wecom"))
+        .await
+        .unwrap();
+    assert_ne!(answer.value, token.value);
+    assert_eq!(mock.calls(Endpoint::WorkToken), 2);
 }
 
 /// The same loop while WeChat really rejects each token: every report is true, so each makes a
@@ -130,7 +174,12 @@ async fn a_loop_on_rejected_tokens_stops_at_the_reserve(db: &TestDb) {
         };
         mock.invalidate_token(&token.value);
         match engine
-            .report(&appid(), Kind::AccessToken, &token.value, &key("buggy"))
+            .report(
+                &appid(),
+                Kind::AccessToken,
+                &token.value,
+                &key_named("buggy"),
+            )
             .await
         {
             Ok(new) => assert_ne!(new.value, token.value),
@@ -151,7 +200,12 @@ async fn a_loop_on_rejected_tokens_stops_at_the_reserve(db: &TestDb) {
     for engine in &engines {
         let stored = engine.stored(&appid(), Kind::AccessToken).await.unwrap();
         let e = engine
-            .report(&appid(), Kind::AccessToken, &stored.value, &key("buggy"))
+            .report(
+                &appid(),
+                Kind::AccessToken,
+                &stored.value,
+                &key_named("buggy"),
+            )
             .await
             .unwrap_err();
         assert!(matches!(e, Error::OverBudget(_)), "{e:?}");
@@ -196,7 +250,7 @@ async fn sixty_reports_of_a_rejected_token_make_one_check_and_one_fetch(db: &Tes
                     &appid(),
                     Kind::AccessToken,
                     &failed,
-                    &key(&format!("caller{}", i % 7)),
+                    &key_named(&format!("caller{}", i % 7)),
                 )
                 .await
         });
@@ -335,7 +389,7 @@ async fn one_key_cannot_spend_the_days_forced_stable_tokens(db: &TestDb) {
         mock.invalidate_token(&token.value);
         let engine = &engines[i % 3];
         let answer = engine
-            .report(&appid(), Kind::AccessToken, &token.value, &key(by))
+            .report(&appid(), Kind::AccessToken, &token.value, &key_named(by))
             .await;
         if let Ok(new) = &answer {
             token = new.clone();
@@ -372,7 +426,12 @@ async fn a_reported_ticket_is_replaced_only_once_old_enough(db: &TestDb) {
     assert_eq!(mock.calls(Endpoint::Ticket), 1);
     for (i, engine) in engines.iter().enumerate() {
         let answer = engine
-            .report(&appid(), Kind::JsapiTicket, &ticket.value, &key("pages"))
+            .report(
+                &appid(),
+                Kind::JsapiTicket,
+                &ticket.value,
+                &key_named("pages"),
+            )
             .await
             .unwrap();
         assert_eq!(
@@ -384,7 +443,12 @@ async fn a_reported_ticket_is_replaced_only_once_old_enough(db: &TestDb) {
     assert_eq!(mock.calls(Endpoint::Ticket), 1);
     clock.advance(Duration::from_secs(16));
     let answer = engines[1]
-        .report(&appid(), Kind::JsapiTicket, &ticket.value, &key("pages"))
+        .report(
+            &appid(),
+            Kind::JsapiTicket,
+            &ticket.value,
+            &key_named("pages"),
+        )
         .await
         .unwrap();
     assert_ne!(answer.value, ticket.value, "61 s old: replaced");
@@ -436,6 +500,7 @@ on_every_database!(
     a_halted_app_is_left_alone_by_the_scheduler,
     one_key_cannot_spend_the_days_forced_stable_tokens,
     a_reported_ticket_is_replaced_only_once_old_enough,
+    a_wecom_token_is_checked_on_wecoms_own_call,
 );
 
 /// Every credential row, as text: what "writes nothing" compares.

@@ -178,11 +178,13 @@ fn credential_state(record: Option<&CredentialRecord>) -> CredentialState {
             expires_at: None,
             message: "not fetched yet".into(),
             halted: false,
+            replaced: 0,
         },
         Some(r) => CredentialState {
             expires_at: r.credential.as_ref().map(|c| c.expires_at.to_rfc3339()),
             message: r.message.clone(),
             halted: r.halted,
+            replaced: r.replaced,
         },
     }
 }
