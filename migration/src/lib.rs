@@ -27,6 +27,7 @@ mod m20261125_000006_secret_columns;
 mod m20261129_000007_go_takeover;
 mod m20261130_000008_errcode;
 mod m20261205_000009_quota_guard;
+mod m20261205_000010_change_feed;
 
 pub mod go;
 
@@ -46,6 +47,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261129_000007_go_takeover::Migration),
             Box::new(m20261130_000008_errcode::Migration),
             Box::new(m20261205_000009_quota_guard::Migration),
+            Box::new(m20261205_000010_change_feed::Migration),
         ]
     }
 }

@@ -9,7 +9,7 @@ use crate::takeover::{GoSurvey, Takeover};
 use crate::{Error, Store};
 
 /// The tables wetoken owns, as named in the Go wetoken.
-pub const TABLES: [&str; 7] = [
+pub const TABLES: [&str; 9] = [
     "wechat_app_info",
     "wechat_access_token",
     "wechat_jsapi_ticket",
@@ -17,6 +17,8 @@ pub const TABLES: [&str; 7] = [
     "wechat_user_info",
     "wetoken_consumer_key",
     "wetoken_refresh_share",
+    "wetoken_change_seq",
+    "wetoken_change",
 ];
 
 impl Store {

@@ -42,8 +42,8 @@ pub struct EngineConfig {
     pub lease_ms: u64,
     /// How often a replica waiting on another's lease looks for the result, in milliseconds.
     pub lease_poll_ms: u64,
-    /// How often a cached credential is checked against the database, in milliseconds, so that a
-    /// refresh by another replica is picked up.
+    /// How stale a cached credential may be, in milliseconds: the change feed is read every half
+    /// of this, so that a refresh by another replica is picked up within it.
     pub cache_check_ms: u64,
     /// While the database cannot be reached, a cached credential is served for at most this long
     /// after its last successful check. Keep it under WeChat's five-minute overlap.

@@ -27,6 +27,7 @@
 
 mod apps;
 mod config;
+mod feed;
 mod guard;
 mod refresh;
 mod scheduler;
@@ -74,6 +75,8 @@ struct Inner {
     sweeps: AtomicU64,
     /// Digests of the apps' secrets, for callers that present one (the Go SDK).
     secrets: RwLock<SecretDigests>,
+    /// The change feed's reader.
+    feed: feed::Feed,
 }
 
 fn replica_name() -> String {
@@ -100,7 +103,7 @@ impl Engine {
     ) -> Result<Self, Error> {
         config.validate()?;
         let upstream = Semaphore::new(config.max_upstream_concurrency);
-        Ok(Self {
+        let engine = Self {
             inner: Arc::new(Inner {
                 store,
                 wechat,
@@ -112,8 +115,11 @@ impl Engine {
                 leases: AtomicU64::new(0),
                 sweeps: AtomicU64::new(0),
                 secrets: RwLock::default(),
+                feed: feed::Feed::default(),
             }),
-        })
+        };
+        engine.start_feed();
+        Ok(engine)
     }
 
     /// The database.
@@ -153,15 +159,13 @@ impl Engine {
         let now = self.now();
         if let Some(c) = slot.cached()
             && self.satisfies(&slot, &c, now, &Need::Serve)
+            && self.unchecked_for(&slot, now) < self.trust_ms()
         {
-            let unchecked = slot.unchecked_for(now);
-            if unchecked < self.inner.config.cache_check_ms as i64 {
-                return Ok(c);
-            }
-            if unchecked < self.trust_ms() {
-                self.check_in_background(appid, kind, slot.clone());
-                return Ok(c);
-            }
+            // Checked within `cache_check_ms`, or the change feed is behind but the value is
+            // still within `cache_trust_secs` of its last check: the feed's next poll settles
+            // it (the feed starts here if the engine was made outside a runtime).
+            self.start_feed();
+            return Ok(c);
         }
         self.fill(appid, kind, &slot, Need::Serve).await
     }
@@ -181,7 +185,7 @@ impl Engine {
         if let Some(slot) = known
             && let Some(c) = slot.cached()
             && c.expires_at > now
-            && slot.unchecked_for(now) < self.inner.config.cache_check_ms as i64
+            && self.unchecked_for(&slot, now) < self.inner.config.cache_check_ms as i64
         {
             return Ok(c);
         }

@@ -15,7 +15,7 @@ use tracing::{Instrument, debug, info, warn};
 use super::Engine;
 use super::config::{FORCE_SPACING_SECS, FORCES_PER_DAY};
 use super::guard::{Declined, OVER_BUDGET_ERRCODE};
-use super::slot::{Need, Slot, Why};
+use super::slot::{Need, Seen, Slot, Why};
 use super::upstream::FetchError;
 use crate::Error;
 use crate::model::{App, AppId, AppKind, Credential, CredentialRecord, Kind, TokenMode};
@@ -93,10 +93,11 @@ impl Engine {
             + Duration::from_secs(5);
         loop {
             let now = self.now();
+            let seen = self.seen_now(now);
             let cached = slot.cached();
             if let Some(c) = &cached
                 && self.satisfies(slot, c, now, &need)
-                && slot.unchecked_for(now) < config.cache_check_ms as i64
+                && self.unchecked_for(slot, now) < config.cache_check_ms as i64
             {
                 return Ok(c.clone());
             }
@@ -107,7 +108,7 @@ impl Engine {
                     // nobody can replace it without the database either.
                     if let Some(c) = cached
                         && self.satisfies(slot, &c, now, &need)
-                        && slot.unchecked_for(now) < self.trust_ms()
+                        && self.unchecked_for(slot, now) < self.trust_ms()
                     {
                         return Ok(c);
                     }
@@ -133,7 +134,7 @@ impl Engine {
                 && self.satisfies(slot, c, now, &need)
             {
                 let c = Arc::new(c.clone());
-                slot.set(c.clone(), version, now);
+                slot.set(c.clone(), version, seen);
                 return Ok(c);
             }
             // A report of the stored value that the database already answers: no lease, no
@@ -149,7 +150,7 @@ impl Engine {
                 && let Some(declined) = self.settled(kind, r, now)
             {
                 let c = Arc::new(c.clone());
-                slot.set(c.clone(), version, now);
+                slot.set(c.clone(), version, seen);
                 self.declined(appid, kind, slot, by, declined, now);
                 return Ok(c);
             }
@@ -236,6 +237,7 @@ impl Engine {
             }
         };
         // The previous holder may have stored its result between our read and our lease.
+        let seen = self.seen_now(self.now());
         let record = match store.credential(appid, kind).await {
             Ok(r) => r,
             Err(e) => {
@@ -250,7 +252,7 @@ impl Engine {
         {
             release().await;
             let c = Arc::new(c.clone());
-            slot.set(c.clone(), version, now);
+            slot.set(c.clone(), version, seen);
             return Ok(c);
         }
         let check_due = self
@@ -271,7 +273,7 @@ impl Engine {
             if let Some(declined) = self.settled(kind, r, now) {
                 release().await;
                 let c = Arc::new(c.clone());
-                slot.set(c.clone(), version, now);
+                slot.set(c.clone(), version, seen);
                 self.declined(appid, kind, slot, by, declined, now);
                 return Ok(c);
             }
@@ -307,7 +309,7 @@ impl Engine {
                 match answer {
                     Ok(()) => {
                         let c = Arc::new(c.clone());
-                        slot.set(c.clone(), version, now);
+                        slot.set(c.clone(), version, seen);
                         self.declined(appid, kind, slot, by, Declined::StillAccepted, now);
                         return Ok(c);
                     }
@@ -405,12 +407,17 @@ impl Engine {
                     .save_credential(appid, kind, &credential, (owner, version), now, check_due)
                     .await
                 {
-                    Ok(true) => {
-                        slot.set(credential.clone(), version + 1, now);
+                    Ok(Some(seq)) => {
+                        let written = Seen {
+                            ms: now.timestamp_millis(),
+                            seq,
+                        };
+                        slot.set(credential.clone(), version + 1, written);
                         info!(expires_at = %credential.expires_at, "refreshed");
                         Ok(credential)
                     }
-                    Ok(false) => {
+                    Ok(None) => {
+                        let seen = self.seen_now(now);
                         // Our lease lapsed and another replica stored a newer value: it wins.
                         warn!(
                             "lease lapsed during the refresh; a newer value is stored, keeping it"
@@ -422,7 +429,7 @@ impl Engine {
                         match newer {
                             Some((c, v)) if self.satisfies(slot, &c, now, &Need::Serve) => {
                                 let c = Arc::new(c);
-                                slot.set(c.clone(), v, now);
+                                slot.set(c.clone(), v, seen);
                                 // The stored value is the cluster's from now on; but a passive
                                 // refresh must not get back the value it reported: ours, just
                                 // issued, is the newer one at WeChat then.
@@ -439,7 +446,7 @@ impl Engine {
                         // Serve it even though it could not be stored: it is valid, and WeChat
                         // has already retired the previous one.
                         warn!(error = %e.chain(), "fetched a credential but could not store it");
-                        slot.set(credential.clone(), version, now);
+                        slot.set(credential.clone(), version, self.seen_now(now));
                         release().await;
                         Ok(credential)
                     }

@@ -3,12 +3,11 @@
 //! single-flight; whether a held value satisfies a caller ([`Need`]); and the background check
 //! that keeps the cache coherent with other replicas' writes.
 
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use chrono::{DateTime, TimeDelta, Utc};
 use tokio::sync::Mutex;
-use tracing::debug;
 
 use super::config::STABLE_MARGIN_SECS;
 use super::{Engine, Reporter};
@@ -68,12 +67,12 @@ impl Need {
 /// One credential as this process knows it.
 #[derive(Default)]
 pub(super) struct Slot {
-    /// The credential served, with the stored version it came with.
-    pub(super) current: RwLock<Option<(Arc<Credential>, i64)>>,
-    /// When `current` last matched the database (engine clock, Unix ms).
+    /// The credential served, and what the change feed knows about it.
+    pub(super) held: RwLock<Held>,
+    /// When `held` was last known to match the database (engine clock, Unix ms): when the read
+    /// that produced it began. 0 when it must not be trusted without a read. The change feed's
+    /// last poll vouches for it from then on (`Engine::unchecked_for`).
     pub(super) checked_ms: AtomicI64,
-    /// Whether a background check against the database is under way.
-    pub(super) checking: AtomicBool,
     /// Life a served value must have left, in ms; 0 until the app is known (then the configured
     /// margin applies).
     pub(super) margin_ms: AtomicI64,
@@ -84,28 +83,64 @@ pub(super) struct Slot {
     pub(super) warned_ms: AtomicI64,
 }
 
+/// The value a slot holds, with the change numbers that say whether it can be trusted.
+#[derive(Default)]
+pub(super) struct Held {
+    /// The credential served, with the stored version it came with.
+    pub(super) value: Option<(Arc<Credential>, i64)>,
+    /// The change feed's cursor when the read that produced `value` began (or the number of the
+    /// change this process itself wrote): every change up to it is reflected in `value`.
+    pub(super) seen_seq: i64,
+    /// The highest change number the feed reported for this credential.
+    pub(super) changed_seq: i64,
+}
+
+/// When a value was read, and how far the change feed had got then.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Seen {
+    /// When the read began (engine clock, Unix ms).
+    pub(super) ms: i64,
+    /// The change feed's cursor then, or the number of the change just written.
+    pub(super) seq: i64,
+}
+
 impl Slot {
     pub(super) fn cached(&self) -> Option<Arc<Credential>> {
-        self.current
+        self.held
             .read()
             .unwrap_or_else(|e| e.into_inner())
+            .value
             .as_ref()
             .map(|(c, _)| c.clone())
     }
 
-    pub(super) fn set(&self, credential: Arc<Credential>, version: i64, now: DateTime<Utc>) {
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some((credential, version));
+    /// Installs `credential`, read (or written) as `seen` says. If the feed has meanwhile
+    /// reported a change newer than the read, the value is kept but not trusted: the next
+    /// request reads the database.
+    pub(super) fn set(&self, credential: Arc<Credential>, version: i64, seen: Seen) {
+        let mut held = self.held.write().unwrap_or_else(|e| e.into_inner());
+        held.value = Some((credential, version));
+        held.seen_seq = seen.seq;
+        let trusted = held.changed_seq <= seen.seq;
         self.checked_ms
-            .store(now.timestamp_millis(), Ordering::Release);
+            .store(if trusted { seen.ms } else { 0 }, Ordering::Release);
     }
 
+    /// What the feed does with change `seq` of this credential: drops the value unless it was
+    /// read after the change.
+    pub(super) fn changed(&self, seq: i64) {
+        let mut held = self.held.write().unwrap_or_else(|e| e.into_inner());
+        held.changed_seq = held.changed_seq.max(seq);
+        if seq > held.seen_seq {
+            held.value = None;
+            self.checked_ms.store(0, Ordering::Release);
+        }
+    }
+
+    /// Forgets the value.
     pub(super) fn clear(&self) {
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = None;
-    }
-
-    /// Milliseconds since the cached value last matched the database.
-    pub(super) fn unchecked_for(&self, now: DateTime<Utc>) -> i64 {
-        now.timestamp_millis() - self.checked_ms.load(Ordering::Acquire)
+        self.held.write().unwrap_or_else(|e| e.into_inner()).value = None;
+        self.checked_ms.store(0, Ordering::Release);
     }
 }
 
@@ -121,6 +156,26 @@ impl Engine {
 
     pub(super) fn trust_ms(&self) -> i64 {
         self.inner.config.cache_trust_secs as i64 * 1000
+    }
+
+    /// Milliseconds since `slot`'s value was last known to match the database: since it was
+    /// read, or since the change feed's last poll began, whichever is later. A value the feed
+    /// said changed counts as never checked.
+    pub(super) fn unchecked_for(&self, slot: &Slot, now: DateTime<Utc>) -> i64 {
+        let checked = slot.checked_ms.load(Ordering::Acquire);
+        if checked == 0 {
+            return i64::MAX;
+        }
+        let polled = self.inner.feed.polled_ms.load(Ordering::Acquire);
+        now.timestamp_millis() - checked.max(polled)
+    }
+
+    /// When a read beginning now is taken: the engine's clock and the feed's cursor.
+    pub(super) fn seen_now(&self, now: DateTime<Utc>) -> Seen {
+        Seen {
+            ms: now.timestamp_millis(),
+            seq: self.inner.feed.cursor.load(Ordering::Acquire),
+        }
     }
 
     pub(super) fn slot(&self, appid: &AppId, kind: Kind) -> Arc<Slot> {
@@ -180,32 +235,5 @@ impl Engine {
             self.inner.config.margin_secs as i64 * 1000
         };
         slot.margin_ms.store(ms, Ordering::Release);
-    }
-
-    /// Compares the cached value with the database without holding up the request that noticed
-    /// the check was due. At most one check per slot runs at a time.
-    pub(super) fn check_in_background(&self, appid: &AppId, kind: Kind, slot: Arc<Slot>) {
-        if slot.checking.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        let engine = self.clone();
-        let appid = appid.clone();
-        tokio::spawn(async move {
-            match engine.inner.store.credential(&appid, kind).await {
-                Ok(record) => {
-                    let now = engine.now();
-                    match record.and_then(|r| r.credential.map(|c| (c, r.version))) {
-                        Some((c, version)) if engine.satisfies(&slot, &c, now, &Need::Serve) => {
-                            slot.set(Arc::new(c), version, now);
-                        }
-                        // Nothing servable is stored (the app was deleted, say): stop serving
-                        // from memory and let the next request take the slow path.
-                        _ => slot.clear(),
-                    }
-                }
-                Err(e) => debug!(%appid, %kind, error = %e.chain(), "cache check failed"),
-            }
-            slot.checking.store(false, Ordering::Release);
-        });
     }
 }

@@ -207,6 +207,10 @@ impl Store {
     pub async fn delete_app(&self, appid: &AppId) -> Result<bool, Error> {
         let txn = self.db.begin().await?;
         for kind in Kind::ALL {
+            // The change number first (the order every writer takes its locks in); the feed
+            // tells the other replicas to drop what they cache of the app.
+            let seq = super::feed::next_seq(&txn).await?;
+            super::feed::log_change(&txn, seq, appid, kind, Utc::now()).await?;
             let delete = Query::delete()
                 .from_table(kind.table())
                 .and_where(Expr::col(C::Appid).eq(appid.as_str()))

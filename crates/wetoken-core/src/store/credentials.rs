@@ -5,7 +5,7 @@
 
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{Expr, ExprTrait, JoinType, OnConflict, Order, Query};
-use sea_orm::{ConnectionTrait, DbBackend, FromQueryResult, SqlErr};
+use sea_orm::{ConnectionTrait, DbBackend, FromQueryResult, SqlErr, TransactionTrait};
 
 use super::Store;
 use crate::Error;
@@ -76,7 +76,10 @@ impl Store {
         credential: &Credential,
         now: DateTime<Utc>,
     ) -> Result<bool, Error> {
-        self.insert_row(
+        let txn = self.db.begin().await?;
+        let seq = super::feed::next_seq(&txn).await?;
+        let stored = insert_row(
+            &txn,
             kind,
             vec![
                 Column::Appid,
@@ -93,7 +96,14 @@ impl Store {
                 now.into(),
             ],
         )
-        .await
+        .await?;
+        if stored {
+            super::feed::log_change(&txn, seq, appid, kind, now).await?;
+            txn.commit().await?;
+        } else {
+            txn.rollback().await?;
+        }
+        Ok(stored)
     }
 
     /// Inserts a credential row unless one exists for the appid; returns whether it did.
@@ -103,24 +113,7 @@ impl Store {
         columns: Vec<Column>,
         values: Vec<sea_orm::sea_query::SimpleExpr>,
     ) -> Result<bool, Error> {
-        let insert = Query::insert()
-            .into_table(kind.table())
-            .columns(columns)
-            .values_panic(values)
-            .on_conflict(
-                OnConflict::column(Column::Appid)
-                    .do_nothing_on([Column::Appid])
-                    .to_owned(),
-            )
-            .to_owned();
-        match self.db.execute(&insert).await {
-            Ok(done) => Ok(done.rows_affected() == 1),
-            // MySQL reports the ignored duplicate on some versions; the row exists either way.
-            Err(e) if matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
-                Ok(false)
-            }
-            Err(e) => Err(e.into()),
-        }
+        insert_row(&self.db, kind, columns, values).await
     }
 
     /// Apps whose `kind` credential is missing or expires before `before`, and is not halted:
@@ -328,4 +321,29 @@ pub(crate) struct Due {
     pub expires_at: Option<DateTime<Utc>>,
     /// The app's token mode (stable tokens renew on their own schedule).
     pub token_mode: TokenMode,
+}
+
+/// Inserts a credential row on `conn` unless one exists for the appid; returns whether it did.
+async fn insert_row(
+    conn: &impl ConnectionTrait,
+    kind: Kind,
+    columns: Vec<Column>,
+    values: Vec<sea_orm::sea_query::SimpleExpr>,
+) -> Result<bool, Error> {
+    let insert = Query::insert()
+        .into_table(kind.table())
+        .columns(columns)
+        .values_panic(values)
+        .on_conflict(
+            OnConflict::column(Column::Appid)
+                .do_nothing_on([Column::Appid])
+                .to_owned(),
+        )
+        .to_owned();
+    match conn.execute(&insert).await {
+        Ok(done) => Ok(done.rows_affected() == 1),
+        // MySQL reports the ignored duplicate on some versions; the row exists either way.
+        Err(e) if matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
 }

@@ -3,10 +3,10 @@
 //! failed refresh. `docs/ARCHITECTURE.md` ("The lease") is the protocol.
 
 use chrono::{DateTime, Utc};
-use sea_orm::ConnectionTrait;
 use sea_orm::sea_query::{Expr, ExprTrait, Query, UpdateStatement};
+use sea_orm::{ConnectionTrait, TransactionTrait};
 
-use super::Store;
+use super::{Store, feed};
 use crate::Error;
 use crate::entity::credential::Column;
 use crate::model::{AppId, Credential, Kind};
@@ -91,8 +91,9 @@ impl Store {
     /// `check_due` is when the out-of-band check first looks at it (`None`: never).
     ///
     /// The write is fenced: it happens only if `owner` still holds the lease and the row is still
-    /// at `version`, the one read before the fetch. Returns whether it happened; `false` means a
-    /// newer value was stored meanwhile and this one must not replace it.
+    /// at `version`, the one read before the fetch. Returns the change number it was recorded
+    /// under in the change feed, or `None` if it did not happen: a newer value was stored
+    /// meanwhile and this one must not replace it.
     pub(crate) async fn save_credential(
         &self,
         appid: &AppId,
@@ -101,7 +102,7 @@ impl Store {
         fence: (&str, i64),
         now: DateTime<Utc>,
         check_due: Option<DateTime<Utc>>,
-    ) -> Result<bool, Error> {
+    ) -> Result<Option<i64>, Error> {
         let (owner, version) = fence;
         let update = outcome(appid, kind, owner, now)
             .value(Column::CheckDueAt, check_due)
@@ -115,7 +116,17 @@ impl Store {
             .value(Column::Version, Expr::col(Column::Version).add(1))
             .and_where(Expr::col(Column::Version).eq(version))
             .to_owned();
-        Ok(self.db.execute(&update).await?.rows_affected() == 1)
+        // The change number first: every writer takes the counter's row lock before any
+        // credential row's, so two writers never wait on each other in opposite orders.
+        let txn = self.db.begin().await?;
+        let seq = feed::next_seq(&txn).await?;
+        if txn.execute(&update).await?.rows_affected() != 1 {
+            txn.rollback().await?;
+            return Ok(None);
+        }
+        feed::log_change(&txn, seq, appid, kind, now).await?;
+        txn.commit().await?;
+        Ok(Some(seq))
     }
 
     /// Records a failed refresh and gives the lease back. The stored value, if any, is kept: it
@@ -288,6 +299,7 @@ mod tests {
                 .save_credential(&appid, kind, &credential, ("c", version), now, None)
                 .await
                 .unwrap()
+                .is_some()
         );
         let saved = record().await;
         assert_eq!(

@@ -12,6 +12,7 @@
 
 mod apps;
 mod credentials;
+mod feed;
 mod lease;
 mod quota;
 

@@ -53,6 +53,7 @@ wetoken_testkit::on_databases!(
     schedulers_on_three_replicas_fetch_once_per_lifetime,
     database_outage_serves_what_is_valid_then_recovers,
     unreachable_wechat_domain_fails_over_to_the_next,
+    a_replaced_token_is_served_by_no_replica_after_the_bound,
 );
 
 const APP: &str = "wxcluster";
@@ -403,4 +404,110 @@ async fn unreachable_wechat_domain_fails_over_to_the_next(db: &TestDb) {
         "{body}"
     );
     assert_eq!(mock.calls(Endpoint::Token), 1);
+}
+
+/// The cache-coherence bound of docs/ARCHITECTURE.md, through the change feed: once one replica
+/// stores a new token, no other serves the old one for longer than `cache_check_ms` plus a
+/// read; a replica cut off from the database serves what it holds (valid at WeChat for five
+/// minutes) and catches up once it is back; a restarted replica serves the newest.
+async fn a_replaced_token_is_served_by_no_replica_after_the_bound(db: &TestDb) {
+    const CHECK_MS: u64 = 400;
+    let mock = mock_with(&[APP]).await;
+    let (scheme, rest) = db.url.split_once("://").unwrap();
+    let (userinfo, rest) = rest.split_once('@').unwrap();
+    let (host, path) = rest.split_once('/').unwrap();
+    let proxy = Proxy::start(host.parse().unwrap()).await;
+    let proxied = format!("{scheme}://{userinfo}@{}/{path}", proxy.addr);
+    let check = CHECK_MS.to_string();
+    let env = [("WETOKEN_REFRESH__CACHE_CHECK_MS", check.as_str())];
+    // Replica 0 reaches the database through the proxy; the others directly.
+    let mut replicas = vec![Replica::start(&proxied, &mock.url(), &env).await];
+    for _ in 0..2 {
+        replicas.push(Replica::start(&db.url, &mock.url(), &env).await);
+    }
+    let http = reqwest::Client::new();
+    add_app(&http, &replicas[1], APP).await;
+    let token = |r: &Replica| {
+        let (http, url) = (http.clone(), format!("{}/{APP}/wechat/token/get", r.url));
+        async move {
+            let (status, body) = get(&http, url).await;
+            assert_eq!(status, 200, "{body}");
+            body["access_token"].as_str().unwrap().to_owned()
+        }
+    };
+    let replace = |r: &Replica, old: &str| {
+        mock.invalidate_token(old);
+        let (http, url) = (
+            http.clone(),
+            format!("{}/{APP}/wechat/token/refresh?access_token={old}", r.url),
+        );
+        async move {
+            let (status, body) = get(&http, url).await;
+            assert_eq!(status, 200, "{body}");
+            body["access_token"].as_str().unwrap().to_owned()
+        }
+    };
+    // Every replica serves (and caches) the first token.
+    let first = token(&replicas[1]).await;
+    for r in &replicas {
+        assert_eq!(token(r).await, first);
+    }
+
+    // Replaced through replica 1: each other replica switches within the bound, and never
+    // serves anything but the old token or the new one on the way.
+    let second = replace(&replicas[1], &first).await;
+    let replaced = Instant::now();
+    let bound = Duration::from_millis(CHECK_MS + 600);
+    for r in &replicas {
+        loop {
+            let served = token(r).await;
+            if served == second {
+                break;
+            }
+            assert_eq!(served, first, "a third value");
+            assert!(
+                replaced.elapsed() <= bound,
+                "{} still served the replaced token {:?} after it was replaced",
+                r.url,
+                replaced.elapsed()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    // Replica 0 loses the database; the token is replaced through replica 2. Replica 0 serves
+    // what it holds meanwhile (WeChat keeps it valid for five minutes), and switches once the
+    // database is back.
+    proxy.take_down();
+    tokio::time::sleep(Duration::from_millis(2 * CHECK_MS)).await;
+    let third = replace(&replicas[2], &second).await;
+    for _ in 0..3 {
+        assert_eq!(
+            token(&replicas[0]).await,
+            second,
+            "what it holds, while cut off"
+        );
+        tokio::time::sleep(Duration::from_millis(CHECK_MS)).await;
+    }
+    proxy.bring_back();
+    eventually("replica 0 catches up", Duration::from_secs(10), || async {
+        token(&replicas[0]).await == third
+    })
+    .await;
+    assert_eq!(token(&replicas[1]).await, third);
+
+    // A replica killed and started again serves the newest token, replaced while it was down.
+    replicas[2].kill();
+    let fourth = replace(&replicas[1], &third).await;
+    let restarted = Replica::start(&db.url, &mock.url(), &env).await;
+    assert_eq!(token(&restarted).await, fourth);
+    let replaced = Instant::now();
+    for r in [&replicas[0], &restarted] {
+        eventually("the newest token everywhere", bound, || async {
+            token(r).await == fourth
+        })
+        .await;
+    }
+    assert!(replaced.elapsed() <= bound + Duration::from_millis(200));
+    assert_eq!(mock.calls(Endpoint::Token), 4, "one fetch per replacement");
 }
