@@ -1,5 +1,6 @@
 //! The engine on its own, over in-memory SQLite and the mock WeChat.
 
+mod feed_model;
 mod lease_model;
 mod lease_replicas;
 mod quota_guard;
