@@ -483,7 +483,7 @@ fn show(status: &AppStatus, now: DateTime<Utc>) -> String {
     }
     let set = |present: bool| if present { "set" } else { "not set" };
     out += &format!(
-        "secret:       set (never shown)\nmsg token:    {}\naes key:      {}\ncalls today:  {} of {}\nverify every: {}\ncreated:      {}\nupdated:      {}\n",
+        "secret:       set (never shown)\nmsg token:    {}\naes key:      {}\nfetches today: {} of {}\nverify every: {}\ncreated:      {}\nupdated:      {}\n",
         set(app.has_token),
         set(app.has_aes_key),
         app.calls_today,

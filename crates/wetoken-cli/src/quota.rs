@@ -104,7 +104,7 @@ pub(crate) async fn run(args: QuotaArgs) -> anyhow::Result<()> {
 /// WeChat's count and wetoken's, one line each.
 fn counts(info: &AppInfo, cgi_path: &str, quota: &Quota) -> String {
     format!(
-        "{} {cgi_path} today:\n  WeChat:  {} used of {}, {} left\n  wetoken: {} upstream calls of a daily budget of {}\n",
+        "{} {cgi_path} today:\n  WeChat:  {} used of {}, {} left\n  wetoken: {} token fetches of a daily budget of {}\n",
         info.appid,
         quota.used,
         quota.daily_limit,

@@ -95,8 +95,8 @@ async fn app_quota_shows_both_counts_and_clear_resets_both() {
         assert_eq!(mock.calls(Endpoint::Token), 0);
         assert_eq!(mock.calls(Endpoint::QuotaGet), 0);
 
-        // A token and a ticket fetched as a server would: WeChat counts one token call,
-        // wetoken two upstream calls.
+        // A token and a ticket fetched as a server would: WeChat and wetoken each count one token
+        // fetch (the ticket has a quota of its own).
         for what in ["token", "ticket"] {
             let (ok, _, err) = cli.run(&[what, "get", APP, "--wechat-base-url", &wechat], "");
             assert!(ok, "{backend}: {err}");
@@ -107,7 +107,7 @@ async fn app_quota_shows_both_counts_and_clear_resets_both() {
         assert_eq!(
             out,
             format!(
-                "{APP} /cgi-bin/token today:\n  WeChat:  1 used of 2000, 1999 left\n  wetoken: 2 upstream calls of a daily budget of 2000\n"
+                "{APP} /cgi-bin/token today:\n  WeChat:  1 used of 2000, 1999 left\n  wetoken: 1 token fetches of a daily budget of 2000\n"
             )
         );
         assert_eq!(mock.calls(Endpoint::Token), 1, "asking fetched nothing");
@@ -131,7 +131,7 @@ async fn app_quota_shows_both_counts_and_clear_resets_both() {
         assert!(!ok && err.contains("--clear"), "--yes alone: {err}");
         assert_eq!(mock.calls(Endpoint::ClearQuota), 0);
         assert_eq!(mock.token_fetches(APP), 1);
-        assert!(cli.show(APP).contains("calls today:  2 of 2000"));
+        assert!(cli.show(APP).contains("fetches today: 1 of 2000"));
 
         let (ok, out, err) = cli.quota(&mock, APP, &["--clear", "--yes"]);
         assert!(ok, "{backend}: {err}");
@@ -141,12 +141,12 @@ async fn app_quota_shows_both_counts_and_clear_resets_both() {
             "{out}"
         );
         assert!(
-            out.ends_with("  WeChat:  0 used of 2000, 2000 left\n  wetoken: 0 upstream calls of a daily budget of 2000\n"),
+            out.ends_with("  WeChat:  0 used of 2000, 2000 left\n  wetoken: 0 token fetches of a daily budget of 2000\n"),
             "the counts after the clear: {out}"
         );
         assert_eq!(mock.calls(Endpoint::ClearQuota), 1);
         assert_eq!(mock.token_fetches(APP), 0);
-        assert!(cli.show(APP).contains("calls today:  0 of 2000"));
+        assert!(cli.show(APP).contains("fetches today: 0 of 2000"));
         assert_eq!(mock.calls(Endpoint::Token), 1);
 
         // The month's other nine clears go elsewhere; the 11th is refused and says why,
@@ -170,7 +170,9 @@ async fn app_quota_shows_both_counts_and_clear_resets_both() {
                 && err.contains("nothing was cleared"),
             "{backend}: {err}"
         );
-        assert!(cli.show(APP).contains("calls today:  1 of 2000"));
+        // The card ticket is not a token fetch: the count is still the cleared one.
+        // The card ticket is not a token fetch: the count is still the cleared one.
+        assert!(cli.show(APP).contains("fetches today: 0 of 2000"));
 
         // A token WeChat no longer takes (replaced outside wetoken): said so, nothing fetched.
         mock.invalidate_token(&token);
