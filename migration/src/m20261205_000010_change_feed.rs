@@ -8,7 +8,15 @@
 //! - `wetoken_change`: one row per change (`seq`, `appid`, `kind`: 0 access token, 1 jsapi
 //!   ticket, 2 card ticket; `at`), read by `seq > cursor`, pruned after an hour.
 //!
-//! Indexes for the scheduler's scans: `expires_at` and `check_due_at` on the credential tables.
+//! The scheduler's scan (issue #15: one indexed query, whatever the number of apps):
+//! - `renew_at` on the credential tables: when the scheduler should renew the stored value (its
+//!   expiry less the app's renewal point), written with the value; NULL for a row whose value
+//!   was never fetched by wetoken (imported, adopted from the Go wetoken, or none yet), which the
+//!   scheduler looks at and dates once. Indexed, as is `check_due_at`.
+//! - Every app gets its access-token row, and official accounts and WeCom apps their jsapi-ticket
+//!   row, now rather than at their first fetch: so that what is due is found in the credential
+//!   table's index alone, without scanning every app for a missing row. `Store::insert_app` does
+//!   the same for new apps.
 
 use sea_orm_migration::prelude::*;
 
@@ -20,6 +28,11 @@ enum WetokenChangeSeq {
     Table,
     Id,
     Seq,
+}
+
+#[derive(DeriveIden)]
+enum Credential {
+    RenewAt,
 }
 
 #[derive(DeriveIden)]
@@ -37,6 +50,9 @@ const INDEXED: [(&str, &str); 3] = [
     ("wechat_jsapi_ticket", "wjt"),
     ("wechat_card_ticket", "wct"),
 ];
+
+/// The columns the scheduler's scans select on.
+const INDEXED_COLUMNS: [&str; 2] = ["renew_at", "check_due_at"];
 
 fn index_name(short: &str, column: &str) -> String {
     format!("idx_{short}_{column}")
@@ -84,8 +100,34 @@ impl MigrationTrait for Migration {
             .to_owned();
         crate::match_charset(manager, &mut create, "wechat_app_info", "appid").await?;
         manager.create_table(create).await?;
+        for (table, _) in INDEXED {
+            let renew_at = ColumnDef::new(Credential::RenewAt)
+                .timestamp_with_time_zone()
+                .null()
+                .to_owned();
+            crate::add_column_if_missing(manager, table, renew_at).await?;
+        }
+        // The rows every app has (card tickets are made when first asked for).
+        // The value is '' rather than NULL: a Go wetoken rolled back to reads these rows, and its
+        // NOT NULL columns never held NULL.
+        for (table, value, kinds) in [
+            (
+                "wechat_access_token",
+                "access_token",
+                "'mp', 'mini', 'work'",
+            ),
+            ("wechat_jsapi_ticket", "ticket", "'mp', 'work'"),
+        ] {
+            let sql = format!(
+                "INSERT INTO {table} (appid, {value}, message, update_time) \
+                 SELECT a.appid, '', 'not fetched yet', CURRENT_TIMESTAMP FROM wechat_app_info a \
+                 WHERE a.kind IN ({kinds}) \
+                 AND NOT EXISTS (SELECT 1 FROM {table} c WHERE c.appid = a.appid)"
+            );
+            manager.get_connection().execute_unprepared(&sql).await?;
+        }
         for (table, short) in INDEXED {
-            for column in ["expires_at", "check_due_at"] {
+            for column in INDEXED_COLUMNS {
                 let name = index_name(short, column);
                 if manager.has_index(table, &name).await? {
                     continue;
@@ -106,7 +148,7 @@ impl MigrationTrait for Migration {
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         for (table, short) in INDEXED {
-            for column in ["expires_at", "check_due_at"] {
+            for column in INDEXED_COLUMNS {
                 let name = index_name(short, column);
                 if manager.has_index(table, &name).await? {
                     manager
@@ -119,6 +161,9 @@ impl MigrationTrait for Migration {
                         .await?;
                 }
             }
+        }
+        for (table, _) in INDEXED {
+            crate::drop_column_if_present(manager, table, "renew_at").await?;
         }
         for table in ["wetoken_change", "wetoken_change_seq"] {
             manager

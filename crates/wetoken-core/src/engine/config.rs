@@ -8,7 +8,7 @@ use chrono::TimeDelta;
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
-use crate::model::{AppId, Kind};
+use crate::model::{AppId, Kind, TokenMode};
 
 /// How the engine refreshes. Every field has a default; durations are in seconds unless named
 /// otherwise.
@@ -198,6 +198,16 @@ impl EngineConfig {
             (self.backoff_base_secs as f64 * f64::from(1u32 << exp)).min(max)
         };
         TimeDelta::milliseconds((raw * factor * 1000.0) as i64)
+    }
+
+    /// How long before expiry the scheduler renews this credential: a stable token in WeChat's
+    /// last five minutes ([`STABLE_RENEW_SECS`]), anything else at [`Self::renew_threshold`].
+    pub(super) fn renew_ahead(&self, appid: &AppId, kind: Kind, mode: TokenMode) -> TimeDelta {
+        if kind == Kind::AccessToken && mode == TokenMode::Stable {
+            TimeDelta::seconds(STABLE_RENEW_SECS)
+        } else {
+            self.renew_threshold(appid, kind)
+        }
     }
 
     /// When the scheduler should renew this app's credential: `refresh_ahead` plus a share of the

@@ -19,7 +19,7 @@ use super::slot::{Need, Seen, Slot, Why};
 use super::upstream::FetchError;
 use crate::Error;
 use crate::model::{App, AppId, AppKind, Credential, CredentialRecord, Kind, TokenMode};
-use crate::store::{Checked, Failure, wechat_day, wechat_day_end};
+use crate::store::{Checked, Dates, Failure, wechat_day, wechat_day_end};
 use crate::wechat::UpstreamError;
 
 pub(super) type BoxedResult<'a> =
@@ -403,8 +403,22 @@ impl Engine {
                     expires_at: started + TimeDelta::seconds(issued.expires_in as i64),
                 });
                 let now = self.now();
+                let mode = if app.info.kind == AppKind::Work {
+                    TokenMode::Classic
+                } else {
+                    app.info.token_mode
+                };
+                let ahead = self.inner.config.renew_ahead(appid, kind, mode);
+                let dates = Dates {
+                    renew_at: Some(credential.expires_at - ahead),
+                    check_due: if kind == Kind::AccessToken {
+                        check_due
+                    } else {
+                        None
+                    },
+                };
                 match store
-                    .save_credential(appid, kind, &credential, (owner, version), now, check_due)
+                    .save_credential(appid, kind, &credential, (owner, version), now, dates)
                     .await
                 {
                     Ok(Some(seq)) => {

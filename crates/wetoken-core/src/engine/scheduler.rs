@@ -12,10 +12,9 @@ use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
 use super::Engine;
-use super::config::STABLE_RENEW_SECS;
 use super::slot::{Need, Why};
 use crate::Error;
-use crate::model::{AppId, Kind, TokenMode};
+use crate::model::{AppId, Kind};
 use crate::store::Checked;
 
 impl Engine {
@@ -75,9 +74,7 @@ impl Engine {
         };
         for &kind in kinds {
             let now = self.now();
-            let horizon =
-                now + TimeDelta::seconds((config.refresh_ahead_secs + config.jitter_secs) as i64);
-            let due = match self.inner.store.due(kind, horizon).await {
+            let due = match self.inner.store.due(kind, now, DUE_PER_SCAN).await {
                 Ok(due) => due,
                 Err(e) => {
                     warn!(%kind, error = %e.chain(), "scheduler could not list due credentials");
@@ -87,15 +84,22 @@ impl Engine {
             for crate::store::Due {
                 appid,
                 expires_at,
+                renew_at,
                 token_mode,
             } in due
             {
-                let threshold = if kind == Kind::AccessToken && token_mode == TokenMode::Stable {
-                    TimeDelta::seconds(STABLE_RENEW_SECS)
-                } else {
-                    config.renew_threshold(&appid, kind)
-                };
-                if expires_at.is_some_and(|at| at - now > threshold) {
+                let threshold = config.renew_ahead(&appid, kind, token_mode);
+                if let Some(expires_at) = expires_at
+                    && expires_at - now > threshold
+                {
+                    // Not due by these settings: a value wetoken never dated (imported, adopted
+                    // from the Go wetoken) or dated under other settings. Date it, once.
+                    let at = expires_at - threshold;
+                    if renew_at != Some(at)
+                        && let Err(e) = self.inner.store.date_renewal(&appid, kind, at).await
+                    {
+                        debug!(%appid, %kind, error = %e.chain(), "could not date a renewal");
+                    }
                     continue;
                 }
                 pace.tick().await;
@@ -118,6 +122,9 @@ impl Engine {
         self.check_sweep(semaphore, running).await;
     }
 }
+
+/// The most renewals of one kind one scan starts; the rest wait for the next scan.
+const DUE_PER_SCAN: u64 = 10_000;
 
 /// The most out-of-band checks one scan starts; the rest wait for the next scan.
 const CHECKS_PER_SCAN: u64 = 1000;

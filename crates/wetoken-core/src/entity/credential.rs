@@ -71,6 +71,9 @@ pub enum Column {
     CheckDueAt,
     /// How many values were found dead before their time (replaced outside wetoken).
     ReplacedCount,
+    /// When the scheduler should renew the stored value; NULL when wetoken never dated it
+    /// (migration 000010).
+    RenewAt,
 }
 
 /// The names a credential query gives what it computes or renames.

@@ -62,12 +62,14 @@ impl Store {
             update_time: Set(now),
         };
         match app_info::Entity::insert(row).exec(&self.db).await {
-            Ok(_) => Ok(()),
+            Ok(_) => {}
             Err(e) if matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
-                Err(Error::DuplicateApp(app.appid.clone()))
+                return Err(Error::DuplicateApp(app.appid.clone()));
             }
-            Err(e) => Err(e.into()),
+            Err(e) => return Err(e.into()),
         }
+        // The scheduler finds what is due in the credential tables alone.
+        self.make_rows(&app.appid, app.kind, now).await
     }
 
     /// One app, if it exists.

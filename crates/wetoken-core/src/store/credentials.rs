@@ -78,25 +78,29 @@ impl Store {
     ) -> Result<bool, Error> {
         let txn = self.db.begin().await?;
         let seq = super::feed::next_seq(&txn).await?;
-        let stored = insert_row(
+        // The row may exist without a value (every app has its token row from the start).
+        insert_row(
             &txn,
             kind,
-            vec![
-                Column::Appid,
-                kind.value_column(),
-                Column::ExpiresAt,
-                Column::Message,
-                Column::UpdateTime,
-            ],
-            vec![
-                appid.as_str().into(),
-                credential.value.as_str().into(),
-                credential.expires_at.into(),
-                "imported".into(),
-                now.into(),
-            ],
+            vec![Column::Appid, Column::Message, Column::UpdateTime],
+            vec![appid.as_str().into(), "not fetched yet".into(), now.into()],
         )
         .await?;
+        let fill = Query::update()
+            .table(kind.table())
+            .value(kind.value_column(), credential.value.as_str())
+            .value(Column::ExpiresAt, credential.expires_at)
+            .value(Column::Message, "imported")
+            .value(Column::UpdateTime, now)
+            .and_where(Expr::col(Column::Appid).eq(appid.as_str()))
+            .cond_where(
+                // The Go schema's NOT NULL columns hold '' for none.
+                Expr::col(kind.value_column())
+                    .is_null()
+                    .or(Expr::col(kind.value_column()).eq("")),
+            )
+            .to_owned();
+        let stored = txn.execute(&fill).await?.rows_affected() == 1;
         if stored {
             super::feed::log_change(&txn, seq, appid, kind, now).await?;
             txn.commit().await?;
@@ -116,15 +120,22 @@ impl Store {
         insert_row(&self.db, kind, columns, values).await
     }
 
-    /// Apps whose `kind` credential is missing or expires before `before`, and is not halted:
-    /// what the scheduler should look at. Each comes with its stored expiry, if any, and its
-    /// token mode.
+    /// The `kind` credentials the scheduler should look at, at most `limit`, the longest due
+    /// first: those whose `renew_at` has come or was never set (imported, adopted, or not
+    /// fetched yet), that are not halted and not waiting out a backoff. A ticket whose app's
+    /// access token is halted is not listed either: it cannot be fetched without one. Each comes
+    /// with its stored expiry and the app's token mode.
     ///
-    /// Only apps that have the credential are listed: jsapi tickets for official accounts and
-    /// WeCom apps; card tickets only for official accounts that have asked for one before (most
-    /// never use cards). A ticket whose app's access token is halted is not listed either: it
-    /// cannot be fetched without one, and trying would take and release its lease on every scan.
-    pub(crate) async fn due(&self, kind: Kind, before: DateTime<Utc>) -> Result<Vec<Due>, Error> {
+    /// One query on the credential table's `renew_at` index, joined to the app (and for a
+    /// ticket, its token) by primary key: its cost follows what is due, not how many apps exist.
+    /// Every app has its token row, and official accounts and WeCom apps their jsapi-ticket row
+    /// (`insert_app`, migration 000010); card tickets only those that asked for one.
+    pub(crate) async fn due(
+        &self,
+        kind: Kind,
+        now: DateTime<Utc>,
+        limit: u64,
+    ) -> Result<Vec<Due>, Error> {
         use app_info::Column as A;
         let (app, cred) = (app_info::Entity, kind.table());
         let kinds: Vec<&str> = [AppKind::Mp, AppKind::Mini, AppKind::Work]
@@ -133,30 +144,30 @@ impl Store {
             .map(AppKind::as_str)
             .collect();
         let mut select = Query::select()
-            .column((app, A::Appid))
+            .column((cred, Column::Appid))
             .column((cred, Column::ExpiresAt))
+            .column((cred, Column::RenewAt))
             .column((app, A::TokenMode))
-            .from(app)
+            .from(cred)
             .join(
-                if kind == Kind::CardTicket {
-                    JoinType::InnerJoin
-                } else {
-                    JoinType::LeftJoin
-                },
-                cred,
+                JoinType::InnerJoin,
+                app,
                 Expr::col((app, A::Appid)).equals((cred, Column::Appid)),
             )
+            .and_where(Expr::col((cred, Column::Halted)).eq(false))
             .cond_where(
-                Expr::col((cred, Column::Appid))
+                Expr::col((cred, Column::RenewAt))
                     .is_null()
-                    .or(Expr::col((cred, Column::Halted)).eq(false).and(
-                        Expr::col((cred, Column::ExpiresAt))
-                            .is_null()
-                            .or(Expr::col((cred, Column::ExpiresAt)).lt(before)),
-                    )),
+                    .or(Expr::col((cred, Column::RenewAt)).lte(now)),
+            )
+            .cond_where(
+                Expr::col((cred, Column::RetryAt))
+                    .is_null()
+                    .or(Expr::col((cred, Column::RetryAt)).lte(now)),
             )
             .and_where(Expr::col((app, A::Kind)).is_in(kinds))
-            .order_by((app, A::Appid), Order::Asc)
+            .order_by((cred, Column::RenewAt), Order::Asc)
+            .limit(limit)
             .to_owned();
         if kind != Kind::AccessToken {
             let token = Kind::AccessToken.table();
@@ -164,7 +175,7 @@ impl Store {
                 .join(
                     JoinType::LeftJoin,
                     token,
-                    Expr::col((app, A::Appid)).equals((token, Column::Appid)),
+                    Expr::col((cred, Column::Appid)).equals((token, Column::Appid)),
                 )
                 .cond_where(
                     Expr::col((token, Column::Appid)).is_null().or(Expr::col((
@@ -178,6 +189,7 @@ impl Store {
         struct DueRow {
             appid: String,
             expires_at: Option<DateTime<Utc>>,
+            renew_at: Option<DateTime<Utc>>,
             token_mode: String,
         }
         let rows = self.db.query_all(&select).await?;
@@ -187,10 +199,60 @@ impl Store {
                 Ok(Due {
                     appid: AppId::parse(&row.appid)?,
                     expires_at: row.expires_at,
+                    renew_at: row.renew_at,
                     token_mode: TokenMode::parse(&row.token_mode)?,
                 })
             })
             .collect()
+    }
+
+    /// Dates a stored value's renewal (one the scheduler found undated or dated for other
+    /// settings), so that it leaves the scheduler's list until then.
+    pub(crate) async fn date_renewal(
+        &self,
+        appid: &AppId,
+        kind: Kind,
+        renew_at: DateTime<Utc>,
+    ) -> Result<(), Error> {
+        let update = Query::update()
+            .table(kind.table())
+            .value(Column::RenewAt, renew_at)
+            .and_where(Expr::col(Column::Appid).eq(appid.as_str()))
+            .to_owned();
+        self.db.execute(&update).await?;
+        Ok(())
+    }
+
+    /// Makes the rows a new app has from the start: its access token's, and its jsapi
+    /// ticket's if it has one, "not fetched yet". The value is '' (a Go wetoken rolled back to
+    /// reads these rows, and its columns never held NULL); with no expiry, it reads as none.
+    pub(crate) async fn make_rows(
+        &self,
+        appid: &AppId,
+        kind: AppKind,
+        now: DateTime<Utc>,
+    ) -> Result<(), Error> {
+        for credential in [Kind::AccessToken, Kind::JsapiTicket] {
+            if kind.has(credential) {
+                self.insert_row(
+                    credential,
+                    vec![
+                        Column::Appid,
+                        credential.value_column(),
+                        Column::Message,
+                        Column::UpdateTime,
+                    ],
+                    vec![
+                        appid.as_str().into(),
+                        "".into(),
+                        "not fetched yet".into(),
+                        now.into(),
+                    ],
+                )
+                .await?;
+            }
+        }
+        Ok(())
     }
 
     /// Access tokens whose out-of-band check is due at `now`, that are not halted and are still
@@ -319,6 +381,8 @@ pub(crate) struct Due {
     pub appid: AppId,
     /// When the stored value expires, if one is stored.
     pub expires_at: Option<DateTime<Utc>>,
+    /// When the scheduler was to renew it, if wetoken dated it.
+    pub renew_at: Option<DateTime<Utc>>,
     /// The app's token mode (stable tokens renew on their own schedule).
     pub token_mode: TokenMode,
 }

@@ -88,7 +88,8 @@ impl Store {
     }
 
     /// Stores a freshly fetched credential as the current one and gives the lease back;
-    /// `check_due` is when the out-of-band check first looks at it (`None`: never).
+    /// `dates.renew_at` is when the scheduler should renew it, `dates.check_due` when the
+    /// out-of-band check first looks at it (`None`: never).
     ///
     /// The write is fenced: it happens only if `owner` still holds the lease and the row is still
     /// at `version`, the one read before the fetch. Returns the change number it was recorded
@@ -101,11 +102,12 @@ impl Store {
         credential: &Credential,
         fence: (&str, i64),
         now: DateTime<Utc>,
-        check_due: Option<DateTime<Utc>>,
+        dates: Dates,
     ) -> Result<Option<i64>, Error> {
         let (owner, version) = fence;
         let update = outcome(appid, kind, owner, now)
-            .value(Column::CheckDueAt, check_due)
+            .value(Column::CheckDueAt, dates.check_due)
+            .value(Column::RenewAt, dates.renew_at)
             .value(kind.value_column(), credential.value.as_str())
             .value(Column::ExpiresAt, credential.expires_at)
             .value(Column::Message, "success")
@@ -150,6 +152,15 @@ impl Store {
         self.db.execute(&update).await?;
         Ok(())
     }
+}
+
+/// When the scheduler should next look at a value just stored.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Dates {
+    /// When to renew it.
+    pub renew_at: Option<DateTime<Utc>>,
+    /// When to check it with WeChat (`None`: never).
+    pub check_due: Option<DateTime<Utc>>,
 }
 
 /// What WeChat said when asked whether the stored value works, to record.
@@ -296,7 +307,14 @@ mod tests {
         let version = record().await.version;
         assert!(
             store
-                .save_credential(&appid, kind, &credential, ("c", version), now, None)
+                .save_credential(
+                    &appid,
+                    kind,
+                    &credential,
+                    ("c", version),
+                    now,
+                    Dates::default()
+                )
                 .await
                 .unwrap()
                 .is_some()

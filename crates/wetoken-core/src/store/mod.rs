@@ -17,7 +17,7 @@ mod lease;
 mod quota;
 
 pub(crate) use credentials::Due;
-pub(crate) use lease::{Checked, Failure};
+pub(crate) use lease::{Checked, Dates, Failure};
 pub use quota::wechat_day_end;
 
 use std::sync::Arc;

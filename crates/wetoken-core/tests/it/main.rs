@@ -109,3 +109,91 @@ async fn a_cold_start_of_many_apps_is_paced_not_a_burst() {
     scheduler.await.unwrap();
     assert_eq!(mock.calls(Endpoint::Token), 120, "each app once");
 }
+
+/// A token wetoken did not fetch (imported, or adopted from the Go wetoken) has no renewal
+/// date: the scheduler's first scan dates it without fetching, and renews it when that comes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_imported_token_is_dated_then_renewed_on_time() {
+    use std::time::Duration;
+    use wetoken_core::Clock;
+    let mock = MockWeChat::start().await.unwrap();
+    mock.add_app("wximported", "s");
+    let config = EngineConfig {
+        scan_interval_ms: 20,
+        refresh_tickets: false,
+        ..EngineConfig::default()
+    };
+    let store = Store::connect(&DatabaseOptions::new("sqlite::memory:"))
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    let wechat = WeChat::new(&WeChatOptions {
+        base_url: mock.url(),
+        ..WeChatOptions::default()
+    })
+    .unwrap();
+    let clock = Arc::new(ManualClock::new(Utc::now()));
+    let engine = Engine::new(store, wechat, clock.clone(), config).unwrap();
+    let appid = AppId::parse("wximported").unwrap();
+    engine
+        .add_app(&NewApp::mp(appid.clone(), Secret::new("s")))
+        .await
+        .unwrap();
+    let imported = wetoken_core::Credential {
+        value: "86_imported".into(),
+        expires_at: clock.now() + chrono::TimeDelta::hours(2),
+    };
+    assert!(
+        engine
+            .store()
+            .import_credential(&appid, Kind::AccessToken, &imported, clock.now())
+            .await
+            .unwrap()
+    );
+    let renew_at = || async {
+        use sea_orm::{ConnectionTrait, Statement};
+        let db = engine.store().connection();
+        let sql = "SELECT renew_at FROM wechat_access_token WHERE appid = 'wximported'";
+        let row = db
+            .query_one_raw(Statement::from_string(db.get_database_backend(), sql))
+            .await
+            .unwrap()
+            .unwrap();
+        row.try_get_by_index::<Option<chrono::DateTime<Utc>>>(0)
+            .unwrap()
+    };
+    assert_eq!(renew_at().await, None);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let scheduler = tokio::spawn({
+        let engine = engine.clone();
+        async move {
+            engine
+                .run_scheduler(async move {
+                    let _ = stopped.await;
+                })
+                .await
+        }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while engine.sweeps() < 3 {
+        assert!(std::time::Instant::now() < deadline, "no scans");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let dated = renew_at().await.expect("dated by the first scan");
+    let ahead = imported.expires_at - dated;
+    assert!(
+        (1200..1500).contains(&ahead.num_seconds()),
+        "renewed {ahead} ahead"
+    );
+    assert_eq!(mock.calls(Endpoint::Token), 0, "not fetched early");
+    // Its renewal point comes: renewed, and the new value dated by its fetch.
+    clock.advance(Duration::from_secs(7200 - 1190));
+    while mock.calls(Endpoint::Token) < 1 {
+        assert!(std::time::Instant::now() < deadline, "not renewed");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let _ = stop.send(());
+    scheduler.await.unwrap();
+    assert!(renew_at().await.is_some_and(|at| at > dated));
+    assert_eq!(mock.calls(Endpoint::Token), 1);
+}

@@ -204,10 +204,12 @@ impl GoDb {
             "SELECT CONCAT_WS('|', appid, secret, token, aes_key, mchid, pay_key, sub_appid, \
              sub_mchid, COALESCE(wechat_host, '-'), COALESCE(wcode_template_id, '-')) AS line \
              FROM wechat_app_info ORDER BY appid",
+            // Not the rows wetoken adds for apps that had none (an empty value, never fetched),
+            // which a Go row, written only with a fetched value, cannot be.
             "SELECT CONCAT_WS('|', appid, access_token, expire, expire_date) AS line \
-             FROM wechat_access_token ORDER BY appid",
+             FROM wechat_access_token WHERE access_token <> '' ORDER BY appid",
             "SELECT CONCAT_WS('|', appid, ticket, expire, expire_date) AS line \
-             FROM wechat_jsapi_ticket ORDER BY appid",
+             FROM wechat_jsapi_ticket WHERE ticket <> '' ORDER BY appid",
             "SELECT CONCAT_WS('|', appid, openid, user_name) AS line FROM wechat_user_info \
              ORDER BY user_id",
         ] {
