@@ -20,6 +20,11 @@ async fn engine(mock: &MockWeChat) -> Engine {
 
 /// An engine over a fresh in-memory SQLite database, calling `mock`.
 async fn engine_with(mock: &MockWeChat, config: EngineConfig) -> Engine {
+    engine_and_clock(mock, config).await.0
+}
+
+/// [`engine_with`], and the clock it reads.
+async fn engine_and_clock(mock: &MockWeChat, config: EngineConfig) -> (Engine, Arc<ManualClock>) {
     let store = Store::connect(&DatabaseOptions::new("sqlite::memory:"))
         .await
         .unwrap();
@@ -30,7 +35,10 @@ async fn engine_with(mock: &MockWeChat, config: EngineConfig) -> Engine {
     })
     .unwrap();
     let clock = Arc::new(ManualClock::new(Utc::now()));
-    Engine::new(store, wechat, clock, config).unwrap()
+    (
+        Engine::new(store, wechat, clock.clone(), config).unwrap(),
+        clock,
+    )
 }
 
 #[tokio::test]
@@ -123,17 +131,7 @@ async fn an_imported_token_is_dated_then_renewed_on_time() {
         refresh_tickets: false,
         ..EngineConfig::default()
     };
-    let store = Store::connect(&DatabaseOptions::new("sqlite::memory:"))
-        .await
-        .unwrap();
-    store.migrate().await.unwrap();
-    let wechat = WeChat::new(&WeChatOptions {
-        base_url: mock.url(),
-        ..WeChatOptions::default()
-    })
-    .unwrap();
-    let clock = Arc::new(ManualClock::new(Utc::now()));
-    let engine = Engine::new(store, wechat, clock.clone(), config).unwrap();
+    let (engine, clock) = engine_and_clock(&mock, config).await;
     let appid = AppId::parse("wximported").unwrap();
     engine
         .add_app(&NewApp::mp(appid.clone(), Secret::new("s")))
