@@ -449,7 +449,8 @@ impl World {
         } else {
             current.unwrap_or_default()
         };
-        let expires_in = self.remaining(&token).unwrap_or(0) / 1000;
+        // Rounded up: a token minted a millisecond ago still has its whole lifetime.
+        let expires_in = self.remaining(&token).unwrap_or(0).div_ceil(1000);
         Ok(json!({"access_token": token, "expires_in": expires_in}))
     }
 
