@@ -1,4 +1,4 @@
-//! `wetoken-cli key add|list|revoke`: consumer keys, the credentials other services read tokens
+//! `wetoken-cli key add|list|limit|revoke`: consumer keys, the credentials other services read tokens
 //! with.
 //!
 //! A running server re-reads the keys every `consumer_keys_reload_ms` (5 s), so what these
@@ -7,7 +7,7 @@
 use anyhow::Context;
 use chrono::Utc;
 use wetoken_core::keys::parse_network;
-use wetoken_core::{AppId, NewConsumerKey};
+use wetoken_core::{AppId, NewConsumerKey, RefreshLimit};
 
 use crate::DatabaseArg;
 
@@ -33,6 +33,24 @@ pub(crate) enum KeyAction {
         #[arg(long = "allow", value_name = "CIDR")]
         networks: Vec<String>,
         #[command(flatten)]
+        limit: LimitArgs,
+        #[command(flatten)]
+        db: DatabaseArg,
+    },
+    /// Set a key's passive-refresh limit (by id or name), or give it back the server's default
+    /// (http.refresh_burst, http.refresh_per_minute). Servers apply it within
+    /// consumer_keys_reload_ms.
+    ///
+    /// Example: wetoken-cli key limit mall-api --refresh-burst 20 --refresh-per-minute 12
+    Limit {
+        /// The key's id (from `key list`) or name.
+        key: String,
+        #[command(flatten)]
+        limit: LimitArgs,
+        /// Use the server's default limit again.
+        #[arg(long, conflicts_with_all = ["refresh_burst", "refresh_per_minute"])]
+        default: bool,
+        #[command(flatten)]
         db: DatabaseArg,
     },
     /// List the keys: name, id, scope, when made, when revoked. Never the keys themselves.
@@ -49,6 +67,27 @@ pub(crate) enum KeyAction {
     },
 }
 
+/// A key's passive-refresh limit: a token bucket of `--refresh-burst` reports, refilled at
+/// `--refresh-per-minute`. Both or neither; neither takes the server's default.
+#[derive(clap::Args)]
+pub(crate) struct LimitArgs {
+    /// How many passive-refresh reports the key may make at once (1 to 1000).
+    #[arg(long, requires = "refresh_per_minute")]
+    refresh_burst: Option<u32>,
+    /// How many reports a minute refill them (1 to 6000).
+    #[arg(long, requires = "refresh_burst")]
+    refresh_per_minute: Option<u32>,
+}
+
+impl LimitArgs {
+    fn limit(&self) -> anyhow::Result<Option<RefreshLimit>> {
+        match (self.refresh_burst, self.refresh_per_minute) {
+            (Some(burst), Some(per_minute)) => Ok(Some(RefreshLimit::new(burst, per_minute)?)),
+            _ => Ok(None),
+        }
+    }
+}
+
 pub(crate) async fn run(action: KeyAction) -> anyhow::Result<()> {
     match action {
         KeyAction::Add {
@@ -56,9 +95,17 @@ pub(crate) async fn run(action: KeyAction) -> anyhow::Result<()> {
             appids,
             no_refresh,
             networks,
+            limit,
             db,
         } => {
+            let refresh_limit = limit.limit()?;
+            if no_refresh && refresh_limit.is_some() {
+                anyhow::bail!(
+                    "--no-refresh forbids passive refreshes: a refresh limit means nothing with it"
+                );
+            }
             let new = NewConsumerKey {
+                refresh_limit,
                 name,
                 appids: appids
                     .iter()
@@ -98,7 +145,7 @@ pub(crate) async fn run(action: KeyAction) -> anyhow::Result<()> {
                 eprintln!("no consumer keys: token reads answer only reader_networks");
             }
             println!(
-                "ID           NAME                 REFRESH  CREATED               REVOKED               APPIDS / NETWORKS"
+                "ID           NAME                 REFRESH     CREATED               REVOKED               APPIDS / NETWORKS"
             );
             for k in keys {
                 let appids: Vec<&str> = k.appids.iter().map(String::as_str).collect();
@@ -109,10 +156,14 @@ pub(crate) async fn run(action: KeyAction) -> anyhow::Result<()> {
                     networks.join(",")
                 };
                 println!(
-                    "{:<12} {:<20} {:<8} {:<21} {:<21} {} / {networks}",
+                    "{:<12} {:<20} {:<11} {:<21} {:<21} {} / {networks}",
                     k.id,
                     k.name,
-                    if k.allow_refresh { "yes" } else { "no" },
+                    match (k.allow_refresh, k.refresh_limit) {
+                        (false, _) => "no".to_owned(),
+                        (true, None) => "default".to_owned(),
+                        (true, Some(l)) => format!("{}+{}/min", l.burst(), l.per_minute()),
+                    },
                     k.create_time.format("%Y-%m-%d %H:%M:%SZ"),
                     k.revoke_time.map_or_else(
                         || "-".to_owned(),
@@ -120,6 +171,25 @@ pub(crate) async fn run(action: KeyAction) -> anyhow::Result<()> {
                     ),
                     appids.join(","),
                 );
+            }
+        }
+        KeyAction::Limit {
+            key,
+            limit,
+            default,
+            db,
+        } => {
+            let limit = limit.limit()?;
+            if limit.is_none() && !default {
+                anyhow::bail!(
+                    "give --refresh-burst and --refresh-per-minute, or --default for the server's"
+                );
+            }
+            let store = db.open_installed().await?;
+            let id = store.set_key_refresh_limit(&key, limit).await?;
+            match limit {
+                Some(limit) => println!("key {id}: passive refreshes limited to {limit}"),
+                None => println!("key {id}: the server's default passive-refresh limit"),
             }
         }
         KeyAction::Revoke { key, db } => {

@@ -5,8 +5,8 @@
 //! much entropy to be guessed from its hash, so a slow password hash would buy nothing and would
 //! cost every token request.
 //!
-//! Each key carries a scope: the appids it may read, whether it may ask for a passive refresh,
-//! and optionally the networks it may be used from. [`KeyTable`] is an in-memory snapshot of
+//! Each key carries a scope: the appids it may read, whether it may ask for a passive refresh
+//! and how often ([`RefreshLimit`]), and optionally the networks it may be used from. [`KeyTable`] is an in-memory snapshot of
 //! every key, checked per request without touching the database; the server reloads it
 //! periodically, so keys added or revoked from another process take effect without a restart.
 //!
@@ -80,6 +80,8 @@ pub struct ConsumerKey {
     pub allow_refresh: bool,
     /// Where it may be used from; empty means anywhere.
     pub networks: Vec<IpNet>,
+    /// How many passive refreshes it may ask for; `None` takes the server's default.
+    pub refresh_limit: Option<RefreshLimit>,
     /// When it was added.
     pub create_time: DateTime<Utc>,
     /// When it was revoked, if it was.
@@ -104,10 +106,21 @@ impl ConsumerKey {
             .iter()
             .map(|n| n.parse::<IpNet>().map_err(|_| corrupt("network")))
             .collect::<Result<_, _>>()?;
+        // `add_consumer_key` and `set_key_refresh_limit` write both columns or neither.
+        let refresh_limit = match (row.refresh_burst, row.refresh_per_minute) {
+            (None, None) => None,
+            (Some(burst), Some(per_minute)) => {
+                let burst = u32::try_from(burst).map_err(|_| corrupt("refresh limit"))?;
+                let per_minute = u32::try_from(per_minute).map_err(|_| corrupt("refresh limit"))?;
+                Some(RefreshLimit::new(burst, per_minute).map_err(|_| corrupt("refresh limit"))?)
+            }
+            _ => return Err(corrupt("refresh limit")),
+        };
         Ok(ConsumerKey {
             hash: KeyHash::from_hex(&row.key_hash).ok_or_else(|| corrupt("hash"))?,
             appids: list(&row.appids).into_iter().collect(),
             networks,
+            refresh_limit,
             name: row.name,
             allow_refresh: row.allow_refresh,
             create_time: row.create_time,
@@ -128,6 +141,71 @@ pub struct NewConsumerKey {
     pub allow_refresh: bool,
     /// Where it may be used from; empty means anywhere.
     pub networks: Vec<IpNet>,
+    /// How many passive refreshes it may ask for; `None` takes the server's default.
+    pub refresh_limit: Option<RefreshLimit>,
+}
+
+/// How many passive refreshes (reports that a credential was rejected) a caller may ask for: a
+/// token bucket that holds `burst` reports and refills at `per_minute` a minute. Each report
+/// takes one; an empty bucket refuses with 429 until the next one has refilled.
+///
+/// A report that names a credential already replaced costs no WeChat call, so the burst is sized
+/// for many instances of one service that saw the same rejection at once; the rate is far above
+/// what a caller that reports only real rejections needs. Built by [`RefreshLimit::new`] only,
+/// so both are always within bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RefreshLimit {
+    burst: u32,
+    per_minute: u32,
+}
+
+impl RefreshLimit {
+    /// The largest burst accepted: more would make the limit no limit.
+    pub const MAX_BURST: u32 = 1000;
+    /// The fastest refill accepted: 100 a second.
+    pub const MAX_PER_MINUTE: u32 = 6000;
+
+    /// The server's default (`http.refresh_burst`, `http.refresh_per_minute`) unless its settings
+    /// say otherwise: 10 reports at once (ten instances of a service that saw the same rejection),
+    /// then one every 10 s. A caller that reports only real rejections makes a few a day per app.
+    pub const DEFAULT: RefreshLimit = RefreshLimit {
+        burst: 10,
+        per_minute: 6,
+    };
+
+    /// A limit of `burst` reports at once, refilled at `per_minute` a minute: 1 to
+    /// [`RefreshLimit::MAX_BURST`] and 1 to [`RefreshLimit::MAX_PER_MINUTE`].
+    pub fn new(burst: u32, per_minute: u32) -> Result<Self, Error> {
+        if !(1..=Self::MAX_BURST).contains(&burst) {
+            return Err(Error::InvalidInput(format!(
+                "a refresh burst of {burst}: it must be 1 to {} reports",
+                Self::MAX_BURST
+            )));
+        }
+        if !(1..=Self::MAX_PER_MINUTE).contains(&per_minute) {
+            return Err(Error::InvalidInput(format!(
+                "a refresh rate of {per_minute} a minute: it must be 1 to {} a minute",
+                Self::MAX_PER_MINUTE
+            )));
+        }
+        Ok(Self { burst, per_minute })
+    }
+
+    /// The most reports at once: the bucket's size.
+    pub fn burst(&self) -> u32 {
+        self.burst
+    }
+
+    /// How many reports a minute refill the bucket.
+    pub fn per_minute(&self) -> u32 {
+        self.per_minute
+    }
+}
+
+impl fmt::Display for RefreshLimit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} at once, {} a minute", self.burst, self.per_minute)
+    }
 }
 
 /// A key just added: the only time the key itself is seen.
@@ -218,9 +296,19 @@ impl KeyTable {
         self.active.len()
     }
 
-    /// Checks a presented key against a request. Looks up the key's hash only, so the time taken
+    /// The usable keys, in no particular order.
+    pub fn keys(&self) -> impl Iterator<Item = &Arc<ConsumerKey>> {
+        self.active.values()
+    }
+
+    /// Checks a presented key against a request, and returns the key's record: the server
+    /// counts a passive refresh against it. Looks up the key's hash only, so the time taken
     /// depends on the hash, which tells nothing about any key.
-    pub fn check(&self, presented: Option<&str>, access: Access<'_>) -> Result<(), Refusal> {
+    pub fn check(
+        &self,
+        presented: Option<&str>,
+        access: Access<'_>,
+    ) -> Result<&Arc<ConsumerKey>, Refusal> {
         let presented = presented
             .filter(|k| !k.is_empty())
             .ok_or(Refusal::MissingKey)?;
@@ -237,7 +325,7 @@ impl KeyTable {
         if access.refresh && !key.allow_refresh {
             return Err(Refusal::RefreshNotAllowed);
         }
-        Ok(())
+        Ok(key)
     }
 }
 
@@ -306,6 +394,11 @@ impl SecretDigests {
     }
 }
 
+/// A limit's number as its column holds it; [`RefreshLimit`]'s bounds keep it in range.
+fn stored(n: u32) -> i32 {
+    i32::try_from(n).expect("a refresh limit is far below i32::MAX")
+}
+
 fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
@@ -353,8 +446,8 @@ impl Store {
             networks: Set(networks.join(",")),
             create_time: Set(now),
             revoke_time: Set(None),
-            refresh_burst: Set(None),
-            refresh_per_minute: Set(None),
+            refresh_burst: Set(new.refresh_limit.map(|l| stored(l.burst))),
+            refresh_per_minute: Set(new.refresh_limit.map(|l| stored(l.per_minute))),
         };
         consumer_key::Entity::insert(row)
             .exec(self.connection())
@@ -385,6 +478,25 @@ impl Store {
         rows.into_iter().map(ConsumerKey::from_row).collect()
     }
 
+    /// The key with this id or name, revoked or not.
+    async fn consumer_key(&self, id_or_name: &str) -> Result<ConsumerKey, Error> {
+        let mut matches: Vec<ConsumerKey> = self
+            .consumer_keys()
+            .await?
+            .into_iter()
+            .filter(|k| k.id == id_or_name || k.name == id_or_name)
+            .collect();
+        match matches.len() {
+            1 => Ok(matches.remove(0)),
+            0 => Err(Error::InvalidInput(format!(
+                "no consumer key has the id or name {id_or_name:?}"
+            ))),
+            _ => Err(Error::InvalidInput(format!(
+                "{id_or_name:?} is one key's id and another's name: name the key by its id"
+            ))),
+        }
+    }
+
     /// Revokes the key with this id or name. Returns its id; revoking a revoked key changes
     /// nothing and is not an error.
     pub async fn revoke_consumer_key(
@@ -392,24 +504,7 @@ impl Store {
         id_or_name: &str,
         now: DateTime<Utc>,
     ) -> Result<String, Error> {
-        let keys = self.consumer_keys().await?;
-        let matches: Vec<&ConsumerKey> = keys
-            .iter()
-            .filter(|k| k.id == id_or_name || k.name == id_or_name)
-            .collect();
-        let key = match matches.as_slice() {
-            [key] => *key,
-            [] => {
-                return Err(Error::InvalidInput(format!(
-                    "no consumer key has the id or name {id_or_name:?}"
-                )));
-            }
-            _ => {
-                return Err(Error::InvalidInput(format!(
-                    "{id_or_name:?} is one key's id and another's name: revoke by id"
-                )));
-            }
-        };
+        let key = self.consumer_key(id_or_name).await?;
         consumer_key::Entity::update_many()
             .col_expr(Column::RevokeTime, Expr::value(now))
             .filter(Column::Id.eq(key.id.as_str()))
@@ -417,6 +512,36 @@ impl Store {
             .exec(self.connection())
             .await?;
         Ok(key.id.clone())
+    }
+
+    /// Sets the refresh limit of the key with this id or name (`None`: the server's default).
+    /// Returns its id. Servers apply it when they next reload the keys; the key's bucket starts
+    /// full under the new limit. A revoked key is refused: its limit no longer matters.
+    pub async fn set_key_refresh_limit(
+        &self,
+        id_or_name: &str,
+        limit: Option<RefreshLimit>,
+    ) -> Result<String, Error> {
+        let key = self.consumer_key(id_or_name).await?;
+        if key.revoke_time.is_some() {
+            return Err(Error::InvalidInput(format!(
+                "consumer key {} ({}) is revoked",
+                key.id, key.name
+            )));
+        }
+        consumer_key::Entity::update_many()
+            .col_expr(
+                Column::RefreshBurst,
+                Expr::value(limit.map(|l| stored(l.burst))),
+            )
+            .col_expr(
+                Column::RefreshPerMinute,
+                Expr::value(limit.map(|l| stored(l.per_minute))),
+            )
+            .filter(Column::Id.eq(key.id.as_str()))
+            .exec(self.connection())
+            .await?;
+        Ok(key.id)
     }
 
     /// The snapshot of every key, for the server.
@@ -471,6 +596,7 @@ mod tests {
             appids: appids.iter().map(|a| (*a).to_owned()).collect(),
             allow_refresh: refresh,
             networks: networks.iter().map(|n| parse_network(n).unwrap()).collect(),
+            refresh_limit: None,
             create_time: Utc::now(),
             revoke_time: None,
             hash: KeyHash::of(secret),
@@ -514,7 +640,9 @@ mod tests {
         ];
         for (presented, appid, refresh, peer, expected) in cases {
             assert_eq!(
-                table.check(presented, access(appid, refresh, peer)),
+                table
+                    .check(presented, access(appid, refresh, peer))
+                    .map(|_| ()),
                 expected,
                 "{presented:?} {appid} {refresh} {peer:?}"
             );
@@ -529,10 +657,92 @@ mod tests {
         assert!(table.is_required());
         assert_eq!(table.active(), 0);
         assert_eq!(
-            table.check(Some("k"), access("wx1", false, [127, 0, 0, 1])),
+            table
+                .check(Some("k"), access("wx1", false, [127, 0, 0, 1]))
+                .map(|_| ()),
             Err(Refusal::UnknownKey)
         );
         assert!(!KeyTable::new([]).is_required());
+    }
+
+    #[test]
+    fn refresh_limits_are_bounded() {
+        let ok = RefreshLimit::new(10, 6).unwrap();
+        assert_eq!((ok.burst(), ok.per_minute()), (10, 6));
+        assert_eq!(ok.to_string(), "10 at once, 6 a minute");
+        for (burst, per_minute) in [
+            (1, 1),
+            (RefreshLimit::MAX_BURST, RefreshLimit::MAX_PER_MINUTE),
+        ] {
+            assert!(RefreshLimit::new(burst, per_minute).is_ok());
+        }
+        for (burst, per_minute, says) in [
+            (0, 6, "burst of 0"),
+            (RefreshLimit::MAX_BURST + 1, 6, "1 to 1000 reports"),
+            (10, 0, "rate of 0"),
+            (10, RefreshLimit::MAX_PER_MINUTE + 1, "1 to 6000 a minute"),
+        ] {
+            let e = RefreshLimit::new(burst, per_minute)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(says), "{burst} {per_minute}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_stored_refresh_limit_is_both_columns_or_neither() {
+        let row = |burst: Option<i32>, per_minute: Option<i32>| consumer_key::Model {
+            id: "k1".into(),
+            name: "n".into(),
+            key_hash: KeyHash::of("k").to_hex(),
+            appids: "wx1".into(),
+            allow_refresh: true,
+            networks: String::new(),
+            create_time: Utc::now(),
+            revoke_time: None,
+            refresh_burst: burst,
+            refresh_per_minute: per_minute,
+        };
+        let limit = |b, p| ConsumerKey::from_row(row(b, p)).map(|k| k.refresh_limit);
+        assert_eq!(limit(None, None).unwrap(), None);
+        assert_eq!(
+            limit(Some(3), Some(60)).unwrap(),
+            Some(RefreshLimit::new(3, 60).unwrap())
+        );
+        for (b, p) in [
+            (Some(3), None),
+            (None, Some(60)),
+            (Some(0), Some(60)),
+            (Some(-1), Some(60)),
+            (Some(3), Some(i32::MAX)),
+        ] {
+            let e = limit(b, p).unwrap_err();
+            assert!(
+                matches!(e, Error::Schema(ref m) if m.contains("refresh limit")),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_passing_check_names_the_key() {
+        let mut limited = key(&["wx1"], true, &[], "a");
+        limited.id = "ka".into();
+        limited.refresh_limit = Some(RefreshLimit::new(2, 60).unwrap());
+        let mut other = key(&["wx1"], true, &[], "b");
+        other.id = "kb".into();
+        let table = KeyTable::new([limited.clone(), other]);
+        let found = table
+            .check(Some("a"), access("wx1", true, [127, 0, 0, 1]))
+            .unwrap();
+        assert_eq!(**found, limited);
+        let found = table
+            .check(Some("b"), access("wx1", true, [127, 0, 0, 1]))
+            .unwrap();
+        assert_eq!((found.id.as_str(), found.refresh_limit), ("kb", None));
+        let mut ids: Vec<&str> = table.keys().map(|k| k.id.as_str()).collect();
+        ids.sort_unstable();
+        assert_eq!(ids, ["ka", "kb"]);
     }
 
     #[test]
@@ -569,7 +779,7 @@ mod tests {
             let scope_refs: Vec<&str> = scope.iter().map(String::as_str).collect();
             let table = KeyTable::new([key(&scope_refs, allow_refresh, networks, "the-key")]);
             let presented = if right_key { "the-key" } else { "another-key" };
-            let got = table.check(Some(presented), access(&asked, refresh, peer));
+            let got = table.check(Some(presented), access(&asked, refresh, peer)).map(|_| ());
             let expected = if !right_key {
                 Err(Refusal::UnknownKey)
             } else if restrict && peer[0] != 10 {

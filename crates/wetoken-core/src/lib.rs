@@ -43,7 +43,7 @@ pub use crypto::{KeySources, Keyring};
 pub use engine::{AppStatus, Engine, EngineConfig, JssdkConfig, Reporter};
 pub use error::{Chain, DbCause, Error};
 pub use install::{InstallPlan, Installed, TABLES};
-pub use keys::{ConsumerKey, KeyTable, NewConsumerKey};
+pub use keys::{ConsumerKey, KeyTable, NewConsumerKey, RefreshLimit};
 pub use model::{
     App, AppId, AppInfo, AppKind, AppUpdate, Credential, CredentialRecord, GoFields, Kind, NewApp,
     Secret, TokenCheck, TokenMode, WorkIds,

@@ -121,6 +121,20 @@ pub struct HttpSettings {
     /// How the credential routes (everything under `/{appid}/wechat/` and `/wx/{appid}/`)
     /// answer errors. The admin and operations routes always use HTTP statuses.
     pub credential_errors: CredentialErrors,
+    /// How many passive-refresh reports a consumer key (or, while no keys exist, a caller's
+    /// address) may make at once: its bucket's size. A key's own limit (`wetoken-cli key add
+    /// --refresh-burst`) overrides it. Per replica.
+    pub refresh_burst: u32,
+    /// How many reports a minute refill that bucket.
+    pub refresh_per_minute: u32,
+}
+
+impl HttpSettings {
+    /// The default passive-refresh limit these settings give, checked.
+    pub fn refresh_limit(&self) -> Result<wetoken_core::RefreshLimit, String> {
+        wetoken_core::RefreshLimit::new(self.refresh_burst, self.refresh_per_minute)
+            .map_err(|e| format!("http.refresh_burst / http.refresh_per_minute: {e}"))
+    }
 }
 
 /// How the credential routes answer errors. The body is the same either way:
@@ -176,6 +190,8 @@ impl Default for HttpSettings {
             shutdown_timeout_secs: 10,
             max_connections: 10_000,
             credential_errors: CredentialErrors::InBody,
+            refresh_burst: wetoken_core::RefreshLimit::DEFAULT.burst(),
+            refresh_per_minute: wetoken_core::RefreshLimit::DEFAULT.per_minute(),
         }
     }
 }

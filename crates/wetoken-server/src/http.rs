@@ -20,13 +20,18 @@ mod admin;
 mod credential;
 mod error;
 mod fuzz;
+mod limit;
+
+pub(crate) use limit::RefreshLimiter;
 mod params;
 mod request;
 mod route;
 
 use http::{Method, Request, StatusCode};
 use hyper::body::Incoming;
-use wetoken_core::{AppId, Engine, Kind, WxCode};
+use std::sync::Arc;
+
+use wetoken_core::{AppId, ConsumerKey, Engine, Kind, WxCode};
 use wetoken_wire::{JssdkConfigBody, code};
 
 use access::Purpose;
@@ -107,7 +112,7 @@ async fn dispatch(
             } else {
                 Purpose::Read
             };
-            let appid = admit(state, &parts, peer, appid, purpose)?;
+            let (appid, key) = admit(state, &parts, peer, appid, purpose)?;
             // `?type=wx_card` picks the card ticket; only the refresh route needs a body.
             let params = if refresh || (kind != Kind::AccessToken && parts.uri.query().is_some()) {
                 Box::pin(Params::read(&parts, body, &state.http)).await?
@@ -129,7 +134,8 @@ async fn dispatch(
                     Kind::JsapiTicket | Kind::CardTicket => "ticket",
                 };
                 let failed = params.required(name)?;
-                state.engine.refresh(&appid, kind, failed).await?
+                let reporter = state.readers.take_report(key.as_deref(), peer, &appid)?;
+                state.engine.report(&appid, kind, failed, &reporter).await?
             } else {
                 state.engine.get(&appid, kind).await?
             };
@@ -141,7 +147,7 @@ async fn dispatch(
         }
         Route::Query(appid) => {
             // The Go SDK's own secret reads its app's stored token, as on token/get.
-            let appid = admit(state, &parts, peer, appid, Purpose::Read)?;
+            let (appid, _) = admit(state, &parts, peer, appid, Purpose::Read)?;
             let credential = Box::pin(state.engine.stored(&appid, Kind::AccessToken)).await?;
             Ok(credential_response(
                 Kind::AccessToken,
@@ -152,7 +158,7 @@ async fn dispatch(
         Route::WxCode(appid) => {
             // Sending a message on the app's behalf takes a key (or a local caller while none
             // exists), as the jssdk route does.
-            let appid = admit(state, &parts, peer, appid, Purpose::Use)?;
+            let (appid, _) = admit(state, &parts, peer, appid, Purpose::Use)?;
             let params = Box::pin(Params::read(&parts, body, &state.http)).await?;
             let request = WxCode {
                 user_name: params.required("user_name")?,
@@ -165,7 +171,7 @@ async fn dispatch(
         }
         Route::App(action) => Box::pin(app_route(state, action, &parts, body)).await,
         Route::Jssdk(appid) => {
-            let appid = admit(state, &parts, peer, appid, Purpose::Use)?;
+            let (appid, _) = admit(state, &parts, peer, appid, Purpose::Use)?;
             let params = Params::read(&parts, body, &state.http).await?;
             let config =
                 Box::pin(state.engine.jssdk_config(&appid, params.required("url")?)).await?;
@@ -192,14 +198,14 @@ fn admit(
     peer: std::net::IpAddr,
     appid: &str,
     purpose: Purpose,
-) -> Result<AppId, ApiError> {
+) -> Result<(AppId, Option<Arc<ConsumerKey>>), ApiError> {
     if !matches!(parts.method, Method::GET | Method::HEAD | Method::POST) {
         return Err(ApiError::MethodNotAllowed);
     }
-    state
+    let key = state
         .readers
         .check(parts, peer, appid, purpose, &state.engine)?;
-    Ok(AppId::parse(appid)?)
+    Ok((AppId::parse(appid)?, key))
 }
 
 #[cfg(test)]

@@ -137,7 +137,12 @@ impl Server {
                  (wetoken-cli key add)"
             );
         }
+        let limit = settings
+            .http
+            .refresh_limit()
+            .map_err(StartError::Settings)?;
         let readers = http::ReaderPolicy {
+            limits: http::RefreshLimiter::new(limit),
             networks: settings.reader_networks().map_err(StartError::Settings)?,
             keys: std::sync::RwLock::new(Arc::new(keys)),
         };

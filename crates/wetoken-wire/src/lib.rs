@@ -32,7 +32,9 @@ pub mod code {
     pub const METHOD_NOT_ALLOWED: i64 = 90405;
     /// An app with that appid already exists.
     pub const DUPLICATE_APP: i64 = 90409;
-    /// A limit would be exceeded: a stable token may be forced 20 times a day, 30 s apart.
+    /// A limit would be exceeded: a stable token may be forced 20 times a day, 30 s apart (and
+    /// one caller may cause only its share of them); a caller over its passive-refresh rate
+    /// (a `Retry-After` header says when to try again).
     pub const LIMITED: i64 = 90429;
     /// The app's daily budget of token fetches is spent for the WeChat day (it ends at midnight
     /// China time), or only the reserve kept for scheduled renewals is left; WeChat was not

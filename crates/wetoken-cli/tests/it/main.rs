@@ -469,11 +469,66 @@ fn key_add_shows_the_key_once_list_never_and_revoke_takes_id_or_name() {
         "{mall}"
     );
     let mall_id = mall.split_whitespace().next().unwrap().to_owned();
+    let shop = list.lines().find(|l| l.contains(" shop ")).expect(&list);
+    assert!(shop.contains(" default "), "{shop}");
+
+    // Passive-refresh limits: both numbers, in bounds; shown by key list; back to the default.
+    let (ok, _, err) = add(
+        "paced",
+        &["--refresh-burst", "3", "--refresh-per-minute", "60"],
+    );
+    assert!(ok, "{err}");
+    for (bad, says) in [
+        (&["--refresh-burst", "3"][..], "--refresh-per-minute"),
+        (
+            &["--refresh-burst", "0", "--refresh-per-minute", "6"][..],
+            "1 to 1000",
+        ),
+        (
+            &["--refresh-burst", "3", "--refresh-per-minute", "6001"][..],
+            "1 to 6000",
+        ),
+        (
+            &[
+                "--no-refresh",
+                "--refresh-burst",
+                "3",
+                "--refresh-per-minute",
+                "6",
+            ][..],
+            "--no-refresh",
+        ),
+    ] {
+        let (ok, _, err) = add("bad", bad);
+        assert!(!ok && err.contains(says), "{bad:?}: {err}");
+    }
+    let limit = |args: &[&str]| cli(&[&["key", "limit"][..], args, &db].concat());
+    let (_, list, _) = cli(&[&["key", "list"][..], &db].concat());
+    let paced = list.lines().find(|l| l.contains(" paced ")).expect(&list);
+    assert!(paced.contains(" 3+60/min "), "{paced}");
+    let (ok, out, err) = limit(&[
+        "paced",
+        "--refresh-burst",
+        "20",
+        "--refresh-per-minute",
+        "12",
+    ]);
+    assert!(ok && out.contains("20 at once, 12 a minute"), "{out}{err}");
+    let (ok, _, err) = limit(&["paced"]);
+    assert!(!ok && err.contains("--default"), "{err}");
+    let (ok, out, err) = limit(&["paced", "--default"]);
+    assert!(ok && out.contains("default"), "{out}{err}");
+    let (_, list, _) = cli(&[&["key", "list"][..], &db].concat());
+    let paced = list.lines().find(|l| l.contains(" paced ")).expect(&list);
+    assert!(paced.contains(" default "), "{paced}");
+    let (ok, _, err) = limit(&["nobody", "--default"]);
+    assert!(!ok && err.contains("no consumer key"), "{err}");
 
     let (ok, out, err) = cli(&[&["key", "revoke", &mall_id][..], &db].concat());
     assert!(ok && out.contains(&mall_id), "{err}");
     let (ok, out, _) = cli(&[&["key", "revoke", "shop"][..], &db].concat());
     assert!(ok && out.starts_with("revoked"), "{out}");
+    assert!(cli(&[&["key", "revoke", "paced"][..], &db].concat()).0);
     let (ok, _, err) = cli(&[&["key", "revoke", "nobody"][..], &db].concat());
     assert!(!ok && err.contains("no consumer key"), "{err}");
     let (_, list, _) = cli(&[&["key", "list"][..], &db].concat());

@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use tracing::warn;
 use wetoken_core::keys::{Access, Refusal};
-use wetoken_core::{Engine, KeyTable};
+use wetoken_core::{ConsumerKey, Engine, KeyTable, Reporter};
+
+use super::limit::Holder;
 
 use super::error::ApiError;
 
@@ -18,6 +20,8 @@ pub(crate) struct ReaderPolicy {
     /// The consumer keys, as last read from the database. The request path only takes the read
     /// lock for the length of a hash lookup; the reload task swaps in a new snapshot.
     pub keys: std::sync::RwLock<Arc<KeyTable>>,
+    /// The passive-refresh route's buckets, per key or per address.
+    pub limits: super::limit::RefreshLimiter,
 }
 
 /// The header Go-era clients that cannot set `Authorization` may send the consumer key in.
@@ -48,6 +52,9 @@ impl ReaderPolicy {
     /// app's token and ticket with that app's secret in its `secret` query parameter, as the
     /// Go SDK sends it: as if it held a key for that one app, without refreshes. A wrong secret
     /// counts as no key. `engine` holds the secrets' digests.
+    ///
+    /// For a passive refresh, returns the key that allowed it (`None`: the caller's address
+    /// did, while no keys exist), whose bucket it then takes from.
     pub(super) fn check(
         &self,
         request: &http::request::Parts,
@@ -55,12 +62,12 @@ impl ReaderPolicy {
         appid: &str,
         purpose: Purpose,
         engine: &Engine,
-    ) -> Result<(), ApiError> {
+    ) -> Result<Option<Arc<ConsumerKey>>, ApiError> {
         let headers = &request.headers;
         let table = self.keys.read().unwrap_or_else(|e| e.into_inner());
         if !table.is_required() {
             return if self.networks.iter().any(|n| n.contains(&peer)) {
-                trusted_by_address(request, peer)
+                trusted_by_address(request, peer).map(|()| None)
             } else {
                 Err(ApiError::Forbidden(
                     "token and ticket reads answer only local callers until consumer keys are configured"
@@ -86,7 +93,7 @@ impl ReaderPolicy {
                         .into(),
                 ));
             }
-            return Ok(());
+            return Ok(None);
         }
         let access = Access {
             appid,
@@ -95,6 +102,7 @@ impl ReaderPolicy {
         };
         table
             .check(presented, access)
+            .map(|key| (purpose == Purpose::Refresh).then(|| key.clone()))
             .map_err(|refusal| match refusal {
                 Refusal::MissingKey | Refusal::UnknownKey => ApiError::Unauthorized(NEEDS_A_KEY),
                 Refusal::OutOfScope => {
@@ -107,6 +115,44 @@ impl ReaderPolicy {
                     ApiError::Forbidden("this consumer key may not ask for refreshes".into())
                 }
             })
+    }
+
+    /// Takes one passive-refresh report from the caller's bucket: the key's (under its own
+    /// limit, or the server's), or while no keys exist the caller address's. Returns who
+    /// reports, for the engine's log lines and stable-token shares.
+    pub(super) fn take_report(
+        &self,
+        key: Option<&ConsumerKey>,
+        peer: std::net::IpAddr,
+        appid: &wetoken_core::AppId,
+    ) -> Result<Reporter, ApiError> {
+        let default = self.limits.default;
+        let (holder, limit, reporter) = match key {
+            Some(k) => (
+                Holder::Key(k.id.clone()),
+                k.refresh_limit.unwrap_or(default),
+                Reporter::Key(k.name.clone()),
+            ),
+            None => (Holder::Address(peer), default, Reporter::Address(peer)),
+        };
+        match self.limits.take(holder, limit, std::time::Instant::now()) {
+            Ok(()) => Ok(reporter),
+            Err(wait) => {
+                let secs = wait.as_secs_f64().ceil().max(1.0);
+                warn!(
+                    %appid, reporter = %reporter, %limit, retry_after_secs = secs,
+                    "passive refresh refused: the caller is over its rate"
+                );
+                Err(ApiError::Limited(
+                    format!(
+                        "{reporter} is over its passive-refresh rate ({limit}); try again in \
+                         {secs} s. A report names a value WeChat rejected: reporting a value \
+                         again and again does not bring a new one"
+                    ),
+                    wait,
+                ))
+            }
+        }
     }
 
     /// Installs a new snapshot of the keys.

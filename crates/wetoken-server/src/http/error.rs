@@ -20,6 +20,8 @@ pub(super) enum ApiError {
     NotFound,
     MethodNotAllowed,
     Timeout,
+    /// A caller over its passive-refresh rate; it may try again after the wait.
+    Limited(String, std::time::Duration),
     Engine(wetoken_core::Error),
 }
 
@@ -50,6 +52,7 @@ pub(super) fn error_response(e: &ApiError) -> Response<Full<Bytes>> {
             "method not allowed on this route".into(),
         ),
         ApiError::Timeout => (code::UPSTREAM_UNAVAILABLE, "request timed out".into()),
+        ApiError::Limited(m, _) => (code::LIMITED, m.clone()),
         ApiError::Engine(e) => match e {
             E::InvalidInput(m) => (code::BAD_REQUEST, m.clone()),
             E::UnknownApp(_) => (code::UNKNOWN_APP, e.to_string()),
@@ -98,6 +101,12 @@ pub(super) fn error_response(e: &ApiError) -> Response<Full<Bytes>> {
     let status = StatusCode::from_u16(code::http_status(errcode))
         .expect("the wire contract names real statuses");
     let mut response = json(status, &ErrorBody { errcode, errmsg });
+    if let ApiError::Limited(_, wait) = e {
+        let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+        response
+            .headers_mut()
+            .insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
+    }
     if matches!(e, ApiError::BodyTooLarge(_)) {
         // The rest of the body was not read, so the connection cannot carry another request:
         // say so, or a client may reuse it and find it closed.

@@ -43,6 +43,7 @@ pub(crate) fn fuzz_request(data: &[u8]) {
         name: "fuzz".into(),
         appids: [SCOPE.to_owned()].into(),
         allow_refresh: flags & 2 == 0,
+        refresh_limit: None,
         networks: vec![],
         create_time: Utc::now(),
         revoke_time: None,

@@ -92,6 +92,7 @@ async fn default_start_creates_sqlite_serves_and_exits_cleanly_on_sigterm() {
         appids: vec![wetoken_core::AppId::parse("wxbin").unwrap()],
         allow_refresh: true,
         networks: vec![],
+        refresh_limit: None,
     };
     let issued = store
         .add_consumer_key(&new, chrono::Utc::now())

@@ -424,6 +424,7 @@ pub async fn add_key(
             .iter()
             .map(|n| wetoken_core::keys::parse_network(n).unwrap())
             .collect(),
+        refresh_limit: None,
     };
     let issued = store.add_consumer_key(&new, Utc::now()).await.unwrap();
     issued.key.expose().to_owned()

@@ -14,6 +14,7 @@ mod go_sdk;
 mod limits;
 mod ops;
 mod registry;
+mod report_limits;
 mod secrets;
 mod security;
 mod takeover;
