@@ -118,6 +118,23 @@ async fn default_start_creates_sqlite_serves_and_exits_cleanly_on_sigterm() {
         .await
         .unwrap();
     assert_eq!(keyed.status(), 200);
+    let current: serde_json::Value = keyed.json().await.unwrap();
+    let current = current["access_token"].as_str().unwrap().to_owned();
+    // A report of a token WeChat still accepts: answered as it is, no fetch, and the key's
+    // name logged (checked below), so the buggy caller can be found.
+    let reported: serde_json::Value = http
+        .get(format!(
+            "{base}/wxbin/wechat/token/refresh?access_token={current}"
+        ))
+        .bearer_auth(&consumer_key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(reported["access_token"].as_str(), Some(current.as_str()));
+    assert_eq!(mock.calls(Endpoint::Token), 1, "the report fetched nothing");
     let wrong = http
         .get(&token_url)
         .header("x-wetoken-key", format!("{consumer_key}x"))
@@ -202,6 +219,16 @@ async fn default_start_creates_sqlite_serves_and_exits_cleanly_on_sigterm() {
         .filter(|l| !l.trim().is_empty())
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
         .collect();
+    let doubted = lines
+        .iter()
+        .find(|l| {
+            l["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("WeChat accepts it"))
+        })
+        .unwrap_or_else(|| panic!("no line about the report WeChat contradicted in\n{log}"));
+    assert_eq!(doubted["fields"]["reporter"], "key bin", "{doubted}");
+    assert_eq!(doubted["level"], "WARN", "{doubted}");
     let added = lines
         .iter()
         .find(|l| l["fields"]["message"] == "app added")
