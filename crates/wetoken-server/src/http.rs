@@ -134,8 +134,15 @@ async fn dispatch(
                     Kind::JsapiTicket | Kind::CardTicket => "ticket",
                 };
                 let failed = params.required(name)?;
-                let reporter = state.readers.take_report(key.as_deref(), peer, &appid)?;
-                state.engine.report(&appid, kind, failed, &reporter).await?
+                let report = state.readers.admit_report(key.as_deref(), peer, &appid)?;
+                let answer = state
+                    .engine
+                    .report(&appid, kind, failed, &report.reporter)
+                    .await?;
+                if answer.value == failed {
+                    state.readers.declined(report);
+                }
+                answer
             } else {
                 state.engine.get(&appid, kind).await?
             };

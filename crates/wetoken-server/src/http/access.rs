@@ -25,6 +25,14 @@ pub(crate) struct ReaderPolicy {
 }
 
 /// The header Go-era clients that cannot set `Authorization` may send the consumer key in.
+/// A passive-refresh report admitted past its caller's rate limit.
+pub(super) struct Report {
+    holder: Holder,
+    limit: wetoken_core::RefreshLimit,
+    /// Who reports, for the engine's log lines and stable-token shares.
+    pub(super) reporter: Reporter,
+}
+
 pub(crate) const KEY_HEADER: &str = "x-wetoken-key";
 
 /// What a request on a guarded route does with the app's credentials, for the scope check.
@@ -117,42 +125,55 @@ impl ReaderPolicy {
             })
     }
 
-    /// Takes one passive-refresh report from the caller's bucket: the key's (under its own
-    /// limit, or the server's), or while no keys exist the caller address's. Returns who
-    /// reports, for the engine's log lines and stable-token shares.
-    pub(super) fn take_report(
+    /// Admits one passive-refresh report if the caller's bucket holds one: the key's (under
+    /// its own limit, or the server's), or while no keys exist the caller address's. The
+    /// report is charged only if the engine declines it ([`ReaderPolicy::declined`]).
+    pub(super) fn admit_report(
         &self,
         key: Option<&ConsumerKey>,
         peer: std::net::IpAddr,
         appid: &wetoken_core::AppId,
-    ) -> Result<Reporter, ApiError> {
+    ) -> Result<Report, ApiError> {
         let default = self.limits.default;
-        let (holder, limit, reporter) = match key {
-            Some(k) => (
-                Holder::Key(k.id.clone()),
-                k.refresh_limit.unwrap_or(default),
-                Reporter::Key(k.name.clone()),
-            ),
-            None => (Holder::Address(peer), default, Reporter::Address(peer)),
+        let report = match key {
+            Some(k) => Report {
+                holder: Holder::Key(k.id.clone()),
+                limit: k.refresh_limit.unwrap_or(default),
+                reporter: Reporter::Key(k.name.clone()),
+            },
+            None => Report {
+                holder: Holder::Address(peer),
+                limit: default,
+                reporter: Reporter::Address(peer),
+            },
         };
-        match self.limits.take(holder, limit, std::time::Instant::now()) {
-            Ok(()) => Ok(reporter),
-            Err(wait) => {
-                let secs = wait.as_secs_f64().ceil().max(1.0);
-                warn!(
-                    %appid, reporter = %reporter, %limit, retry_after_secs = secs,
-                    "passive refresh refused: the caller is over its rate"
-                );
-                Err(ApiError::Limited(
-                    format!(
-                        "{reporter} is over its passive-refresh rate ({limit}); try again in \
-                         {secs} s. A report names a value WeChat rejected: reporting a value \
-                         again and again does not bring a new one"
-                    ),
-                    wait,
-                ))
-            }
-        }
+        let Err(wait) = self
+            .limits
+            .check(&report.holder, report.limit, std::time::Instant::now())
+        else {
+            return Ok(report);
+        };
+        let (reporter, limit) = (&report.reporter, report.limit);
+        let secs = wait.as_secs_f64().ceil().max(1.0);
+        warn!(
+            %appid, %reporter, %limit, retry_after_secs = secs,
+            "passive refresh refused: the caller is over its rate"
+        );
+        Err(ApiError::Limited(
+            format!(
+                "{reporter} is over its passive-refresh rate ({limit}) for reports of values \
+                 WeChat still accepts; try again in {secs} s. Report a value only when WeChat \
+                 rejected it: reporting a working value does not bring a new one"
+            ),
+            wait,
+        ))
+    }
+
+    /// Charges a report the engine declined (the value reported is still the one served) to
+    /// its caller's bucket.
+    pub(super) fn declined(&self, report: Report) {
+        self.limits
+            .charge(report.holder, report.limit, std::time::Instant::now());
     }
 
     /// Installs a new snapshot of the keys.

@@ -1,7 +1,12 @@
 //! The passive-refresh route's rate limit: a token bucket per consumer key (or, while no keys
 //! exist, per caller address), so that one caller stuck in a loop cannot keep the engine's
 //! checks busy. The engine's quota guard is what holds cluster-wide; these buckets are per
-//! replica. Only reports count; reads never touch them.
+//! replica.
+//!
+//! Only reports the engine declines are charged: a report of a value WeChat still accepts (or
+//! of a ticket younger than the minimum age). A report that ends in a new value, or names one
+//! already replaced, costs nothing, so however many services report a token that really died,
+//! none is refused. Reads never touch the buckets.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -70,14 +75,33 @@ impl RefreshLimiter {
         }
     }
 
-    /// Takes one report from `holder`'s bucket under `limit`, or says how long until one is
-    /// there.
-    pub(crate) fn take(
+    /// Whether `holder` may report now under `limit`: `Err` says how long until its bucket
+    /// holds a report again. Takes nothing: only [`RefreshLimiter::charge`] does.
+    pub(crate) fn check(
         &self,
-        holder: Holder,
+        holder: &Holder,
         limit: RefreshLimit,
         now: Instant,
     ) -> Result<(), Duration> {
+        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(bucket) = buckets.get_mut(holder) else {
+            return Ok(());
+        };
+        if bucket.limit != limit {
+            *bucket = Bucket::full(limit, now);
+        }
+        bucket.refill(now);
+        if bucket.tokens >= 1.0 {
+            return Ok(());
+        }
+        let per_sec = f64::from(limit.per_minute()) / 60.0;
+        Err(Duration::from_secs_f64((1.0 - bucket.tokens) / per_sec))
+    }
+
+    /// Takes one report from `holder`'s bucket: a report the engine declined. Never below
+    /// empty, so reports that passed [`RefreshLimiter::check`] together cost no more than the
+    /// bucket.
+    pub(crate) fn charge(&self, holder: Holder, limit: RefreshLimit, now: Instant) {
         let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
         if buckets.len() >= MAX_BUCKETS && !buckets.contains_key(&holder) {
             buckets.retain(|_, b| {
@@ -95,12 +119,14 @@ impl RefreshLimiter {
             *bucket = Bucket::full(limit, now);
         }
         bucket.refill(now);
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
-            return Ok(());
-        }
-        let per_sec = f64::from(limit.per_minute()) / 60.0;
-        Err(Duration::from_secs_f64((1.0 - bucket.tokens) / per_sec))
+        bucket.tokens = (bucket.tokens - 1.0).max(0.0);
+    }
+
+    #[cfg(test)]
+    fn take(&self, holder: Holder, limit: RefreshLimit, now: Instant) -> Result<(), Duration> {
+        self.check(&holder, limit, now)?;
+        self.charge(holder, limit, now);
+        Ok(())
     }
 }
 

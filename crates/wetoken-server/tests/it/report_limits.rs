@@ -73,10 +73,10 @@ async fn each_key_has_its_own_refresh_bucket(db: &TestDb) {
         http.get(&get).send().await.unwrap().status() == 401
     })
     .await;
-    // Reports of a value WeChat rejected long ago: each is answered with the current token,
-    // without a fetch, so only the limit decides.
+    // Reports of the current token, which WeChat still accepts: each is declined (answered
+    // with that token, no fetch) and charged to the key's bucket.
     let refresh = format!(
-        "{}/{APP}/wechat/token/refresh?access_token=an-old-one",
+        "{}/{APP}/wechat/token/refresh?access_token={token}",
         server.url
     );
     let by = |key: &str| http.get(&refresh).bearer_auth(key);
@@ -108,6 +108,19 @@ async fn each_key_has_its_own_refresh_bucket(db: &TestDb) {
     for i in 0..5 {
         let (status, _, msg, _) = report(by(&beta)).await;
         assert_eq!(status, 200, "beta's report {i}: {msg}");
+    }
+    // Reports of a value already replaced cost nothing: answered with the current token.
+    let stale = format!(
+        "{}/{APP}/wechat/token/refresh?access_token=an-old-one",
+        server.url
+    );
+    for i in 0..30 {
+        let (status, _, msg, _) = report(http.get(&stale).bearer_auth(&beta)).await;
+        assert_eq!(status, 200, "beta's report {i} of an old value: {msg}");
+    }
+    for i in 0..5 {
+        let (status, _, msg, _) = report(by(&beta)).await;
+        assert_eq!(status, 200, "beta's report {i} after the old ones: {msg}");
     }
     // A key that may not refresh is refused as before, not limited.
     for _ in 0..3 {
@@ -150,8 +163,9 @@ async fn callers_without_keys_have_a_bucket_per_address(db: &TestDb) {
     s.http.refresh_per_minute = 1;
     let server = TestServer::start(s).await;
     server.add_app(APP).await;
+    let token = server.token(APP).await;
     let refresh = format!(
-        "{}/{APP}/wechat/token/refresh?access_token=an-old-one",
+        "{}/{APP}/wechat/token/refresh?access_token={token}",
         server.url
     );
     let (here, there) = (client([127, 0, 0, 1]), client([127, 0, 0, 2]));
@@ -164,5 +178,27 @@ async fn callers_without_keys_have_a_bucket_per_address(db: &TestDb) {
     assert_eq!(retry_after.as_deref(), Some("60"));
     // Another address has its own.
     assert_eq!(report(there.get(&refresh)).await.0, 200);
+    assert_eq!(mock.calls(Endpoint::Token), 1, "no declined report fetched");
+
+    // A token WeChat really rejects: twenty reports of it from one address, burst or not, are
+    // all answered with its replacement, and only one is fetched. Nobody is locked out for
+    // reporting what really died.
+    mock.invalidate_token(&token);
+    // Past `report_check_secs`, so that the check of a moment ago no longer answers.
+    server.clock.advance(Duration::from_secs(31));
+    let reports: Vec<_> = (0..20).map(|_| report(there.get(&refresh))).collect();
+    for (i, (status, _, msg, _)) in futures::future::join_all(reports)
+        .await
+        .into_iter()
+        .enumerate()
+    {
+        assert_eq!(status, 200, "report {i} of the dead token: {msg}");
+    }
+    for i in 0..20 {
+        let (status, _, msg, _) = report(there.get(&refresh)).await;
+        assert_eq!(status, 200, "late report {i} of the dead token: {msg}");
+    }
+    assert_eq!(mock.calls(Endpoint::Token), 2, "one fetch replaced it");
+    assert_ne!(server.token(APP).await, token);
     server.stop().await;
 }
