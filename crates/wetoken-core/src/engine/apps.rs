@@ -8,7 +8,7 @@ use tracing::{debug, info};
 use super::Engine;
 use crate::Error;
 use crate::keys::SecretDigests;
-use crate::model::{AppId, AppInfo, AppUpdate, CredentialRecord, Kind, NewApp, Secret};
+use crate::model::{AppId, AppInfo, AppUpdate, Credential, CredentialRecord, Kind, NewApp, Secret};
 
 /// An app with the state of each of its credentials; what listings show.
 #[derive(Debug, Clone)]
@@ -37,6 +37,32 @@ pub struct JssdkConfig {
 }
 
 impl Engine {
+    /// Stores a credential obtained elsewhere (`wetoken-cli import`) for `app`, if it has none,
+    /// with its renewal dated as the scheduler would date it under this engine's settings (so
+    /// that importing 100,000 apps leaves the scheduler nothing to date). Returns whether it
+    /// was stored.
+    pub async fn import_credential(
+        &self,
+        app: &NewApp,
+        kind: Kind,
+        credential: &Credential,
+    ) -> Result<bool, Error> {
+        let ahead = self
+            .inner
+            .config
+            .renew_ahead(&app.appid, kind, app.token_mode);
+        self.inner
+            .store
+            .import_credential(
+                &app.appid,
+                kind,
+                credential,
+                Some(credential.expires_at - ahead),
+                self.now(),
+            )
+            .await
+    }
+
     /// Adds an app.
     pub async fn add_app(&self, app: &NewApp) -> Result<(), Error> {
         self.inner.store.insert_app(app, self.now()).await?;

@@ -68,12 +68,15 @@ impl Store {
     }
 
     /// Stores a credential obtained elsewhere (`wetoken-cli import`) for an app that has none:
-    /// a credential already stored is kept. Returns whether it was stored.
+    /// a credential already stored is kept. Returns whether it was stored. `renew_at` dates its
+    /// renewal (`Engine::import_credential` works it out); without it the scheduler dates the
+    /// row on its next scan, one write per row.
     pub async fn import_credential(
         &self,
         appid: &AppId,
         kind: Kind,
         credential: &Credential,
+        renew_at: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
     ) -> Result<bool, Error> {
         let txn = self.db.begin().await?;
@@ -90,6 +93,7 @@ impl Store {
             .table(kind.table())
             .value(kind.value_column(), credential.value.as_str())
             .value(Column::ExpiresAt, credential.expires_at)
+            .value(Column::RenewAt, renew_at)
             .value(Column::Message, "imported")
             .value(Column::UpdateTime, now)
             .and_where(Expr::col(Column::Appid).eq(appid.as_str()))

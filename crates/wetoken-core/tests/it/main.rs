@@ -144,7 +144,7 @@ async fn an_imported_token_is_dated_then_renewed_on_time() {
     assert!(
         engine
             .store()
-            .import_credential(&appid, Kind::AccessToken, &imported, clock.now())
+            .import_credential(&appid, Kind::AccessToken, &imported, None, clock.now())
             .await
             .unwrap()
     );
