@@ -17,6 +17,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{Value, json};
 use wetoken_mock::{Endpoint, MockConfig, MockWeChat};
 
+use crate::scale;
+
 const CONNECTIONS: u32 = 64;
 const DURATION: &str = "10s";
 const SECRET: &str = "bench-secret";
@@ -31,10 +33,10 @@ fn median(mut runs: Vec<Load>) -> Load {
 }
 
 /// One load run's figures.
-struct Load {
-    rps: f64,
-    p50_ms: f64,
-    p99_ms: f64,
+pub(crate) struct Load {
+    pub(crate) rps: f64,
+    pub(crate) p50_ms: f64,
+    pub(crate) p99_ms: f64,
 }
 
 impl Load {
@@ -43,26 +45,39 @@ impl Load {
     }
 }
 
-fn free_port() -> Result<u16> {
+pub(crate) fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
 }
 
 /// A release `wetoken-server` with its output in `dir`.
-struct Server {
+pub(crate) struct Server {
     child: Child,
-    url: String,
+    pub(crate) url: String,
 }
 
 impl Server {
     async fn start(dir: &Path, db: &Path, wechat: &str, env: &[(&str, &str)]) -> Result<Server> {
+        let database_url = format!("sqlite://{}", db.display());
+        let server = Server::spawn(dir, &database_url, wechat, env)?;
+        server.wait_healthy(dir).await?;
+        Ok(server)
+    }
+
+    /// Starts a release server on `database_url`, not waiting for it.
+    pub(crate) fn spawn(
+        dir: &Path,
+        database_url: &str,
+        wechat: &str,
+        env: &[(&str, &str)],
+    ) -> Result<Server> {
         let port = free_port()?;
         let log = std::fs::File::create(dir.join(format!("server-{port}.log")))?;
         let child = Command::new(release_binary("wetoken-server"))
             .current_dir(dir)
             .args(["start", "--listen", &format!("127.0.0.1:{port}")])
-            .args(["--database-url", &format!("sqlite://{}", db.display())])
+            .args(["--database-url", database_url])
             .args(["--wechat-base-url", wechat])
             .env("WETOKEN_LOG", "warn")
             .envs(env.iter().copied())
@@ -70,26 +85,30 @@ impl Server {
             .stderr(log)
             .spawn()
             .context("starting wetoken-server")?;
-        let server = Server {
+        Ok(Server {
             child,
             url: format!("http://127.0.0.1:{port}"),
-        };
+        })
+    }
+
+    /// Waits until `/health` answers 200.
+    pub(crate) async fn wait_healthy(&self, dir: &Path) -> Result<()> {
         let http = reqwest::Client::new();
-        for _ in 0..300 {
+        for _ in 0..600 {
             if http
-                .get(format!("{}/health", server.url))
+                .get(format!("{}/health", self.url))
                 .send()
                 .await
                 .is_ok_and(|r| r.status() == 200)
             {
-                return Ok(server);
+                return Ok(());
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         bail!("wetoken-server did not come up; see {}", dir.display())
     }
 
-    fn rss_kib(&self) -> Result<u64> {
+    pub(crate) fn rss_kib(&self) -> Result<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
         status
             .lines()
@@ -107,7 +126,7 @@ impl Drop for Server {
     }
 }
 
-fn release_binary(name: &str) -> PathBuf {
+pub(crate) fn release_binary(name: &str) -> PathBuf {
     let target =
         std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| PathBuf::from("target"), PathBuf::from);
     let path = target.join("release").join(name);
@@ -117,14 +136,23 @@ fn release_binary(name: &str) -> PathBuf {
 
 /// Runs wrk against `url` and reads its throughput and latency percentiles.
 fn wrk(url: &str) -> Result<Load> {
-    let out = Command::new("wrk")
-        .args([
-            "-t2",
-            &format!("-c{CONNECTIONS}"),
-            &format!("-d{DURATION}"),
-            "--latency",
-            url,
-        ])
+    wrk_with(url, None)
+}
+
+/// [`wrk`] with a Lua script that makes the requests.
+pub(crate) fn wrk_with(url: &str, script: Option<&Path>) -> Result<Load> {
+    let mut command = Command::new("wrk");
+    command.args([
+        "-t2",
+        &format!("-c{CONNECTIONS}"),
+        &format!("-d{DURATION}"),
+        "--latency",
+    ]);
+    if let Some(script) = script {
+        command.arg("-s").arg(script);
+    }
+    let out = command
+        .arg(url)
         .output()
         .context("running wrk (apt-get install wrk)")?;
     let text = String::from_utf8_lossy(&out.stdout);
@@ -291,26 +319,76 @@ async fn create_apps(http: &reqwest::Client, url: &str, prefix: &str, n: usize) 
     results.into_iter().collect()
 }
 
-pub fn run() -> Result<()> {
+/// `cargo xtask bench [--apps N,N.. --replicas R,R.. --db postgres,mysql]`: without `--apps`,
+/// the token route, memory and sweep on SQLite; with it, the scale bench (`scale.rs`).
+pub fn run(args: &[String]) -> Result<()> {
+    let mut apps = Vec::new();
+    let mut replicas = vec![1];
+    let mut dbs = vec![scale::Db::Postgres, scale::Db::Mysql];
+    let mut args = args.iter();
+    while let Some(flag) = args.next() {
+        let value = args
+            .next()
+            .with_context(|| format!("{flag} needs a value"))?;
+        let numbers = || -> Result<Vec<usize>> {
+            value
+                .split(',')
+                .map(|n| {
+                    n.replace('_', "")
+                        .parse::<usize>()
+                        .ok()
+                        .filter(|n| *n > 0)
+                        .with_context(|| format!("{flag}: {n:?} is not a positive number"))
+                })
+                .collect()
+        };
+        match flag.as_str() {
+            "--apps" => apps = numbers()?,
+            "--replicas" => replicas = numbers()?,
+            "--db" => {
+                dbs = value
+                    .split(',')
+                    .map(|d| match d {
+                        "postgres" => Ok(scale::Db::Postgres),
+                        "mysql" | "mariadb" => Ok(scale::Db::Mysql),
+                        other => bail!("--db: {other:?} is not postgres or mysql"),
+                    })
+                    .collect::<Result<_>>()?;
+            }
+            other => bail!("unknown flag {other}: expected --apps, --replicas or --db"),
+        }
+    }
     let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["build", "--release", "-p", "wetoken-server", "-p", "xtask"])
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "wetoken-server",
+            "-p",
+            "wetoken-cli",
+            "-p",
+            "xtask",
+        ])
         .status()?;
     if !status.success() {
-        bail!("building wetoken-server and xtask failed");
+        bail!("building wetoken-server, wetoken-cli and xtask failed");
     }
-    tokio::runtime::Builder::new_multi_thread()
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
-        .build()?
-        .block_on(bench())
+        .build()?;
+    if apps.is_empty() {
+        runtime.block_on(bench())
+    } else {
+        runtime.block_on(scale::run(&apps, &replicas, &dbs))
+    }
 }
 
-async fn bench() -> Result<()> {
-    let out = PathBuf::from("target/bench");
-    let work = out.join("run");
-    let _ = std::fs::remove_dir_all(&work);
-    std::fs::create_dir_all(&work)?;
-    let work = std::fs::canonicalize(&work)?;
+/// A fresh working directory at `dir`, and a mock WeChat that knows every appid.
+pub(crate) async fn workspace(dir: &Path) -> Result<(PathBuf, MockWeChat)> {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir)?;
+    let work = std::fs::canonicalize(dir)?;
     let mock = MockWeChat::start_with(
         MockConfig {
             auto_register: true,
@@ -319,6 +397,12 @@ async fn bench() -> Result<()> {
         "127.0.0.1:0".parse()?,
     )
     .await?;
+    Ok((work, mock))
+}
+
+async fn bench() -> Result<()> {
+    let out = PathBuf::from("target/bench");
+    let (work, mock) = workspace(&out.join("run")).await?;
     let http = reqwest::Client::new();
 
     // (a) the token route, warm.
@@ -418,17 +502,7 @@ async fn bench() -> Result<()> {
     }
     let sweep_secs = samples.last().map_or(0.0, |s| s.0);
     let fetched = mock.calls(Endpoint::Token);
-    // The most calls seen in any one-second window.
-    let mut peak = 0;
-    for (i, &(t0, c0)) in samples.iter().enumerate() {
-        if let Some(&(_, c1)) = samples[i..]
-            .iter()
-            .take_while(|(t, _)| *t - t0 <= 1.0)
-            .last()
-        {
-            peak = peak.max(c1 - c0);
-        }
-    }
+    let (peak, _) = scale::spread(&samples);
     drop(sweeper);
     println!(
         "sweep of 10,000 apps  : {fetched} fetched in {sweep_secs:.1} s, at most {peak} in any second (rate {rate}/s)"

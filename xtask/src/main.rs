@@ -2,7 +2,8 @@
 //!
 //! - `cargo xtask tidy`: checks the architecture invariants of `docs/ARCHITECTURE.md` that a
 //!   machine can check. It also runs as a test, so `cargo test --workspace` catches regressions.
-//! - `cargo xtask bench`: the measurements of `docs/performance.md`.
+//! - `cargo xtask bench [--apps N --replicas R --db postgres,mysql]`: the measurements of
+//!   `docs/performance.md`.
 //! - `cargo xtask test [ARGS]`: the README's test command: a ZooKeeper for the registry tests,
 //!   then `cargo test --workspace ARGS`.
 //! - `cargo xtask zookeeper start|stop`: that ZooKeeper alone.
@@ -13,6 +14,7 @@ use std::process::{Command, ExitCode};
 
 mod bench;
 mod fuzz;
+mod scale;
 mod zookeeper;
 
 fn main() -> ExitCode {
@@ -34,7 +36,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Some("bench") => match bench::run() {
+        Some("bench") => match bench::run(&std::env::args().skip(2).collect::<Vec<_>>()) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("bench: {e:#}");
@@ -89,7 +91,9 @@ fn main() -> ExitCode {
             }
         }
         _ => {
-            eprintln!("usage: cargo xtask tidy|bench|test|zookeeper|fuzz [--secs N]");
+            eprintln!(
+                "usage: cargo xtask tidy|bench [--apps N --replicas R --db postgres,mysql]|test|zookeeper|fuzz [--secs N]"
+            );
             ExitCode::FAILURE
         }
     }
