@@ -38,7 +38,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{info, warn};
-use wetoken_core::{Clock, Engine, SystemClock};
+use wetoken_core::{Clock, Engine, Installed, Store, SystemClock, Takeover};
 
 pub use config::{CredentialErrors, ENV_PREFIX, HttpSettings, Settings, ignored_service_links};
 pub use embed::{Apps, Embedded, EmbeddedToken, PeerAddr, ResponseFuture, Routes, WetokenService};
@@ -63,6 +63,42 @@ pub enum StartError {
     /// The stored secrets cannot be read with the configured master keys.
     #[error("stored secrets: {0}")]
     Secrets(String),
+    /// The registry, or its database node, could not be read.
+    #[error(transparent)]
+    Registry(#[from] wetoken_registry::RegistryError),
+}
+
+/// Creates wetoken's tables, or brings them up to date, in the database that the registry at
+/// `registry` (`fs://<dir>` or `zk://…`) names for `platform` at `/<platform>/var/db/<db_name>`:
+/// the Go wetoken's `wetoken zk://… mall`, and `wetoken-cli install` from code. A database the
+/// Go wetoken created is taken over as `takeover` says ([`Takeover::default`]: refuse while a Go
+/// server writes to it, read its dates in the database's zone). Running it again changes
+/// nothing.
+///
+/// ```no_run
+/// # async fn setup() -> Result<(), wetoken_server::StartError> {
+/// let installed = wetoken_server::install("zk://127.0.0.1:2181", "mall", "db", &Default::default()).await?;
+/// print!("{installed}");
+/// # Ok(()) }
+/// ```
+pub async fn install(
+    registry: &str,
+    platform: &str,
+    db_name: &str,
+    takeover: &Takeover,
+) -> Result<Installed, StartError> {
+    let node = wetoken_registry::Registry::open(registry)
+        .await?
+        .database(platform, db_name)
+        .await?;
+    let options =
+        wetoken_core::DatabaseOptions::new(&node.url).with_pool(node.max_open, node.lifetime_secs);
+    let db_error = |source| StartError::Database {
+        url: redact_url(&node.url),
+        source,
+    };
+    let store = Store::connect(&options).await.map_err(db_error)?;
+    store.install(takeover).await.map_err(db_error)
 }
 
 /// A server ready to serve: its database is open and migrated. An [`Embedded`] engine that

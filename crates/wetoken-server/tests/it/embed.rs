@@ -32,6 +32,7 @@ const OTHER: &str = "wx00000000000other";
 on_every_database!(
     the_axum_example_serves_its_routes_and_wetokens_with_one_fetch,
     the_cron_example_renews_a_credential_about_to_expire,
+    install_from_code_creates_the_tables_a_registry_node_names,
 );
 
 wetoken_testkit::on_databases!([Postgres]: two_embedded_instances_on_one_database_fetch_once);
@@ -272,4 +273,45 @@ async fn two_embedded_instances_on_one_database_fetch_once(db: &TestDb) {
         b.ticket(APP, Kind::JsapiTicket).await.unwrap().value,
         a.ticket(APP, Kind::JsapiTicket).await.unwrap().value
     );
+}
+
+/// `wetoken_server::install`, the Go wetoken's `wetoken zk://… mall` from code: the tables of
+/// the database a registry's node names, then an engine on them that migrates nothing.
+async fn install_from_code_creates_the_tables_a_registry_node_names(db: &TestDb) {
+    let dir = std::env::temp_dir().join(format!(
+        "wetoken-embed-install-{}-{}",
+        std::process::id(),
+        db.name()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let url = format!("fs://{}", dir.display());
+    let registry = wetoken_registry::Registry::open(&url).await.unwrap();
+    registry
+        .write_json("/mall/var/db/db", &json!({"url": db.url}))
+        .await
+        .unwrap();
+    let takeover = Default::default();
+    let installed = wetoken_server::install(&url, "mall", "db", &takeover)
+        .await
+        .unwrap();
+    assert!(!installed.applied.is_empty(), "{installed}");
+    let again = wetoken_server::install(&url, "mall", "db", &takeover)
+        .await
+        .unwrap();
+    assert!(again.applied.is_empty(), "{again}");
+
+    let mock = mock_with(&[APP]).await;
+    let mut s = settings(db, &mock);
+    s.auto_migrate = false;
+    let wetoken = Embedded::from_settings(&s).await.unwrap();
+    add_app(&wetoken, APP).await;
+    wetoken.token(APP).await.unwrap();
+    assert_eq!(mock.calls(Endpoint::Token), 1);
+
+    let missing = wetoken_server::install(&url, "mall", "nope", &takeover).await;
+    assert!(
+        matches!(missing, Err(wetoken_server::StartError::Registry(_))),
+        "{missing:?}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
 }
