@@ -246,14 +246,8 @@ async fn open_from_registry(
     let registry = wetoken_registry::Registry::open(registry)
         .await
         .with_context(|| format!("reading the database node {path}"))?;
-    let node = registry.read_json(&path).await?;
-    let node = wetoken_registry::database::parse(&node)
-        .map_err(|e| anyhow!("registry {}: node {path} is malformed: {e}", registry.url()))?;
-    let mut options = DatabaseOptions::new(&node.url);
-    if let Some(max_open) = node.max_open {
-        options.max_connections = max_open;
-    }
-    options.max_lifetime = node.lifetime_secs.map(std::time::Duration::from_secs);
+    let node = registry.database(platform, db_name).await?;
+    let mut options = DatabaseOptions::new(&node.url).with_pool(node.max_open, node.lifetime_secs);
     options.keyring = keyring;
     Store::connect(&options)
         .await

@@ -30,53 +30,12 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::Mutex;
 use wetoken_wire::{CredentialBody, ErrorBody, code};
 
+// The trait and its error live in the wire crate, which the embedded engine
+// (`wetoken_server::Embedded`) implements them from too; they stay reachable here.
+pub use wetoken_wire::source::{Error, FixedToken, TokenSource};
+
 #[cfg(feature = "blocking")]
 pub mod blocking;
-
-/// Why no credential could be had.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum Error {
-    /// A URL given is not an http(s) URL of a token or ticket route.
-    #[error("invalid wetoken URL {url:?}: {reason}")]
-    InvalidUrl {
-        /// The URL as given.
-        url: String,
-        /// What is wrong with it.
-        reason: String,
-    },
-    /// No server could be reached.
-    #[error("wetoken server {url} unreachable: {message}")]
-    Transport {
-        /// The last server tried.
-        url: String,
-        /// What failed.
-        message: String,
-    },
-    /// A server did not answer within the timeout.
-    #[error("wetoken server {url} did not answer in time")]
-    Timeout {
-        /// The server.
-        url: String,
-    },
-    /// The server refused, with its `{"errcode","errmsg"}` kept as it came.
-    #[error("wetoken refused ({status}): errcode {}: {}", .body.errcode, .body.errmsg)]
-    Refused {
-        /// The HTTP status; from a server that answers errors with HTTP 200 and a non-zero
-        /// `errcode` (its default, for the Go SDK), the status that errcode stands for
-        /// (`wetoken_wire::code::http_status`). So the error is the same either way.
-        status: u16,
-        /// The server's error body.
-        body: ErrorBody,
-    },
-    /// The answer was not what a wetoken server sends.
-    #[error("unexpected answer from {url}: {message}")]
-    Malformed {
-        /// The server.
-        url: String,
-        /// What was wrong.
-        message: String,
-    },
-}
 
 /// Which ticket a [`JsapiTicket`] pulls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -86,29 +45,6 @@ pub enum TicketKind {
     Jsapi,
     /// The `wx_card` api_ticket, for card signatures.
     Card,
-}
-
-/// Anything that hands out a token and takes reports of rejected ones: what a WeChat API client
-/// should take, so it works with wetoken, a fixed token in tests, or anything else.
-pub trait TokenSource: Send + Sync {
-    /// The current token.
-    fn token(&self) -> impl Future<Output = Result<String, Error>> + Send;
-    /// Reports `bad` as rejected by WeChat.
-    fn invalidate(&self, bad: &str) -> impl Future<Output = Result<(), Error>> + Send;
-}
-
-/// A source that always hands out the same token; for tests.
-#[derive(Debug, Clone)]
-pub struct FixedToken(pub String);
-
-impl TokenSource for FixedToken {
-    async fn token(&self) -> Result<String, Error> {
-        Ok(self.0.clone())
-    }
-
-    async fn invalidate(&self, _bad: &str) -> Result<(), Error> {
-        Ok(())
-    }
 }
 
 /// The one builder of every source: options, then `build`. Start from [`AccessToken::builder`],

@@ -10,9 +10,12 @@
 //! - `GET /cgi-bin/ticket/getticket` needs a valid official-account token (classic or stable).
 //! - WeCom's `GET /cgi-bin/gettoken` hands out the same token per (corpid, secret) while it is
 //!   valid, and `GET /cgi-bin/get_jsapi_ticket` needs such a token.
-//! - `GET /cgi-bin/get_api_domain_ip`, `GET /cgi-bin/getcallbackip` and `POST /cgi-bin/menu/create`
-//!   only check a token (of any kind, WeCom's too): `{"ip_list":["127.0.0.1"]}` while it works.
-//!   They spend no quota.
+//! - `GET /cgi-bin/get_api_domain_ip` and `GET /cgi-bin/getcallbackip` only check a token (of any
+//!   kind, WeCom's too): `{"ip_list":["127.0.0.1"]}` while it works. They spend no quota.
+//! - `POST /cgi-bin/menu/create` checks a token (any kind) and a JSON body, and keeps the body's
+//!   `button` as the app's menu; `GET /cgi-bin/menu/get` answers it as WeChat does,
+//!   `{"menu":{"button":[…]}}` (no `errcode` on success), or `46003` `menu no exist` before one
+//!   is created. Neither spends quota.
 //! - Daily quotas: each app may make [`MockConfig::token_daily_limit`] successful
 //!   `/cgi-bin/token` calls a mock day, [`MockConfig::stable_token_daily_limit`]
 //!   `/cgi-bin/stable_token` calls, and each WeCom corp as many `gettoken` calls as
@@ -122,6 +125,8 @@ pub enum Endpoint {
     CheckToken,
     /// `POST /cgi-bin/menu/create`.
     MenuCreate,
+    /// `GET /cgi-bin/menu/get`: the menu the app's last `menu/create` set.
+    MenuGet,
     /// WeCom's `GET /cgi-bin/gettoken`.
     WorkToken,
     /// WeCom's `GET /cgi-bin/get_jsapi_ticket`.
@@ -138,7 +143,7 @@ pub enum Endpoint {
 
 impl Endpoint {
     /// Every endpoint, in declaration order.
-    pub const ALL: [Endpoint; 11] = [
+    pub const ALL: [Endpoint; 12] = [
         Endpoint::Token,
         Endpoint::StableToken,
         Endpoint::Ticket,
@@ -150,10 +155,11 @@ impl Endpoint {
         Endpoint::CallbackIp,
         Endpoint::QuotaGet,
         Endpoint::ClearQuota,
+        Endpoint::MenuGet,
     ];
 
     /// The name the `/mock/…` control routes use: `token`, `stable_token`, `ticket`,
-    /// `check_token`, `menu_create`, `work_token`, `work_ticket`, `template_send`, `callback_ip`,
+    /// `check_token`, `menu_create`, `menu_get`, `work_token`, `work_ticket`, `template_send`, `callback_ip`,
     /// `quota_get` or `clear_quota`.
     pub fn name(self) -> &'static str {
         match self {
@@ -162,6 +168,7 @@ impl Endpoint {
             Endpoint::Ticket => "ticket",
             Endpoint::CheckToken => "check_token",
             Endpoint::MenuCreate => "menu_create",
+            Endpoint::MenuGet => "menu_get",
             Endpoint::WorkToken => "work_token",
             Endpoint::WorkTicket => "work_ticket",
             Endpoint::TemplateSend => "template_send",
@@ -184,6 +191,7 @@ impl Endpoint {
             Endpoint::Ticket => "/cgi-bin/ticket/getticket",
             Endpoint::CheckToken => "/cgi-bin/get_api_domain_ip",
             Endpoint::MenuCreate => "/cgi-bin/menu/create",
+            Endpoint::MenuGet => "/cgi-bin/menu/get",
             Endpoint::WorkToken => "/cgi-bin/gettoken",
             Endpoint::WorkTicket => "/cgi-bin/get_jsapi_ticket",
             Endpoint::TemplateSend => "/cgi-bin/message/template/send",

@@ -221,6 +221,7 @@ async fn answer(
         Endpoint::Ticket => w.ticket(&params),
         Endpoint::CheckToken | Endpoint::CallbackIp => w.check_only(&params),
         Endpoint::MenuCreate => w.menu_create(&params, body.as_deref().unwrap_or_default()),
+        Endpoint::MenuGet => w.menu_get(&params),
         Endpoint::WorkToken => w.work_token(&params),
         Endpoint::WorkTicket => w.work_ticket(&params),
         Endpoint::TemplateSend => w.template_send(&params, body.as_deref().unwrap_or_default()),

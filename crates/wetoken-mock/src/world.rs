@@ -123,6 +123,8 @@ pub(crate) struct World {
     tickets: HashMap<(String, String), String>,
     /// Template messages accepted, oldest first.
     pub sent: Vec<Value>,
+    /// appid (or corpid) → the `button` list of its last `menu/create`.
+    menus: HashMap<String, Value>,
     /// Requests per endpoint, by [`Endpoint::index`].
     pub calls: [u64; Endpoint::ALL.len()],
     /// Queued faults per endpoint, each with how many calls it still applies to.
@@ -169,6 +171,7 @@ impl World {
             work: HashMap::new(),
             tickets: HashMap::new(),
             sent: Vec::new(),
+            menus: HashMap::new(),
             calls: [0; Endpoint::ALL.len()],
             faults: std::array::from_fn(|_| VecDeque::new()),
             quotas: Quotas::default(),
@@ -536,13 +539,26 @@ impl World {
         Ok(json!({"errcode": 0, "errmsg": "ok"}))
     }
 
-    /// `POST /cgi-bin/menu/create`: checks any token, then that the body is JSON.
-    pub fn menu_create(&self, params: &Params, body: &[u8]) -> Reply {
-        self.check_token(params, &[Kind::Classic, Kind::Stable, Kind::Work])?;
-        if serde_json::from_slice::<serde::de::IgnoredAny>(body).is_err() {
+    /// `POST /cgi-bin/menu/create`: checks any token, then that the body is JSON; keeps its
+    /// `button` (or `[]`) as the token's app's menu.
+    pub fn menu_create(&mut self, params: &Params, body: &[u8]) -> Reply {
+        let appid = self.check_token(params, &[Kind::Classic, Kind::Stable, Kind::Work])?;
+        let Ok(menu) = serde_json::from_slice::<Value>(body) else {
             return Err(self.error(47001, "data format error"));
-        }
+        };
+        let buttons = menu.get("button").cloned().unwrap_or_else(|| json!([]));
+        self.menus.insert(appid, buttons);
         Ok(json!({"errcode": 0, "errmsg": "ok"}))
+    }
+
+    /// `GET /cgi-bin/menu/get`: checks any token, then answers the app's menu as WeChat does,
+    /// without an `errcode`, or 46003 when none was created.
+    pub fn menu_get(&self, params: &Params) -> Reply {
+        let appid = self.check_token(params, &[Kind::Classic, Kind::Stable, Kind::Work])?;
+        match self.menus.get(&appid) {
+            Some(buttons) => Ok(json!({"menu": {"button": buttons}})),
+            None => Err(self.error(46003, "menu no exist")),
+        }
     }
 
     /// `POST /cgi-bin/message/template/send`: checks an official account's token, then the

@@ -338,6 +338,25 @@ impl Registry {
         })
     }
 
+    /// The database node of `platform` named `name`, at `/<platform>/var/db/<name>`, read and
+    /// parsed ([`database::parse`]): where the Go wetoken's `wetoken zk://… mall` found the
+    /// database to create its tables in. Errors name the registry and the node.
+    pub async fn database(
+        &self,
+        platform: &str,
+        name: &str,
+    ) -> Result<database::DatabaseNode, RegistryError> {
+        let malformed = |path: String, cause: String| RegistryError::Malformed {
+            registry: self.url.clone(),
+            path,
+            cause,
+        };
+        let path = database_node(platform, name)
+            .map_err(|cause| malformed(format!("/{platform}/var/db/{name}"), cause))?;
+        let node = self.read_json(&path).await?;
+        database::parse(&node).map_err(|cause| malformed(path, cause))
+    }
+
     /// Whether a node is at `path`.
     pub async fn exists(&self, path: &str) -> Result<bool, RegistryError> {
         Ok(self.read(path).await?.is_some())

@@ -11,6 +11,11 @@
 //! - `error`: errors to `errcode`s and statuses, in one function;
 //! - `fuzz`: the fuzz target's entry point.
 //!
+//! What a request may reach is the [`Mount`]'s: the whole server mounts everything
+//! ([`Mount::EVERYTHING`]); an embedding service mounts route groups and may limit them to some
+//! apps (`crate::embed`). Every request body type a host may hand in is read alike
+//! ([`RequestBody`]).
+//!
 //! The path is matched as raw text and never percent-decoded, so an encoded `/` or `..` cannot
 //! reach another route; an appid must match [`AppId::parse`]'s pattern before anything else
 //! happens.
@@ -27,9 +32,10 @@ mod params;
 mod request;
 mod route;
 
-use http::{Method, Request, StatusCode};
-use hyper::body::Incoming;
+use std::collections::HashSet;
 use std::sync::Arc;
+
+use http::{Method, Request, StatusCode};
 
 use wetoken_core::{AppId, ConsumerKey, Engine, Kind, WxCode};
 use wetoken_wire::{JssdkConfigBody, code};
@@ -38,6 +44,7 @@ use access::Purpose;
 pub(crate) use access::{AdminPolicy, ReaderPolicy};
 use admin::app_route;
 use credential::credential_response;
+pub(crate) use error::engine_error;
 use error::{ApiError, ApiResult, json, success, typed};
 pub(crate) use fuzz::fuzz_request;
 use params::Params;
@@ -54,19 +61,90 @@ pub(crate) struct State {
     pub readers: ReaderPolicy,
 }
 
+/// A request body wetoken can read: any [`hyper::body::Body`] whose errors box, such as hyper's
+/// `Incoming`, axum's `Body` or `http_body_util::Full`.
+pub trait RequestBody:
+    hyper::body::Body<Data: Send, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
+    + Send
+    + 'static
+{
+}
+
+impl<B> RequestBody for B
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+}
+
+/// Which routes a request may reach, and for which apps.
+#[derive(Debug, Clone)]
+pub(crate) struct Mount {
+    /// The credential group: `/{appid}/wechat/…` and `/wx/{appid}/…`.
+    pub credentials: bool,
+    /// The admin routes, `/wechat/app/*`.
+    pub admin: bool,
+    /// The status page `/`, `/metrics`, and the health routes.
+    pub observe: bool,
+    /// The apps the credential and admin routes serve; `None`: every app.
+    pub apps: Option<HashSet<String>>,
+}
+
+impl Mount {
+    /// The whole server's.
+    pub(crate) const EVERYTHING: Mount = Mount {
+        credentials: true,
+        admin: true,
+        observe: true,
+        apps: None,
+    };
+
+    fn serves(&self, route: &Route<'_>) -> bool {
+        match route {
+            Route::Credential { .. } | Route::Query(_) | Route::WxCode(_) | Route::Jssdk(_) => {
+                self.credentials
+            }
+            Route::App(_) => self.admin,
+            Route::Status | Route::Metrics | Route::Health | Route::Live => self.observe,
+        }
+    }
+
+    /// Whether `appid` is one of the mount's apps.
+    pub(crate) fn covers(&self, appid: &AppId) -> bool {
+        self.apps
+            .as_ref()
+            .is_none_or(|apps| apps.contains(appid.as_str()))
+    }
+
+    /// An app outside the mount is answered as an app that does not exist, so a mount limited
+    /// to its own apps says nothing about the others in the database.
+    fn admit(&self, appid: &AppId) -> Result<(), ApiError> {
+        if self.covers(appid) {
+            Ok(())
+        } else {
+            Err(wetoken_core::Error::UnknownApp(appid.clone()).into())
+        }
+    }
+}
+
 /// Routes a request. The token and ticket routes are awaited inline; every other route's future
 /// is boxed, so that this future (moved a few times per request) stays small: the database ping
 /// alone is 9 KB, and copying it was most of the token route's work (docs/performance.md).
-async fn dispatch(
+async fn dispatch<B: RequestBody>(
     state: &State,
+    mount: &Mount,
     peer: std::net::IpAddr,
-    request: Request<Incoming>,
+    request: Request<B>,
     label: &mut &'static str,
 ) -> ApiResult {
     let (parts, body) = request.into_parts();
     let Some(route) = route(parts.uri.path()) else {
         return Err(ApiError::NotFound);
     };
+    if !mount.serves(&route) {
+        return Err(ApiError::NotFound);
+    }
     *label = route.label();
     // /metrics names every appid with its expiry and calls: it is admin-only too.
     if matches!(route, Route::App(_) | Route::Status | Route::Metrics) {
@@ -99,7 +177,7 @@ async fn dispatch(
             if !read_only {
                 return Err(ApiError::MethodNotAllowed);
             }
-            let page = Box::pin(crate::status::page(&state.engine)).await?;
+            let page = Box::pin(crate::status::page(&state.engine, mount)).await?;
             Ok(typed(page, "text/html; charset=utf-8"))
         }
         Route::Credential {
@@ -112,7 +190,7 @@ async fn dispatch(
             } else {
                 Purpose::Read
             };
-            let (appid, key) = admit(state, &parts, peer, appid, purpose)?;
+            let (appid, key) = admit(state, mount, &parts, peer, appid, purpose)?;
             // `?type=wx_card` picks the card ticket; only the refresh route needs a body.
             let params = if refresh || (kind != Kind::AccessToken && parts.uri.query().is_some()) {
                 Box::pin(Params::read(&parts, body, &state.http)).await?
@@ -154,7 +232,7 @@ async fn dispatch(
         }
         Route::Query(appid) => {
             // The Go SDK's own secret reads its app's stored token, as on token/get.
-            let (appid, _) = admit(state, &parts, peer, appid, Purpose::Read)?;
+            let (appid, _) = admit(state, mount, &parts, peer, appid, Purpose::Read)?;
             let credential = Box::pin(state.engine.stored(&appid, Kind::AccessToken)).await?;
             Ok(credential_response(
                 Kind::AccessToken,
@@ -165,7 +243,7 @@ async fn dispatch(
         Route::WxCode(appid) => {
             // Sending a message on the app's behalf takes a key (or a local caller while none
             // exists), as the jssdk route does.
-            let (appid, _) = admit(state, &parts, peer, appid, Purpose::Use)?;
+            let (appid, _) = admit(state, mount, &parts, peer, appid, Purpose::Use)?;
             let params = Box::pin(Params::read(&parts, body, &state.http)).await?;
             let request = WxCode {
                 user_name: params.required("user_name")?,
@@ -176,9 +254,9 @@ async fn dispatch(
             // The Go server answered the bare word.
             Ok(typed("success".into(), "text/plain; charset=utf-8"))
         }
-        Route::App(action) => Box::pin(app_route(state, action, &parts, body)).await,
+        Route::App(action) => Box::pin(app_route(state, mount, action, &parts, body)).await,
         Route::Jssdk(appid) => {
-            let (appid, _) = admit(state, &parts, peer, appid, Purpose::Use)?;
+            let (appid, _) = admit(state, mount, &parts, peer, appid, Purpose::Use)?;
             let params = Params::read(&parts, body, &state.http).await?;
             let config =
                 Box::pin(state.engine.jssdk_config(&appid, params.required("url")?)).await?;
@@ -198,9 +276,11 @@ async fn dispatch(
 }
 
 /// What every credential-group route does first: the method (GET, HEAD or POST), then the
-/// caller, and only then the appid, so that a refusal never says whether an appid exists.
+/// caller, and only then the appid, so that a refusal never says whether an appid exists; an
+/// app outside the mount is then answered as unknown.
 fn admit(
     state: &State,
+    mount: &Mount,
     parts: &http::request::Parts,
     peer: std::net::IpAddr,
     appid: &str,
@@ -212,7 +292,9 @@ fn admit(
     let key = state
         .readers
         .check(parts, peer, appid, purpose, &state.engine)?;
-    Ok((AppId::parse(appid)?, key))
+    let appid = AppId::parse(appid)?;
+    mount.admit(&appid)?;
+    Ok((appid, key))
 }
 
 #[cfg(test)]
@@ -225,18 +307,20 @@ mod tests {
     /// `async fn` wrapper that holds its argument twice, from growing the hot one unnoticed.
     #[test]
     fn the_request_future_stays_small() {
-        fn size3<A, B, C, F: Future>(_: impl Fn(A, B, C) -> F) -> usize {
-            std::mem::size_of::<F>()
-        }
+        use hyper::body::Incoming;
         fn size4<A, B, C, D, F: Future>(_: impl Fn(A, B, C, D) -> F) -> usize {
             std::mem::size_of::<F>()
         }
-        let handle = size3(handle);
-        let dispatch = size4(
+        fn size5<A, B, C, D, E, F: Future>(_: impl Fn(A, B, C, D, E) -> F) -> usize {
+            std::mem::size_of::<F>()
+        }
+        let handle = size4(handle::<Incoming>);
+        let dispatch = size5(
             |s: &'static State,
+             m: &'static Mount,
              p: std::net::IpAddr,
              r: Request<Incoming>,
-             l: &'static mut &'static str| dispatch(s, p, r, l),
+             l: &'static mut &'static str| dispatch(s, m, p, r, l),
         );
         assert!(handle <= 2048, "handle's future is {handle} bytes");
         assert!(dispatch <= 1024, "dispatch's future is {dispatch} bytes");

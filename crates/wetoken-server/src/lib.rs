@@ -4,8 +4,10 @@
 //! `/{appid}/wechat/token/get`, `/{appid}/wechat/ticket/get`, their `refresh` twins, the
 //! `/wx/{appid}/…` aliases, `/wechat/app/*` to manage apps, and `/health`.
 //!
-//! Embed it, or test it, by building a [`Server`] and handing [`Server::serve`] a bound listener
-//! and a shutdown future:
+//! Run it, or test it, by building a [`Server`] and handing [`Server::serve`] a bound listener
+//! and a shutdown future. To put wetoken inside a service of your own instead (its routes in
+//! your router, the scheduler on your runtime, tokens in process), see [`Embedded`] and
+//! `docs/embedding.md`; the server is built on it.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -19,6 +21,7 @@
 #![deny(missing_docs)]
 
 mod config;
+mod embed;
 mod http;
 mod metrics;
 mod status;
@@ -35,9 +38,13 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{info, warn};
-use wetoken_core::{Clock, Engine, Store, SystemClock, WeChat};
+use wetoken_core::{Clock, Engine, Installed, Store, SystemClock, Takeover};
 
 pub use config::{CredentialErrors, ENV_PREFIX, HttpSettings, Settings, ignored_service_links};
+pub use embed::{Apps, Embedded, EmbeddedToken, PeerAddr, ResponseFuture, Routes, WetokenService};
+pub use http::RequestBody;
+/// The engine's crate, for the types [`Embedded`] hands out (`Credential`, `Kind`, `Error`).
+pub use wetoken_core;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -56,12 +63,48 @@ pub enum StartError {
     /// The stored secrets cannot be read with the configured master keys.
     #[error("stored secrets: {0}")]
     Secrets(String),
+    /// The registry, or its database node, could not be read.
+    #[error(transparent)]
+    Registry(#[from] wetoken_registry::RegistryError),
 }
 
-/// A server ready to serve: its database is open and migrated.
+/// Creates wetoken's tables, or brings them up to date, in the database that the registry at
+/// `registry` (`fs://<dir>` or `zk://…`) names for `platform` at `/<platform>/var/db/<db_name>`:
+/// the Go wetoken's `wetoken zk://… mall`, and `wetoken-cli install` from code. A database the
+/// Go wetoken created is taken over as `takeover` says ([`Takeover::default`]: refuse while a Go
+/// server writes to it, read its dates in the database's zone). Running it again changes
+/// nothing.
+///
+/// ```no_run
+/// # async fn setup() -> Result<(), wetoken_server::StartError> {
+/// let installed = wetoken_server::install("zk://127.0.0.1:2181", "mall", "db", &Default::default()).await?;
+/// print!("{installed}");
+/// # Ok(()) }
+/// ```
+pub async fn install(
+    registry: &str,
+    platform: &str,
+    db_name: &str,
+    takeover: &Takeover,
+) -> Result<Installed, StartError> {
+    let node = wetoken_registry::Registry::open(registry)
+        .await?
+        .database(platform, db_name)
+        .await?;
+    let options =
+        wetoken_core::DatabaseOptions::new(&node.url).with_pool(node.max_open, node.lifetime_secs);
+    let db_error = |source| StartError::Database {
+        url: redact_url(&node.url),
+        source,
+    };
+    let store = Store::connect(&options).await.map_err(db_error)?;
+    store.install(takeover).await.map_err(db_error)
+}
+
+/// A server ready to serve: its database is open and migrated. An [`Embedded`] engine that
+/// mounts every route on a listener of its own and runs the scheduler for every app.
 pub struct Server {
-    state: Arc<http::State>,
-    key_reload: Duration,
+    embedded: Embedded,
 }
 
 impl Server {
@@ -76,90 +119,13 @@ impl Server {
         settings: &Settings,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, StartError> {
-        let db_error = |source| StartError::Database {
-            url: redact_url(&settings.database_url),
-            source,
-        };
-        let mut options = settings.database();
-        options.keyring = settings.keyring().map_err(StartError::Settings)?;
-        let store = Store::connect(&options).await.map_err(db_error)?;
-        if settings.auto_migrate {
-            let takeover = settings.takeover().map_err(StartError::Settings)?;
-            let installed = store.install(&takeover).await.map_err(db_error)?;
-            if !installed.applied.is_empty() {
-                info!(applied = ?installed.applied, "applied migrations");
-            }
-            if let Some((adopted, zone)) = installed.adopted.filter(|(n, _)| *n > 0) {
-                info!(adopted, %zone, "adopted the Go wetoken's stored tokens and tickets");
-            }
-        }
-        let (found, encrypted) = store.prepare_secrets().await.map_err(|e| match e {
-            wetoken_core::Error::Secret(m) => StartError::Secrets(m),
-            e => db_error(e),
-        })?;
-        match store.keyring() {
-            None => warn!(
-                plain = found.plain,
-                "no master key is configured: app secrets are stored in plain text \
-                 (set master_key or WETOKEN_MASTER_KEY)"
-            ),
-            Some(keyring) => info!(
-                key_id = keyring.current_id(),
-                previous_key_id = keyring.previous_id(),
-                encrypted_now = encrypted,
-                "app secrets are encrypted at rest"
-            ),
-        }
-        metrics::handle();
-        metrics::describe();
-        let wechat =
-            WeChat::new(&settings.wechat()).map_err(|e| StartError::Settings(e.to_string()))?;
-        let engine = Engine::new(store, wechat, clock, settings.refresh.clone())
-            .map_err(|e| StartError::Settings(e.to_string()))?;
-        let admin = http::AdminPolicy {
-            key: settings.admin_key().map_err(StartError::Settings)?,
-            networks: settings.admin_networks().map_err(StartError::Settings)?,
-        };
-        if admin.key.is_none() {
-            warn!(
-                networks = ?settings.admin_networks,
-                "no admin key is configured: the admin routes answer only these networks"
-            );
-        }
-        let keys = engine.key_table().await.map_err(db_error)?;
-        if keys.is_required() {
-            // The Go SDK presents its app's secret instead of a key.
-            engine.reload_app_secrets().await.map_err(db_error)?;
-        } else {
-            warn!(
-                networks = ?settings.reader_networks,
-                "no consumer key exists: the token, ticket and jssdk routes answer only these networks \
-                 (wetoken-cli key add)"
-            );
-        }
-        let limit = settings
-            .http
-            .refresh_limit()
-            .map_err(StartError::Settings)?;
-        let readers = http::ReaderPolicy {
-            limits: http::RefreshLimiter::new(limit),
-            networks: settings.reader_networks().map_err(StartError::Settings)?,
-            keys: std::sync::RwLock::new(Arc::new(keys)),
-        };
-        Ok(Self {
-            state: Arc::new(http::State {
-                engine,
-                http: settings.http.clone(),
-                admin,
-                readers,
-            }),
-            key_reload: Duration::from_millis(settings.consumer_keys_reload_ms.max(1)),
-        })
+        let embedded = Embedded::with_clock(settings, clock).await?;
+        Ok(Self { embedded })
     }
 
-    /// The engine behind the server, for embedding.
+    /// The engine behind the server.
     pub fn engine(&self) -> &Engine {
-        &self.state.engine
+        self.embedded.engine()
     }
 
     /// Serves on `listener`, and runs the refresh scheduler, until `shutdown` resolves.
@@ -171,21 +137,13 @@ impl Server {
         listener: TcpListener,
         shutdown: impl Future<Output = ()>,
     ) -> std::io::Result<()> {
-        let state = self.state;
+        let embedded = self.embedded;
+        // Every route, for every app: the service an embedding host mounts, on a listener.
+        let service = embedded.service(Routes::all());
+        let mount = service.mount.clone();
+        embedded.start_cron(Apps::all());
+        let state = embedded.state().clone();
         let (stop_tx, stop_rx) = watch::channel(false);
-        let key_reloader =
-            tokio::spawn(reload_keys(state.clone(), self.key_reload, stop_rx.clone()));
-        let scheduler = {
-            let engine = state.engine.clone();
-            let mut stop = stop_rx.clone();
-            tokio::spawn(async move {
-                engine
-                    .run_scheduler(async move {
-                        let _ = stop.wait_for(|s| *s).await;
-                    })
-                    .await
-            })
-        };
         let header_read = Duration::from_secs(state.http.header_read_timeout_secs);
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
@@ -223,6 +181,7 @@ impl Server {
                     };
                     let _ = stream.set_nodelay(true);
                     let state = state.clone();
+                    let mount = mount.clone();
                     let peer = peer.ip().to_canonical();
                     let builder = builder.clone();
                     let watcher = graceful.watcher();
@@ -245,7 +204,7 @@ impl Server {
                                 {
                                     first.notify_one();
                                 }
-                                http::handle(state.clone(), peer, request)
+                                http::handle(state.clone(), mount.clone(), peer, request)
                             })
                         };
                         let connection = watcher.watch(
@@ -282,6 +241,8 @@ impl Server {
         drop(listener);
         info!("shutting down: no longer accepting");
         let _ = stop_tx.send(true);
+        // The scheduler finishes its refreshes while requests drain.
+        embedded.signal_stop();
         let drain = Duration::from_secs(state.http.shutdown_timeout_secs);
         if tokio::time::timeout(drain, graceful.shutdown())
             .await
@@ -289,10 +250,7 @@ impl Server {
         {
             warn!("in-flight requests did not finish in time; closing them");
         }
-        if let Err(e) = scheduler.await {
-            warn!(error = %e, "scheduler task failed");
-        }
-        let _ = key_reloader.await;
+        embedded.shutdown().await;
         Ok(())
     }
 }
@@ -309,39 +267,6 @@ pub fn hostname() -> &'static str {
             .or_else(|| std::env::var("HOSTNAME").ok())
             .unwrap_or_else(|| "localhost".into())
     })
-}
-
-/// Re-reads the consumer keys every `every` until `stop`, so keys added or revoked by
-/// `wetoken-cli` from another process take effect without a restart. While keys are required it
-/// also has the engine re-read the apps' secrets (their digests), which the Go SDK presents
-/// instead of a key, before the new keys take effect. While the database is away the last
-/// snapshot stays in force.
-async fn reload_keys(state: Arc<http::State>, every: Duration, mut stop: watch::Receiver<bool>) {
-    let mut last = state.readers.keys.read().map_or(0, |t| t.active());
-    loop {
-        tokio::select! {
-            () = tokio::time::sleep(every) => {}
-            _ = stop.wait_for(|s| *s) => return,
-        }
-        match state.engine.key_table().await {
-            Ok(table) => {
-                if table.is_required()
-                    && let Err(e) = state.engine.reload_app_secrets().await
-                {
-                    warn!(error = %e.chain(), "cannot reload the app secrets; keeping the last ones");
-                }
-                let active = table.active();
-                if active != last {
-                    info!(active, "consumer keys reloaded");
-                    last = active;
-                }
-                state.readers.replace(table);
-            }
-            Err(e) => {
-                warn!(error = %e.chain(), "cannot reload the consumer keys; keeping the last ones")
-            }
-        }
-    }
 }
 
 /// Entry points for the fuzz targets in `fuzz/`, which property tests also run. Not an API.

@@ -92,8 +92,9 @@ fn row(out: &mut String, status: &AppStatus, now: DateTime<Utc>) {
 }
 
 /// The whole page.
-pub(crate) async fn page(engine: &Engine) -> Result<String, Error> {
-    let apps = engine.app_statuses().await?;
+pub(crate) async fn page(engine: &Engine, mount: &crate::http::Mount) -> Result<String, Error> {
+    let mut apps = engine.app_statuses().await?;
+    apps.retain(|status| mount.covers(&status.app.appid));
     let now = engine.now();
     let mut out = String::with_capacity(2048 + apps.len() * 512);
     out.push_str(concat!(

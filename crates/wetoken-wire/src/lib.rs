@@ -1,7 +1,10 @@
 //! The JSON bodies of wetoken's HTTP API.
 //!
 //! This crate is the contract between `wetoken-server` and its clients.
-//! It depends on `serde` alone, so a service that only pulls tokens links nothing of the server.
+//! It depends on `serde` and `thiserror` alone, so a service that only pulls tokens links nothing
+//! of the server.
+//! [`source::TokenSource`], the trait every source of tokens implements (a server by URL, an
+//! embedded engine), lives here for the same reason.
 //!
 //! Every body carries `errcode` and `errmsg`, as WeChat's own API does and as the Go wetoken did.
 //! `errcode` 0 is success.
@@ -10,6 +13,8 @@
 #![deny(missing_docs)]
 
 use serde::{Deserialize, Serialize};
+
+pub mod source;
 
 /// The `errcode` values wetoken itself produces.
 ///

@@ -35,6 +35,18 @@ impl Engine {
     /// spread out. Failures are recorded and backed off; the loop itself never stops on one.
     /// Refreshes under way when `shutdown` resolves are finished, so no fetched value is lost.
     pub async fn run_scheduler(&self, shutdown: impl Future<Output = ()>) {
+        self.run_scheduler_for(None, shutdown).await;
+    }
+
+    /// As [`Engine::run_scheduler`], renewing and checking only the credentials of the apps in
+    /// `only` (`None`: every app): a service that embeds the engine for its own apps leaves the
+    /// others in the database to whoever serves them. The filter is in the scan's query, so the
+    /// other apps cost nothing.
+    pub async fn run_scheduler_for(
+        &self,
+        only: Option<&[AppId]>,
+        shutdown: impl Future<Output = ()>,
+    ) {
         let semaphore = Arc::new(Semaphore::new(self.inner.config.concurrency));
         let mut running = JoinSet::new();
         let interval = Duration::from_millis(self.inner.config.scan_interval_ms);
@@ -46,7 +58,7 @@ impl Engine {
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
-                () = self.sweep(&semaphore, &mut pace, &mut running) => {}
+                () = self.sweep(only, &semaphore, &mut pace, &mut running) => {}
             }
             self.inner.sweeps.fetch_add(1, Ordering::Release);
             metrics::counter!("wetoken_scheduler_sweeps_total").increment(1);
@@ -62,6 +74,7 @@ impl Engine {
 
     pub(super) async fn sweep(
         &self,
+        only: Option<&[AppId]>,
         semaphore: &Arc<Semaphore>,
         pace: &mut tokio::time::Interval,
         running: &mut JoinSet<()>,
@@ -74,7 +87,7 @@ impl Engine {
         };
         for &kind in kinds {
             let now = self.now();
-            let due = match self.inner.store.due(kind, now, DUE_PER_SCAN).await {
+            let due = match self.inner.store.due(kind, now, DUE_PER_SCAN, only).await {
                 Ok(due) => due,
                 Err(e) => {
                     warn!(%kind, error = %e.chain(), "scheduler could not list due credentials");
@@ -119,7 +132,7 @@ impl Engine {
                 });
             }
         }
-        self.check_sweep(semaphore, running).await;
+        self.check_sweep(only, semaphore, running).await;
     }
 }
 
@@ -133,7 +146,12 @@ impl Engine {
     /// Starts the out-of-band checks that are due: each app's stored access token is shown to
     /// WeChat every `verify_interval_secs` (or the app's own `verify_secs`), so that a token
     /// replaced outside wetoken is renewed without waiting for a caller to report it.
-    async fn check_sweep(&self, semaphore: &Arc<Semaphore>, running: &mut JoinSet<()>) {
+    async fn check_sweep(
+        &self,
+        only: Option<&[AppId]>,
+        semaphore: &Arc<Semaphore>,
+        running: &mut JoinSet<()>,
+    ) {
         let config = &self.inner.config;
         let now = self.now();
         let horizon =
@@ -141,7 +159,7 @@ impl Engine {
         let due = match self
             .inner
             .store
-            .checks_due(now, horizon, CHECKS_PER_SCAN)
+            .checks_due(now, horizon, CHECKS_PER_SCAN, only)
             .await
         {
             Ok(due) => due,

@@ -133,12 +133,14 @@ impl Store {
     /// One query on the credential table's `renew_at` index, joined to the app (and for a
     /// ticket, its token) by primary key: its cost follows what is due, not how many apps exist.
     /// Every app has its token row, and official accounts and WeCom apps their jsapi-ticket row
-    /// (`insert_app`, migration 000010); card tickets only those that asked for one.
+    /// (`insert_app`, migration 000010); card tickets only those that asked for one. With `only`,
+    /// just those apps' (an embedded scheduler limited to some apps).
     pub(crate) async fn due(
         &self,
         kind: Kind,
         now: DateTime<Utc>,
         limit: u64,
+        only: Option<&[AppId]>,
     ) -> Result<Vec<Due>, Error> {
         use app_info::Column as A;
         let (app, cred) = (app_info::Entity, kind.table());
@@ -173,6 +175,10 @@ impl Store {
             .order_by((cred, Column::RenewAt), Order::Asc)
             .limit(limit)
             .to_owned();
+        if let Some(only) = only {
+            select
+                .and_where(Expr::col((cred, Column::Appid)).is_in(only.iter().map(AppId::as_str)));
+        }
         if kind != Kind::AccessToken {
             let token = Kind::AccessToken.table();
             select
@@ -267,8 +273,9 @@ impl Store {
         now: DateTime<Utc>,
         horizon: DateTime<Utc>,
         limit: u64,
+        only: Option<&[AppId]>,
     ) -> Result<Vec<AppId>, Error> {
-        let select = Query::select()
+        let mut select = Query::select()
             .column(Column::Appid)
             .from(Kind::AccessToken.table())
             .and_where(Expr::col(Column::CheckDueAt).lte(now))
@@ -277,6 +284,9 @@ impl Store {
             .order_by(Column::CheckDueAt, Order::Asc)
             .limit(limit)
             .to_owned();
+        if let Some(only) = only {
+            select.and_where(Expr::col(Column::Appid).is_in(only.iter().map(AppId::as_str)));
+        }
         #[derive(FromQueryResult)]
         struct CheckRow {
             appid: String,

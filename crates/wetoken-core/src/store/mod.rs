@@ -57,6 +57,16 @@ impl DatabaseOptions {
             keyring: None,
         }
     }
+
+    /// These options with a pool as a registry's database node sets it: at most `max_open`
+    /// connections and each living `lifetime_secs`, where given.
+    pub fn with_pool(mut self, max_open: Option<u32>, lifetime_secs: Option<u64>) -> Self {
+        if let Some(max_open) = max_open {
+            self.max_connections = max_open;
+        }
+        self.max_lifetime = lifetime_secs.map(Duration::from_secs);
+        self
+    }
 }
 
 /// The daily budget of upstream calls of an app that was given none: WeChat's token quota for a

@@ -309,6 +309,8 @@ async fn token_checks_and_menu_create() {
     assert_eq!(check(&mock, "86_unknown").await, 40001);
     assert_eq!(mock.calls(Endpoint::CheckToken), 3);
 
+    let body = get(&mock, "/cgi-bin/menu/get", &[("access_token", &token)]).await;
+    assert_err(&body, 46003);
     let menu = r#"{"button":[{"type":"click","name":"Hi","key":"HI"}]}"#;
     let body = post(
         &mock,
@@ -318,6 +320,15 @@ async fn token_checks_and_menu_create() {
     )
     .await;
     assert_eq!(body, serde_json::json!({"errcode": 0, "errmsg": "ok"}));
+    // WeChat's shape: the menu, and no errcode.
+    let body = get(&mock, "/cgi-bin/menu/get", &[("access_token", &token)]).await;
+    assert_eq!(
+        body,
+        serde_json::json!({"menu": {"button": [{"type": "click", "name": "Hi", "key": "HI"}]}})
+    );
+    let body = get(&mock, "/cgi-bin/menu/get", &[("access_token", "nope")]).await;
+    assert_err(&body, 40001);
+    assert_eq!(mock.calls(Endpoint::MenuGet), 3);
     let body = post(
         &mock,
         "/cgi-bin/menu/create",

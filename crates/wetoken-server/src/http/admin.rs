@@ -3,7 +3,6 @@
 //! [`AppView`]. `dispatch` has checked the admin policy before they run.
 
 use http::{Method, StatusCode};
-use hyper::body::Incoming;
 use tracing::warn;
 use wetoken_core::{
     AppId, AppKind, AppStatus, AppUpdate, CredentialRecord, GoFields, Kind, NewApp, Secret,
@@ -11,16 +10,19 @@ use wetoken_core::{
 };
 use wetoken_wire::{AppList, AppShow, AppView, Created, CredentialState, code};
 
-use super::State;
 use super::credential::credential_response;
 use super::error::{ApiError, ApiResult, json, success};
 use super::params::Params;
+use super::{Mount, RequestBody, State};
 
-pub(super) async fn app_route(
+/// An admin route. A mount limited to some apps acts on those alone: it lists only them,
+/// answers the others as unknown apps, and creates none outside them.
+pub(super) async fn app_route<B: RequestBody>(
     state: &State,
+    mount: &Mount,
     action: &str,
     parts: &http::request::Parts,
-    body: Incoming,
+    body: B,
 ) -> ApiResult {
     let method = &parts.method;
     let allowed = match action {
@@ -51,6 +53,11 @@ pub(super) async fn app_route(
                 params.optional("corpid"),
                 params.optional("agentid"),
             )?;
+            if !mount.covers(&appid) {
+                return Err(ApiError::Forbidden(
+                    "this mount of wetoken serves only its own apps; it creates no other".into(),
+                ));
+            }
             let app = NewApp {
                 appid,
                 kind,
@@ -81,7 +88,8 @@ pub(super) async fn app_route(
             ))
         }
         "list" => {
-            let apps = engine.app_statuses().await?;
+            let mut apps = engine.app_statuses().await?;
+            apps.retain(|status| mount.covers(&status.app.appid));
             Ok(json(
                 StatusCode::OK,
                 &AppList {
@@ -93,6 +101,7 @@ pub(super) async fn app_route(
         }
         "show" => {
             let appid = AppId::parse(params.required("appid")?)?;
+            mount.admit(&appid)?;
             let status = engine.app_status(&appid).await?;
             Ok(json(
                 StatusCode::OK,
@@ -105,6 +114,7 @@ pub(super) async fn app_route(
         }
         "update" => {
             let appid = AppId::parse(params.required("appid")?)?;
+            mount.admit(&appid)?;
             let update = AppUpdate {
                 secret: params.secret("secret", Secret::MAX_APP_SECRET)?,
                 token: params.secret("token", Secret::MAX_MESSAGE_KEY)?,
@@ -123,11 +133,13 @@ pub(super) async fn app_route(
         }
         "delete" => {
             let appid = AppId::parse(params.required("appid")?)?;
+            mount.admit(&appid)?;
             engine.delete_app(&appid).await?;
             Ok(success())
         }
         "refresh" => {
             let appid = AppId::parse(params.required("appid")?)?;
+            mount.admit(&appid)?;
             let kind = match params.optional("kind").unwrap_or("token") {
                 "token" => Kind::AccessToken,
                 "ticket" | "jsapi" => Kind::JsapiTicket,

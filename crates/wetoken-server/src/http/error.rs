@@ -37,7 +37,6 @@ pub(super) type ApiResult = Result<Response<Full<Bytes>>, ApiError>;
 /// (`code::http_status`), so clients can tell it from the errcode alone. Whether a credential
 /// route sends that status or 200 is decided in [`handle`].
 pub(super) fn error_response(e: &ApiError) -> Response<Full<Bytes>> {
-    use wetoken_core::Error as E;
     let (errcode, errmsg) = match e {
         ApiError::BadRequest(m) => (code::BAD_REQUEST, m.clone()),
         ApiError::Unauthorized(m) => (code::UNAUTHORIZED, (*m).into()),
@@ -53,50 +52,7 @@ pub(super) fn error_response(e: &ApiError) -> Response<Full<Bytes>> {
         ),
         ApiError::Timeout => (code::UPSTREAM_UNAVAILABLE, "request timed out".into()),
         ApiError::Limited(m, _) => (code::LIMITED, m.clone()),
-        ApiError::Engine(e) => match e {
-            E::InvalidInput(m) => (code::BAD_REQUEST, m.clone()),
-            E::UnknownApp(_) => (code::UNKNOWN_APP, e.to_string()),
-            E::DuplicateApp(_) => (code::DUPLICATE_APP, e.to_string()),
-            E::ForceLimited(m) => (code::LIMITED, m.clone()),
-            E::OverBudget(m) => (code::OVER_BUDGET, m.clone()),
-            E::NotStored { .. } => (code::NOT_STORED, e.to_string()),
-            // WeChat's own code, which is never in wetoken's range: 502.
-            E::Refused { errcode, errmsg } => (*errcode, errmsg.clone()),
-            E::Halted { errcode, .. } => (errcode.unwrap_or(code::HALTED), e.to_string()),
-            E::Unavailable(m) => (
-                code::UPSTREAM_UNAVAILABLE,
-                format!("{m}; no valid credential is held"),
-            ),
-            E::DatabaseUnavailable(_) => {
-                (code::DATABASE_UNAVAILABLE, "database unavailable".into())
-            }
-            E::Secret(cause) => {
-                // Which column and which master key stay in the log.
-                error!(%cause, "a stored secret cannot be read");
-                (
-                    code::INTERNAL,
-                    "a stored secret of this app cannot be decrypted; see the server log".into(),
-                )
-            }
-            E::Database(cause) => {
-                // The database's own text stays in the log.
-                error!(%cause, "database error");
-                (code::INTERNAL, "internal error; see the server log".into())
-            }
-            E::Schema(cause) => {
-                error!(%cause, "the database does not hold what wetoken expects");
-                (code::INTERNAL, "internal error; see the server log".into())
-            }
-            // The app's own settings, which an admin can fix; nothing secret is named.
-            E::AppConfig { .. } => {
-                error!(error = %e, "misconfigured app");
-                (code::INTERNAL, e.to_string())
-            }
-            E::RefreshPanicked { .. } => {
-                error!(error = %e, "a refresh task panicked");
-                (code::INTERNAL, "internal error; see the server log".into())
-            }
-        },
+        ApiError::Engine(e) => engine_errcode(e),
     };
     let status = StatusCode::from_u16(code::http_status(errcode))
         .expect("the wire contract names real statuses");
@@ -115,6 +71,66 @@ pub(super) fn error_response(e: &ApiError) -> Response<Full<Bytes>> {
             .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
     }
     response
+}
+
+/// An engine error's `errcode` and message, as every answer and the embedded engine's
+/// [`TokenSource`](wetoken_wire::source::TokenSource) give it. Causes that are the server's own
+/// business (the database's text, a secret that does not decrypt) stay in the log.
+fn engine_errcode(e: &wetoken_core::Error) -> (i64, String) {
+    use wetoken_core::Error as E;
+    match e {
+        E::InvalidInput(m) => (code::BAD_REQUEST, m.clone()),
+        E::UnknownApp(_) => (code::UNKNOWN_APP, e.to_string()),
+        E::DuplicateApp(_) => (code::DUPLICATE_APP, e.to_string()),
+        E::ForceLimited(m) => (code::LIMITED, m.clone()),
+        E::OverBudget(m) => (code::OVER_BUDGET, m.clone()),
+        E::NotStored { .. } => (code::NOT_STORED, e.to_string()),
+        // WeChat's own code, which is never in wetoken's range: 502.
+        E::Refused { errcode, errmsg } => (*errcode, errmsg.clone()),
+        E::Halted { errcode, .. } => (errcode.unwrap_or(code::HALTED), e.to_string()),
+        E::Unavailable(m) => (
+            code::UPSTREAM_UNAVAILABLE,
+            format!("{m}; no valid credential is held"),
+        ),
+        E::DatabaseUnavailable(_) => (code::DATABASE_UNAVAILABLE, "database unavailable".into()),
+        E::Secret(cause) => {
+            // Which column and which master key stay in the log.
+            error!(%cause, "a stored secret cannot be read");
+            (
+                code::INTERNAL,
+                "a stored secret of this app cannot be decrypted; see the server log".into(),
+            )
+        }
+        E::Database(cause) => {
+            // The database's own text stays in the log.
+            error!(%cause, "database error");
+            (code::INTERNAL, "internal error; see the server log".into())
+        }
+        E::Schema(cause) => {
+            error!(%cause, "the database does not hold what wetoken expects");
+            (code::INTERNAL, "internal error; see the server log".into())
+        }
+        // The app's own settings, which an admin can fix; nothing secret is named.
+        E::AppConfig { .. } => {
+            error!(error = %e, "misconfigured app");
+            (code::INTERNAL, e.to_string())
+        }
+        E::RefreshPanicked { .. } => {
+            error!(error = %e, "a refresh task panicked");
+            (code::INTERNAL, "internal error; see the server log".into())
+        }
+    }
+}
+
+/// An engine error as a client sees it: the same `errcode`, message and HTTP status a server
+/// would have answered, so code behind a `TokenSource` cannot tell an embedded engine from a
+/// server by its errors.
+pub(crate) fn engine_error(e: &wetoken_core::Error) -> wetoken_wire::source::Error {
+    let (errcode, errmsg) = engine_errcode(e);
+    wetoken_wire::source::Error::Refused {
+        status: code::http_status(errcode),
+        body: ErrorBody { errcode, errmsg },
+    }
 }
 
 pub(super) fn json<T: Serialize>(status: StatusCode, body: &T) -> Response<Full<Bytes>> {

@@ -6,9 +6,9 @@ use std::collections::HashMap;
 
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 use wetoken_core::{AppUpdate, GoFields, Secret};
 
+use super::RequestBody;
 use super::error::ApiError;
 use crate::config::HttpSettings;
 
@@ -18,9 +18,9 @@ use crate::config::HttpSettings;
 pub(super) struct Params(HashMap<String, String>);
 
 impl Params {
-    pub(super) async fn read(
+    pub(super) async fn read<B: RequestBody>(
         parts: &http::request::Parts,
-        body: Incoming,
+        body: B,
         limits: &HttpSettings,
     ) -> Result<Self, ApiError> {
         let limit = limits.body_limit_bytes;

@@ -9,19 +9,19 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::Full;
-use hyper::body::Incoming;
 use tracing::{Instrument, debug};
 
 use super::error::{ApiError, error_response};
 use super::route::in_credential_group;
-use super::{State, dispatch};
+use super::{Mount, RequestBody, State, dispatch};
 use crate::config::CredentialErrors;
 
 /// Serves one request. Never fails: every error becomes a JSON answer.
-pub(crate) async fn handle(
+pub(crate) async fn handle<B: RequestBody>(
     state: Arc<State>,
+    mount: Arc<Mount>,
     peer: std::net::IpAddr,
-    request: Request<Incoming>,
+    request: Request<B>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     // The caller's id is reused as it came (a reference-counted copy of hyper's header bytes).
     let request_id = request
@@ -45,7 +45,7 @@ pub(crate) async fn handle(
     let timeout = Duration::from_secs(state.http.request_timeout_secs);
     let answer = tokio::time::timeout(
         timeout,
-        dispatch(&state, peer, request, &mut label).instrument(span.clone()),
+        dispatch(&state, &mount, peer, request, &mut label).instrument(span.clone()),
     )
     .await
     .unwrap_or(Err(ApiError::Timeout));
