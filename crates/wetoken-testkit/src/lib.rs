@@ -14,7 +14,7 @@
 //!   CI always covers all three.
 //!
 //! [`on_every_database!`] and [`on_databases!`] turn `async fn scenario(db: &TestDb)` into one
-//! `#[tokio::test]` per backend.
+//! `#[tokio::test]` per backend. [`seed_apps`] fills a migrated database with many apps at once.
 #![deny(missing_docs)]
 
 use std::io::Write;
@@ -22,6 +22,9 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use sea_orm::{ConnectionTrait, Database};
+
+mod seed;
+pub use seed::{Seed, seed_apps};
 
 /// A database server the tests run on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
