@@ -3,6 +3,11 @@
 //! WeChat answers HTTP 200 for errors too; only the body's `errcode` tells.
 //! A successful `/cgi-bin/token` carries no `errcode` at all.
 //! `errmsg` ends with a request id that changes every call, so nothing here matches on it.
+//!
+//! What comes back is not trusted further than it must be: redirects are not followed (the
+//! request URL carries the app secret), an answer is read up to [`MAX_ANSWER_BYTES`], `errmsg`
+//! is cut to [`MAX_ERRMSG_CHARS`] and stripped of control characters before anything stores,
+//! logs or returns it, and a credential must be a plausible one.
 
 use std::time::Duration;
 
@@ -91,8 +96,9 @@ pub enum UpstreamError {
         /// WeChat's message, request id included.
         errmsg: String,
     },
-    /// WeChat answered with an HTTP status other than 200.
-    #[error("WeChat answered HTTP {0}")]
+    /// WeChat answered with an HTTP status other than 200 (a redirect among them: never
+    /// followed).
+    #[error("WeChat answered HTTP {0}{redirect}", redirect = redirect_note(*.0))]
     Status(u16),
     /// WeChat could not be reached, or did not answer in time.
     #[error("WeChat unreachable: {0}")]
@@ -101,6 +107,26 @@ pub enum UpstreamError {
     #[error("WeChat's answer could not be read: {0}")]
     Malformed(String),
 }
+
+/// What a status's message adds when it is a redirect.
+fn redirect_note(status: u16) -> &'static str {
+    if (300..400).contains(&status) {
+        ", a redirect, which is not followed"
+    } else {
+        ""
+    }
+}
+
+/// The largest answer read from WeChat. A token answer is about 200 bytes, and the largest answer
+/// wetoken reads (a quota, a template message's) is well under a kilobyte.
+pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
+
+/// The most of WeChat's `errmsg` kept, in characters; WeChat's own are under 100.
+pub const MAX_ERRMSG_CHARS: usize = 200;
+
+/// The longest credential accepted. WeChat asks integrators to keep 512 characters for an access
+/// token; today's are about 140, tickets about 90.
+pub const MAX_CREDENTIAL_CHARS: usize = 2048;
 
 /// WeChat codes meaning the access token used was not accepted.
 pub const TOKEN_REJECTED: [i64; 3] = [40001, 40014, 42001];
@@ -189,6 +215,8 @@ impl WeChat {
     /// A client for the API root and timeouts in `options`.
     pub fn new(options: &WeChatOptions) -> Result<Self, UpstreamError> {
         let http = reqwest::Client::builder()
+            // The URL carries the secret (or a token): a redirect would send it to the new host.
+            .redirect(reqwest::redirect::Policy::none())
             .timeout(options.timeout)
             .connect_timeout(options.connect_timeout)
             .build()
@@ -377,20 +405,65 @@ impl WeChat {
         if status != reqwest::StatusCode::OK {
             return Err(UpstreamError::Status(status.as_u16()));
         }
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| UpstreamError::Transport(e.without_url().to_string()))?;
+        let body = read_capped(response).await?;
         let answer: Answer = serde_json::from_slice(&body)
             .map_err(|e| UpstreamError::Malformed(format!("not JSON: {e}")))?;
         if answer.errcode != 0 {
             return Err(UpstreamError::Refused {
                 errcode: answer.errcode,
-                errmsg: answer.errmsg,
+                errmsg: tidy_errmsg(&answer.errmsg),
             });
         }
         Ok(answer)
     }
+}
+
+/// Reads `response`'s body, refusing it once it passes [`MAX_ANSWER_BYTES`] (whatever its
+/// `Content-Length` says, which is checked first).
+async fn read_capped(mut response: reqwest::Response) -> Result<Vec<u8>, UpstreamError> {
+    let too_large = || {
+        UpstreamError::Malformed(format!(
+            "the answer is larger than {MAX_ANSWER_BYTES} bytes; not read"
+        ))
+    };
+    if response
+        .content_length()
+        .is_some_and(|n| n > MAX_ANSWER_BYTES as u64)
+    {
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| UpstreamError::Transport(e.without_url().to_string()))?
+    {
+        if body.len() + chunk.len() > MAX_ANSWER_BYTES {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// WeChat's `errmsg` as wetoken keeps it: control characters (line breaks, terminal escapes,
+/// bidirectional overrides) dropped, so it cannot forge log lines or garble a terminal, and cut
+/// to [`MAX_ERRMSG_CHARS`], so it cannot fill a column, a log or an answer.
+fn tidy_errmsg(raw: &str) -> String {
+    let mut kept = raw
+        .chars()
+        .filter(|c| !c.is_control() && !is_bidi_control(*c));
+    let mut tidy: String = kept.by_ref().take(MAX_ERRMSG_CHARS).collect();
+    if kept.next().is_some() {
+        tidy.push('…');
+    }
+    tidy
+}
+
+/// Unicode's explicit bidirectional formatting characters, which reorder what a terminal or a
+/// page shows.
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
 fn issued(
@@ -400,6 +473,12 @@ fn issued(
 ) -> Result<Issued, UpstreamError> {
     match (value, expires_in) {
         (Some(value), Some(expires_in)) if !value.is_empty() && expires_in > 0 => {
+            // Served as is in answers and headers of our own: printable ASCII only, bounded.
+            if value.len() > MAX_CREDENTIAL_CHARS || !value.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(UpstreamError::Malformed(format!(
+                    "the {field} in the answer is not {MAX_CREDENTIAL_CHARS} or fewer printable ASCII characters"
+                )));
+            }
             Ok(Issued { value, expires_in })
         }
         _ => Err(UpstreamError::Malformed(format!(
@@ -429,5 +508,48 @@ mod tests {
             refused(40013).message(),
             "40013: x rid: 6aac005a-01bfdbee-79769285"
         );
+        assert!(
+            UpstreamError::Status(302)
+                .to_string()
+                .contains("not followed")
+        );
+        assert_eq!(
+            UpstreamError::Status(500).to_string(),
+            "WeChat answered HTTP 500"
+        );
+    }
+
+    #[test]
+    fn errmsg_is_cut_and_stripped_of_control_characters() {
+        assert_eq!(
+            tidy_errmsg("invalid appid rid: 1-2-3"),
+            "invalid appid rid: 1-2-3"
+        );
+        assert_eq!(
+            tidy_errmsg("bad\n2026-01-01 INFO forged line\r\u{1b}[31mred\u{202e}txt.exe\u{7f}"),
+            "bad2026-01-01 INFO forged line[31mredtxt.exe"
+        );
+        let long = "界".repeat(10_000);
+        let tidy = tidy_errmsg(&long);
+        assert_eq!(tidy.chars().count(), MAX_ERRMSG_CHARS + 1);
+        assert!(tidy.ends_with('…'));
+        assert_eq!(
+            tidy_errmsg(&"x".repeat(MAX_ERRMSG_CHARS)).chars().count(),
+            MAX_ERRMSG_CHARS
+        );
+    }
+
+    #[test]
+    fn a_credential_must_be_plausible() {
+        assert!(issued(Some("ACCESS_token-1.x".into()), Some(7200), "access_token").is_ok());
+        for bad in ["tok en", "tok\nen", "tok\u{1b}en", "界"] {
+            assert!(
+                issued(Some(bad.into()), Some(7200), "access_token").is_err(),
+                "{bad:?}"
+            );
+        }
+        let long = "a".repeat(MAX_CREDENTIAL_CHARS + 1);
+        assert!(issued(Some(long), Some(7200), "access_token").is_err());
+        assert!(issued(Some("a".repeat(MAX_CREDENTIAL_CHARS)), Some(7200), "ticket").is_ok());
     }
 }

@@ -47,7 +47,7 @@
 //! | --- | --- | --- |
 //! | `GET /mock/calls` | | the counters, by [`Endpoint::name`] |
 //! | `POST /mock/apps` | `{"appid":"…","secret":"…"}` | [`MockWeChat::add_app`] |
-//! | `POST /mock/faults` | `{"endpoint":"token","fault":{"errcode":-1},"times":3}` | [`MockWeChat::inject`]; the fault is `{"errcode":n}`, `{"status":n}`, `{"delay_ms":n}` or `"drop"` |
+//! | `POST /mock/faults` | `{"endpoint":"token","fault":{"errcode":-1},"times":3}` | [`MockWeChat::inject`]; the fault is `{"errcode":n}`, `{"status":n}`, `{"delay_ms":n}`, `"drop"`, `{"redirect":"http://host:port"}`, `{"oversized_bytes":n}` or `{"answer":{…}}` |
 //! | `POST /mock/reset` | | clears the counters and the queued faults |
 //! | `POST /mock/invalidate` | `{"access_token":"…"}` | [`MockWeChat::invalidate_token`] |
 //! | `POST /mock/advance` | `{"seconds":7200}` | [`MockWeChat::advance`] |
@@ -217,6 +217,13 @@ pub enum Fault {
     Delay(Duration),
     /// The connection is closed without any answer.
     Drop,
+    /// HTTP 302 to this root, with the request's path and query appended (the secret
+    /// included): a hostile or hijacked upstream. A client that follows it sends the secret there.
+    Redirect(String),
+    /// HTTP 200 with a token answer padded to this many bytes.
+    Oversized(usize),
+    /// HTTP 200 with this JSON as the whole answer: a malformed `errmsg`, a strange token.
+    Answer(serde_json::Value),
 }
 
 type Shared = Arc<Mutex<World>>;

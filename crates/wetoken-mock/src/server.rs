@@ -168,6 +168,44 @@ async fn handle(world: Shared, request: Request<Incoming>) -> Result<Response<Bo
             tracing::debug!(endpoint = endpoint.name(), "mock WeChat: injected drop");
             return Err(Dropped);
         }
+        Some(Fault::Redirect(root)) => {
+            let target = format!(
+                "{}{}",
+                root.trim_end_matches('/'),
+                parts.uri.path_and_query().map_or("", |p| p.as_str())
+            );
+            tracing::debug!(endpoint = endpoint.name(), "mock WeChat: injected redirect");
+            let mut response = text_response(StatusCode::FOUND, "moved\n");
+            if let Ok(location) = HeaderValue::from_str(&target) {
+                response.headers_mut().insert(header::LOCATION, location);
+            }
+            return Ok(response);
+        }
+        Some(Fault::Oversized(bytes)) => {
+            tracing::debug!(
+                endpoint = endpoint.name(),
+                bytes,
+                "mock WeChat: injected oversized answer"
+            );
+            let head = r#"{"access_token":"OVERSIZED","expires_in":7200,"padding":""#;
+            let mut body = String::with_capacity(bytes.max(head.len() + 2));
+            body.push_str(head);
+            body.extend(std::iter::repeat_n(
+                'x',
+                bytes.saturating_sub(head.len() + 2),
+            ));
+            body.push_str("\"}");
+            let mut response = Response::new(Full::new(Bytes::from(body)));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json; encoding=utf-8"),
+            );
+            return Ok(response);
+        }
+        Some(Fault::Answer(value)) => {
+            tracing::debug!(endpoint = endpoint.name(), "mock WeChat: injected answer");
+            return Ok(json_response(StatusCode::OK, &value));
+        }
         Some(Fault::Delay(by)) => {
             tracing::debug!(
                 endpoint = endpoint.name(),
@@ -243,6 +281,9 @@ enum FaultSpec {
     ErrCode { errcode: i64 },
     Status { status: u16 },
     Delay { delay_ms: u64 },
+    Redirect { redirect: String },
+    Oversized { oversized_bytes: usize },
+    Answer { answer: Value },
 }
 
 fn one() -> u32 {
@@ -331,6 +372,9 @@ fn control(world: &Shared, method: &Method, route: &str, body: Option<&[u8]>) ->
                 }
                 FaultSpec::Status { status } => return Err(format!("{status} is no HTTP status")),
                 FaultSpec::Delay { delay_ms } => Fault::Delay(Duration::from_millis(delay_ms)),
+                FaultSpec::Redirect { redirect } => Fault::Redirect(redirect),
+                FaultSpec::Oversized { oversized_bytes } => Fault::Oversized(oversized_bytes),
+                FaultSpec::Answer { answer } => Fault::Answer(answer),
             };
             lock(world).inject(endpoint, fault, spec.times);
             Ok(ok())

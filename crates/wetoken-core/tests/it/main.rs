@@ -4,6 +4,7 @@ mod feed_model;
 mod lease_model;
 mod lease_replicas;
 mod quota_guard;
+mod upstream;
 
 use std::sync::Arc;
 
