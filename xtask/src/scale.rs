@@ -187,6 +187,8 @@ struct Figures {
     first_token_ms: f64,
     statements_per_sec_per_replica: f64,
     rss_base_mib: f64,
+    /// The first replica once it served its first token: the apps known, nothing cached.
+    rss_started_mib: f64,
     rss_mib: f64,
     scrape_bytes: usize,
     list_first_ms: f64,
@@ -210,6 +212,7 @@ impl Figures {
             "first_token_ms": self.first_token_ms,
             "statements_per_sec_per_replica": self.statements_per_sec_per_replica,
             "rss_base_mib": self.rss_base_mib,
+            "rss_started_mib": self.rss_started_mib,
             "rss_mib": self.rss_mib,
             "rss_bytes_per_app": self.bytes_per_app(),
             "scrape_bytes": self.scrape_bytes,
@@ -297,6 +300,7 @@ async fn run_one(
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
     println!("  first token after {first_token_ms:.0} ms");
+    let rss_started_mib = servers[0].rss_kib()? as f64 / 1024.0;
     for _ in 1..replicas {
         let server = Server::spawn(work, &url, &mock.url(), &[])?;
         server.wait_healthy(work).await?;
@@ -330,6 +334,10 @@ async fn run_one(
         .await?
         .bytes()
         .await?;
+    println!(
+        "  RSS {rss_mib:.1} MiB (base {rss_base_mib:.1}, started {rss_started_mib:.1}), scrape {} bytes",
+        scrape.len()
+    );
     let (list_first_ms, _) = timed_get(
         &http,
         &format!("{}/wechat/app/list?limit=100", servers[0].url),
@@ -344,10 +352,7 @@ async fn run_one(
         ),
     )
     .await?;
-    println!(
-        "  RSS {rss_mib:.1} MiB (base {rss_base_mib:.1}), scrape {} bytes, list pages {list_first_ms:.1} / {list_middle_ms:.1} ms",
-        scrape.len()
-    );
+    println!("  list pages {list_first_ms:.1} / {list_middle_ms:.1} ms");
 
     let script = work.join(format!("spread-{apps}.lua"));
     std::fs::write(
@@ -416,6 +421,7 @@ async fn run_one(
         first_token_ms,
         statements_per_sec_per_replica,
         rss_base_mib,
+        rss_started_mib,
         rss_mib,
         scrape_bytes: scrape.len(),
         list_first_ms,
