@@ -265,32 +265,38 @@ fn trusted_by_address(
              or consumer keys to call this route from there"
         )))
     };
-    // One pass over the few headers a request carries rather than three hashed lookups: this
-    // runs on every token read of an install without keys.
-    let (mut host, mut origin, mut site) = (None, None, None);
+    // One pass over the few headers a request carries rather than a hashed lookup each: this
+    // runs on every token read of an install without keys. Every `Origin` and
+    // `Sec-Fetch-Site` counts, not the first: a second one must not hide a cross-site first.
+    let (mut host, mut origins, mut cross_site, mut proxied) = (None, Vec::new(), false, false);
     for (name, value) in &request.headers {
-        let slot = if *name == http::header::HOST {
-            &mut host
+        if *name == http::header::HOST {
+            host.get_or_insert(value);
         } else if *name == http::header::ORIGIN {
-            &mut origin
+            origins.push(value);
         } else if *name == SEC_FETCH_SITE {
-            &mut site
-        } else {
-            continue;
-        };
-        slot.get_or_insert(value);
+            cross_site |= value != "none" && value != "same-origin";
+        } else if PROXY_HEADERS.contains(name) {
+            proxied = true;
+        }
+    }
+    if proxied {
+        // The address is the proxy's: the caller behind it may be anyone. nginx's default
+        // `proxy_pass http://127.0.0.1:…` also rewrites Host, so the name check below would
+        // not catch it.
+        return refuse(
+            "requests passed on by a proxy (Forwarded, X-Forwarded-For, X-Real-IP or Via)",
+        );
     }
     let authority = request
         .uri
         .authority()
         .map(http::uri::Authority::as_str)
         .or_else(|| host?.to_str().ok());
-    if let Some(site) = site
-        && (site == "cross-site" || site == "same-site")
-    {
+    if cross_site {
         return refuse("requests from other web sites");
     }
-    if let Some(origin) = origin {
+    for origin in origins {
         let same = origin
             .to_str()
             .ok()
@@ -325,6 +331,15 @@ fn trusted_by_address(
 
 const SEC_FETCH_SITE: http::HeaderName = http::HeaderName::from_static("sec-fetch-site");
 
+/// Headers a proxy adds when it passes a request on (RFC 7239, the de facto `X-Forwarded-For`
+/// and `X-Real-IP`, RFC 9110's `Via`).
+const PROXY_HEADERS: [http::HeaderName; 4] = [
+    http::HeaderName::from_static("forwarded"),
+    http::HeaderName::from_static("x-forwarded-for"),
+    http::HeaderName::from_static("x-real-ip"),
+    http::header::VIA,
+];
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -334,14 +349,8 @@ mod tests {
     fn address_trust_does_not_extend_to_web_pages() {
         let loopback = std::net::IpAddr::from([127, 0, 0, 1]);
         let lan = std::net::IpAddr::from([10, 0, 0, 7]);
-        let check = |peer, headers: &[(&str, &str)]| {
-            let mut request = Request::builder().uri("/wx1/wechat/token/get");
-            for (name, value) in headers {
-                request = request.header(*name, *value);
-            }
-            let (parts, ()) = request.body(()).unwrap().into_parts();
-            trusted_by_address(&parts, peer).is_ok()
-        };
+        let check =
+            |peer, headers: &[(&str, &str)]| trusted_by_address(&parts(headers), peer).is_ok();
         // How a server listening on every address announces itself, so how a local caller
         // that found it in the registry names it.
         let own_name = format!("{}:9999", crate::hostname());
@@ -419,5 +428,81 @@ mod tests {
                 "{peer} {headers:?} should be refused"
             );
         }
+    }
+
+    /// Builds `headers` into a request, each pair its own header line (so names repeat).
+    fn parts(headers: &[(&str, &str)]) -> http::request::Parts {
+        let mut request = Request::builder().uri("/wx1/wechat/token/get");
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn every_origin_and_fetch_site_header_counts() {
+        let loopback = std::net::IpAddr::from([127, 0, 0, 1]);
+        let host = ("host", "127.0.0.1:9999");
+        let ok = [
+            vec![
+                host,
+                ("origin", "http://127.0.0.1:9999"),
+                ("origin", "http://127.0.0.1:9999"),
+            ],
+            vec![
+                host,
+                ("sec-fetch-site", "none"),
+                ("sec-fetch-site", "same-origin"),
+            ],
+        ];
+        for headers in ok {
+            assert!(
+                trusted_by_address(&parts(&headers), loopback).is_ok(),
+                "{headers:?}"
+            );
+        }
+        let refused = [
+            vec![
+                host,
+                ("origin", "http://127.0.0.1:9999"),
+                ("origin", "http://evil.example"),
+            ],
+            vec![
+                host,
+                ("sec-fetch-site", "same-origin"),
+                ("sec-fetch-site", "cross-site"),
+            ],
+            vec![
+                host,
+                ("sec-fetch-site", "none"),
+                ("sec-fetch-site", "bogus"),
+            ],
+        ];
+        for headers in refused {
+            assert!(
+                trusted_by_address(&parts(&headers), loopback).is_err(),
+                "{headers:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn address_trust_does_not_extend_through_a_proxy() {
+        let loopback = std::net::IpAddr::from([127, 0, 0, 1]);
+        let host = ("host", "127.0.0.1:9999");
+        for proxy in [
+            ("x-forwarded-for", "203.0.113.9"),
+            ("X-Forwarded-For", "127.0.0.1"),
+            ("x-real-ip", "203.0.113.9"),
+            ("via", "1.1 nginx"),
+            ("forwarded", "for=203.0.113.9;proto=https"),
+        ] {
+            let refused = trusted_by_address(&parts(&[host, proxy]), loopback).unwrap_err();
+            let ApiError::Forbidden(message) = refused else {
+                panic!("{proxy:?}: not a 403");
+            };
+            assert!(message.contains("proxy"), "{message}");
+        }
+        assert!(trusted_by_address(&parts(&[host]), loopback).is_ok());
     }
 }

@@ -436,6 +436,43 @@ async fn local_trust_is_not_lent_to_web_pages() {
     db.drop_db().await;
 }
 
+/// nginx's default `proxy_pass http://127.0.0.1:…` makes every outside caller look local and
+/// rewrites Host: while trust comes from the address alone, a request a proxy passed on is
+/// refused, on the admin and the token routes alike.
+#[tokio::test]
+async fn a_proxied_request_gets_no_local_trust() {
+    let db = TestDb::sqlite().await;
+    let mock = mock_with(&[APP]).await;
+    let server = TestServer::start(settings(&db, &mock)).await;
+    server.add_app(APP).await;
+    let http = reqwest::Client::new();
+    let token = format!("{}/{APP}/wechat/token/get", server.url);
+    let list = format!("{}/wechat/app/list", server.url);
+    let delete = format!("{}/wechat/app/delete?appid={APP}", server.url);
+    let proxied = |request: reqwest::RequestBuilder| {
+        request
+            .header("x-forwarded-for", "203.0.113.9")
+            .header("via", "1.1 nginx")
+    };
+    for request in [
+        http.get(&list),
+        http.get(&token),
+        http.post(&delete),
+        http.get(&token).header("x-real-ip", "203.0.113.9"),
+        http.get(&token).header("forwarded", "for=203.0.113.9"),
+    ] {
+        let request = proxied(request);
+        let (code, body) = status(request).await;
+        assert_eq!(code, 403, "{body}");
+        assert!(body["errmsg"].as_str().unwrap().contains("proxy"), "{body}");
+    }
+    // Nothing was deleted, and a local program is served as before.
+    assert_eq!(status(http.get(&token)).await.0, 200);
+    assert_eq!(status(http.get(&list)).await.0, 200);
+    server.stop().await;
+    db.drop_db().await;
+}
+
 on_every_database!(consumer_keys_cannot_be_migrated_away);
 
 /// Undoing the consumer-key migration would drop every key and, at the next start, open the token
