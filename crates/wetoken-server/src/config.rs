@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
 use wetoken_core::{
-    DatabaseOptions, EngineConfig, GoZone, KeySources, Keyring, Takeover, WeChatOptions,
+    DatabaseOptions, EngineConfig, GoZone, KeySources, Keyring, Secret, Takeover, WeChatOptions,
 };
 
 /// Everything `wetoken-server start` can be told. Its `Debug` hides the keys and the database
@@ -292,8 +292,9 @@ impl Settings {
         Figment::from(Serialized::defaults(conf))
     }
 
-    /// The admin key, from `admin_key` or the first line of `admin_key_file`.
-    pub fn admin_key(&self) -> Result<Option<String>, String> {
+    /// The admin key, from `admin_key` or the first line of `admin_key_file`, held as a
+    /// [`Secret`] from here on, so no `Debug` of what holds it can print it.
+    pub fn admin_key(&self) -> Result<Option<Secret>, String> {
         match (&self.admin_key, &self.admin_key_file) {
             (Some(_), Some(_)) => Err("set admin_key or admin_key_file, not both".into()),
             (Some(key), None) => Ok(Some(key.clone())),
@@ -309,7 +310,7 @@ impl Settings {
             Some(key) if key.len() < 16 => {
                 Err("the admin key must be at least 16 characters".into())
             }
-            Some(key) => not_placeholder("admin_key", &key).map(|()| Some(key)),
+            Some(key) => not_placeholder("admin_key", &key).map(|()| Some(Secret::new(key))),
             None => Ok(None),
         })
     }

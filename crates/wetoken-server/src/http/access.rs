@@ -206,10 +206,11 @@ fn bearer(headers: &http::HeaderMap) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then_some(credentials)
 }
 
-/// Who may use the admin routes.
+/// Who may use the admin routes. Its `Debug` shows the key as `Secret(***)`.
+#[derive(Debug)]
 pub(crate) struct AdminPolicy {
     /// When set, callers must present it as a bearer token, from anywhere.
-    pub key: Option<String>,
+    pub key: Option<wetoken_core::Secret>,
     /// While no key is set, callers must come from one of these.
     pub networks: Vec<ipnet::IpNet>,
 }
@@ -225,7 +226,7 @@ impl AdminPolicy {
             Some(key) => {
                 let presented = bearer(&request.headers).unwrap_or_default();
                 // Constant time in the key's content; only the (public) length can show.
-                if bool::from(presented.as_bytes().ct_eq(key.as_bytes())) {
+                if bool::from(presented.as_bytes().ct_eq(key.expose().as_bytes())) {
                     Ok(())
                 } else {
                     Err(ApiError::Unauthorized(
@@ -437,6 +438,16 @@ mod tests {
             request = request.header(*name, *value);
         }
         request.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn the_admin_key_is_not_in_debug() {
+        let policy = AdminPolicy {
+            key: Some(wetoken_core::Secret::new("admin-key-0123456789")),
+            networks: Vec::new(),
+        };
+        let shown = format!("{policy:?}");
+        assert!(!shown.contains("admin-key-0123456789"), "{shown}");
     }
 
     #[test]
