@@ -250,7 +250,30 @@ impl Store {
                 }
             }
         }
+        if report.resealed > 0 {
+            self.compact_sqlite().await;
+        }
         Ok(report)
+    }
+
+    /// On SQLite, rewrites the file (`VACUUM`) so that no free page keeps a value as it was
+    /// before it was encrypted: `secure_delete` zeroes what is freed from now on, not what was
+    /// freed before it was set, by older versions or another tool. Best effort: a failure
+    /// (another process reading, say) is logged, and the encryption stands. The other databases
+    /// keep old values where no query reaches them (binlogs, undo, dead tuples, backups):
+    /// `docs/security.md` says what to do there.
+    async fn compact_sqlite(&self) {
+        if self.connection().get_database_backend() != sea_orm::DatabaseBackend::Sqlite {
+            return;
+        }
+        match self.connection().execute_unprepared("VACUUM").await {
+            Ok(_) => tracing::info!("SQLite file rewritten (VACUUM): no plain value is left in it"),
+            Err(e) => tracing::warn!(
+                error = %e,
+                "cannot VACUUM the SQLite file after encrypting; plain values may remain in its \
+                 free pages until `sqlite3 FILE VACUUM` is run"
+            ),
+        }
     }
 }
 

@@ -103,6 +103,9 @@ impl Store {
         if let Some(lifetime) = options.max_lifetime {
             connect.max_lifetime(lifetime);
         }
+        // A deleted or overwritten value (a secret once stored plain, before encryption) is
+        // zeroed in the file rather than left in a free page for `strings` to find.
+        connect.map_sqlx_sqlite_opts(|sqlite| sqlite.pragma("secure_delete", "ON"));
         if options.url.contains(":memory:") {
             // Every in-memory SQLite connection is a separate database.
             connect.max_connections(1);

@@ -4,6 +4,7 @@ mod feed_model;
 mod lease_model;
 mod lease_replicas;
 mod quota_guard;
+mod secrets_on_disk;
 mod upstream;
 
 use std::sync::Arc;
