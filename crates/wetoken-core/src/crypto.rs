@@ -38,6 +38,8 @@ pub const MASTER_KEY_FILE_ENV: &str = "WETOKEN_MASTER_KEY_FILE";
 pub const MASTER_KEY_PREVIOUS_ENV: &str = "WETOKEN_MASTER_KEY_PREVIOUS";
 /// The environment variable naming a file that holds the previous master key.
 pub const MASTER_KEY_PREVIOUS_FILE_ENV: &str = "WETOKEN_MASTER_KEY_PREVIOUS_FILE";
+/// `true` refuses plain values where encrypted ones belong; see [`KeySources::require_sealed`].
+pub const REQUIRE_ENCRYPTED_ENV: &str = "WETOKEN_REQUIRE_ENCRYPTED";
 
 const NONCE_LEN: usize = 12;
 const TAG_LEN: usize = 16;
@@ -140,6 +142,9 @@ pub struct KeySources {
     pub previous: Option<String>,
     /// A file whose first line is the previous key.
     pub previous_file: Option<PathBuf>,
+    /// Refuse a plain value where an encrypted one belongs (the `require_encrypted` setting,
+    /// `WETOKEN_REQUIRE_ENCRYPTED`), instead of using it with a warning. Needs a key.
+    pub require_sealed: bool,
 }
 
 impl fmt::Debug for KeySources {
@@ -149,6 +154,7 @@ impl fmt::Debug for KeySources {
             .field("key_file", &self.key_file)
             .field("previous", &self.previous.as_ref().map(|_| "***"))
             .field("previous_file", &self.previous_file)
+            .field("require_sealed", &self.require_sealed)
             .finish()
     }
 }
@@ -163,6 +169,8 @@ impl KeySources {
             key_file: var(MASTER_KEY_FILE_ENV).map(PathBuf::from),
             previous: var(MASTER_KEY_PREVIOUS_ENV),
             previous_file: var(MASTER_KEY_PREVIOUS_FILE_ENV).map(PathBuf::from),
+            require_sealed: var(REQUIRE_ENCRYPTED_ENV)
+                .is_some_and(|v| matches!(v.trim(), "1" | "true" | "yes" | "on")),
         }
     }
 }
@@ -191,6 +199,8 @@ fn read_one(
 pub struct Keyring {
     current: MasterKey,
     previous: Option<MasterKey>,
+    /// Whether a plain value is refused rather than used with a warning.
+    require_sealed: bool,
 }
 
 impl Keyring {
@@ -198,7 +208,22 @@ impl Keyring {
     pub fn new(current: MasterKey, previous: Option<MasterKey>) -> Self {
         // The same key twice is harmless: it reads what the current key reads.
         let previous = previous.filter(|p| p.id != current.id);
-        Self { current, previous }
+        Self {
+            current,
+            previous,
+            require_sealed: false,
+        }
+    }
+
+    /// This keyring, refusing plain values where encrypted ones belong when `yes`.
+    pub fn requiring_sealed(mut self, yes: bool) -> Self {
+        self.require_sealed = yes;
+        self
+    }
+
+    /// Whether a plain value where an encrypted one belongs is refused.
+    pub fn requires_sealed(&self) -> bool {
+        self.require_sealed
     }
 
     /// The keyring `sources` describe; `None` when no master key is configured. A previous key
@@ -215,7 +240,14 @@ impl Keyring {
             sources.previous_file.as_ref(),
         )?;
         match (current, previous) {
-            (Some(current), previous) => Ok(Some(Self::new(current, previous))),
+            (Some(current), previous) => Ok(Some(
+                Self::new(current, previous).requiring_sealed(sources.require_sealed),
+            )),
+            (None, _) if sources.require_sealed => Err(KeyError(
+                "require_encrypted is set but no master key is: set master_key or \
+                 master_key_file (WETOKEN_MASTER_KEY, WETOKEN_MASTER_KEY_FILE)"
+                    .into(),
+            )),
             (None, Some(_)) => Err(KeyError(
                 "master_key_previous is set but master_key is not: a rotation needs the new key \
                  as master_key and the old one as master_key_previous"

@@ -74,6 +74,10 @@ pub struct Settings {
     /// A file holding the previous master key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub master_key_previous_file: Option<std::path::PathBuf>,
+    /// With a master key: refuse a plain value where an encrypted one belongs (written by a
+    /// process without the key), instead of using it with a warning.
+    #[serde(default)]
+    pub require_encrypted: bool,
     /// Where the token, ticket and jssdk routes may be called from while no consumer key exists
     /// (CIDR blocks). Once a key is added (`wetoken-cli key add`), every caller needs one.
     pub reader_networks: Vec<String>,
@@ -173,6 +177,7 @@ impl Default for Settings {
             master_key_file: None,
             master_key_previous: None,
             master_key_previous_file: None,
+            require_encrypted: false,
             reader_networks: vec!["127.0.0.0/8".into(), "::1/128".into()],
             consumer_keys_reload_ms: 5000,
             refresh: EngineConfig::default(),
@@ -358,6 +363,7 @@ impl Settings {
             key_file: self.master_key_file.clone(),
             previous: self.master_key_previous.clone(),
             previous_file: self.master_key_previous_file.clone(),
+            require_sealed: self.require_encrypted,
         };
         Keyring::load(&sources)
             .map(|k| k.map(Arc::new))

@@ -231,6 +231,19 @@ impl Store {
 impl Store {
     fn app_from_row(&self, row: app_info::Model) -> Result<App, Error> {
         let open = |column: A, value: String| {
+            if let Some(keyring) = &self.keyring
+                && keyring.requires_sealed()
+                && !is_sealed(&value)
+            {
+                return Err(Error::Secret(format!(
+                    "the stored {} of app {} is in plain text, and require_encrypted refuses \
+                     plain values: it was written by a process without the master key, or \
+                     changed in the database. A server start or `wetoken-cli migrate up \
+                     --encrypt-secrets` encrypts it",
+                    column.as_str(),
+                    row.appid
+                )));
+            }
             if self.keyring.is_some() && !is_sealed(&value) {
                 // Accepted, so that rows from before encryption keep working, but a server with
                 // the key encrypted every plain value at start: this one came later.

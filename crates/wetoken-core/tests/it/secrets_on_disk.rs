@@ -106,3 +106,52 @@ async fn after_encrypting_no_secret_is_left_in_the_sqlite_file() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// With `require_encrypted`, a plain secret written after start (by a process without the
+/// master key) is refused for its app, not used; without it, it is used (with a warning).
+#[tokio::test]
+async fn require_encrypted_refuses_a_plain_value_written_later() {
+    use wetoken_core::KeySources;
+
+    let sealing = |require: bool| {
+        Keyring::new(MasterKey::from_bytes(&[9; 32]), None).requiring_sealed(require)
+    };
+    for require in [true, false] {
+        let mut options = DatabaseOptions::new("sqlite::memory:");
+        options.keyring = Some(Arc::new(sealing(require)));
+        let store = Store::connect(&options).await.unwrap();
+        store.migrate().await.unwrap();
+        let appid = AppId::parse("wxrequire").unwrap();
+        store
+            .insert_app(
+                &NewApp::mp(appid.clone(), Secret::new("sealed-at-insert")),
+                Utc::now(),
+            )
+            .await
+            .unwrap();
+        assert!(store.app(&appid).await.unwrap().is_some());
+        store
+            .connection()
+            .execute_unprepared(
+                "UPDATE wechat_app_info SET secret = 'written-later-in-plain' WHERE appid = 'wxrequire'",
+            )
+            .await
+            .unwrap();
+        let read = store.app(&appid).await;
+        if require {
+            let refused = read.unwrap_err().to_string();
+            assert!(refused.contains("require_encrypted"), "{refused}");
+            assert!(!refused.contains("written-later-in-plain"), "{refused}");
+        } else {
+            let app = read.unwrap().unwrap();
+            assert_eq!(app.secret.expose(), "written-later-in-plain");
+        }
+    }
+
+    let without_key = KeySources {
+        require_sealed: true,
+        ..KeySources::default()
+    };
+    let refused = Keyring::load(&without_key).unwrap_err().to_string();
+    assert!(refused.contains("no master key"), "{refused}");
+}
