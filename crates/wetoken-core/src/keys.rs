@@ -301,6 +301,14 @@ impl KeyTable {
         self.active.values()
     }
 
+    /// The name of the active key `presented` is, if it is one: for log lines about a request
+    /// the key was refused for.
+    pub fn name_of(&self, presented: &str) -> Option<&str> {
+        self.active
+            .get(&KeyHash::of(presented))
+            .map(|key| key.name.as_str())
+    }
+
     /// Checks a presented key against a request, and returns the key's record: the server
     /// counts a passive refresh against it. Looks up the key's hash only, so the time taken
     /// depends on the hash, which tells nothing about any key.

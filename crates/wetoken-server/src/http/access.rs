@@ -48,6 +48,10 @@ pub(crate) enum Purpose {
     Use,
 }
 
+/// The 401's message when the app secret presented in the query is not the app's.
+const WRONG_SECRET: &str = "refused: the secret presented is not this app's; this route needs a \
+     consumer key (Authorization: Bearer <key>) or the app's own secret (?secret=)";
+
 /// The 401's message: what a guarded route takes.
 const NEEDS_A_KEY: &str = "this route needs a consumer key (Authorization: Bearer <key>); \
      token and ticket reads also take the app's own secret (?secret=)";
@@ -90,9 +94,9 @@ impl ReaderPolicy {
         {
             drop(table);
             if !engine.is_app_secret(appid, &secret) {
-                // Never the secret itself; the path (in the span) names the app.
-                warn!(%peer, "refused: the secret presented is not this app's");
-                return Err(ApiError::Unauthorized(NEEDS_A_KEY));
+                // Never the secret itself; the path (in the span) names the app. The same
+                // answer for an app that does not exist.
+                return Err(ApiError::Unauthorized(WRONG_SECRET));
             }
             if purpose == Purpose::Refresh {
                 return Err(ApiError::Forbidden(
@@ -111,6 +115,15 @@ impl ReaderPolicy {
         table
             .check(presented, access)
             .map(|key| (purpose == Purpose::Refresh).then(|| key.clone()))
+            .inspect_err(|refusal| {
+                // The refusal's log line (in `handle`) names the key, when it is one we know.
+                let name = match refusal {
+                    Refusal::MissingKey => return,
+                    Refusal::UnknownKey => "an unknown or revoked key",
+                    _ => presented.and_then(|p| table.name_of(p)).unwrap_or_default(),
+                };
+                tracing::Span::current().record("key", name);
+            })
             .map_err(|refusal| match refusal {
                 Refusal::MissingKey | Refusal::UnknownKey => ApiError::Unauthorized(NEEDS_A_KEY),
                 Refusal::OutOfScope => {

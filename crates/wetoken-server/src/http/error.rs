@@ -31,6 +31,17 @@ impl From<wetoken_core::Error> for ApiError {
     }
 }
 
+impl ApiError {
+    /// Why the caller was refused, for a 401 or a 403.
+    pub(super) fn refusal(&self) -> Option<&str> {
+        match self {
+            ApiError::Unauthorized(m) => Some(m),
+            ApiError::Forbidden(m) => Some(m),
+            _ => None,
+        }
+    }
+}
+
 pub(super) type ApiResult = Result<Response<Full<Bytes>>, ApiError>;
 
 /// The one place errors become `errcode`s; each errcode's HTTP status is the wire contract's

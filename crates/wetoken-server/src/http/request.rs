@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::Full;
-use tracing::{Instrument, debug};
+use tracing::{Instrument, debug, warn};
 
 use super::error::{ApiError, error_response};
 use super::route::in_credential_group;
@@ -35,10 +35,13 @@ pub(crate) async fn handle<B: RequestBody>(
     // Only the path: the query may carry a secret. Every field costs the token route (the fmt
     // layer formats them when the span is made), so the span carries the two that tell requests
     // apart in a log.
+    // `key` is filled in only when a request is refused: the consumer key's name, when one
+    // was presented and is known.
     let span = tracing::info_span!(
         "request",
         request_id = %request_id.to_str().unwrap_or_default(),
         path = %request.uri().path(),
+        key = tracing::field::Empty,
     );
     let errors_in_body = state.http.credential_errors == CredentialErrors::InBody
         && in_credential_group(request.uri().path());
@@ -56,6 +59,10 @@ pub(crate) async fn handle<B: RequestBody>(
             (response, status)
         }
         Err(e) => {
+            if let Some(reason) = e.refusal() {
+                // Every 401 and 403, so that a caller locked out (or probing) shows in the log.
+                span.in_scope(|| warn!(%peer, reason, "refused"));
+            }
             let mut response = span.in_scope(|| error_response(&e));
             let status = response.status();
             if errors_in_body {

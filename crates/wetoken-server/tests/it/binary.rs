@@ -142,6 +142,14 @@ async fn default_start_creates_sqlite_serves_and_exits_cleanly_on_sigterm() {
         .await
         .unwrap();
     assert_eq!(errcode(wrong).await, Some(90401));
+    // The key for an app it does not cover: 403, logged with the key's name (checked below).
+    let out_of_scope = http
+        .get(format!("{base}/wxother/wechat/token/get"))
+        .bearer_auth(&consumer_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(errcode(out_of_scope).await, Some(90403));
     // The Go SDK's way: the app's own secret (stored encrypted) in the query. A wrong one is
     // refused, and logged without it.
     const WRONG: &str = "a-wrong-secret-that-must-stay-out-of-the-log";
@@ -229,6 +237,28 @@ async fn default_start_creates_sqlite_serves_and_exits_cleanly_on_sigterm() {
         .unwrap_or_else(|| panic!("no line about the report WeChat contradicted in\n{log}"));
     assert_eq!(doubted["fields"]["reporter"], "key bin", "{doubted}");
     assert_eq!(doubted["level"], "WARN", "{doubted}");
+    // Every 401 and 403 has its line: the reason, the caller, and the key's name when known.
+    let refusals: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|l| l["fields"]["message"] == "refused")
+        .collect();
+    let scope = refusals
+        .iter()
+        .find(|l| l["span"]["path"] == "/wxother/wechat/token/get")
+        .unwrap_or_else(|| panic!("no refusal line for the out-of-scope key in\n{log}"));
+    assert_eq!(scope["span"]["key"], "bin", "{scope}");
+    assert_eq!(scope["level"], "WARN", "{scope}");
+    assert!(scope["fields"]["peer"].is_string(), "{scope}");
+    assert!(
+        refusals
+            .iter()
+            .any(|l| l["span"]["key"] == "an unknown or revoked key"),
+        "no refusal line for the wrong key in\n{log}"
+    );
+    assert!(
+        refusals.len() >= 3,
+        "the wrong key, the out-of-scope key and the wrong secret: {refusals:?}"
+    );
     let added = lines
         .iter()
         .find(|l| l["fields"]["message"] == "app added")
