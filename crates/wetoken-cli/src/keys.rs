@@ -132,6 +132,18 @@ pub(crate) async fn run(action: KeyAction) -> anyhow::Result<()> {
                 .add_consumer_key(&new, Utc::now())
                 .await
                 .context("adding the key")?;
+            // A typo in an appid would make a key that opens nothing: say so, but keep the key,
+            // since keys may be made before their apps are added.
+            for appid in &new.appids {
+                match store.known_app_info(appid).await {
+                    Err(wetoken_core::Error::UnknownApp(_)) => eprintln!(
+                        "warning: no app {appid} is registered: the key covers it, but reads of it \
+                         answer 90404 until `wetoken-cli app add` adds it"
+                    ),
+                    Err(e) => return Err(e).context("looking up the key's apps"),
+                    Ok(_) => {}
+                }
+            }
             eprintln!(
                 "added key {} ({}); it is shown once, here, and cannot be read back:",
                 issued.id, new.name

@@ -447,8 +447,18 @@ fn key_add_shows_the_key_once_list_never_and_revoke_takes_id_or_name() {
     let key = key.trim().to_owned();
     assert!(key.starts_with("wtk_") && key.len() > 40, "{key:?}");
     assert!(err.contains("shown once"), "{err}");
-    let (ok, other, _) = add("shop", &[]);
+    // No app is registered yet: the key is made, with a warning for each appid.
+    for appid in ["wx1", "wx2"] {
+        assert!(
+            err.contains(&format!("warning: no app {appid} is registered")),
+            "{err}"
+        );
+    }
+    let (ok, _, err) = cli_with_input(&[&["app", "add", "wx1"][..], &db].concat(), "s\n");
+    assert!(ok, "{err}");
+    let (ok, other, err) = add("shop", &[]);
     assert!(ok);
+    assert!(!err.contains("warning"), "wx1 is registered now: {err}");
     assert_ne!(other.trim(), key);
     let (ok, _, err) = add("mall", &[]);
     assert!(!ok && err.contains("exists"), "{err}");
