@@ -161,8 +161,26 @@ impl DatabaseArg {
         }
     }
 
-    /// Opens the database and checks that wetoken's tables are up to date.
+    /// Refuses a SQLite URL whose file does not exist, before anything would create it.
+    fn existing(&self) -> anyhow::Result<()> {
+        if self.registry.is_none()
+            && let Some(path) = sqlite_file(&self.database_url)
+            && !path.exists()
+        {
+            bail!(
+                "no database at {}: `wetoken-cli migrate up` creates one there; or point \
+                 --database-url (WETOKEN_DATABASE_URL) at the server's database",
+                path.display()
+            );
+        }
+        Ok(())
+    }
+
+    /// Opens the database and checks that wetoken's tables are up to date. A SQLite file that
+    /// does not exist is an error, not created: `app list` run in the wrong directory should
+    /// say so, not leave an empty `wetoken.db` behind.
     pub(crate) async fn open_installed(&self) -> anyhow::Result<Store> {
+        self.existing()?;
         let store = self.open().await?;
         let pending: Vec<String> = store
             .migration_status()
@@ -180,6 +198,16 @@ impl DatabaseArg {
         }
         Ok(store)
     }
+}
+
+/// The file a SQLite URL names (`sqlite://wetoken.db`, `sqlite:///var/lib/w.db?mode=rwc`,
+/// `sqlite:w.db`); `None` for another database or an in-memory one.
+fn sqlite_file(url: &str) -> Option<std::path::PathBuf> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next().unwrap_or_default();
+    (!path.is_empty() && !path.contains(":memory:")).then(|| path.into())
 }
 
 /// After a migration: encrypts the secrets still stored in plain text when asked to (and given
@@ -302,6 +330,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 report_secrets(&store, encrypt_secrets).await?;
             }
             MigrateAction::Status(db) => {
+                db.existing()?;
                 let store = db.open().await?;
                 for (name, applied) in store.migration_status().await? {
                     let state = if applied { "applied" } else { "pending" };

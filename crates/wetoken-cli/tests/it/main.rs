@@ -57,9 +57,10 @@ fn migrate_up_is_idempotent_and_status_reports_it() {
     std::fs::create_dir_all(&dir).unwrap();
     let url = format!("sqlite://{}", dir.join("cli.db").display());
 
-    let (ok, out, err) = cli(&["migrate", "status", "--database-url", &url]);
-    assert!(ok, "{err}");
-    assert!(out.starts_with("pending"), "{out}");
+    // No file yet: status says so and creates none; `migrate up` is what creates it.
+    let (ok, _, err) = cli(&["migrate", "status", "--database-url", &url]);
+    assert!(!ok && err.contains("no database at"), "{err}");
+    assert!(!dir.join("cli.db").exists());
 
     let (ok, out, err) = cli(&["migrate", "up", "--database-url", &url]);
     assert!(ok, "{err}");
@@ -428,6 +429,14 @@ fn key_add_shows_the_key_once_list_never_and_revoke_takes_id_or_name() {
     ]
     .concat());
     assert!(!ok && err.contains("migrate up"), "{err}");
+    // Nothing was created where no database was: a command run in the wrong directory says so.
+    assert!(err.contains("no database at"), "{err}");
+    let (ok, _, err) = cli(&[&["migrate", "status"][..], &db].concat());
+    assert!(!ok && err.contains("no database at"), "{err}");
+    assert!(
+        !dir.join("keys.db").exists(),
+        "an empty database was left behind"
+    );
     assert!(cli(&[&["migrate", "up"][..], &db].concat()).0);
 
     let add = |name: &str, extra: &[&str]| {
