@@ -148,18 +148,17 @@ impl Params {
     /// What a listing asks for: `state`, `kind` and `prefix` filters, the `cursor` a page
     /// handed out, and `limit` (1 to 1000, 100 by default).
     pub(super) fn listing(&self) -> Result<Listing, ApiError> {
+        // An empty value is no filter: what the status page's form sends for "any".
+        let given = |name| self.optional(name).filter(|v| !v.is_empty());
         let filter = AppFilter {
-            state: self
-                .optional("state")
-                .map(CredentialState::parse)
-                .transpose()?,
-            kind: self.optional("kind").map(AppKind::parse).transpose()?,
-            prefix: self.optional("prefix").map(AppFilter::prefix).transpose()?,
+            state: given("state").map(CredentialState::parse).transpose()?,
+            kind: given("kind").map(AppKind::parse).transpose()?,
+            prefix: given("prefix").map(AppFilter::prefix).transpose()?,
         };
         Ok(Listing {
             filter,
-            after: self.optional("cursor").map(Cursor::decode).transpose()?,
-            limit: page_limit(self.optional("limit"))?,
+            after: given("cursor").map(Cursor::decode).transpose()?,
+            limit: page_limit(given("limit"))?,
         })
     }
 

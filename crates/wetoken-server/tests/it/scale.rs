@@ -140,6 +140,17 @@ async fn listings_page_through_every_app_once_and_filter(db: &TestDb) {
             "{state}: {summary}"
         );
     }
+    // The form's "any" sends empty values: no filter.
+    let (status, _) = server
+        .get("/wechat/app/list?state=&kind=&prefix=&cursor=")
+        .await;
+    assert_eq!(status, 200);
+    assert!(
+        server
+            .text("/?state=&kind=&prefix=")
+            .await
+            .contains("wxs000003")
+    );
     let page = server.text("/?state=halted&limit=3").await;
     assert!(
         page.contains("wxs000000") && page.contains("wxs000100"),
