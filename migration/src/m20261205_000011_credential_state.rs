@@ -8,8 +8,10 @@
 //!   failed, `failures > 0`), `pending` (no value stored yet), else `live`.
 //!   Whether a live value is due for renewal depends on the clock (`renew_at`), so the listing
 //!   tells `healthy` from `renewing` at query time.
-//! - An index on `(state, appid)` per credential table: a page of apps in one state is an
-//!   index range read in appid order, stopped at the page's size.
+//! - Indexes per credential table on `(state, appid)`: a page of apps in one state is an index
+//!   range read in appid order, stopped at the page's size; on `(state, renew_at)`: the live
+//!   values due for renewal, few at a time; on `(state, expires_at)`: the least time left among
+//!   the values still served.
 //! - An index on `wechat_app_info (kind, appid)`: the same for a page of one kind of app.
 //!
 //! The column is STORED on PostgreSQL and MariaDB; SQLite can add only a VIRTUAL generated
@@ -30,8 +32,12 @@ const TABLES: [(&str, &str, &str); 3] = [
 
 const APP_KIND_INDEX: &str = "idx_app_kind_appid";
 
-fn state_index(short: &str) -> String {
-    format!("idx_{short}_state_appid")
+/// The second column of each index on `state`: `appid` for a page of one state in appid order,
+/// `renew_at` for the live values due (renewing), `expires_at` for the least time left.
+const STATE_INDEXED: [&str; 3] = ["appid", "renew_at", "expires_at"];
+
+fn state_index(short: &str, column: &str) -> String {
+    format!("idx_{short}_state_{column}")
 }
 
 /// The expression the database computes `state` from. 90430 is wetoken's OVER_BUDGET errcode,
@@ -75,18 +81,20 @@ impl MigrationTrait for Migration {
                 };
                 db.execute_unprepared(&sql).await?;
             }
-            let name = state_index(short);
-            if !manager.has_index(table, &name).await? {
-                manager
-                    .create_index(
-                        Index::create()
-                            .name(&name)
-                            .table(Alias::new(table))
-                            .col(Alias::new("state"))
-                            .col(Alias::new("appid"))
-                            .to_owned(),
-                    )
-                    .await?;
+            for column in STATE_INDEXED {
+                let name = state_index(short, column);
+                if !manager.has_index(table, &name).await? {
+                    manager
+                        .create_index(
+                            Index::create()
+                                .name(&name)
+                                .table(Alias::new(table))
+                                .col(Alias::new("state"))
+                                .col(Alias::new(column))
+                                .to_owned(),
+                        )
+                        .await?;
+                }
             }
         }
         if !manager.has_index("wechat_app_info", APP_KIND_INDEX).await? {
@@ -107,7 +115,9 @@ impl MigrationTrait for Migration {
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         let mut indexes: Vec<(&str, String)> = TABLES
             .iter()
-            .map(|(table, _, short)| (*table, state_index(short)))
+            .flat_map(|(table, _, short)| {
+                STATE_INDEXED.map(|column| (*table, state_index(short, column)))
+            })
             .collect();
         indexes.push(("wechat_app_info", APP_KIND_INDEX.to_owned()));
         for (table, name) in indexes {

@@ -74,12 +74,6 @@ pub(crate) async fn render(engine: &Engine, settings: &MetricsSettings) -> Resul
                 .map(|at| (at - now).num_seconds())
         },
     );
-    per_kind(
-        &mut out,
-        "wetoken_refresh_last_success_timestamp_seconds",
-        "When a refresh of this kind last succeeded, by any replica (Unix seconds; the latest among credentials whose last refresh succeeded).",
-        |kind| totals.last_success(kind).map(|at| at.timestamp()),
-    );
     match settings.per_app {
         PerApp::None => {}
         PerApp::Trouble => {
@@ -240,7 +234,7 @@ pub(crate) fn counters_at_start() -> Vec<(&'static str, Vec<(&'static str, &'sta
 
 /// Names and describes the metrics, so the exposition carries HELP lines.
 pub(crate) fn describe() {
-    use metrics::{describe_counter, describe_histogram};
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
     describe_counter!(
         "wetoken_http_requests_total",
         "HTTP requests answered, by route and status."
@@ -256,6 +250,10 @@ pub(crate) fn describe() {
     describe_histogram!(
         "wetoken_refresh_seconds",
         "Latency of refreshes (all upstream calls a refresh needs), by credential kind."
+    );
+    describe_gauge!(
+        "wetoken_refresh_last_success_timestamp_seconds",
+        "When a refresh of this kind last succeeded on this replica (Unix seconds); max() across replicas is the cluster's."
     );
     describe_counter!(
         "wetoken_scheduler_sweeps_total",

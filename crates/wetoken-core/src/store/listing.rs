@@ -194,6 +194,10 @@ impl Cursor {
     }
 }
 
+/// Up to this many renewing values in a table, a page of renewing apps reads them all through
+/// the `(state, renew_at)` index rather than walking the live ones in appid order.
+const FEW_RENEWING: u64 = 10_000;
+
 /// A page's size: 1 to [`PAGE_MAX`], [`PAGE_DEFAULT`] when not given.
 pub const PAGE_DEFAULT: u64 = 100;
 /// The largest page.
@@ -221,7 +225,6 @@ pub fn page_limit(text: Option<&str>) -> Result<u64, Error> {
 pub struct StateTotals {
     counts: [[u64; 6]; 3],
     earliest: [Option<DateTime<Utc>>; 3],
-    last_success: [Option<DateTime<Utc>>; 3],
 }
 
 impl StateTotals {
@@ -238,11 +241,6 @@ impl StateTotals {
     /// The earliest expiry of a `kind` value still served, if any is stored.
     pub fn earliest_expiry(&self, kind: Kind) -> Option<DateTime<Utc>> {
         self.earliest[kind.index()]
-    }
-
-    /// The latest refresh of a `kind` credential whose last refresh succeeded, by any replica.
-    pub fn last_success(&self, kind: Kind) -> Option<DateTime<Utc>> {
-        self.last_success[kind.index()]
     }
 }
 
@@ -264,7 +262,6 @@ enum Listed {
     State,
     Count,
     Earliest,
-    Latest,
     Appid,
 }
 
@@ -300,7 +297,15 @@ impl Store {
             select.cond_where(prefix_condition(prefix, (app, A::Appid)));
         }
         if let Some(state) = filter.state {
-            let Some(matching) = self.with_state(filter, state, after, limit, now) else {
+            let mut few_renewing = [false; 3];
+            if state == CredentialState::Renewing {
+                for kind in Kind::ALL {
+                    few_renewing[kind.index()] =
+                        self.count_renewing(kind, now).await? <= FEW_RENEWING;
+                }
+            }
+            let Some(matching) = self.with_state(filter, state, after, limit, now, few_renewing)
+            else {
                 return Ok((Vec::new(), false));
             };
             let m = Alias::new("m");
@@ -323,6 +328,10 @@ impl Store {
     /// The appids, at most `limit + 1` after `after`, with a credential in `state` that matches
     /// `filter`: one branch per credential table the filter's kind has, each an index range on
     /// `(state, appid)` stopped at the page's size. `None` when no table can match.
+    ///
+    /// Renewing values are usually few, and an ordered walk of the live ones would read them all
+    /// to find none: a table with at most [`FEW_RENEWING`] of them is read through its
+    /// `(state, renew_at)` range instead, whole (`few_renewing`).
     fn with_state(
         &self,
         filter: &AppFilter,
@@ -330,6 +339,7 @@ impl Store {
         after: Option<&AppId>,
         limit: u64,
         now: DateTime<Utc>,
+        few_renewing: [bool; 3],
     ) -> Option<SelectStatement> {
         let mut union: Option<SelectStatement> = None;
         for (n, kind) in Kind::ALL.into_iter().enumerate() {
@@ -341,9 +351,12 @@ impl Store {
                 .column((table, C::Appid))
                 .from(table)
                 .and_where(Expr::col((table, C::State)).eq(state.stored()))
-                .order_by((table, C::Appid), Order::Asc)
-                .limit(limit.saturating_add(1))
                 .to_owned();
+            if !few_renewing[n] {
+                inner
+                    .order_by((table, C::Appid), Order::Asc)
+                    .limit(limit.saturating_add(1));
+            }
             match state {
                 CredentialState::Renewing => {
                     inner.and_where(due(now));
@@ -387,16 +400,16 @@ impl Store {
         union
     }
 
-    /// How many credentials are in each state, by kind: per credential table one `GROUP BY`
-    /// of the stored state, and a count of the live values due for renewal (the `renew_at`
-    /// index; few are due at any time).
+    /// How many credentials are in each state, by kind, and the earliest expiry among those
+    /// still served. Per credential table: one `GROUP BY state` (an index-only scan of a
+    /// `state` index), a count of the live values due (an index range on `(state, renew_at)`; few
+    /// are due at any time), and the least `expires_at` of each served state (one index lookup
+    /// on `(state, expires_at)` each).
     pub async fn state_totals(&self, now: DateTime<Utc>) -> Result<StateTotals, Error> {
         #[derive(FromQueryResult)]
         struct Group {
             state: Option<String>,
             count: i64,
-            earliest: Option<DateTime<Utc>>,
-            latest: Option<DateTime<Utc>>,
         }
         let mut totals = StateTotals::default();
         for kind in Kind::ALL {
@@ -404,8 +417,6 @@ impl Store {
             let select = Query::select()
                 .expr_as(Expr::col(C::State), Listed::State)
                 .expr_as(Expr::col(C::Appid).count(), Listed::Count)
-                .expr_as(Expr::col(C::ExpiresAt).min(), Listed::Earliest)
-                .expr_as(Expr::col(C::RefreshTime).max(), Listed::Latest)
                 .from(table)
                 .group_by_col(C::State)
                 .to_owned();
@@ -420,31 +431,48 @@ impl Store {
                     continue;
                 };
                 counts[state.index()] += u64::try_from(group.count).unwrap_or(0);
-                if state == CredentialState::Healthy {
-                    totals.last_success[kind.index()] = group.latest;
-                }
-                let served = !matches!(state, CredentialState::Halted | CredentialState::Pending);
-                if served && let Some(at) = group.earliest {
+            }
+            let renewing = self.count_renewing(kind, now).await?;
+            let healthy = CredentialState::Healthy.index();
+            let renewing = std::cmp::min(renewing, counts[healthy]);
+            counts[healthy] -= renewing;
+            counts[CredentialState::Renewing.index()] += renewing;
+            for state in [
+                CredentialState::Healthy,
+                CredentialState::Failing,
+                CredentialState::OutOfBudget,
+            ] {
+                let select = Query::select()
+                    .expr_as(Expr::col(C::ExpiresAt).min(), Listed::Earliest)
+                    .from(table)
+                    .and_where(Expr::col(C::State).eq(state.stored()))
+                    .to_owned();
+                let Some(row) = self.db.query_one(&select).await? else {
+                    continue;
+                };
+                let at: Option<DateTime<Utc>> = row.try_get("", "earliest")?;
+                if let Some(at) = at {
                     let earliest = &mut totals.earliest[kind.index()];
                     *earliest = Some(earliest.map_or(at, |e| std::cmp::min(e, at)));
                 }
             }
-            let renewing = Query::select()
-                .expr_as(Expr::col(C::Appid).count(), Listed::Count)
-                .from(table)
-                .and_where(due(now))
-                .and_where(Expr::col(C::State).eq("live"))
-                .to_owned();
-            let renewing: i64 = match self.db.query_one(&renewing).await? {
-                Some(row) => row.try_get("", "count")?,
-                None => 0,
-            };
-            let healthy = CredentialState::Healthy.index();
-            let renewing = std::cmp::min(u64::try_from(renewing).unwrap_or(0), counts[healthy]);
-            counts[healthy] -= renewing;
-            counts[CredentialState::Renewing.index()] += renewing;
         }
         Ok(totals)
+    }
+
+    /// How many live `kind` values are due for renewal: an index range on `(state, renew_at)`.
+    async fn count_renewing(&self, kind: Kind, now: DateTime<Utc>) -> Result<u64, Error> {
+        let select = Query::select()
+            .expr_as(Expr::col(C::Appid).count(), Listed::Count)
+            .from(kind.table())
+            .and_where(Expr::col(C::State).eq("live"))
+            .and_where(due(now))
+            .to_owned();
+        let count: i64 = match self.db.query_one(&select).await? {
+            Some(row) => row.try_get("", "count")?,
+            None => 0,
+        };
+        Ok(u64::try_from(count).unwrap_or(0))
     }
 
     /// At most `limit` credentials in trouble, the worst states first and by appid within one:
