@@ -401,23 +401,23 @@ impl Store {
     }
 
     /// How many credentials are in each state, by kind, and the earliest expiry among those
-    /// still served. Per credential table: one `GROUP BY state` (an index-only scan of a
-    /// `state` index), a count of the live values due (an index range on `(state, renew_at)`; few
-    /// are due at any time), and the least `expires_at` of each served state (one index lookup
-    /// on `(state, expires_at)` each).
+    /// still served. Per credential table: one `GROUP BY state` with `COUNT(*)` and
+    /// `MIN(expires_at)`, an index-only scan of `(state, expires_at)`, and a count of the live
+    /// values due (an index range on `(state, renew_at)`; few are due at any time).
     pub async fn state_totals(&self, now: DateTime<Utc>) -> Result<StateTotals, Error> {
         #[derive(FromQueryResult)]
         struct Group {
             state: Option<String>,
             count: i64,
+            earliest: Option<DateTime<Utc>>,
         }
         let mut totals = StateTotals::default();
         for kind in Kind::ALL {
-            let table = kind.table();
             let select = Query::select()
                 .expr_as(Expr::col(C::State), Listed::State)
-                .expr_as(Expr::col(C::Appid).count(), Listed::Count)
-                .from(table)
+                .expr_as(Expr::col(Asterisk).count(), Listed::Count)
+                .expr_as(Expr::col(C::ExpiresAt).min(), Listed::Earliest)
+                .from(kind.table())
                 .group_by_col(C::State)
                 .to_owned();
             let counts = &mut totals.counts[kind.index()];
@@ -431,31 +431,17 @@ impl Store {
                     continue;
                 };
                 counts[state.index()] += u64::try_from(group.count).unwrap_or(0);
+                let served = !matches!(state, CredentialState::Halted | CredentialState::Pending);
+                if served && let Some(at) = group.earliest {
+                    let earliest = &mut totals.earliest[kind.index()];
+                    *earliest = Some(earliest.map_or(at, |e| std::cmp::min(e, at)));
+                }
             }
             let renewing = self.count_renewing(kind, now).await?;
             let healthy = CredentialState::Healthy.index();
             let renewing = std::cmp::min(renewing, counts[healthy]);
             counts[healthy] -= renewing;
             counts[CredentialState::Renewing.index()] += renewing;
-            for state in [
-                CredentialState::Healthy,
-                CredentialState::Failing,
-                CredentialState::OutOfBudget,
-            ] {
-                let select = Query::select()
-                    .expr_as(Expr::col(C::ExpiresAt).min(), Listed::Earliest)
-                    .from(table)
-                    .and_where(Expr::col(C::State).eq(state.stored()))
-                    .to_owned();
-                let Some(row) = self.db.query_one(&select).await? else {
-                    continue;
-                };
-                let at: Option<DateTime<Utc>> = row.try_get("", "earliest")?;
-                if let Some(at) = at {
-                    let earliest = &mut totals.earliest[kind.index()];
-                    *earliest = Some(earliest.map_or(at, |e| std::cmp::min(e, at)));
-                }
-            }
         }
         Ok(totals)
     }
