@@ -28,6 +28,7 @@ mod m20261129_000007_go_takeover;
 mod m20261130_000008_errcode;
 mod m20261205_000009_quota_guard;
 mod m20261205_000010_change_feed;
+mod m20261205_000011_credential_state;
 
 pub mod go;
 
@@ -48,6 +49,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261130_000008_errcode::Migration),
             Box::new(m20261205_000009_quota_guard::Migration),
             Box::new(m20261205_000010_change_feed::Migration),
+            Box::new(m20261205_000011_credential_state::Migration),
         ]
     }
 }

@@ -326,7 +326,12 @@ pub fn run(args: &[String]) -> Result<()> {
     let mut replicas = vec![1];
     let mut dbs = vec![scale::Db::Postgres, scale::Db::Mysql];
     let mut args = args.iter();
+    let mut pages = false;
     while let Some(flag) = args.next() {
+        if flag == "--pages" {
+            pages = true;
+            continue;
+        }
         let value = args
             .next()
             .with_context(|| format!("{flag} needs a value"))?;
@@ -355,7 +360,7 @@ pub fn run(args: &[String]) -> Result<()> {
                     })
                     .collect::<Result<_>>()?;
             }
-            other => bail!("unknown flag {other}: expected --apps, --replicas or --db"),
+            other => bail!("unknown flag {other}: expected --apps, --replicas, --db or --pages"),
         }
     }
     let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
@@ -377,7 +382,10 @@ pub fn run(args: &[String]) -> Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    if apps.is_empty() {
+    if pages {
+        let apps = apps.first().copied().unwrap_or(100_000);
+        runtime.block_on(scale::pages(apps, &dbs))
+    } else if apps.is_empty() {
         runtime.block_on(bench())
     } else {
         runtime.block_on(scale::run(&apps, &replicas, &dbs))

@@ -2,7 +2,8 @@
 //!
 //! - `cargo xtask tidy`: checks the architecture invariants of `docs/ARCHITECTURE.md` that a
 //!   machine can check. It also runs as a test, so `cargo test --workspace` catches regressions.
-//! - `cargo xtask bench [--apps N --replicas R --db postgres,mysql]`: the measurements of
+//! - `cargo xtask bench [--apps N --replicas R --db postgres,mysql]` (or `--pages --apps N`: the
+//!   listings, status page and scrape alone): the measurements of
 //!   `docs/performance.md`.
 //! - `cargo xtask test [ARGS]`: the README's test command: a ZooKeeper for the registry tests,
 //!   then `cargo test --workspace ARGS`.

@@ -120,6 +120,16 @@ fn appid(i: usize) -> String {
     format!("wxs{i:06}")
 }
 
+/// The listing cursor of the page after app `i` (wetoken-core's `Cursor`: `c1` and the appid in
+/// hex).
+fn cursor(i: usize) -> String {
+    let mut out = String::from("c1");
+    for b in appid(i).bytes() {
+        out.push_str(&format!("{b:02x}"));
+    }
+    out
+}
+
 fn cli(args: &[&str]) -> Result<()> {
     let out = Command::new(release_binary("wetoken-cli"))
         .args(args)
@@ -348,7 +358,7 @@ async fn run_one(
         &format!(
             "{}/wechat/app/list?limit=100&cursor={}",
             servers[0].url,
-            appid(apps / 2)
+            cursor(apps / 2)
         ),
     )
     .await?;
@@ -454,6 +464,128 @@ pub(crate) fn spread(samples: &[(f64, u64)]) -> (u64, f64) {
         _ => 0.0,
     };
     (peak, mean)
+}
+
+/// `cargo xtask bench --pages --apps N [--db …]`: the listings, the status page and the scrape at
+/// N apps, 1% of them halted, 1% failing and 1% never fetched, on one release replica. Each
+/// figure is the slowest of five requests after one to warm up; then `EXPLAIN` of a filtered
+/// page's query, as `store::listing` builds it.
+pub async fn pages(apps: usize, dbs: &[Db]) -> Result<()> {
+    let out = std::path::PathBuf::from("target/bench");
+    let (work, mock) = crate::bench::workspace(&out.join("pages")).await?;
+    let http = reqwest::Client::new();
+    for &db in dbs {
+        let url = db.url();
+        println!("{}: {apps} apps", db.name());
+        db.recreate()?;
+        cli(&["migrate", "up", "--database-url", &url])?;
+        let state = |i: usize| match i % 100 {
+            0 => wetoken_testkit::Seed::Halted,
+            1 => wetoken_testkit::Seed::Failing,
+            2 => wetoken_testkit::Seed::Empty,
+            _ => wetoken_testkit::Seed::Healthy,
+        };
+        wetoken_testkit::seed_apps(&url, "wxs", apps, chrono::Utc::now(), state).await;
+        let tables =
+            "wechat_app_info, wechat_access_token, wechat_jsapi_ticket, wechat_card_ticket";
+        match db {
+            Db::Postgres => db.sql(DATABASE, "ANALYZE")?,
+            Db::Mysql => db.sql(DATABASE, &format!("ANALYZE TABLE {tables}"))?,
+        };
+        let server = Server::spawn(&work, &url, &mock.url(), &[])?;
+        server.wait_healthy(&work).await?;
+        let middle = cursor(apps / 2);
+        let last = cursor(apps.saturating_sub(50));
+        let list = "/wechat/app/list";
+        let pages = [
+            ("first page", list.to_owned()),
+            ("middle page", format!("{list}?cursor={middle}")),
+            ("last page", format!("{list}?cursor={last}")),
+            (
+                "1000 apps, middle",
+                format!("{list}?limit=1000&cursor={middle}"),
+            ),
+            ("halted, first page", format!("{list}?state=halted")),
+            (
+                "halted, middle",
+                format!("{list}?state=halted&cursor={middle}"),
+            ),
+            (
+                "failing, middle",
+                format!("{list}?state=failing&cursor={middle}"),
+            ),
+            (
+                "healthy, middle",
+                format!("{list}?state=healthy&cursor={middle}"),
+            ),
+            ("renewing (none)", format!("{list}?state=renewing")),
+            (
+                "out_of_budget (none)",
+                format!("{list}?state=out_of_budget"),
+            ),
+            ("pending, kind mp", format!("{list}?state=pending&kind=mp")),
+            ("kind mini (none)", format!("{list}?kind=mini")),
+            ("prefix wxs05", format!("{list}?prefix=wxs05")),
+            (
+                "prefix wxs00001 (10 apps)",
+                format!("{list}?prefix=wxs00001"),
+            ),
+            ("status page", "/".to_owned()),
+            ("status page, halted", "/?state=halted".to_owned()),
+            ("/metrics", "/metrics".to_owned()),
+        ];
+        println!("| request | ms (slowest of 5) | bytes |");
+        println!("|---|---|---|");
+        for (what, path) in pages {
+            let url = format!("{}{path}", server.url);
+            timed_get(&http, &url).await?;
+            let mut worst = 0.0f64;
+            let mut bytes = 0;
+            for _ in 0..5 {
+                let started = Instant::now();
+                let body = http.get(&url).send().await?.bytes().await?;
+                worst = worst.max(started.elapsed().as_secs_f64() * 1000.0);
+                bytes = body.len();
+            }
+            println!("| {what} | {worst:.1} | {bytes} |");
+        }
+        drop(server);
+        let after = appid(apps / 2);
+        let branch = |table: &str, n: usize| {
+            format!(
+                "SELECT appid FROM (SELECT appid FROM {table} WHERE state = 'halted' \
+                 AND appid > '{after}' ORDER BY appid LIMIT 101) s{n}"
+            )
+        };
+        let query = format!(
+            "SELECT a.* FROM wechat_app_info a JOIN ({} UNION {} UNION {}) m \
+             ON m.appid = a.appid WHERE a.appid > '{after}' ORDER BY a.appid LIMIT 101",
+            branch("wechat_access_token", 0),
+            branch("wechat_jsapi_ticket", 1),
+            branch("wechat_card_ticket", 2),
+        );
+        let explain = match db {
+            Db::Postgres => format!("EXPLAIN ANALYZE {query}"),
+            Db::Mysql => format!("EXPLAIN {query}"),
+        };
+        println!(
+            "EXPLAIN of the halted page after {after}:\n{}",
+            db.sql(DATABASE, &explain)?
+        );
+        let kind = format!(
+            "SELECT * FROM wechat_app_info WHERE kind = 'mini' AND appid > '{after}' \
+             ORDER BY appid LIMIT 101"
+        );
+        let explain = match db {
+            Db::Postgres => format!("EXPLAIN ANALYZE {kind}"),
+            Db::Mysql => format!("EXPLAIN {kind}"),
+        };
+        println!(
+            "EXPLAIN of the mini programs' page:\n{}",
+            db.sql(DATABASE, &explain)?
+        );
+    }
+    Ok(())
 }
 
 pub async fn run(apps: &[usize], replicas: &[usize], dbs: &[Db]) -> Result<()> {

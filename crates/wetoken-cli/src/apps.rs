@@ -7,8 +7,9 @@ use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
 use clap::{Subcommand, ValueEnum};
 use wetoken_core::{
-    AppId, AppKind, AppStatus, AppUpdate, CredentialRecord, Engine, EngineConfig, GoFields, Kind,
-    NewApp, Secret, Store, SystemClock, TokenMode, WeChat, WeChatOptions,
+    AppFilter, AppId, AppKind, AppStatus, AppUpdate, CredentialRecord, CredentialState, Cursor,
+    Engine, EngineConfig, GoFields, Kind, NewApp, Secret, Store, SystemClock, TokenMode, WeChat,
+    WeChatOptions, page_limit,
 };
 
 use crate::DatabaseArg;
@@ -22,8 +23,12 @@ pub(crate) enum AppAction {
     /// wetoken-cli app add --kind work --corpid ww123 --agentid 1000002;
     /// wetoken-cli app add wx9e02ddcc34513fd4 --token-mode stable
     Add(Box<AddArgs>),
-    /// List every app, with the state of its token and tickets.
-    List(DatabaseArg),
+    /// List apps, with the state of their token and tickets, a page at a time (100 by default),
+    /// after the totals by state.
+    ///
+    /// Examples: wetoken-cli app list --state halted; wetoken-cli app list --kind mini --prefix
+    /// wx5; wetoken-cli app list --all (every page)
+    List(ListArgs),
     /// Show one app and the state of its token and tickets.
     Show {
         /// The appid (a WeCom app's is <corpid>.<agentid>).
@@ -138,6 +143,31 @@ impl GoArgs {
             .map(|v| Secret::checked("pay_key", v, GoFields::MAX))
             .transpose()?)
     }
+}
+
+#[derive(clap::Args)]
+pub(crate) struct ListArgs {
+    /// Only apps with a credential in this state: healthy, renewing, pending, failing,
+    /// out_of_budget or halted.
+    #[arg(long)]
+    state: Option<String>,
+    /// Only apps of this kind.
+    #[arg(long, value_enum)]
+    kind: Option<KindArg>,
+    /// Only apps whose appid starts with this.
+    #[arg(long)]
+    prefix: Option<String>,
+    /// Start where the previous page said to go on.
+    #[arg(long)]
+    cursor: Option<String>,
+    /// Apps a page, 1 to 1000.
+    #[arg(long)]
+    limit: Option<String>,
+    /// Every page, one after the other, without the totals.
+    #[arg(long, conflicts_with = "cursor")]
+    all: bool,
+    #[command(flatten)]
+    db: DatabaseArg,
 }
 
 #[derive(clap::Args)]
@@ -366,37 +396,7 @@ pub(crate) async fn app(action: AppAction) -> anyhow::Result<()> {
                 app.token_mode.as_str()
             );
         }
-        AppAction::List(db) => {
-            let engine = engine(db.open_installed().await?, WeChatOptions::default())?;
-            let now = engine.now();
-            let apps = engine.app_statuses().await?;
-            if apps.is_empty() {
-                println!("no apps yet: add one with `wetoken-cli app add APPID`");
-                return Ok(());
-            }
-            println!(
-                "{:<40} {:<5} {:<8} {:<16} {:<16} {:>11} {:>7}",
-                "APPID", "KIND", "MODE", "TOKEN", "TICKET", "CALLS TODAY", "VERIFY"
-            );
-            for status in &apps {
-                let app = &status.app;
-                let ticket = if app.kind.has(Kind::JsapiTicket) {
-                    state(status.jsapi_ticket.as_ref(), now)
-                } else {
-                    "-".into()
-                };
-                println!(
-                    "{:<40} {:<5} {:<8} {:<16} {:<16} {:>11} {:>7}",
-                    app.appid.as_str(),
-                    app.kind.as_str(),
-                    app.token_mode.as_str(),
-                    state(status.access_token.as_ref(), now),
-                    ticket,
-                    format!("{}/{}", app.calls_today, app.daily_budget),
-                    shown_interval(app.verify_secs),
-                );
-            }
-        }
+        AppAction::List(args) => list(args).await?,
         AppAction::Show { appid, db } => {
             let appid = AppId::parse(&appid)?;
             let engine = engine(db.open_installed().await?, WeChatOptions::default())?;
@@ -448,6 +448,90 @@ pub(crate) async fn app(action: AppAction) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `app list`: the totals by state, then a page of apps (or, with `--all`, every page).
+async fn list(args: ListArgs) -> anyhow::Result<()> {
+    let filter = AppFilter {
+        state: args
+            .state
+            .as_deref()
+            .map(CredentialState::parse)
+            .transpose()?,
+        kind: args.kind.map(AppKind::from),
+        prefix: args.prefix.as_deref().map(AppFilter::prefix).transpose()?,
+    };
+    let mut after = args.cursor.as_deref().map(Cursor::decode).transpose()?;
+    let limit = page_limit(args.limit.as_deref())?;
+    let engine = engine(args.db.open_installed().await?, WeChatOptions::default())?;
+    let now = engine.now();
+    if !args.all {
+        let totals = engine.state_totals().await?;
+        let shown: Vec<String> = CredentialState::ALL
+            .iter()
+            .rev()
+            .map(|s| format!("{} {}", totals.total(*s), s.name()))
+            .collect();
+        println!("credentials: {}", shown.join(", "));
+    }
+    let mut header = true;
+    loop {
+        let page = engine.list_apps(&filter, after.as_ref(), limit).await?;
+        if header {
+            if page.apps.is_empty() {
+                if filter == AppFilter::default() && after.is_none() {
+                    println!("no apps yet: add one with `wetoken-cli app add APPID`");
+                } else {
+                    println!("no apps match");
+                }
+                return Ok(());
+            }
+            println!(
+                "{:<40} {:<5} {:<8} {:<16} {:<16} {:>11} {:>7}",
+                "APPID", "KIND", "MODE", "TOKEN", "TICKET", "CALLS TODAY", "VERIFY"
+            );
+            header = false;
+        }
+        for status in &page.apps {
+            let app = &status.app;
+            let ticket = if app.kind.has(Kind::JsapiTicket) {
+                state(status.jsapi_ticket.as_ref(), now)
+            } else {
+                "-".into()
+            };
+            println!(
+                "{:<40} {:<5} {:<8} {:<16} {:<16} {:>11} {:>7}",
+                app.appid.as_str(),
+                app.kind.as_str(),
+                app.token_mode.as_str(),
+                state(status.access_token.as_ref(), now),
+                ticket,
+                format!("{}/{}", app.calls_today, app.daily_budget),
+                shown_interval(app.verify_secs),
+            );
+        }
+        match page.next {
+            Some(next) if args.all => after = Some(next),
+            Some(next) => {
+                let mut again = String::from("wetoken-cli app list");
+                if let Some(state) = filter.state {
+                    again += &format!(" --state {}", state.name());
+                }
+                if let Some(kind) = filter.kind {
+                    again += &format!(" --kind {}", kind.as_str());
+                }
+                if let Some(prefix) = &filter.prefix {
+                    again += &format!(" --prefix {prefix}");
+                }
+                if let Some(limit) = &args.limit {
+                    again += &format!(" --limit {limit}");
+                }
+                println!("more: {again} --cursor {}", next.encode());
+                return Ok(());
+            }
+            None => return Ok(()),
+        }
+    }
 }
 
 /// A credential's state in a few characters: time left, or why there is none.

@@ -40,8 +40,9 @@ mod wxcode;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use crypto::{KeySources, Keyring};
-pub use engine::{AppStatus, Engine, EngineConfig, JssdkConfig, Reporter};
+pub use engine::{AppStatus, Engine, EngineConfig, JssdkConfig, Reporter, UPSTREAM_ENDPOINTS};
 pub use error::{Chain, DbCause, Error};
+pub use facade::AppPage;
 pub use install::{InstallPlan, Installed, TABLES};
 pub use keys::{ConsumerKey, KeyTable, NewConsumerKey, RefreshLimit};
 pub use model::{
@@ -49,7 +50,10 @@ pub use model::{
     Secret, TokenCheck, TokenMode, WorkIds,
 };
 pub use secrets::{Reseal, ResealReport, SecretsReport};
-pub use store::{DatabaseOptions, Store};
+pub use store::{
+    AppFilter, CredentialState, Cursor, DatabaseOptions, PAGE_DEFAULT, PAGE_MAX, StateTotals,
+    Store, Troubled, page_limit,
+};
 pub use takeover::{GoZone, Takeover};
 pub use wechat::{UpstreamError, WeChat, WeChatOptions};
 pub use wxcode::WxCode;

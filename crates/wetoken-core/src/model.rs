@@ -72,7 +72,7 @@ impl fmt::Debug for AppId {
 }
 
 /// Keeps a hostile input from filling an error message.
-fn truncate_for_message(s: &str) -> String {
+pub(crate) fn truncate_for_message(s: &str) -> String {
     const MAX: usize = 80;
     if s.chars().count() <= MAX {
         s.to_owned()

@@ -88,6 +88,8 @@ pub struct Settings {
     pub refresh: EngineConfig,
     /// Limits of the HTTP server.
     pub http: HttpSettings,
+    /// What `/metrics` shows.
+    pub metrics: MetricsSettings,
 }
 
 impl std::fmt::Debug for Settings {
@@ -105,6 +107,42 @@ impl std::fmt::Debug for Settings {
         shown.database_url = crate::redact_url(&shown.database_url);
         let text = serde_json::to_string(&shown).map_err(|_| std::fmt::Error)?;
         write!(f, "Settings {text}")
+    }
+}
+
+/// What `/metrics` shows. Aggregates always (credentials by kind and state, the least time
+/// left, upstream calls by endpoint and result); series per app only as `per_app` says, so a
+/// scrape stays small at 100,000 apps.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsSettings {
+    /// Which apps get series of their own: `trouble` (the default: credentials halted, out of
+    /// budget or failing, at most `per_app_max`), `all` (every app, unbounded: for a few
+    /// hundred apps at most), or `none`.
+    pub per_app: PerApp,
+    /// The most credentials `per_app = "trouble"` shows series of.
+    pub per_app_max: u64,
+}
+
+/// Which apps get per-app series in `/metrics`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PerApp {
+    /// None: aggregates only.
+    None,
+    /// Credentials in trouble, up to `per_app_max`.
+    #[default]
+    Trouble,
+    /// Every app.
+    All,
+}
+
+impl Default for MetricsSettings {
+    fn default() -> Self {
+        Self {
+            per_app: PerApp::Trouble,
+            per_app_max: 100,
+        }
     }
 }
 
@@ -182,6 +220,7 @@ impl Default for Settings {
             consumer_keys_reload_ms: 5000,
             refresh: EngineConfig::default(),
             http: HttpSettings::default(),
+            metrics: MetricsSettings::default(),
         }
     }
 }

@@ -146,6 +146,7 @@ impl Embedded {
             state: Arc::new(http::State {
                 engine,
                 http: settings.http.clone(),
+                metrics: settings.metrics.clone(),
                 admin,
                 readers,
             }),
@@ -182,6 +183,7 @@ impl Embedded {
         if routes.mount.observe {
             crate::metrics::handle();
             crate::metrics::describe();
+            crate::metrics::zero_counters();
         }
         self.state.warn_open_routes(&routes.mount);
         self.start_key_reload();

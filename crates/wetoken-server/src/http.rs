@@ -29,6 +29,7 @@ mod limit;
 
 pub(crate) use limit::RefreshLimiter;
 mod params;
+pub(crate) use params::Listing;
 mod request;
 mod route;
 
@@ -51,12 +52,13 @@ use params::Params;
 pub(crate) use request::handle;
 use route::{Route, route};
 
-use crate::config::HttpSettings;
+use crate::config::{HttpSettings, MetricsSettings};
 
 /// What every handler shares.
 pub(crate) struct State {
     pub engine: Engine,
     pub http: HttpSettings,
+    pub metrics: MetricsSettings,
     pub admin: AdminPolicy,
     pub readers: ReaderPolicy,
 }
@@ -170,14 +172,17 @@ async fn dispatch<B: RequestBody>(
             if !read_only {
                 return Err(ApiError::MethodNotAllowed);
             }
-            let text = Box::pin(crate::metrics::render(&state.engine)).await?;
+            let text = Box::pin(crate::metrics::render(&state.engine, &state.metrics)).await?;
             Ok(typed(text, "text/plain; version=0.0.4; charset=utf-8"))
         }
         Route::Status => {
             if !read_only {
                 return Err(ApiError::MethodNotAllowed);
             }
-            let page = Box::pin(crate::status::page(&state.engine, mount)).await?;
+            let listing = Box::pin(Params::read(&parts, body, &state.http))
+                .await?
+                .listing()?;
+            let page = Box::pin(crate::status::page(&state.engine, mount, &listing)).await?;
             Ok(typed(page, "text/html; charset=utf-8"))
         }
         Route::Credential {

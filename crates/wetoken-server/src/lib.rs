@@ -40,7 +40,10 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 use wetoken_core::{Clock, Engine, Installed, Store, SystemClock, Takeover};
 
-pub use config::{CredentialErrors, ENV_PREFIX, HttpSettings, Settings, ignored_service_links};
+pub use config::{
+    CredentialErrors, ENV_PREFIX, HttpSettings, MetricsSettings, PerApp, Settings,
+    ignored_service_links,
+};
 pub use embed::{Apps, Embedded, EmbeddedToken, PeerAddr, ResponseFuture, Routes, WetokenService};
 pub use http::RequestBody;
 /// The engine's crate, for the types [`Embedded`] hands out (`Credential`, `Kind`, `Error`).

@@ -5,7 +5,11 @@
 use std::fmt::Write;
 
 use chrono::{DateTime, Utc};
-use wetoken_core::{AppStatus, CredentialRecord, Engine, Error};
+use wetoken_core::{
+    AppFilter, AppKind, AppStatus, CredentialRecord, CredentialState, Engine, Error, StateTotals,
+};
+
+use crate::http::Listing;
 
 /// Escapes text for HTML element content and attribute values.
 fn escape(text: &str) -> String {
@@ -91,12 +95,77 @@ fn row(out: &mut String, status: &AppStatus, now: DateTime<Utc>) {
     );
 }
 
-/// The whole page.
-pub(crate) async fn page(engine: &Engine, mount: &crate::http::Mount) -> Result<String, Error> {
-    let mut apps = engine.app_statuses().await?;
-    apps.retain(|status| mount.covers(&status.app.appid));
+/// The totals by state, worst first, as the summary line at the top: each a link to the apps in
+/// that state.
+fn summary(out: &mut String, totals: &StateTotals) {
+    out.push_str("<p class=\"summary\">Credentials: ");
+    let mut first = true;
+    for state in CredentialState::ALL.iter().rev() {
+        let n = totals.total(*state);
+        if !first {
+            out.push_str(" · ");
+        }
+        first = false;
+        let class = match state {
+            CredentialState::Halted | CredentialState::OutOfBudget | CredentialState::Failing
+                if n > 0 =>
+            {
+                " class=\"red\""
+            }
+            _ => "",
+        };
+        let _ = write!(
+            out,
+            "<a{class} href=\"?state={name}\"><strong>{n}</strong> {name}</a>",
+            name = state.name()
+        );
+    }
+    out.push_str("</p>");
+}
+
+/// The filter form, holding the listing's current filters.
+fn filters(out: &mut String, listing: &Listing) {
+    out.push_str("<form class=\"filters\" method=\"get\"><label>state <select name=\"state\"><option value=\"\">any</option>");
+    for state in CredentialState::ALL {
+        let selected = if listing.filter.state == Some(state) {
+            " selected"
+        } else {
+            ""
+        };
+        let _ = write!(out, "<option{selected}>{}</option>", state.name());
+    }
+    out.push_str(
+        "</select></label> <label>kind <select name=\"kind\"><option value=\"\">any</option>",
+    );
+    for kind in [AppKind::Mp, AppKind::Mini, AppKind::Work] {
+        let selected = if listing.filter.kind == Some(kind) {
+            " selected"
+        } else {
+            ""
+        };
+        let _ = write!(out, "<option{selected}>{}</option>", kind.as_str());
+    }
+    let _ = write!(
+        out,
+        "</select></label> <label>appid starts with <input name=\"prefix\" value=\"{}\"></label> <button>show</button></form>",
+        escape(listing.filter.prefix.as_deref().unwrap_or(""))
+    );
+}
+
+/// The whole page: the totals by state, then one page of apps as `listing` asks.
+pub(crate) async fn page(
+    engine: &Engine,
+    mount: &crate::http::Mount,
+    listing: &Listing,
+) -> Result<String, Error> {
+    let totals = engine.state_totals().await?;
+    let mut page = engine
+        .list_apps(&listing.filter, listing.after.as_ref(), listing.limit)
+        .await?;
+    page.apps.retain(|status| mount.covers(&status.app.appid));
+    let apps = &page.apps;
     let now = engine.now();
-    let mut out = String::with_capacity(2048 + apps.len() * 512);
+    let mut out = String::with_capacity(4096 + apps.len() * 512);
     out.push_str(concat!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">",
         "<meta http-equiv=\"refresh\" content=\"30\">",
@@ -107,12 +176,15 @@ pub(crate) async fn page(engine: &Engine, mount: &crate::http::Mount) -> Result<
         "th{background:#f4f4f4}.appid{font-family:monospace}",
         ".msg{color:#666;font-size:12px;max-width:28em;overflow-wrap:anywhere}",
         ".green .left{color:#137333}.amber .left{color:#b06000}",
-        ".red .left,.expired .left,td.red{color:#c5221f;font-weight:bold}.none .left{color:#999}",
+        ".red .left,.expired .left,td.red,a.red{color:#c5221f;font-weight:bold}.none .left{color:#999}",
+        ".summary a{color:inherit;text-decoration:none}.summary a:hover{text-decoration:underline}",
         "</style></head><body><h1>wetoken</h1>"
     ));
+    summary(&mut out, &totals);
+    filters(&mut out, listing);
     let _ = write!(
         out,
-        "<p>{} apps. Times are what each credential has left at {} UTC; the page reloads every 30 s.</p>",
+        "<p>{} apps on this page. Times are what each credential has left at {} UTC; the page reloads every 30 s.</p>",
         apps.len(),
         now.format("%Y-%m-%d %H:%M:%S")
     );
@@ -121,15 +193,27 @@ pub(crate) async fn page(engine: &Engine, mount: &crate::http::Mount) -> Result<
         "<th>access token</th><th>jsapi ticket</th><th>card ticket</th><th>calls today</th>",
         "</tr></thead><tbody>"
     ));
-    for status in &apps {
+    for status in apps {
         row(&mut out, status, now);
     }
     if apps.is_empty() {
-        out.push_str(
-            "<tr><td colspan=\"7\">No apps yet: add one with /wechat/app/create.</td></tr>",
+        if listing.filter == AppFilter::default() && listing.after.is_none() {
+            out.push_str(
+                "<tr><td colspan=\"7\">No apps yet: add one with /wechat/app/create.</td></tr>",
+            );
+        } else {
+            out.push_str("<tr><td colspan=\"7\">No apps match.</td></tr>");
+        }
+    }
+    out.push_str("</tbody></table>");
+    if let Some(next) = &page.next {
+        let _ = write!(
+            out,
+            "<p><a href=\"?{}\">next page</a></p>",
+            escape(&listing.query(Some(next)))
         );
     }
-    out.push_str("</tbody></table></body></html>");
+    out.push_str("</body></html>");
     Ok(out)
 }
 

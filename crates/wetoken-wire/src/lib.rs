@@ -243,8 +243,12 @@ pub struct AppList {
     pub errcode: i64,
     /// `"success"`.
     pub errmsg: String,
-    /// The apps, ordered by appid.
+    /// The apps, ordered by appid: one page, at most `limit` (100 unless asked otherwise).
     pub apps: Vec<AppView>,
+    /// Where the next page starts: pass it back as `cursor`. Absent on the last page (and from
+    /// servers that did not page).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
 }
 
 /// The answer of `/wechat/app/show`.

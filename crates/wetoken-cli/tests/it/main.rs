@@ -881,3 +881,88 @@ async fn import_loads_apps_and_live_tokens_from_an_export() {
     }
     mock.shutdown().await;
 }
+
+/// `app list` pages: the totals by state first, a page, and the command for the next one, which
+/// goes on where the page ended; `--all` walks every page; filters narrow it; bad ones are named.
+#[tokio::test]
+async fn app_list_pages_filters_and_totals() {
+    use wetoken_testkit::{Seed, seed_apps};
+    let Some(database) = fresh_database("sqlite", "app_list_pages_filters_and_totals").await else {
+        return;
+    };
+    let url = database.url.clone();
+    let run = |args: &[&str]| {
+        let args: Vec<&str> = args
+            .iter()
+            .copied()
+            .chain(["--database-url", &url])
+            .collect();
+        let (ok, out, err) = cli(&args);
+        assert!(ok, "{args:?}: {err}");
+        out
+    };
+    run(&["migrate", "up"]);
+    let state = |i: usize| {
+        if i.is_multiple_of(10) {
+            Seed::Halted
+        } else {
+            Seed::Healthy
+        }
+    };
+    seed_apps(&url, "wxl", 25, chrono::Utc::now(), state).await;
+
+    let rows = |out: &str| -> Vec<String> {
+        out.lines()
+            .filter(|l| l.starts_with("wxl"))
+            .map(|l| l.split_whitespace().next().unwrap().to_owned())
+            .collect()
+    };
+    let first = run(&["app", "list", "--limit", "10"]);
+    assert!(
+        first.starts_with(
+            "credentials: 6 halted, 0 out_of_budget, 0 failing, 0 pending, 0 renewing, 44 healthy"
+        ),
+        "{first}"
+    );
+    let mut seen = rows(&first);
+    let mut out = first;
+    while let Some(more) = out
+        .lines()
+        .find_map(|l| l.strip_prefix("more: wetoken-cli "))
+    {
+        assert!(more.contains("--limit 10"), "{more}");
+        out = run(&more.split_whitespace().collect::<Vec<_>>());
+        seen.extend(rows(&out));
+    }
+    let every: Vec<String> = (0..25).map(|i| format!("wxl{i:06}")).collect();
+    assert_eq!(seen, every, "every app once, in order");
+    assert_eq!(rows(&run(&["app", "list", "--all", "--limit", "3"])), every);
+
+    let halted = run(&["app", "list", "--state", "halted", "--limit", "2"]);
+    assert_eq!(rows(&halted), ["wxl000000", "wxl000010"]);
+    assert!(
+        halted.contains("more: wetoken-cli app list --state halted --limit 2 --cursor "),
+        "{halted}"
+    );
+    assert_eq!(
+        rows(&run(&["app", "list", "--prefix", "wxl00001"])),
+        (10..20).map(|i| format!("wxl{i:06}")).collect::<Vec<_>>()
+    );
+    assert!(run(&["app", "list", "--kind", "mini"]).contains("no apps match"));
+
+    for (args, says) in [
+        (&["--state", "sad"][..], "unknown state"),
+        (&["--cursor", "nope"][..], "cursor"),
+        (&["--limit", "0"][..], "limit"),
+    ] {
+        let args: Vec<&str> = ["app", "list"]
+            .iter()
+            .chain(args)
+            .copied()
+            .chain(["--database-url", &url])
+            .collect();
+        let (ok, _, err) = cli(&args);
+        assert!(!ok && err.contains(says), "{args:?}: {err}");
+    }
+    database.drop_db().await;
+}

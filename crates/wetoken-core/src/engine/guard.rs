@@ -150,7 +150,7 @@ impl Engine {
         } else {
             "get_api_domain_ip"
         };
-        self.upstream(app, endpoint, call).await
+        self.upstream(endpoint, call).await
     }
 
     /// Counts one token fetch against the app's budget for today, or refuses it: passive and

@@ -37,6 +37,7 @@ mod upstream;
 pub use apps::{AppStatus, JssdkConfig};
 pub use config::EngineConfig;
 pub use guard::Reporter;
+pub use upstream::UPSTREAM_ENDPOINTS;
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;

@@ -398,6 +398,11 @@ impl Engine {
         }
         match fetched {
             Ok(issued) => {
+                metrics::gauge!(
+                    "wetoken_refresh_last_success_timestamp_seconds",
+                    "kind" => kind.name()
+                )
+                .set(started.timestamp() as f64);
                 let credential = Arc::new(Credential {
                     value: issued.value,
                     expires_at: started + TimeDelta::seconds(issued.expires_in as i64),

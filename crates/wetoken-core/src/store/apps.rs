@@ -272,7 +272,7 @@ impl Store {
 }
 
 /// The app a row describes, secrets left out.
-fn info_from_row(row: &app_info::Model) -> Result<AppInfo, Error> {
+pub(super) fn info_from_row(row: &app_info::Model) -> Result<AppInfo, Error> {
     let corrupt = |what: &str| Error::AppConfig {
         appid: format!("{:?}", row.appid),
         problem: format!("its stored {what} is invalid"),

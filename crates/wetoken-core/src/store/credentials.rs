@@ -13,6 +13,33 @@ use crate::entity::app_info;
 use crate::entity::credential::{Column, ROW_COLUMNS, Row, Selected};
 use crate::model::{AppId, AppKind, Credential, CredentialRecord, Kind, TokenCheck, TokenMode};
 
+/// What a credential row says, in the engine's terms.
+fn record_of(row: Row) -> CredentialRecord {
+    let credential = match (row.value, row.expires_at) {
+        (Some(value), Some(expires_at)) => Some(Credential { value, expires_at }),
+        _ => None,
+    };
+    CredentialRecord {
+        credential,
+        message: row.message,
+        errcode: row.errcode,
+        halted: row.halted,
+        refresh_time: row.refresh_time,
+        version: row.version,
+        failures: row.failures,
+        retry_at: row.retry_at,
+        leased: row.lease_owner.is_some()
+            && row.lease_until.is_some_and(|until| until >= row.db_now),
+        check: match (row.check_version, row.checked_at, row.check_errcode) {
+            (Some(v), Some(at), Some(errcode)) if v == row.version => {
+                Some(TokenCheck { at, errcode })
+            }
+            _ => None,
+        },
+        replaced: row.replaced_count,
+    }
+}
+
 impl Store {
     /// The stored state of one credential, if a row exists.
     pub async fn credential(
@@ -20,40 +47,47 @@ impl Store {
         appid: &AppId,
         kind: Kind,
     ) -> Result<Option<CredentialRecord>, Error> {
-        let select = Query::select()
-            .expr_as(Expr::col(kind.value_column()), Selected::Value)
-            .columns(ROW_COLUMNS)
-            .expr_as(self.db_now_ms(), Selected::DbNow)
-            .from(kind.table())
+        let select = self
+            .credential_select(kind)
             .and_where(Expr::col(Column::Appid).eq(appid.as_str()))
             .to_owned();
         let Some(row) = self.db.query_one(&select).await? else {
             return Ok(None);
         };
-        let row = Row::from_query_result(&row, "")?;
-        let credential = match (row.value, row.expires_at) {
-            (Some(value), Some(expires_at)) => Some(Credential { value, expires_at }),
-            _ => None,
-        };
-        Ok(Some(CredentialRecord {
-            credential,
-            message: row.message,
-            errcode: row.errcode,
-            halted: row.halted,
-            refresh_time: row.refresh_time,
-            version: row.version,
-            failures: row.failures,
-            retry_at: row.retry_at,
-            leased: row.lease_owner.is_some()
-                && row.lease_until.is_some_and(|until| until >= row.db_now),
-            check: match (row.check_version, row.checked_at, row.check_errcode) {
-                (Some(v), Some(at), Some(errcode)) if v == row.version => {
-                    Some(TokenCheck { at, errcode })
-                }
-                _ => None,
-            },
-            replaced: row.replaced_count,
-        }))
+        Ok(Some(record_of(Row::from_query_result(&row, "")?)))
+    }
+
+    /// The stored state of the `kind` credentials of `appids` that have a row, by appid: one
+    /// query, for a page of a listing.
+    pub async fn credentials_of(
+        &self,
+        kind: Kind,
+        appids: &[AppId],
+    ) -> Result<std::collections::HashMap<String, CredentialRecord>, Error> {
+        if appids.is_empty() {
+            return Ok(Default::default());
+        }
+        let select = self
+            .credential_select(kind)
+            .column(Column::Appid)
+            .and_where(Expr::col(Column::Appid).is_in(appids.iter().map(AppId::as_str)))
+            .to_owned();
+        let mut out = std::collections::HashMap::new();
+        for row in self.db.query_all(&select).await? {
+            let appid: String = row.try_get("", "appid")?;
+            out.insert(appid, record_of(Row::from_query_result(&row, "")?));
+        }
+        Ok(out)
+    }
+
+    /// The columns [`Row`] reads from a `kind` table.
+    fn credential_select(&self, kind: Kind) -> sea_orm::sea_query::SelectStatement {
+        Query::select()
+            .expr_as(Expr::col(kind.value_column()), Selected::Value)
+            .columns(ROW_COLUMNS)
+            .expr_as(self.db_now_ms(), Selected::DbNow)
+            .from(kind.table())
+            .to_owned()
     }
 
     /// The database's clock, in Unix milliseconds, as an SQL expression for this backend.

@@ -14,10 +14,14 @@ mod apps;
 mod credentials;
 mod feed;
 mod lease;
+mod listing;
 mod quota;
 
 pub(crate) use credentials::Due;
 pub(crate) use lease::{Checked, Dates, Failure};
+pub use listing::{
+    AppFilter, CredentialState, Cursor, PAGE_DEFAULT, PAGE_MAX, StateTotals, Troubled, page_limit,
+};
 pub use quota::wechat_day_end;
 
 use std::sync::Arc;

@@ -88,14 +88,19 @@ pub(super) async fn app_route<B: RequestBody>(
             ))
         }
         "list" => {
-            let mut apps = engine.app_statuses().await?;
-            apps.retain(|status| mount.covers(&status.app.appid));
+            let listing = params.listing()?;
+            let mut page = engine
+                .list_apps(&listing.filter, listing.after.as_ref(), listing.limit)
+                .await?;
+            // A mount limited to some apps shows those alone: a page may come out shorter.
+            page.apps.retain(|status| mount.covers(&status.app.appid));
             Ok(json(
                 StatusCode::OK,
                 &AppList {
                     errcode: code::OK,
                     errmsg: "success".into(),
-                    apps: apps.iter().map(app_view).collect(),
+                    apps: page.apps.iter().map(app_view).collect(),
+                    next: page.next.as_ref().map(wetoken_core::Cursor::encode),
                 },
             ))
         }

@@ -6,7 +6,9 @@ use std::collections::HashMap;
 
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use http_body_util::{BodyExt, Limited};
-use wetoken_core::{AppUpdate, GoFields, Secret};
+use wetoken_core::{
+    AppFilter, AppKind, AppUpdate, CredentialState, Cursor, GoFields, Secret, page_limit,
+};
 
 use super::RequestBody;
 use super::error::ApiError;
@@ -143,10 +145,58 @@ impl Params {
     }
 
     /// A secret-like field: at most `max` characters, no control characters.
+    /// What a listing asks for: `state`, `kind` and `prefix` filters, the `cursor` a page
+    /// handed out, and `limit` (1 to 1000, 100 by default).
+    pub(super) fn listing(&self) -> Result<Listing, ApiError> {
+        // An empty value is no filter: what the status page's form sends for "any".
+        let given = |name| self.optional(name).filter(|v| !v.is_empty());
+        let filter = AppFilter {
+            state: given("state").map(CredentialState::parse).transpose()?,
+            kind: given("kind").map(AppKind::parse).transpose()?,
+            prefix: given("prefix").map(AppFilter::prefix).transpose()?,
+        };
+        Ok(Listing {
+            filter,
+            after: given("cursor").map(Cursor::decode).transpose()?,
+            limit: page_limit(given("limit"))?,
+        })
+    }
+
     pub(super) fn secret(&self, name: &str, max: usize) -> Result<Option<Secret>, ApiError> {
         Ok(self
             .optional(name)
             .map(|v| Secret::checked(name, v, max))
             .transpose()?)
+    }
+}
+
+/// A listing's page request, checked.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Listing {
+    pub filter: AppFilter,
+    pub after: Option<Cursor>,
+    pub limit: u64,
+}
+
+impl Listing {
+    /// The query string of the same listing from `cursor` on (or from the start), for links.
+    pub(crate) fn query(&self, cursor: Option<&Cursor>) -> String {
+        let mut parts = Vec::new();
+        if let Some(state) = self.filter.state {
+            parts.push(format!("state={}", state.name()));
+        }
+        if let Some(kind) = self.filter.kind {
+            parts.push(format!("kind={}", kind.as_str()));
+        }
+        if let Some(prefix) = &self.filter.prefix {
+            parts.push(format!("prefix={prefix}"));
+        }
+        if self.limit != wetoken_core::PAGE_DEFAULT {
+            parts.push(format!("limit={}", self.limit));
+        }
+        if let Some(cursor) = cursor {
+            parts.push(format!("cursor={}", cursor.encode()));
+        }
+        parts.join("&")
     }
 }

@@ -128,6 +128,12 @@ impl TestServer {
         read(response).await
     }
 
+    /// GET `path`; the body as text (the status page, `/metrics`).
+    pub async fn text(&self, path: &str) -> String {
+        let response = self.http.get(format!("{}{path}", self.url)).send().await;
+        response.unwrap().text().await.unwrap()
+    }
+
     /// POST `path` with a JSON body.
     pub async fn post_json(&self, path: &str, body: &Value) -> (u16, Value) {
         let response = self

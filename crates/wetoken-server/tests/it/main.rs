@@ -16,6 +16,7 @@ mod limits;
 mod ops;
 mod registry;
 mod report_limits;
+mod scale;
 mod secrets;
 mod security;
 mod takeover;
