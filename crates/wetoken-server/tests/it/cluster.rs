@@ -55,9 +55,22 @@ wetoken_testkit::on_databases!(
     unreachable_wechat_domain_fails_over_to_the_next,
     a_replaced_token_is_served_by_no_replica_after_the_bound,
     three_replicas_started_together_on_an_empty_database_all_come_up,
+    ready_holds_while_the_cache_is_trusted_in_a_database_outage,
 );
 
 const APP: &str = "wxcluster";
+
+/// A proxy in front of `db`'s server, and the URL that reaches `db` through it: what a test
+/// takes down to cut a replica off its database.
+async fn through_proxy(db: &TestDb) -> (Proxy, String) {
+    let (scheme, rest) = db.url.split_once("://").unwrap();
+    let (userinfo, rest) = rest.split_once('@').unwrap();
+    let (host, path) = rest.split_once('/').unwrap();
+    let target: SocketAddr = host.parse().unwrap();
+    let proxy = Proxy::start(target).await;
+    let proxied = format!("{scheme}://{userinfo}@{}/{path}", proxy.addr);
+    (proxy, proxied)
+}
 
 async fn cold_start_across_replicas_fetches_once(db: &TestDb) {
     let mock = mock_with(&[APP]).await;
@@ -324,12 +337,7 @@ async fn schedulers_on_three_replicas_fetch_once_per_lifetime(db: &TestDb) {
 async fn database_outage_serves_what_is_valid_then_recovers(db: &TestDb) {
     let mock = mock_with(&[APP, "wxcold"]).await;
     // The replica reaches the database through the proxy.
-    let (scheme, rest) = db.url.split_once("://").unwrap();
-    let (userinfo, rest) = rest.split_once('@').unwrap();
-    let (host, path) = rest.split_once('/').unwrap();
-    let target: SocketAddr = host.parse().unwrap();
-    let proxy = Proxy::start(target).await;
-    let proxied = format!("{scheme}://{userinfo}@{}/{path}", proxy.addr);
+    let (proxy, proxied) = through_proxy(db).await;
     let replica = Replica::start(&proxied, &mock.url(), &[]).await;
     let http = reqwest::Client::new();
     add_app(&http, &replica, APP).await;
@@ -414,11 +422,7 @@ async fn unreachable_wechat_domain_fails_over_to_the_next(db: &TestDb) {
 async fn a_replaced_token_is_served_by_no_replica_after_the_bound(db: &TestDb) {
     const CHECK_MS: u64 = 400;
     let mock = mock_with(&[APP]).await;
-    let (scheme, rest) = db.url.split_once("://").unwrap();
-    let (userinfo, rest) = rest.split_once('@').unwrap();
-    let (host, path) = rest.split_once('/').unwrap();
-    let proxy = Proxy::start(host.parse().unwrap()).await;
-    let proxied = format!("{scheme}://{userinfo}@{}/{path}", proxy.addr);
+    let (proxy, proxied) = through_proxy(db).await;
     let check = CHECK_MS.to_string();
     let env = [("WETOKEN_REFRESH__CACHE_CHECK_MS", check.as_str())];
     // Replica 0 reaches the database through the proxy; the others directly.
@@ -593,4 +597,82 @@ async fn three_replicas_started_together_on_an_empty_database_all_come_up(db: &T
     // Which replicas met the lock held depends on timing; the log says when one waited.
     eprintln!("{waited} of 3 replicas waited for another's migrations");
     let _ = std::fs::remove_dir_all(&logs);
+}
+
+/// `/ready` stays 200 while the database is away for as long as the replica trusts what it
+/// caches (`cache_trust_secs`), and turns 503 after; `/health` says the database is down all
+/// along. Before, `/ready` pinged the database, so an outage took every replica out of service
+/// although each could serve from memory.
+async fn ready_holds_while_the_cache_is_trusted_in_a_database_outage(db: &TestDb) {
+    const TRUST_SECS: u64 = 3;
+    const CHECK_MS: u64 = 400;
+    let mock = mock_with(&[APP]).await;
+    let (proxy, proxied) = through_proxy(db).await;
+    let (trust, check) = (TRUST_SECS.to_string(), CHECK_MS.to_string());
+    let replica = Replica::start(
+        &proxied,
+        &mock.url(),
+        &[
+            ("WETOKEN_REFRESH__CACHE_TRUST_SECS", trust.as_str()),
+            ("WETOKEN_REFRESH__CACHE_CHECK_MS", check.as_str()),
+        ],
+    )
+    .await;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    add_app(&http, &replica, APP).await;
+    let (status, _) = get(&http, format!("{}/{APP}/wechat/token/get", replica.url)).await;
+    assert_eq!(status, 200);
+    let (status, health) = get(&http, format!("{}/health", replica.url)).await;
+    assert_eq!(
+        (status, &health["database"]),
+        (200, &Value::from("up")),
+        "{health}"
+    );
+
+    proxy.take_down();
+    let down = Instant::now();
+    let (status, health) = get(&http, format!("{}/health", replica.url)).await;
+    assert_eq!(
+        (status, &health["database"], &health["cache"]),
+        (503, &Value::from("down"), &Value::from("trusted")),
+        "{health}"
+    );
+    let mut last_ready = down;
+    let turned = loop {
+        let (status, body) = get(&http, format!("{}/ready", replica.url)).await;
+        if status == 503 {
+            assert_eq!(body["errcode"], 90504, "{body}");
+            break down.elapsed();
+        }
+        assert_eq!(status, 200, "{body}");
+        last_ready = Instant::now();
+        assert!(
+            down.elapsed() < Duration::from_secs(TRUST_SECS + 5),
+            "/ready never turned 503"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // The last poll before the outage began at most half a check interval before it.
+    let trusted = Duration::from_secs(TRUST_SECS) - Duration::from_millis(CHECK_MS / 2 + 100);
+    assert!(
+        last_ready.duration_since(down) >= trusted,
+        "/ready turned 503 after {turned:?}, before cache_trust_secs"
+    );
+    assert!(turned <= Duration::from_secs(TRUST_SECS + 2), "{turned:?}");
+    eprintln!("/ready turned 503 {turned:?} into the outage (cache_trust_secs = {TRUST_SECS})");
+    let (status, health) = get(&http, format!("{}/health", replica.url)).await;
+    assert_eq!(
+        (status, &health["database"], &health["cache"]),
+        (503, &Value::from("down"), &Value::from("untrusted")),
+        "{health}"
+    );
+
+    proxy.bring_back();
+    eventually("/ready again", Duration::from_secs(20), || async {
+        get(&http, format!("{}/ready", replica.url)).await.0 == 200
+    })
+    .await;
 }
