@@ -148,6 +148,7 @@ impl Embedded {
                 http: settings.http.clone(),
                 admin,
                 readers,
+                draining: AtomicBool::new(false),
             }),
             tasks: Arc::new(Tasks {
                 stop: watch::channel(false).0,

@@ -59,6 +59,8 @@ pub(crate) struct State {
     pub http: HttpSettings,
     pub admin: AdminPolicy,
     pub readers: ReaderPolicy,
+    /// Set on SIGTERM while the server drains: `/ready` answers 503.
+    pub draining: std::sync::atomic::AtomicBool,
 }
 
 /// A request body wetoken can read: any [`hyper::body::Body`] whose errors box, such as hyper's
@@ -296,12 +298,18 @@ async fn database_answers(state: &State) -> Result<(), wetoken_core::Error> {
     }
 }
 
-/// `/ready`: whether a load balancer should send requests here: as long as what this process
-/// caches is trusted (the change feed read the database within
+/// `/ready`: whether a load balancer should send requests here. Not while draining; otherwise
+/// as long as what this process caches is trusted (the change feed read the database within
 /// `cache_trust_secs`), without asking the database, so that a database outage does not take
 /// every replica out of service while they can serve from memory; after that, only if the
 /// database answers.
 async fn ready(state: &State) -> ApiResult {
+    if state.draining.load(std::sync::atomic::Ordering::Acquire) {
+        return Err(ApiError::NotReady(
+            code::NOT_READY,
+            "stopping: draining before shutdown",
+        ));
+    }
     if state.engine.cache_checked_ago().is_some() || database_answers(state).await.is_ok() {
         return Ok(success());
     }
@@ -316,6 +324,7 @@ async fn ready(state: &State) -> ApiResult {
 async fn health(state: &State) -> http::Response<http_body_util::Full<bytes::Bytes>> {
     let database = database_answers(state).await;
     let checked = state.engine.cache_checked_ago();
+    let draining = state.draining.load(std::sync::atomic::Ordering::Acquire);
     let (status, errcode, errmsg) = match &database {
         Ok(()) => (StatusCode::OK, code::OK, "success".to_owned()),
         Err(e) => {
@@ -332,11 +341,24 @@ async fn health(state: &State) -> http::Response<http_body_util::Full<bytes::Byt
         &serde_json::json!({
             "errcode": errcode,
             "errmsg": errmsg,
+            "state": if draining { "draining" } else { "serving" },
             "database": if database.is_ok() { "up" } else { "down" },
             "cache": if checked.is_some() { "trusted" } else { "untrusted" },
             "cache_checked_ms_ago": checked.map(|d| d.as_millis() as u64),
         }),
     )
+}
+
+/// The answer to every request while the server starts: `/live` (and `/livez`) 200, anything
+/// else 503 with errcode 90505.
+pub(crate) fn starting(path: &str) -> http::Response<http_body_util::Full<bytes::Bytes>> {
+    match route(path) {
+        Some(Route::Live) => success(),
+        _ => error::error_response(&ApiError::NotReady(
+            code::NOT_READY,
+            "starting: opening and migrating the database",
+        )),
+    }
 }
 
 /// What every credential-group route does first: the method (GET, HEAD or POST), then the

@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use figment::Figment;
 use tracing_subscriber::field::MakeExt;
-use wetoken_server::{Server, Settings, redact_url};
+use wetoken_server::{Listening, Server, Settings, redact_url};
 
 mod registry;
 
@@ -273,15 +273,32 @@ fn start(args: StartArgs) -> anyhow::Result<()> {
             wechat = %settings.wechat_base_url,
             "starting"
         );
-        let server = Server::new(&settings).await?;
+        // The port first: taken by another process, it is the first thing said, and while the
+        // database is opened and migrated (minutes, on a large one) `/live` answers.
         let listener = tokio::net::TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("listening on {}", settings.listen))?;
-        let announcement = match &nodes {
-            Some(nodes) => {
-                let bound = listener.local_addr().context("reading the bound address")?;
-                Some(nodes.announce(&settings, bound).await?)
+        let bound = listener.local_addr().context("reading the bound address")?;
+        let listening = Listening::start(listener, &settings.http)?;
+        let signal = shutdown_signal();
+        tokio::pin!(signal);
+        let built = tokio::select! {
+            built = Server::new(&settings) => built,
+            () = &mut signal => {
+                listening.close().await;
+                tracing::info!("stopped while starting");
+                return Ok(());
             }
+        };
+        let server = match built {
+            Ok(server) => server,
+            Err(e) => {
+                listening.close().await;
+                return Err(e.into());
+            }
+        };
+        let announcement = match &nodes {
+            Some(nodes) => Some(nodes.announce(&settings, bound).await?),
             None => None,
         };
         drop(nodes);
@@ -290,10 +307,10 @@ fn start(args: StartArgs) -> anyhow::Result<()> {
         // returns, on success or error.
         let announcement = std::sync::Mutex::new(announcement);
         let shutdown = async {
-            shutdown_signal().await;
+            signal.await;
             withdraw(&announcement).await;
         };
-        let served = server.serve(listener, shutdown).await;
+        let served = listening.serve(server, shutdown).await;
         withdraw(&announcement).await;
         served?;
         tracing::info!("stopped");

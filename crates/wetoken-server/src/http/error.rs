@@ -20,8 +20,8 @@ pub(super) enum ApiError {
     NotFound,
     MethodNotAllowed,
     Timeout,
-    /// The server is not ready to serve: it cannot reach its database and no longer trusts
-    /// what it caches.
+    /// The server is not ready to serve: it is starting, or stopping, or cannot reach its
+    /// database and no longer trusts what it caches.
     NotReady(i64, &'static str),
     /// A caller over its passive-refresh rate; it may try again after the wait.
     Limited(String, std::time::Duration),

@@ -56,6 +56,7 @@ wetoken_testkit::on_databases!(
     a_replaced_token_is_served_by_no_replica_after_the_bound,
     three_replicas_started_together_on_an_empty_database_all_come_up,
     ready_holds_while_the_cache_is_trusted_in_a_database_outage,
+    a_replica_waiting_to_migrate_answers_live_and_nothing_else,
 );
 
 const APP: &str = "wxcluster";
@@ -675,4 +676,74 @@ async fn ready_holds_while_the_cache_is_trusted_in_a_database_outage(db: &TestDb
         get(&http, format!("{}/ready", replica.url)).await.0 == 200
     })
     .await;
+}
+
+/// The port is bound before the database is migrated, and answers meanwhile: `/live` 200, every
+/// other route 503 with errcode 90505. The test holds the install lock itself, so the replica
+/// waits in its migration for as long as the test says. Before, the port was bound only once
+/// migrated: nothing answered, and a liveness probe killed a long migration.
+async fn a_replica_waiting_to_migrate_answers_live_and_nothing_else(db: &TestDb) {
+    use sea_orm::{ConnectOptions, ConnectionTrait, Database, DbBackend, Statement};
+    let mock = mock_with(&[APP]).await;
+    let mut options = ConnectOptions::new(db.url.clone());
+    options.max_connections(1).min_connections(1);
+    let holder = Database::connect(options).await.unwrap();
+    let backend = holder.get_database_backend();
+    let (take, release) = match backend {
+        DbBackend::MySql => (
+            "SELECT GET_LOCK(CONCAT('wetoken_migrate_', MD5(DATABASE())), 0)",
+            "SELECT RELEASE_LOCK(CONCAT('wetoken_migrate_', MD5(DATABASE())))",
+        ),
+        _ => (
+            "SELECT pg_advisory_lock(33607072988489070)",
+            "SELECT pg_advisory_unlock(33607072988489070)",
+        ),
+    };
+    holder
+        .execute_raw(Statement::from_string(backend, take))
+        .await
+        .unwrap();
+
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut command = crate::harness::server_command();
+    command
+        .args(["start", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--database-url", &db.url, "--wechat-base-url", &mock.url()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut child = command.spawn().unwrap();
+    let http = reqwest::Client::new();
+    eventually("/live answers", Duration::from_secs(20), || async {
+        http.get(format!("{url}/live"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    for path in [
+        "/ready".to_owned(),
+        "/health".to_owned(),
+        format!("/{APP}/wechat/token/get"),
+        "/wechat/app/list".to_owned(),
+    ] {
+        let (status, body) = get(&http, format!("{url}{path}")).await;
+        assert_eq!(
+            (status, &body["errcode"]),
+            (503, &Value::from(90505)),
+            "{path}: {body}"
+        );
+    }
+    assert!(child.try_wait().unwrap().is_none(), "the replica exited");
+
+    holder
+        .execute_raw(Statement::from_string(backend, release))
+        .await
+        .unwrap();
+    eventually("the replica is ready", Duration::from_secs(30), || async {
+        get(&http, format!("{url}/ready")).await.0 == 200
+    })
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
 }
