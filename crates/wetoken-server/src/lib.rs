@@ -245,7 +245,11 @@ impl Listening {
             tokio::time::sleep(drain).await;
         }
         // The scheduler finishes its refreshes while requests drain.
-        let stopped = self.stop_accepting(|| embedded.signal_stop()).await;
+        let stopped = self
+            .stop_accepting("shutting down: no longer accepting", || {
+                embedded.signal_stop()
+            })
+            .await;
         embedded.shutdown().await;
         stopped
     }
@@ -253,15 +257,17 @@ impl Listening {
     /// Stops at once, before a server was handed over: for a start-up that failed or was
     /// interrupted.
     pub async fn close(self) {
-        let _ = self.stop_accepting(|| ()).await;
+        let _ = self
+            .stop_accepting("start-up did not finish: no longer accepting", || ())
+            .await;
     }
 
     /// Stops accepting, closes idle connections, and waits up to `shutdown_timeout_secs` for
     /// the requests in flight.
-    async fn stop_accepting(self, then: impl FnOnce()) -> std::io::Result<()> {
+    async fn stop_accepting(self, why: &str, then: impl FnOnce()) -> std::io::Result<()> {
         let _ = self.stop.send(true);
         let graceful = self.accept.await.map_err(std::io::Error::other)?;
-        info!("shutting down: no longer accepting");
+        info!("{why}");
         then();
         let limit = Duration::from_secs(self.http.shutdown_timeout_secs);
         if tokio::time::timeout(limit, graceful.shutdown())

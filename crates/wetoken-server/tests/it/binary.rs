@@ -229,6 +229,20 @@ async fn default_start_creates_sqlite_serves_and_exits_cleanly_on_sigterm() {
         .unwrap_or_else(|| panic!("no line about the report WeChat contradicted in\n{log}"));
     assert_eq!(doubted["fields"]["reporter"], "key bin", "{doubted}");
     assert_eq!(doubted["level"], "WARN", "{doubted}");
+    // sea-orm's migrator says nothing at info; the server's own line names what was applied.
+    assert!(
+        lines.iter().all(|l| !l["target"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("sea_orm")),
+        "{log}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["fields"]["message"] == "applied migrations"),
+        "{log}"
+    );
     let added = lines
         .iter()
         .find(|l| l["fields"]["message"] == "app added")
@@ -265,6 +279,46 @@ fn bad_settings_fail_with_a_clear_message() {
     assert!(!output.status.success());
     assert!(
         err.contains("reading settings") && err.to_lowercase().contains("listen"),
+        "{err}"
+    );
+
+    // A bad flag names the flag's source, not a Rust type ("(&str, alloc::string::String)").
+    let output = server_command(&dir)
+        .args(["start", "--listen", "300.1.1.1:9999"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        err.contains("\"default.listen\" in the command line")
+            && !err.contains("::")
+            && !err.contains("&str"),
+        "{err}"
+    );
+
+    // In JSON mode the fatal line is JSON too, like every line before it.
+    std::fs::remove_file(dir.join("wetoken.toml")).unwrap();
+    let port = free_port();
+    let output = server_command(&dir)
+        .args(["start", "--listen", "127.0.0.1:0", "--log-format", "json"])
+        .args([
+            "--database-url",
+            &format!("mysql://root@127.0.0.1:{port}/x"),
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    let lines: Vec<serde_json::Value> = err
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let last = lines.last().expect("a line");
+    assert_eq!(last["level"], "ERROR", "{err}");
+    assert!(
+        last["fields"]["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("cannot open database mysql://root:***@127.0.0.1:")),
         "{err}"
     );
     let _ = std::fs::remove_dir_all(&dir);
