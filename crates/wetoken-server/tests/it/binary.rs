@@ -506,6 +506,9 @@ async fn keep_alive_client(
         };
         let mut conn = tokio::io::BufReader::new(stream);
         while std::time::Instant::now() < give_up {
+            // Between two requests, on a connection or a new one: a few hundred connections in
+            // all, not thousands of ephemeral ports that other tests bind at the same time.
+            tokio::time::sleep(Duration::from_millis(10)).await;
             let after_term = termed.get().is_some();
             match exchange(&mut conn, &request).await {
                 Ok((200, close, body)) if body.contains("\"access_token\"") => {
@@ -526,7 +529,6 @@ async fn keep_alive_client(
                     break 'connections;
                 }
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
     tally

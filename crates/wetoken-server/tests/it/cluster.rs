@@ -706,21 +706,38 @@ async fn a_replica_waiting_to_migrate_answers_live_and_nothing_else(db: &TestDb)
 
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
+    let log = std::env::temp_dir().join(format!(
+        "wetoken-waiting-{}-{}.log",
+        std::process::id(),
+        db.name()
+    ));
     let mut command = crate::harness::server_command();
     command
         .args(["start", "--listen", &format!("127.0.0.1:{port}")])
         .args(["--database-url", &db.url, "--wechat-base-url", &mock.url()])
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
+        .stderr(std::fs::File::create(&log).unwrap());
     let mut child = command.spawn().unwrap();
     let http = reqwest::Client::new();
-    eventually("/live answers", Duration::from_secs(20), || async {
-        http.get(format!("{url}/live"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 200)
-    })
-    .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!(
+                "the replica exited ({status}):\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        let live = http.get(format!("{url}/live")).send().await;
+        if live.is_ok_and(|r| r.status() == 200) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/live never answered:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     for path in [
         "/ready".to_owned(),
         "/health".to_owned(),
@@ -746,4 +763,5 @@ async fn a_replica_waiting_to_migrate_answers_live_and_nothing_else(db: &TestDb)
     .await;
     let _ = child.kill();
     let _ = child.wait();
+    let _ = std::fs::remove_file(&log);
 }
