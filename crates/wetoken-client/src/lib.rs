@@ -11,7 +11,7 @@
 //! - [`call`] runs a WeChat API call and retries it once with a fresh token when WeChat answers
 //!   40001, 40014 or 42001.
 //! - A [`Builder`] takes several server URLs and fails over on connection errors, timeouts and
-//!   the server's own failures (5xx, or errcode 90500, 90503 or 90504 in a 200 body), never on
+//!   the server's own failures (5xx, or errcode 90500, 90503, 90504 or 90505 in a 200 body), never on
 //!   4xx or a refusal of WeChat's.
 //! - A server may answer errors with their HTTP status or, as the Go wetoken did, with HTTP 200
 //!   and a non-zero `errcode` (`http.credential_errors`); either way they come back as the same
@@ -483,7 +483,7 @@ impl Servers {
 
 /// Why one server gave no answer, and whether the next server should be asked: after a
 /// connection error, a timeout, a 5xx that is not wetoken's (a proxy's), or one of wetoken's
-/// own failures (errcode 90500, 90503, 90504: `code::try_another_server`), whether it came
+/// own failures (errcode 90500, 90503, 90504, 90505: `code::try_another_server`), whether it came
 /// with its HTTP status or in a 200 body. Every other error is an answer: a 4xx, and a refusal
 /// of WeChat's, which another replica on the same database would repeat.
 struct Failed {

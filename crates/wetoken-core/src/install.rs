@@ -8,6 +8,8 @@ use wetoken_migration::{Migrator, MigratorTrait, SchemaManager};
 use crate::takeover::{GoSurvey, Takeover};
 use crate::{Error, Store};
 
+mod lock;
+
 /// The tables wetoken owns, as named in the Go wetoken.
 pub const TABLES: [&str; 9] = [
     "wechat_app_info",
@@ -32,7 +34,23 @@ impl Store {
     /// wetoken created: refuses while a Go server writes to it (unless forced), upgrades its
     /// tables in place, and adopts the tokens and tickets it stored. Running it again changes
     /// nothing; a run interrupted after any statement finishes when run again.
+    ///
+    /// Processes that install at once (replicas started together on an empty database, a
+    /// `wetoken-cli install` beside them) take turns: on MySQL/MariaDB and PostgreSQL the work
+    /// runs on a connection of its own that holds a database lock (`GET_LOCK`,
+    /// `pg_advisory_lock`) throughout, so the next process finds the migrations applied and
+    /// does nothing. SQLite serves one process, and locks its file itself.
     pub async fn install(&self, takeover: &Takeover) -> Result<Installed, Error> {
+        let Some(lock) = lock::MigrationLock::take(self).await? else {
+            return self.install_unlocked(takeover).await;
+        };
+        let installed = lock.store().install_unlocked(takeover).await;
+        // Released on an error too; closing the connection would release it anyway.
+        lock.release().await;
+        installed
+    }
+
+    async fn install_unlocked(&self, takeover: &Takeover) -> Result<Installed, Error> {
         let survey = self.go_survey(takeover.zone).await?;
         if let Some(wrong) = survey.as_ref().and_then(GoSurvey::zone_error) {
             return Err(wrong);

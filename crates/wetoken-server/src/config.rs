@@ -158,6 +158,10 @@ pub struct HttpSettings {
     pub request_timeout_secs: u64,
     /// How long shutdown waits for in-flight requests, in seconds.
     pub shutdown_timeout_secs: u64,
+    /// On SIGTERM, how long to go on serving before no longer accepting, in seconds: `/ready`
+    /// answers 503 meanwhile and every HTTP/1 answer carries `Connection: close`, so that load
+    /// balancers take the server out and keep-alive clients reconnect elsewhere.
+    pub drain_secs: u64,
     /// The most connections served at once; further ones are closed at once.
     pub max_connections: usize,
     /// How the credential routes (everything under `/{appid}/wechat/` and `/wx/{appid}/`)
@@ -232,6 +236,7 @@ impl Default for HttpSettings {
             header_read_timeout_secs: 10,
             request_timeout_secs: 30,
             shutdown_timeout_secs: 10,
+            drain_secs: 0,
             max_connections: 10_000,
             credential_errors: CredentialErrors::InBody,
             refresh_burst: wetoken_core::RefreshLimit::DEFAULT.burst(),

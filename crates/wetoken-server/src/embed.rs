@@ -149,6 +149,7 @@ impl Embedded {
                 metrics: settings.metrics.clone(),
                 admin,
                 readers,
+                draining: AtomicBool::new(false),
             }),
             tasks: Arc::new(Tasks {
                 stop: watch::channel(false).0,

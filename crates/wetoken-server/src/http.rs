@@ -61,6 +61,8 @@ pub(crate) struct State {
     pub metrics: MetricsSettings,
     pub admin: AdminPolicy,
     pub readers: ReaderPolicy,
+    /// Set on SIGTERM while the server drains: `/ready` answers 503.
+    pub draining: std::sync::atomic::AtomicBool,
 }
 
 /// A request body wetoken can read: any [`hyper::body::Body`] whose errors box, such as hyper's
@@ -108,7 +110,9 @@ impl Mount {
                 self.credentials
             }
             Route::App(_) => self.admin,
-            Route::Status | Route::Metrics | Route::Health | Route::Live => self.observe,
+            Route::Status | Route::Metrics | Route::Health | Route::Ready | Route::Live => {
+                self.observe
+            }
         }
     }
 
@@ -159,8 +163,13 @@ async fn dispatch<B: RequestBody>(
             if !read_only {
                 return Err(ApiError::MethodNotAllowed);
             }
-            Box::pin(state.engine.ping_database()).await?;
-            Ok(success())
+            Ok(Box::pin(health(state)).await)
+        }
+        Route::Ready => {
+            if !read_only {
+                return Err(ApiError::MethodNotAllowed);
+            }
+            Box::pin(ready(state)).await
         }
         Route::Live => {
             if !read_only {
@@ -277,6 +286,83 @@ async fn dispatch<B: RequestBody>(
                 },
             ))
         }
+    }
+}
+
+/// How long a probe waits for the database: a probe's own timeout is short (Kubernetes' is one
+/// second by default), and an answer that comes too late counts as none.
+const PROBE_PING: std::time::Duration = std::time::Duration::from_millis(900);
+
+/// Whether the database answers a ping within [`PROBE_PING`].
+async fn database_answers(state: &State) -> Result<(), wetoken_core::Error> {
+    match tokio::time::timeout(PROBE_PING, state.engine.ping_database()).await {
+        Ok(answered) => answered,
+        Err(_) => Err(wetoken_core::Error::Unavailable(
+            "the database did not answer in time".into(),
+        )),
+    }
+}
+
+/// `/ready`: whether a load balancer should send requests here. Not while draining; otherwise
+/// as long as what this process caches is trusted (the change feed read the database within
+/// `cache_trust_secs`), without asking the database, so that a database outage does not take
+/// every replica out of service while they can serve from memory; after that, only if the
+/// database answers.
+async fn ready(state: &State) -> ApiResult {
+    if state.draining.load(std::sync::atomic::Ordering::Acquire) {
+        return Err(ApiError::NotReady(
+            code::NOT_READY,
+            "stopping: draining before shutdown",
+        ));
+    }
+    if state.engine.cache_checked_ago().is_some() || database_answers(state).await.is_ok() {
+        return Ok(success());
+    }
+    Err(ApiError::NotReady(
+        code::DATABASE_UNAVAILABLE,
+        "database unavailable for longer than cache_trust_secs",
+    ))
+}
+
+/// `/health`: the database's state and the cache's, with 200 when the database answers and
+/// 503 when not (serving from memory meanwhile, while `cache` says `trusted`).
+async fn health(state: &State) -> http::Response<http_body_util::Full<bytes::Bytes>> {
+    let database = database_answers(state).await;
+    let checked = state.engine.cache_checked_ago();
+    let draining = state.draining.load(std::sync::atomic::Ordering::Acquire);
+    let (status, errcode, errmsg) = match &database {
+        Ok(()) => (StatusCode::OK, code::OK, "success".to_owned()),
+        Err(e) => {
+            tracing::debug!(error = %e.chain(), "health: the database does not answer");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                code::DATABASE_UNAVAILABLE,
+                "database unavailable".to_owned(),
+            )
+        }
+    };
+    json(
+        status,
+        &serde_json::json!({
+            "errcode": errcode,
+            "errmsg": errmsg,
+            "state": if draining { "draining" } else { "serving" },
+            "database": if database.is_ok() { "up" } else { "down" },
+            "cache": if checked.is_some() { "trusted" } else { "untrusted" },
+            "cache_checked_ms_ago": checked.map(|d| d.as_millis() as u64),
+        }),
+    )
+}
+
+/// The answer to every request while the server starts: `/live` (and `/livez`) 200, anything
+/// else 503 with errcode 90505.
+pub(crate) fn starting(path: &str) -> http::Response<http_body_util::Full<bytes::Bytes>> {
+    match route(path) {
+        Some(Route::Live) => success(),
+        _ => error::error_response(&ApiError::NotReady(
+            code::NOT_READY,
+            "starting: opening and migrating the database",
+        )),
     }
 }
 

@@ -27,8 +27,8 @@ mod metrics;
 mod status;
 
 use std::future::Future;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use hyper::service::service_fn;
@@ -133,129 +133,281 @@ impl Server {
 
     /// Serves on `listener`, and runs the refresh scheduler, until `shutdown` resolves.
     ///
-    /// Then it stops accepting, waits up to `http.shutdown_timeout_secs` for in-flight requests,
-    /// lets scheduled refreshes under way finish, and returns.
+    /// Then `/ready` answers 503 and, for `http.drain_secs`, every route is still served, with
+    /// `Connection: close`, so that keep-alive clients reconnect elsewhere. Then it stops
+    /// accepting, waits up to `http.shutdown_timeout_secs` for in-flight requests, lets
+    /// scheduled refreshes under way finish, and returns.
     pub async fn serve(
         self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()>,
     ) -> std::io::Result<()> {
-        let embedded = self.embedded;
-        // Every route, for every app: the service an embedding host mounts, on a listener.
-        let service = embedded.service(Routes::all());
-        let mount = service.mount.clone();
-        embedded.start_cron(Apps::all());
-        let state = embedded.state().clone();
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let header_read = Duration::from_secs(state.http.header_read_timeout_secs);
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(header_read);
-        // A peer that vanished without closing is found by pings, not kept forever.
-        builder
-            .http2()
-            .timer(TokioTimer::new())
-            .keep_alive_interval(Some(Duration::from_secs(30)))
-            .keep_alive_timeout(Duration::from_secs(10));
-        let builder = Arc::new(builder);
-        let graceful = GracefulShutdown::new();
-        let connections = Arc::new(tokio::sync::Semaphore::new(state.http.max_connections));
-        info!(addr = %listener.local_addr()?, "serving");
-        tokio::pin!(shutdown);
-        loop {
-            tokio::select! {
-                accepted = listener.accept() => {
-                    let (stream, peer) = match accepted {
-                        Ok(conn) => conn,
-                        Err(e) => {
-                            // Out of file descriptors and the like: pause instead of spinning.
-                            warn!(error = %e, "accept failed");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            continue;
-                        }
-                    };
-                    let Ok(permit) = connections.clone().try_acquire_owned() else {
-                        // Over the limit: close it rather than queue it.
-                        tracing::debug!(%peer, "connection limit reached; closing a new connection");
-                        drop(stream);
-                        continue;
-                    };
-                    let _ = stream.set_nodelay(true);
-                    let state = state.clone();
-                    let mount = mount.clone();
-                    let peer = peer.ip().to_canonical();
-                    let builder = builder.clone();
-                    let watcher = graceful.watcher();
-                    let mut stop = stop_rx.clone();
-                    tokio::spawn(async move {
-                        // hyper-util reads a connection's first bytes (HTTP/1 or HTTP/2?) with
-                        // no deadline for as long as they could begin the HTTP/2 preface, and
-                        // hyper's header timer starts only once HTTP/1 is chosen: a peer that
-                        // sends nothing, or `P`, would hold its slot for good, and
-                        // `max_connections` of them would lock every caller out. So the first
-                        // request must begin within the header timeout, and a stopping server
-                        // does not wait for one.
-                        let started = Arc::new(AtomicBool::new(false));
-                        let first = Arc::new(tokio::sync::Notify::new());
-                        let service = {
-                            let (started, first) = (started.clone(), first.clone());
-                            service_fn(move |request| {
-                                if !started.load(Ordering::Relaxed)
-                                    && !started.swap(true, Ordering::Relaxed)
-                                {
-                                    first.notify_one();
-                                }
-                                http::handle(state.clone(), mount.clone(), peer, request)
-                            })
-                        };
-                        let connection = watcher.watch(
-                            builder
-                                .serve_connection(TokioIo::new(stream), service)
-                                .into_owned(),
-                        );
-                        tokio::pin!(connection);
-                        // Left as soon as the first request begins, so that the connection's
-                        // later wake-ups poll it alone.
-                        let ended = tokio::select! {
-                            ended = &mut connection => Some(ended),
-                            () = first.notified() => None,
-                            () = tokio::time::sleep(header_read) => None,
-                            _ = stop.wait_for(|stopped| *stopped) => None,
-                        };
-                        let ended = match ended {
-                            Some(ended) => ended,
-                            None if started.load(Ordering::Relaxed) => connection.await,
-                            None => {
-                                tracing::debug!(%peer, "no request began in time; closed");
-                                return;
-                            }
-                        };
-                        if let Err(e) = ended {
-                            tracing::debug!(error = %e, "connection ended with an error");
-                        }
-                        drop(permit);
-                    });
-                }
-                _ = &mut shutdown => break,
-            }
+        let http = self.embedded.state().http.clone();
+        let target = self.mount();
+        Listening::spawn(listener, &http, Some(target.clone()))?
+            .run(self.embedded, target, shutdown)
+            .await
+    }
+
+    /// Every route, for every app: the service an embedding host mounts, on a listener.
+    fn mount(&self) -> Target {
+        let service = self.embedded.service(Routes::all());
+        Target {
+            state: self.embedded.state().clone(),
+            mount: service.mount,
         }
-        drop(listener);
-        info!("shutting down: no longer accepting");
-        let _ = stop_tx.send(true);
+    }
+}
+
+/// A bound listener that answers from the start: `/live` with 200 and every other route with
+/// 503 (errcode 90505, starting) until [`Listening::serve`] is handed the [`Server`], which may
+/// take minutes to build (migrating a large database). So the port is taken, and liveness
+/// probes answered, before the slow work begins.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// use wetoken_server::{Listening, Server, Settings};
+/// let settings = Settings::default();
+/// let listener = tokio::net::TcpListener::bind(settings.listen).await?;
+/// let listening = Listening::start(listener, &settings.http)?;
+/// let server = Server::new(&settings).await?;
+/// listening.serve(server, async { let _ = tokio::signal::ctrl_c().await; }).await?;
+/// # Ok(()) }
+/// ```
+pub struct Listening {
+    target: Arc<OnceLock<Target>>,
+    stop: watch::Sender<bool>,
+    accept: tokio::task::JoinHandle<GracefulShutdown>,
+    http: HttpSettings,
+}
+
+/// What a request is served by once the server is built.
+#[derive(Clone)]
+struct Target {
+    state: Arc<http::State>,
+    mount: Arc<http::Mount>,
+}
+
+impl Listening {
+    /// Starts accepting on `listener`, on the current tokio runtime.
+    pub fn start(listener: TcpListener, settings: &HttpSettings) -> std::io::Result<Self> {
+        Self::spawn(listener, settings, None)
+    }
+
+    fn spawn(
+        listener: TcpListener,
+        settings: &HttpSettings,
+        target: Option<Target>,
+    ) -> std::io::Result<Self> {
+        info!(addr = %listener.local_addr()?, "listening");
+        let target = Arc::new(target.map_or_else(OnceLock::new, OnceLock::from));
+        let (stop, stop_rx) = watch::channel(false);
+        let accept = tokio::spawn(accept_loop(
+            listener,
+            target.clone(),
+            settings.clone(),
+            stop_rx,
+        ));
+        Ok(Self {
+            target,
+            stop,
+            accept,
+            http: settings.clone(),
+        })
+    }
+
+    /// Serves `server`'s routes and runs its scheduler until `shutdown` resolves; then drains
+    /// and stops as [`Server::serve`] says.
+    pub async fn serve(
+        self,
+        server: Server,
+        shutdown: impl Future<Output = ()>,
+    ) -> std::io::Result<()> {
+        let target = server.mount();
+        let _ = self.target.set(target.clone());
+        self.run(server.embedded, target, shutdown).await
+    }
+
+    async fn run(
+        self,
+        embedded: Embedded,
+        target: Target,
+        shutdown: impl Future<Output = ()>,
+    ) -> std::io::Result<()> {
+        let state = target.state;
+        embedded.start_cron(Apps::all());
+        info!("serving");
+        shutdown.await;
+        state.draining.store(true, Ordering::Release);
+        let drain = Duration::from_secs(self.http.drain_secs);
+        if !drain.is_zero() {
+            info!(
+                drain_secs = self.http.drain_secs,
+                "draining: /ready answers 503; serving on, with Connection: close"
+            );
+            tokio::time::sleep(drain).await;
+        }
         // The scheduler finishes its refreshes while requests drain.
-        embedded.signal_stop();
-        let drain = Duration::from_secs(state.http.shutdown_timeout_secs);
-        if tokio::time::timeout(drain, graceful.shutdown())
+        let stopped = self
+            .stop_accepting("shutting down: no longer accepting", || {
+                embedded.signal_stop()
+            })
+            .await;
+        embedded.shutdown().await;
+        stopped
+    }
+
+    /// Stops at once, before a server was handed over: for a start-up that failed or was
+    /// interrupted.
+    pub async fn close(self) {
+        let _ = self
+            .stop_accepting("start-up did not finish: no longer accepting", || ())
+            .await;
+    }
+
+    /// Stops accepting, closes idle connections, and waits up to `shutdown_timeout_secs` for
+    /// the requests in flight.
+    async fn stop_accepting(self, why: &str, then: impl FnOnce()) -> std::io::Result<()> {
+        let _ = self.stop.send(true);
+        let graceful = self.accept.await.map_err(std::io::Error::other)?;
+        info!("{why}");
+        then();
+        let limit = Duration::from_secs(self.http.shutdown_timeout_secs);
+        if tokio::time::timeout(limit, graceful.shutdown())
             .await
             .is_err()
         {
             warn!("in-flight requests did not finish in time; closing them");
         }
-        embedded.shutdown().await;
         Ok(())
     }
+}
+
+/// Accepts connections until `stop`, serving each with `target` once it is set (until then,
+/// [`http::starting`]); then closes the listener and hands back the connections to drain.
+async fn accept_loop(
+    listener: TcpListener,
+    target: Arc<OnceLock<Target>>,
+    settings: HttpSettings,
+    stop: watch::Receiver<bool>,
+) -> GracefulShutdown {
+    let header_read = Duration::from_secs(settings.header_read_timeout_secs);
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read);
+    // A peer that vanished without closing is found by pings, not kept forever.
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(10));
+    let builder = Arc::new(builder);
+    let graceful = GracefulShutdown::new();
+    let connections = Arc::new(tokio::sync::Semaphore::new(settings.max_connections));
+    let mut stopping = stop.clone();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(conn) => conn,
+                    Err(e) => {
+                        // Out of file descriptors and the like: pause instead of spinning.
+                        warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let Ok(permit) = connections.clone().try_acquire_owned() else {
+                    // Over the limit: close it rather than queue it.
+                    tracing::debug!(%peer, "connection limit reached; closing a new connection");
+                    drop(stream);
+                    continue;
+                };
+                let _ = stream.set_nodelay(true);
+                let target = target.clone();
+                let peer = peer.ip().to_canonical();
+                let builder = builder.clone();
+                let watcher = graceful.watcher();
+                let mut stop = stop.clone();
+                tokio::spawn(async move {
+                    // hyper-util reads a connection's first bytes (HTTP/1 or HTTP/2?) with
+                    // no deadline for as long as they could begin the HTTP/2 preface, and
+                    // hyper's header timer starts only once HTTP/1 is chosen: a peer that
+                    // sends nothing, or `P`, would hold its slot for good, and
+                    // `max_connections` of them would lock every caller out. So the first
+                    // request must begin within the header timeout, and a stopping server
+                    // does not wait for one.
+                    let started = Arc::new(AtomicBool::new(false));
+                    let first = Arc::new(tokio::sync::Notify::new());
+                    let service = {
+                        let (started, first) = (started.clone(), first.clone());
+                        service_fn(move |request| {
+                            if !started.load(Ordering::Relaxed)
+                                && !started.swap(true, Ordering::Relaxed)
+                            {
+                                first.notify_one();
+                            }
+                            answer(target.get().cloned(), peer, request)
+                        })
+                    };
+                    let connection = watcher.watch(
+                        builder
+                            .serve_connection(TokioIo::new(stream), service)
+                            .into_owned(),
+                    );
+                    tokio::pin!(connection);
+                    // Left as soon as the first request begins, so that the connection's
+                    // later wake-ups poll it alone.
+                    let ended = tokio::select! {
+                        ended = &mut connection => Some(ended),
+                        () = first.notified() => None,
+                        () = tokio::time::sleep(header_read) => None,
+                        _ = stop.wait_for(|stopped| *stopped) => None,
+                    };
+                    let ended = match ended {
+                        Some(ended) => ended,
+                        None if started.load(Ordering::Relaxed) => connection.await,
+                        None => {
+                            tracing::debug!(%peer, "no request began in time; closed");
+                            return;
+                        }
+                    };
+                    if let Err(e) = ended {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                    drop(permit);
+                });
+            }
+            () = async { let _ = stopping.wait_for(|stopped| *stopped).await; } => break,
+        }
+    }
+    drop(listener);
+    graceful
+}
+
+/// One request: to the server once it is built, else the start-up answer. While the server
+/// drains, HTTP/1 answers carry `Connection: close`, so a keep-alive client takes its next
+/// request elsewhere instead of meeting a closed connection.
+async fn answer(
+    target: Option<Target>,
+    peer: std::net::IpAddr,
+    request: hyper::Request<hyper::body::Incoming>,
+) -> Result<hyper::Response<http_body_util::Full<bytes::Bytes>>, std::convert::Infallible> {
+    let Some(Target { state, mount }) = target else {
+        return Ok(http::starting(request.uri().path()));
+    };
+    let http1 = request.version() < ::http::Version::HTTP_2;
+    let draining = state.draining.load(Ordering::Acquire);
+    let mut response = http::handle(state, mount, peer, request).await?;
+    if http1 && draining {
+        response.headers_mut().insert(
+            ::http::header::CONNECTION,
+            ::http::HeaderValue::from_static("close"),
+        );
+    }
+    Ok(response)
 }
 
 /// This host's name (the kernel's, else `$HOSTNAME`, else `localhost`), read once: what a server

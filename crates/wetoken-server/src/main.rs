@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use figment::Figment;
 use tracing_subscriber::field::MakeExt;
-use wetoken_server::{Server, Settings, redact_url};
+use wetoken_server::{Listening, Server, Settings, redact_url};
 
 mod registry;
 
@@ -134,6 +134,10 @@ enum LogFormat {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // `start` logs, in JSON if asked: its last words are a log line too, so that a log
+    // collector reading JSON gets them whole.
+    let json_log =
+        matches!(&cli.command, Command::Start(a) if matches!(a.log_format, LogFormat::Json));
     let result = match cli.command {
         Command::Start(args) => start(args),
         Command::Install(args) => install(args),
@@ -141,6 +145,10 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if json_log => {
+            tracing::error!("{e:#}");
+            ExitCode::FAILURE
+        }
         Err(e) => {
             eprintln!("wetoken-server: {e:#}");
             ExitCode::FAILURE
@@ -148,9 +156,28 @@ fn main() -> ExitCode {
     }
 }
 
+/// sea-orm's migrator logs every migration it applies at info, and the server logs them in one
+/// line of its own: its lines show only when asked for, by a `WETOKEN_LOG` at debug or naming it.
+const QUIET_MIGRATOR: &str = "sea_orm_migration=warn";
+
+/// The log filter: `WETOKEN_LOG` (an `EnvFilter` directive list), or `info`.
+fn log_filter(spec: Option<String>) -> tracing_subscriber::EnvFilter {
+    let spec = spec.unwrap_or_else(|| "info".into());
+    let asked = spec.contains("sea_orm")
+        || spec
+            .split(',')
+            .any(|d| matches!(d.trim(), "debug" | "trace"));
+    let spec = if asked {
+        spec
+    } else {
+        format!("{spec},{QUIET_MIGRATOR}")
+    };
+    tracing_subscriber::EnvFilter::try_new(spec)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("info,{QUIET_MIGRATOR}")))
+}
+
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("WETOKEN_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = log_filter(std::env::var("WETOKEN_LOG").ok());
     // Logs go to stderr, leaving stdout to what a command prints for a person. Colours only on a
     // terminal: a log file or journald wants none, and styling every request span's fields was
     // most of what a span cost on the token route.
@@ -239,16 +266,17 @@ fn start(args: StartArgs) -> anyhow::Result<()> {
              they are no settings (set enableServiceLinks: false in the pod spec to drop them)"
         );
     }
-    let mut flags = Figment::new();
-    if let Some(listen) = args.listen {
-        flags = flags.merge(("listen", listen));
+    let mut given = figment::value::Dict::new();
+    for (key, value) in [
+        ("listen", args.listen),
+        ("database_url", args.database_url),
+        ("wechat_base_url", args.wechat_base_url),
+    ] {
+        if let Some(value) = value {
+            given.insert(key.into(), value.into());
+        }
     }
-    if let Some(url) = args.database_url {
-        flags = flags.merge(("database_url", url));
-    }
-    if let Some(url) = args.wechat_base_url {
-        flags = flags.merge(("wechat_base_url", url));
-    }
+    let flags = Figment::from(Flags(given));
     runtime()?.block_on(async move {
         let nodes = match (&args.registry.registry, &args.registry.cluster) {
             (Some(url), Some(cluster)) => Some(
@@ -273,15 +301,32 @@ fn start(args: StartArgs) -> anyhow::Result<()> {
             wechat = %settings.wechat_base_url,
             "starting"
         );
-        let server = Server::new(&settings).await?;
+        // The port first: taken by another process, it is the first thing said, and while the
+        // database is opened and migrated (minutes, on a large one) `/live` answers.
         let listener = tokio::net::TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("listening on {}", settings.listen))?;
-        let announcement = match &nodes {
-            Some(nodes) => {
-                let bound = listener.local_addr().context("reading the bound address")?;
-                Some(nodes.announce(&settings, bound).await?)
+        let bound = listener.local_addr().context("reading the bound address")?;
+        let listening = Listening::start(listener, &settings.http)?;
+        let signal = shutdown_signal();
+        tokio::pin!(signal);
+        let built = tokio::select! {
+            built = Server::new(&settings) => built,
+            () = &mut signal => {
+                listening.close().await;
+                tracing::info!("stopped while starting");
+                return Ok(());
             }
+        };
+        let server = match built {
+            Ok(server) => server,
+            Err(e) => {
+                listening.close().await;
+                return Err(e.into());
+            }
+        };
+        let announcement = match &nodes {
+            Some(nodes) => Some(nodes.announce(&settings, bound).await?),
             None => None,
         };
         drop(nodes);
@@ -290,15 +335,31 @@ fn start(args: StartArgs) -> anyhow::Result<()> {
         // returns, on success or error.
         let announcement = std::sync::Mutex::new(announcement);
         let shutdown = async {
-            shutdown_signal().await;
+            signal.await;
             withdraw(&announcement).await;
         };
-        let served = server.serve(listener, shutdown).await;
+        let served = listening.serve(server, shutdown).await;
         withdraw(&announcement).await;
         served?;
         tracing::info!("stopped");
         Ok(())
     })
+}
+
+/// The settings given as flags, as a layer whose name an error about one of them shows
+/// ("in the command line"), where a tuple's was its Rust type.
+struct Flags(figment::value::Dict);
+
+impl figment::Provider for Flags {
+    fn metadata(&self) -> figment::Metadata {
+        figment::Metadata::named("the command line")
+    }
+
+    fn data(
+        &self,
+    ) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
+        Ok(figment::Profile::Default.collect(self.0.clone()))
+    }
 }
 
 /// Removes the server's announcement from the registry, the first time it is called.

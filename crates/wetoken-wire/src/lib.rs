@@ -55,6 +55,10 @@ pub mod code {
     pub const UPSTREAM_UNAVAILABLE: i64 = 90503;
     /// The database could not be reached.
     pub const DATABASE_UNAVAILABLE: i64 = 90504;
+    /// The server is not ready: it is starting (opening and migrating its database, when it
+    /// answers every route but `/live` with this), or stopping (`/ready`). Another server may
+    /// serve.
+    pub const NOT_READY: i64 = 90505;
     /// WeChat refused the last attempt with an error that retrying cannot cure; wetoken stopped
     /// calling WeChat for this app until its settings change. `errmsg` carries WeChat's errcode.
     pub const HALTED: i64 = 90502;
@@ -79,19 +83,19 @@ pub mod code {
             BODY_TOO_LARGE => 413,
             LIMITED | OVER_BUDGET => 429,
             INTERNAL => 500,
-            UPSTREAM_UNAVAILABLE | DATABASE_UNAVAILABLE => 503,
+            UPSTREAM_UNAVAILABLE | DATABASE_UNAVAILABLE | NOT_READY => 503,
             _ => 502,
         }
     }
 
     /// Whether a client holding several server URLs should ask the next one after this error:
-    /// only for a failure of this server itself (90500, 90503, 90504), which another server may
+    /// only for a failure of this server itself (90500, 90503, 90504, 90505), which another server may
     /// not share. Every other error is an answer: another replica on the same database would
     /// give the same one (a refusal of WeChat's is recorded there, with its backoff).
     pub fn try_another_server(errcode: i64) -> bool {
         matches!(
             errcode,
-            INTERNAL | UPSTREAM_UNAVAILABLE | DATABASE_UNAVAILABLE
+            INTERNAL | UPSTREAM_UNAVAILABLE | DATABASE_UNAVAILABLE | NOT_READY
         )
     }
 }
@@ -302,6 +306,7 @@ mod tests {
             (code::HALTED, 502),
             (code::UPSTREAM_UNAVAILABLE, 503),
             (code::DATABASE_UNAVAILABLE, 503),
+            (code::NOT_READY, 503),
             (40013, 502),
             (-1, 502),
         ] {
@@ -309,7 +314,7 @@ mod tests {
             let fails_over = code::try_another_server(errcode);
             assert_eq!(
                 fails_over,
-                [90500, 90503, 90504].contains(&errcode),
+                [90500, 90503, 90504, 90505].contains(&errcode),
                 "{errcode}"
             );
         }

@@ -64,6 +64,16 @@ impl Engine {
         runtime.spawn(read_feed(weak, every));
     }
 
+    /// How long ago the change feed's last successful poll began, while that is within
+    /// `cache_trust_secs`: until then, what this process caches is served without the
+    /// database (a readiness probe's answer while the database is away). `None` before the
+    /// first poll and once the cache is no longer trusted.
+    pub fn cache_checked_ago(&self) -> Option<Duration> {
+        let polled = self.inner.feed.polled_ms.load(Ordering::Acquire);
+        let ago = (self.now().timestamp_millis() - polled).max(0);
+        (polled > 0 && ago < self.trust_ms()).then(|| Duration::from_millis(ago as u64))
+    }
+
     /// One poll: applies every change since the cursor. On the first poll, or after failing
     /// for longer than `cache_trust_secs`, there is nothing to catch up from: it drops the
     /// whole cache and starts from the last change committed.

@@ -145,6 +145,14 @@ impl Store {
         self
     }
 
+    /// The same store over another connection: the install lock's own.
+    pub(crate) fn on(&self, db: DatabaseConnection) -> Self {
+        Self {
+            db,
+            keyring: self.keyring.clone(),
+        }
+    }
+
     /// The keyring secrets are encrypted with, if any.
     pub fn keyring(&self) -> Option<&Keyring> {
         self.keyring.as_deref()

@@ -20,6 +20,9 @@ pub(super) enum ApiError {
     NotFound,
     MethodNotAllowed,
     Timeout,
+    /// The server is not ready to serve: it is starting, or stopping, or cannot reach its
+    /// database and no longer trusts what it caches.
+    NotReady(i64, &'static str),
     /// A caller over its passive-refresh rate; it may try again after the wait.
     Limited(String, std::time::Duration),
     Engine(wetoken_core::Error),
@@ -62,6 +65,7 @@ pub(super) fn error_response(e: &ApiError) -> Response<Full<Bytes>> {
             "method not allowed on this route".into(),
         ),
         ApiError::Timeout => (code::UPSTREAM_UNAVAILABLE, "request timed out".into()),
+        ApiError::NotReady(errcode, m) => (*errcode, (*m).into()),
         ApiError::Limited(m, _) => (code::LIMITED, m.clone()),
         ApiError::Engine(e) => engine_errcode(e),
     };

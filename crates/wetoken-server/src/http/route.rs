@@ -8,6 +8,7 @@ use wetoken_core::Kind;
 pub(super) enum Route<'a> {
     Status,
     Health,
+    Ready,
     Live,
     Metrics,
     App(&'a str),
@@ -29,6 +30,7 @@ impl Route<'_> {
         match self {
             Route::Status => "status",
             Route::Health => "health",
+            Route::Ready => "ready",
             Route::Live => "live",
             Route::Metrics => "metrics",
             Route::App(_) => "app",
@@ -85,7 +87,8 @@ pub(super) fn route(path: &str) -> Option<Route<'_>> {
         })
     };
     match parts {
-        [Some("health" | "healthz" | "ready" | "readyz"), None, ..] => Some(Route::Health),
+        [Some("health" | "healthz"), None, ..] => Some(Route::Health),
+        [Some("ready" | "readyz"), None, ..] => Some(Route::Ready),
         [Some("live" | "livez"), None, ..] => Some(Route::Live),
         [Some("metrics"), None, ..] => Some(Route::Metrics),
         [Some("wechat"), Some("app"), Some(action), None, None] => Some(Route::App(action)),

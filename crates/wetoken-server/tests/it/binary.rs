@@ -259,6 +259,20 @@ async fn default_start_creates_sqlite_serves_and_exits_cleanly_on_sigterm() {
         refusals.len() >= 3,
         "the wrong key, the out-of-scope key and the wrong secret: {refusals:?}"
     );
+    // sea-orm's migrator says nothing at info; the server's own line names what was applied.
+    assert!(
+        lines.iter().all(|l| !l["target"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("sea_orm")),
+        "{log}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["fields"]["message"] == "applied migrations"),
+        "{log}"
+    );
     let added = lines
         .iter()
         .find(|l| l["fields"]["message"] == "app added")
@@ -295,6 +309,46 @@ fn bad_settings_fail_with_a_clear_message() {
     assert!(!output.status.success());
     assert!(
         err.contains("reading settings") && err.to_lowercase().contains("listen"),
+        "{err}"
+    );
+
+    // A bad flag names the flag's source, not a Rust type ("(&str, alloc::string::String)").
+    let output = server_command(&dir)
+        .args(["start", "--listen", "300.1.1.1:9999"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        err.contains("\"default.listen\" in the command line")
+            && !err.contains("::")
+            && !err.contains("&str"),
+        "{err}"
+    );
+
+    // In JSON mode the fatal line is JSON too, like every line before it.
+    std::fs::remove_file(dir.join("wetoken.toml")).unwrap();
+    let port = free_port();
+    let output = server_command(&dir)
+        .args(["start", "--listen", "127.0.0.1:0", "--log-format", "json"])
+        .args([
+            "--database-url",
+            &format!("mysql://root@127.0.0.1:{port}/x"),
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    let lines: Vec<serde_json::Value> = err
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let last = lines.last().expect("a line");
+    assert_eq!(last["level"], "ERROR", "{err}");
+    assert!(
+        last["fields"]["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("cannot open database mysql://root:***@127.0.0.1:")),
         "{err}"
     );
     let _ = std::fs::remove_dir_all(&dir);
@@ -393,5 +447,234 @@ async fn start_up_survives_service_links_and_refuses_mistakes() {
         &[("WETOKEN_ADMIN_KEY", "CHANGE-ME-to-a-long-random-string")],
     );
     assert!(!ok && err.contains("placeholder"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// What one keep-alive client saw.
+#[derive(Default, Debug)]
+struct Tally {
+    /// Requests answered 200 with a token.
+    ok: u64,
+    /// Of those, sent after SIGTERM.
+    after_term: u64,
+    /// Connections the server ended with `Connection: close` after an answer.
+    closed: u64,
+    /// Requests sent and never answered (a reset, or a close before the answer), or answered
+    /// with something else than a token.
+    lost: Vec<String>,
+}
+
+/// One request on `conn` and its answer: the status, whether the server closes the
+/// connection after it, and the body.
+async fn exchange(
+    conn: &mut tokio::io::BufReader<tokio::net::TcpStream>,
+    request: &[u8],
+) -> Result<(u16, bool, String), String> {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+    conn.get_mut()
+        .write_all(request)
+        .await
+        .map_err(|e| format!("sending: {e}"))?;
+    let (mut status, mut length, mut close) = (0u16, 0usize, false);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let n = conn
+            .read_line(&mut line)
+            .await
+            .map_err(|e| format!("reading the answer: {e}"))?;
+        if n == 0 {
+            return Err("the connection closed before the answer".into());
+        }
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        if status == 0 {
+            status = line
+                .split(' ')
+                .nth(1)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(1);
+        } else if let Some((name, value)) = line.split_once(':') {
+            match name.to_ascii_lowercase().as_str() {
+                "content-length" => length = value.trim().parse().unwrap_or(0),
+                "connection" => close = value.trim().eq_ignore_ascii_case("close"),
+                _ => {}
+            }
+        }
+    }
+    let mut body = vec![0; length];
+    conn.read_exact(&mut body)
+        .await
+        .map_err(|e| format!("reading the body: {e}"))?;
+    Ok((status, close, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// A keep-alive client in a loop, 10 ms between requests: it reuses its connection until the
+/// server answers with `Connection: close`, then opens another, as long as `reconnect_until`
+/// (set at SIGTERM: a load balancer stops sending new connections within the drain delay)
+/// allows, and never past 30 s.
+async fn keep_alive_client(
+    addr: std::net::SocketAddr,
+    path: String,
+    termed: std::sync::Arc<std::sync::OnceLock<std::time::Instant>>,
+    reconnect_within: Duration,
+    answered: std::sync::Arc<std::sync::atomic::AtomicU64>,
+) -> Tally {
+    use std::sync::atomic::Ordering;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").into_bytes();
+    let give_up = std::time::Instant::now() + Duration::from_secs(30);
+    let mut tally = Tally::default();
+    'connections: while std::time::Instant::now() < give_up {
+        if termed.get().is_some_and(|t| t.elapsed() > reconnect_within) {
+            break;
+        }
+        let Ok(stream) = tokio::net::TcpStream::connect(addr).await else {
+            // Refused: nothing was sent.
+            break;
+        };
+        let mut conn = tokio::io::BufReader::new(stream);
+        while std::time::Instant::now() < give_up {
+            // Between two requests, on a connection or a new one: a few hundred connections in
+            // all, not thousands of ephemeral ports that other tests bind at the same time.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            let after_term = termed.get().is_some();
+            match exchange(&mut conn, &request).await {
+                Ok((200, close, body)) if body.contains("\"access_token\"") => {
+                    tally.ok += 1;
+                    tally.after_term += u64::from(after_term);
+                    answered.fetch_add(1, Ordering::Relaxed);
+                    if close {
+                        tally.closed += 1;
+                        continue 'connections;
+                    }
+                }
+                Ok((status, _, body)) => {
+                    tally.lost.push(format!("answered {status}: {body}"));
+                    break 'connections;
+                }
+                Err(e) => {
+                    tally.lost.push(e);
+                    break 'connections;
+                }
+            }
+        }
+    }
+    tally
+}
+
+/// SIGTERM under keep-alive load loses no request that was sent: during `http.drain_secs`
+/// every answer carries `Connection: close` and `/ready` answers 503, so the clients leave on
+/// their own; then the server stops accepting, finishes what is in flight and exits 0.
+/// Before, SIGTERM stopped at once: the connections idle between two requests were closed
+/// under the clients, whose next request met a closed connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_under_keep_alive_load_loses_no_request() {
+    const DRAIN_SECS: u64 = 2;
+    const CLIENTS: usize = 6;
+    let mock = mock_with(&["wxdrain"]).await;
+    let dir = scratch_dir("drain");
+    let port = free_port();
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let log = dir.join("server.log");
+    let mut child = server_command(&dir)
+        .env("WETOKEN_HTTP__DRAIN_SECS", DRAIN_SECS.to_string())
+        .args(["start", "--listen", &addr.to_string()])
+        .args(["--wechat-base-url", &mock.url()])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let base = format!("http://{addr}");
+    let http = reqwest::Client::new();
+    eventually("the server is ready", Duration::from_secs(30), || async {
+        http.get(format!("{base}/ready"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    let created = http
+        .post(format!("{base}/wechat/app/create"))
+        .json(&serde_json::json!({"appid": "wxdrain", "secret": SECRET}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 200);
+
+    let termed = std::sync::Arc::new(std::sync::OnceLock::new());
+    let answered = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            tokio::spawn(keep_alive_client(
+                addr,
+                "/wxdrain/wechat/token/get".into(),
+                termed.clone(),
+                Duration::from_millis(DRAIN_SECS * 1000 / 2),
+                answered.clone(),
+            ))
+        })
+        .collect();
+    eventually("the load is under way", Duration::from_secs(10), || async {
+        answered.load(std::sync::atomic::Ordering::Relaxed) >= 20 * CLIENTS as u64
+    })
+    .await;
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    termed.set(std::time::Instant::now()).unwrap();
+    eventually("/ready answers 503", Duration::from_secs(1), || async {
+        http.get(format!("{base}/ready"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 503)
+    })
+    .await;
+    let status = tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    })
+    .await
+    .unwrap();
+    let stopped_after = termed.get().unwrap().elapsed();
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "exit {status:?}\n{text}"
+    );
+    assert!(
+        stopped_after >= Duration::from_secs(DRAIN_SECS),
+        "stopped {stopped_after:?} after SIGTERM, before the drain delay"
+    );
+    let mut total = Tally::default();
+    for client in clients {
+        let tally = client.await.unwrap();
+        total.ok += tally.ok;
+        total.after_term += tally.after_term;
+        total.closed += tally.closed;
+        total.lost.extend(tally.lost);
+    }
+    eprintln!(
+        "{} requests answered, {} after SIGTERM, {} connections closed by the server",
+        total.ok, total.after_term, total.closed
+    );
+    assert!(total.lost.is_empty(), "lost: {:?}\n{text}", total.lost);
+    assert!(total.after_term > 0, "nothing was served while draining");
+    assert!(
+        total.closed >= CLIENTS as u64,
+        "every client was told to close"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -54,9 +54,24 @@ wetoken_testkit::on_databases!(
     database_outage_serves_what_is_valid_then_recovers,
     unreachable_wechat_domain_fails_over_to_the_next,
     a_replaced_token_is_served_by_no_replica_after_the_bound,
+    three_replicas_started_together_on_an_empty_database_all_come_up,
+    ready_holds_while_the_cache_is_trusted_in_a_database_outage,
+    a_replica_waiting_to_migrate_answers_live_and_nothing_else,
 );
 
 const APP: &str = "wxcluster";
+
+/// A proxy in front of `db`'s server, and the URL that reaches `db` through it: what a test
+/// takes down to cut a replica off its database.
+async fn through_proxy(db: &TestDb) -> (Proxy, String) {
+    let (scheme, rest) = db.url.split_once("://").unwrap();
+    let (userinfo, rest) = rest.split_once('@').unwrap();
+    let (host, path) = rest.split_once('/').unwrap();
+    let target: SocketAddr = host.parse().unwrap();
+    let proxy = Proxy::start(target).await;
+    let proxied = format!("{scheme}://{userinfo}@{}/{path}", proxy.addr);
+    (proxy, proxied)
+}
 
 async fn cold_start_across_replicas_fetches_once(db: &TestDb) {
     let mock = mock_with(&[APP]).await;
@@ -323,12 +338,7 @@ async fn schedulers_on_three_replicas_fetch_once_per_lifetime(db: &TestDb) {
 async fn database_outage_serves_what_is_valid_then_recovers(db: &TestDb) {
     let mock = mock_with(&[APP, "wxcold"]).await;
     // The replica reaches the database through the proxy.
-    let (scheme, rest) = db.url.split_once("://").unwrap();
-    let (userinfo, rest) = rest.split_once('@').unwrap();
-    let (host, path) = rest.split_once('/').unwrap();
-    let target: SocketAddr = host.parse().unwrap();
-    let proxy = Proxy::start(target).await;
-    let proxied = format!("{scheme}://{userinfo}@{}/{path}", proxy.addr);
+    let (proxy, proxied) = through_proxy(db).await;
     let replica = Replica::start(&proxied, &mock.url(), &[]).await;
     let http = reqwest::Client::new();
     add_app(&http, &replica, APP).await;
@@ -413,11 +423,7 @@ async fn unreachable_wechat_domain_fails_over_to_the_next(db: &TestDb) {
 async fn a_replaced_token_is_served_by_no_replica_after_the_bound(db: &TestDb) {
     const CHECK_MS: u64 = 400;
     let mock = mock_with(&[APP]).await;
-    let (scheme, rest) = db.url.split_once("://").unwrap();
-    let (userinfo, rest) = rest.split_once('@').unwrap();
-    let (host, path) = rest.split_once('/').unwrap();
-    let proxy = Proxy::start(host.parse().unwrap()).await;
-    let proxied = format!("{scheme}://{userinfo}@{}/{path}", proxy.addr);
+    let (proxy, proxied) = through_proxy(db).await;
     let check = CHECK_MS.to_string();
     let env = [("WETOKEN_REFRESH__CACHE_CHECK_MS", check.as_str())];
     // Replica 0 reaches the database through the proxy; the others directly.
@@ -510,4 +516,252 @@ async fn a_replaced_token_is_served_by_no_replica_after_the_bound(db: &TestDb) {
     }
     assert!(replaced.elapsed() <= bound + Duration::from_millis(200));
     assert_eq!(mock.calls(Endpoint::Token), 4, "one fetch per replacement");
+}
+
+/// Three replicas started at the same moment on an empty database. Migrations took no lock:
+/// two of three exited with `Duplicate entry 'm20261124_000001_create_tables'` (#16). Each
+/// answers `/live` from the moment its port is bound, and the rest only once it is ready.
+async fn three_replicas_started_together_on_an_empty_database_all_come_up(db: &TestDb) {
+    let mock = mock_with(&[APP]).await;
+    let logs = std::env::temp_dir().join(format!(
+        "wetoken-together-{}-{}",
+        std::process::id(),
+        db.name()
+    ));
+    std::fs::create_dir_all(&logs).unwrap();
+    let mut children = Vec::new();
+    for i in 0..3 {
+        let port = free_port();
+        let log = logs.join(format!("replica-{i}.log"));
+        let mut command = crate::harness::server_command();
+        command
+            .args(["start", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--database-url", &db.url, "--wechat-base-url", &mock.url()])
+            .env("WETOKEN_REFRESH__SCAN_INTERVAL_MS", "3600000")
+            .env("WETOKEN_HTTP__CREDENTIAL_ERRORS", "as_status")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        children.push((command.spawn().unwrap(), port, log));
+    }
+    let http = reqwest::Client::new();
+    for (child, port, log) in &mut children {
+        let url = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!(
+                    "replica on {port} exited ({status}):\n{}",
+                    std::fs::read_to_string(&*log).unwrap_or_default()
+                );
+            }
+            let ready = http.get(format!("{url}/ready")).send().await;
+            if ready.is_ok_and(|r| r.status() == 200) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "replica on {port} never became ready"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let (status, body) = get(
+        &http,
+        format!(
+            "http://127.0.0.1:{}/wechat/app/create?appid={APP}&secret={SECRET}",
+            children[0].1
+        ),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let mut served = Vec::new();
+    for (_, port, _) in &children {
+        let (status, body) = get(
+            &http,
+            format!("http://127.0.0.1:{port}/{APP}/wechat/token/get"),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        served.push(body["access_token"].clone());
+    }
+    assert!(served.iter().all(|t| *t == served[0]), "{served:?}");
+    assert_eq!(mock.calls(Endpoint::Token), 1);
+    let mut waited = 0;
+    for (mut child, _, log) in children {
+        let _ = child.kill();
+        let _ = child.wait();
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("waiting for it to finish") {
+            waited += 1;
+        }
+    }
+    // Which replicas met the lock held depends on timing; the log says when one waited.
+    eprintln!("{waited} of 3 replicas waited for another's migrations");
+    let _ = std::fs::remove_dir_all(&logs);
+}
+
+/// `/ready` stays 200 while the database is away for as long as the replica trusts what it
+/// caches (`cache_trust_secs`), and turns 503 after; `/health` says the database is down all
+/// along. Before, `/ready` pinged the database, so an outage took every replica out of service
+/// although each could serve from memory.
+async fn ready_holds_while_the_cache_is_trusted_in_a_database_outage(db: &TestDb) {
+    const TRUST_SECS: u64 = 3;
+    const CHECK_MS: u64 = 400;
+    let mock = mock_with(&[APP]).await;
+    let (proxy, proxied) = through_proxy(db).await;
+    let (trust, check) = (TRUST_SECS.to_string(), CHECK_MS.to_string());
+    let replica = Replica::start(
+        &proxied,
+        &mock.url(),
+        &[
+            ("WETOKEN_REFRESH__CACHE_TRUST_SECS", trust.as_str()),
+            ("WETOKEN_REFRESH__CACHE_CHECK_MS", check.as_str()),
+        ],
+    )
+    .await;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    add_app(&http, &replica, APP).await;
+    let (status, _) = get(&http, format!("{}/{APP}/wechat/token/get", replica.url)).await;
+    assert_eq!(status, 200);
+    let (status, health) = get(&http, format!("{}/health", replica.url)).await;
+    assert_eq!(
+        (status, &health["database"]),
+        (200, &Value::from("up")),
+        "{health}"
+    );
+
+    proxy.take_down();
+    let down = Instant::now();
+    let (status, health) = get(&http, format!("{}/health", replica.url)).await;
+    assert_eq!(
+        (status, &health["database"], &health["cache"]),
+        (503, &Value::from("down"), &Value::from("trusted")),
+        "{health}"
+    );
+    let mut last_ready = down;
+    let turned = loop {
+        let (status, body) = get(&http, format!("{}/ready", replica.url)).await;
+        if status == 503 {
+            assert_eq!(body["errcode"], 90504, "{body}");
+            break down.elapsed();
+        }
+        assert_eq!(status, 200, "{body}");
+        last_ready = Instant::now();
+        assert!(
+            down.elapsed() < Duration::from_secs(TRUST_SECS + 5),
+            "/ready never turned 503"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // The last poll before the outage began at most half a check interval before it.
+    let trusted = Duration::from_secs(TRUST_SECS) - Duration::from_millis(CHECK_MS / 2 + 100);
+    assert!(
+        last_ready.duration_since(down) >= trusted,
+        "/ready turned 503 after {turned:?}, before cache_trust_secs"
+    );
+    assert!(turned <= Duration::from_secs(TRUST_SECS + 2), "{turned:?}");
+    eprintln!("/ready turned 503 {turned:?} into the outage (cache_trust_secs = {TRUST_SECS})");
+    let (status, health) = get(&http, format!("{}/health", replica.url)).await;
+    assert_eq!(
+        (status, &health["database"], &health["cache"]),
+        (503, &Value::from("down"), &Value::from("untrusted")),
+        "{health}"
+    );
+
+    proxy.bring_back();
+    eventually("/ready again", Duration::from_secs(20), || async {
+        get(&http, format!("{}/ready", replica.url)).await.0 == 200
+    })
+    .await;
+}
+
+/// The port is bound before the database is migrated, and answers meanwhile: `/live` 200, every
+/// other route 503 with errcode 90505. The test holds the install lock itself, so the replica
+/// waits in its migration for as long as the test says. Before, the port was bound only once
+/// migrated: nothing answered, and a liveness probe killed a long migration.
+async fn a_replica_waiting_to_migrate_answers_live_and_nothing_else(db: &TestDb) {
+    use sea_orm::{ConnectOptions, ConnectionTrait, Database, DbBackend, Statement};
+    let mock = mock_with(&[APP]).await;
+    let mut options = ConnectOptions::new(db.url.clone());
+    options.max_connections(1).min_connections(1);
+    let holder = Database::connect(options).await.unwrap();
+    let backend = holder.get_database_backend();
+    let (take, release) = match backend {
+        DbBackend::MySql => (
+            "SELECT GET_LOCK(CONCAT('wetoken_migrate_', MD5(DATABASE())), 0)",
+            "SELECT RELEASE_LOCK(CONCAT('wetoken_migrate_', MD5(DATABASE())))",
+        ),
+        _ => (
+            "SELECT pg_advisory_lock(33607072988489070)",
+            "SELECT pg_advisory_unlock(33607072988489070)",
+        ),
+    };
+    holder
+        .execute_raw(Statement::from_string(backend, take))
+        .await
+        .unwrap();
+
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let log = std::env::temp_dir().join(format!(
+        "wetoken-waiting-{}-{}.log",
+        std::process::id(),
+        db.name()
+    ));
+    let mut command = crate::harness::server_command();
+    command
+        .args(["start", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--database-url", &db.url, "--wechat-base-url", &mock.url()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap());
+    let mut child = command.spawn().unwrap();
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!(
+                "the replica exited ({status}):\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        let live = http.get(format!("{url}/live")).send().await;
+        if live.is_ok_and(|r| r.status() == 200) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/live never answered:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for path in [
+        "/ready".to_owned(),
+        "/health".to_owned(),
+        format!("/{APP}/wechat/token/get"),
+        "/wechat/app/list".to_owned(),
+    ] {
+        let (status, body) = get(&http, format!("{url}{path}")).await;
+        assert_eq!(
+            (status, &body["errcode"]),
+            (503, &Value::from(90505)),
+            "{path}: {body}"
+        );
+    }
+    assert!(child.try_wait().unwrap().is_none(), "the replica exited");
+
+    holder
+        .execute_raw(Statement::from_string(backend, release))
+        .await
+        .unwrap();
+    eventually("the replica is ready", Duration::from_secs(30), || async {
+        get(&http, format!("{url}/ready")).await.0 == 200
+    })
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_file(&log);
 }

@@ -710,8 +710,9 @@ async fn install_refuses_while_a_go_server_writes() {
 
 /// A TCP proxy in front of MariaDB that forwards the first `limit` statements (the MySQL
 /// protocol's `COM_QUERY` and `COM_STMT_EXECUTE` commands, on every connection together) and
-/// holds back the command after them, raising `cut`; [`install_killed`] then kills the process:
-/// a process killed right after its `limit`-th statement.
+/// holds back the command after them, raising `cut`; [`install_killed`] then kills the process,
+/// and dropping the proxy closes its connections: a process killed right after its `limit`-th
+/// statement.
 struct StatementCut {
     addr: SocketAddr,
     seen: Arc<AtomicUsize>,
@@ -857,6 +858,10 @@ async fn an_install_cut_off_after_any_statement_finishes_when_run_again() {
             "install through the proxy failed without being cut ({limit})"
         );
         cut_runs += usize::from(killed);
+        // The killed process's connections close, as the kernel closes a dead process's
+        // sockets: the proxy held them open, and with them the install lock of the session
+        // it cut, for which the next install would wait.
+        drop(cut);
         let direct = go.registry("mall", mysql_addr());
         let (ok, out, err) = cli(&[&["install"][..], &zone, &[&direct, "mall"]].concat(), &[]);
         assert!(
