@@ -83,8 +83,77 @@ impl Engine {
         self.store().state_totals(self.now()).await
     }
 
+    /// [`Engine::state_totals`] as read at most `fresh` ago, for pages and scrapes that anyone
+    /// may ask for often. A reading older than `fresh` (but younger than ten times it) is
+    /// answered at once while one refresh runs behind it; an older one, or none, is read
+    /// first. `fresh` of zero reads every time. Returns the totals and how old they are.
+    pub async fn state_totals_within(
+        &self,
+        fresh: std::time::Duration,
+    ) -> Result<(StateTotals, std::time::Duration), Error> {
+        let now = self.now().timestamp_millis();
+        let fresh_ms = i64::try_from(fresh.as_millis()).unwrap_or(i64::MAX);
+        if fresh_ms > 0
+            && let Some((at, totals)) = self.inner_totals().last()
+        {
+            let age = now.saturating_sub(at).max(0);
+            if age < fresh_ms.saturating_mul(10) {
+                if age >= fresh_ms && self.inner_totals().begin_refresh() {
+                    let engine = self.clone();
+                    tokio::spawn(async move {
+                        let now = engine.now();
+                        if let Ok(totals) = engine.store().state_totals(now).await {
+                            engine.inner_totals().store(now.timestamp_millis(), totals);
+                        }
+                        engine.inner_totals().end_refresh();
+                    });
+                }
+                let age = std::time::Duration::from_millis(u64::try_from(age).unwrap_or(0));
+                return Ok((totals, age));
+            }
+        }
+        let read_at = self.now();
+        let totals = self.store().state_totals(read_at).await?;
+        self.inner_totals()
+            .store(read_at.timestamp_millis(), totals.clone());
+        Ok((totals, std::time::Duration::ZERO))
+    }
+
     /// At most `limit` credentials in trouble (halted, out of budget, failing), the worst first.
     pub async fn troubled(&self, limit: u64) -> Result<Vec<Troubled>, Error> {
         self.store().troubled(limit).await
+    }
+}
+
+/// The engine's last reading of the totals by state; see [`Engine::state_totals_within`].
+#[derive(Default)]
+pub(crate) struct TotalsCache {
+    last: std::sync::Mutex<Option<(i64, StateTotals)>>,
+    refreshing: std::sync::atomic::AtomicBool,
+}
+
+impl TotalsCache {
+    fn last(&self) -> Option<(i64, StateTotals)> {
+        self.last.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn store(&self, at: i64, totals: StateTotals) {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        // A slower, older reading never replaces a newer one.
+        if last.as_ref().is_none_or(|(held, _)| *held <= at) {
+            *last = Some((at, totals));
+        }
+    }
+
+    /// Whether this caller is the one to refresh (no refresh is under way).
+    fn begin_refresh(&self) -> bool {
+        !self
+            .refreshing
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+    }
+
+    fn end_refresh(&self) {
+        self.refreshing
+            .store(false, std::sync::atomic::Ordering::Release);
     }
 }

@@ -122,6 +122,10 @@ pub struct MetricsSettings {
     pub per_app: PerApp,
     /// The most credentials `per_app = "trouble"` shows series of.
     pub per_app_max: u64,
+    /// How old, in milliseconds, the totals by state in `/metrics` and at the top of the status
+    /// page may be before they are read again (behind the answer, which gets the last
+    /// reading): at 100,000 apps they cost a pass over three indexes. 0 reads them every time.
+    pub totals_fresh_ms: u64,
 }
 
 /// Which apps get per-app series in `/metrics`.
@@ -142,6 +146,7 @@ impl Default for MetricsSettings {
         Self {
             per_app: PerApp::Trouble,
             per_app_max: 100,
+            totals_fresh_ms: 5000,
         }
     }
 }

@@ -191,7 +191,8 @@ async fn dispatch<B: RequestBody>(
             let listing = Box::pin(Params::read(&parts, body, &state.http))
                 .await?
                 .listing()?;
-            let page = Box::pin(crate::status::page(&state.engine, mount, &listing)).await?;
+            let fresh = std::time::Duration::from_millis(state.metrics.totals_fresh_ms);
+            let page = Box::pin(crate::status::page(&state.engine, mount, &listing, fresh)).await?;
             Ok(typed(page, "text/html; charset=utf-8"))
         }
         Route::Credential {

@@ -47,7 +47,8 @@ pub(crate) fn handle() -> &'static PrometheusHandle {
 pub(crate) async fn render(engine: &Engine, settings: &MetricsSettings) -> Result<String, Error> {
     let mut out = handle().render();
     let now = engine.now();
-    let totals = engine.state_totals().await?;
+    let fresh = std::time::Duration::from_millis(settings.totals_fresh_ms);
+    let (totals, _) = engine.state_totals_within(fresh).await?;
     gauge_header(
         &mut out,
         "wetoken_credentials",

@@ -157,8 +157,9 @@ pub(crate) async fn page(
     engine: &Engine,
     mount: &crate::http::Mount,
     listing: &Listing,
+    totals_fresh: std::time::Duration,
 ) -> Result<String, Error> {
-    let totals = engine.state_totals().await?;
+    let (totals, totals_age) = engine.state_totals_within(totals_fresh).await?;
     let mut page = engine
         .list_apps(&listing.filter, listing.after.as_ref(), listing.limit)
         .await?;
@@ -181,6 +182,13 @@ pub(crate) async fn page(
         "</style></head><body><h1>wetoken</h1>"
     ));
     summary(&mut out, &totals);
+    if totals_age.as_secs() > 0 {
+        let _ = write!(
+            out,
+            "<p class=\"msg\">Totals as of {} s ago.</p>",
+            totals_age.as_secs()
+        );
+    }
     filters(&mut out, listing);
     let _ = write!(
         out,

@@ -197,3 +197,54 @@ async fn an_imported_token_is_dated_then_renewed_on_time() {
     assert!(renew_at().await.is_some_and(|at| at > dated));
     assert_eq!(mock.calls(Endpoint::Token), 1);
 }
+
+/// The totals for pages and scrapes are reused while fresh, answered stale (once) while a
+/// refresh runs behind, and read first when too old.
+#[tokio::test]
+async fn totals_are_reused_while_fresh_and_refreshed_behind_the_answer() {
+    use std::time::Duration;
+    use wetoken_core::store::CredentialState;
+
+    let mock = MockWeChat::start().await.unwrap();
+    let (engine, clock) = engine_and_clock(&mock, EngineConfig::default()).await;
+    let fresh = Duration::from_secs(5);
+    let pending =
+        |t: &wetoken_core::store::StateTotals| t.count(Kind::AccessToken, CredentialState::Pending);
+    let add = |appid: &'static str| {
+        let engine = engine.clone();
+        async move {
+            let app = NewApp::mp(AppId::parse(appid).unwrap(), Secret::new("s"));
+            engine.add_app(&app).await.unwrap();
+        }
+    };
+    add("wxtotal1").await;
+    let (first, age) = engine.state_totals_within(fresh).await.unwrap();
+    assert_eq!((pending(&first), age), (1, Duration::ZERO));
+    add("wxtotal2").await;
+    // Fresh: the same reading, no query.
+    let (again, _) = engine.state_totals_within(fresh).await.unwrap();
+    assert_eq!(pending(&again), 1);
+    // Stale: answered from the last reading at once, and read again behind it.
+    clock.advance(Duration::from_secs(6));
+    let (stale, age) = engine.state_totals_within(fresh).await.unwrap();
+    assert_eq!((pending(&stale), age), (1, Duration::from_secs(6)));
+    let mut refreshed = 0;
+    for _ in 0..200 {
+        let (now, _) = engine.state_totals_within(fresh).await.unwrap();
+        refreshed = pending(&now);
+        if refreshed == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(refreshed, 2, "the refresh behind the answer landed");
+    // Too old to show: read first.
+    add("wxtotal3").await;
+    clock.advance(Duration::from_secs(60));
+    let (read, age) = engine.state_totals_within(fresh).await.unwrap();
+    assert_eq!((pending(&read), age), (3, Duration::ZERO));
+    // Zero: every call reads.
+    add("wxtotal4").await;
+    let (read, _) = engine.state_totals_within(Duration::ZERO).await.unwrap();
+    assert_eq!(pending(&read), 4);
+}

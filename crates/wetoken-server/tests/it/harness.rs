@@ -56,6 +56,9 @@ pub fn settings(db: &TestDb, mock: &MockWeChat) -> Settings {
     // in wetoken-core's `quota_guard`.
     s.refresh.ticket_report_min_age_secs = 0;
     s.http.credential_errors = CredentialErrors::AsStatus;
+    // Tests read the totals right after changing what they count (and on a clock that moves
+    // only when told): no reuse of an earlier reading.
+    s.metrics.totals_fresh_ms = 0;
     s
 }
 
