@@ -54,8 +54,12 @@ struct HealthArgs {
     #[arg(long, env = "WETOKEN_LISTEN", default_value = "127.0.0.1:9999")]
     listen: std::net::SocketAddr,
     /// Ask `/live` instead: the process answers, whatever the database does.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "ready")]
     live: bool,
+    /// Ask `/ready` instead: the server serves (from its trusted cache through a database
+    /// outage) and is not draining. What a container health check wants.
+    #[arg(long)]
+    ready: bool,
     /// How long to wait for the answer, in seconds.
     #[arg(long, default_value_t = 3)]
     timeout_secs: u64,
@@ -216,7 +220,11 @@ fn health(args: &HealthArgs) -> anyhow::Result<()> {
         });
     }
     let timeout = std::time::Duration::from_secs(args.timeout_secs.max(1));
-    let path = if args.live { "/live" } else { "/health" };
+    let path = match (args.live, args.ready) {
+        (true, _) => "/live",
+        (_, true) => "/ready",
+        _ => "/health",
+    };
     let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout)
         .with_context(|| format!("connecting to {addr}"))?;
     stream.set_read_timeout(Some(timeout))?;

@@ -415,6 +415,8 @@ async fn start_up_survives_service_links_and_refuses_mistakes() {
         &[("WETOKEN_LISTEN", &format!("0.0.0.0:{port}"))],
     );
     assert!(ok, "{err}");
+    let (ok, out, err) = run(&dir, &["health", "--ready", "--listen", &listen], &[]);
+    assert!(ok && out.contains("/ready"), "{out}{err}");
     Command::new("kill")
         .args(["-TERM", &pid.to_string()])
         .status()
