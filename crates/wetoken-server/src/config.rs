@@ -81,6 +81,13 @@ pub struct Settings {
     /// Where the token, ticket and jssdk routes may be called from while no consumer key exists
     /// (CIDR blocks). Once a key is added (`wetoken-cli key add`), every caller needs one.
     pub reader_networks: Vec<String>,
+    /// Proxies whose `X-Forwarded-For` is believed (CIDR blocks). For a request from one of
+    /// them, the caller is the last address in `X-Forwarded-For` that is not a trusted proxy
+    /// itself: that is the address consumer keys' `--allow` networks and the per-address limits
+    /// see. Access by address alone (no keys) is never granted to a forwarded request. Empty:
+    /// no proxy is believed.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
     /// How often the consumer keys are re-read from the database, in milliseconds, so keys added
     /// or revoked by `wetoken-cli` take effect without a restart.
     pub consumer_keys_reload_ms: u64,
@@ -226,6 +233,7 @@ impl Default for Settings {
             master_key_previous_file: None,
             require_encrypted: false,
             reader_networks: vec!["127.0.0.0/8".into(), "::1/128".into()],
+            trusted_proxies: Vec::new(),
             consumer_keys_reload_ms: 5000,
             refresh: EngineConfig::default(),
             http: HttpSettings::default(),
@@ -377,6 +385,11 @@ impl Settings {
     /// The reader networks, parsed.
     pub fn reader_networks(&self) -> Result<Vec<ipnet::IpNet>, String> {
         parse_networks("reader_networks", &self.reader_networks)
+    }
+
+    /// The trusted proxies, parsed.
+    pub fn trusted_proxies(&self) -> Result<Vec<ipnet::IpNet>, String> {
+        parse_networks("trusted_proxies", &self.trusted_proxies)
     }
 
     /// The database part, as the engine takes it (without the keyring: see

@@ -149,6 +149,7 @@ impl Embedded {
                 metrics: settings.metrics.clone(),
                 admin,
                 readers,
+                trusted_proxies: settings.trusted_proxies().map_err(StartError::Settings)?,
                 draining: AtomicBool::new(false),
             }),
             tasks: Arc::new(Tasks {

@@ -61,6 +61,8 @@ pub(crate) struct State {
     pub metrics: MetricsSettings,
     pub admin: AdminPolicy,
     pub readers: ReaderPolicy,
+    /// Proxies whose `X-Forwarded-For` names the caller (`trusted_proxies`).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Set on SIGTERM while the server drains: `/ready` answers 503.
     pub draining: std::sync::atomic::AtomicBool,
 }
@@ -152,6 +154,17 @@ async fn dispatch<B: RequestBody>(
         return Err(ApiError::NotFound);
     }
     *label = route.label();
+    // The probes answer whoever asks; every other route sees the caller behind a trusted proxy.
+    let peer = match route {
+        Route::Live | Route::Ready | Route::Health => peer,
+        _ => {
+            let client = access::client_address(peer, &parts.headers, &state.trusted_proxies)?;
+            if client != peer {
+                tracing::Span::current().record("client", tracing::field::display(client));
+            }
+            client
+        }
+    };
     // /metrics names every appid with its expiry and calls: it is admin-only too.
     if matches!(route, Route::App(_) | Route::Status | Route::Metrics) {
         state.admin.check(&parts, peer)?;

@@ -343,13 +343,73 @@ fn trusted_by_address(
     Ok(())
 }
 
+/// The caller's address. From a trusted proxy (`trusted_proxies`), it is the address the proxy
+/// forwards for: `X-Forwarded-For` read from its end, where the proxy appended the address it
+/// was called from, past any further trusted proxies, to the first address that is not one.
+/// The entries left of that one were written by the caller and are not believed. From anyone
+/// else, the TCP peer, whatever it sends.
+///
+/// A trusted proxy's request without `X-Forwarded-For` is its own (or a local program's, when
+/// the proxy runs on this host): the TCP peer. One with an entry that is not an address is
+/// refused with a 400 that says so.
+pub(super) fn client_address(
+    peer: std::net::IpAddr,
+    headers: &http::HeaderMap,
+    trusted: &[ipnet::IpNet],
+) -> Result<std::net::IpAddr, ApiError> {
+    let is_trusted = |ip: &std::net::IpAddr| trusted.iter().any(|n| n.contains(ip));
+    if !is_trusted(&peer) {
+        return Ok(peer);
+    }
+    let bad = |what: String| {
+        ApiError::BadRequest(format!(
+            "this request came through trusted proxy {peer}, {what}; configure the proxy to \
+             append the caller's address (nginx: proxy_set_header X-Forwarded-For \
+             $proxy_add_x_forwarded_for)"
+        ))
+    };
+    // Several headers are one list, in order (RFC 9110 5.3).
+    let mut hops = Vec::new();
+    for value in headers.get_all(X_FORWARDED_FOR) {
+        let value = value
+            .to_str()
+            .map_err(|_| bad("whose X-Forwarded-For is not text".into()))?;
+        hops.extend(value.split(',').map(str::trim));
+    }
+    let mut client = None;
+    for hop in hops.iter().rev() {
+        let ip = forwarded_address(hop).ok_or_else(|| {
+            let shown: String = hop.chars().take(64).filter(|c| !c.is_control()).collect();
+            bad(format!(
+                "whose X-Forwarded-For names {shown:?}, not an address"
+            ))
+        })?;
+        client = Some(ip);
+        if !is_trusted(&ip) {
+            break;
+        }
+    }
+    Ok(client.unwrap_or(peer))
+}
+
+/// One `X-Forwarded-For` entry: an address, with or without a port (`203.0.113.9`,
+/// `203.0.113.9:4711`, `2001:db8::1`, `[2001:db8::1]:4711`).
+fn forwarded_address(hop: &str) -> Option<std::net::IpAddr> {
+    hop.parse::<std::net::IpAddr>()
+        .or_else(|_| hop.parse::<std::net::SocketAddr>().map(|a| a.ip()))
+        .ok()
+        .map(|ip| ip.to_canonical())
+}
+
+const X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
+
 const SEC_FETCH_SITE: http::HeaderName = http::HeaderName::from_static("sec-fetch-site");
 
 /// Headers a proxy adds when it passes a request on (RFC 7239, the de facto `X-Forwarded-For`
 /// and `X-Real-IP`, RFC 9110's `Via`).
 const PROXY_HEADERS: [http::HeaderName; 4] = [
     http::HeaderName::from_static("forwarded"),
-    http::HeaderName::from_static("x-forwarded-for"),
+    X_FORWARDED_FOR,
     http::HeaderName::from_static("x-real-ip"),
     http::header::VIA,
 ];
@@ -528,5 +588,59 @@ mod tests {
             assert!(message.contains("proxy"), "{message}");
         }
         assert!(trusted_by_address(&parts(&[host]), loopback).is_ok());
+    }
+
+    #[test]
+    fn the_caller_behind_a_trusted_proxy_is_the_last_untrusted_hop() {
+        let trusted: Vec<ipnet::IpNet> =
+            vec!["10.0.0.0/24".parse().unwrap(), "::1/128".parse().unwrap()];
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        let proxy = ip("10.0.0.7");
+        let headers = |values: &[&str]| {
+            let mut map = http::HeaderMap::new();
+            for v in values {
+                map.append(X_FORWARDED_FOR, v.parse().unwrap());
+            }
+            map
+        };
+        let client = |peer, values: &[&str]| client_address(peer, &headers(values), &trusted);
+        // Not a trusted proxy: its headers are not read, whatever they say.
+        let outsider = ip("198.51.100.1");
+        assert_eq!(client(outsider, &["127.0.0.1"]).unwrap(), outsider);
+        assert_eq!(client(outsider, &["garbage"]).unwrap(), outsider);
+        // The proxy appends the address it was called from; what the caller wrote to its left
+        // is not believed.
+        assert_eq!(
+            client(proxy, &["127.0.0.1, 203.0.113.9"]).unwrap(),
+            ip("203.0.113.9")
+        );
+        // A chain of trusted proxies, over two headers, with ports and IPv6.
+        assert_eq!(
+            client(
+                proxy,
+                &["192.0.2.1, 203.0.113.9:4711", "10.0.0.9, [::1]:80"]
+            )
+            .unwrap(),
+            ip("203.0.113.9")
+        );
+        assert_eq!(client(proxy, &["2001:db8::1"]).unwrap(), ip("2001:db8::1"));
+        assert_eq!(
+            client(proxy, &["::ffff:203.0.113.9"]).unwrap(),
+            ip("203.0.113.9")
+        );
+        // Every hop trusted: the first proxy's caller was a proxy of ours.
+        assert_eq!(client(proxy, &["10.0.0.3"]).unwrap(), ip("10.0.0.3"));
+        // No header: the proxy's own request (or a local program's, beside it).
+        assert_eq!(client(proxy, &[]).unwrap(), proxy);
+        // Garbage from a trusted proxy is refused, loudly.
+        for bad in [&["unknown"][..], &["203.0.113.9, "], &["203.0.113.9 junk"]] {
+            let Err(ApiError::BadRequest(m)) = client(proxy, bad) else {
+                panic!("{bad:?} was believed");
+            };
+            assert!(
+                m.contains("10.0.0.7") && m.contains("X-Forwarded-For"),
+                "{m}"
+            );
+        }
     }
 }

@@ -36,12 +36,13 @@ pub(crate) async fn handle<B: RequestBody>(
     // layer formats them when the span is made), so the span carries the two that tell requests
     // apart in a log.
     // `key` is filled in only when a request is refused: the consumer key's name, when one
-    // was presented and is known.
+    // was presented and is known. `client` only behind a trusted proxy: the caller it names.
     let span = tracing::info_span!(
         "request",
         request_id = %request_id.to_str().unwrap_or_default(),
         path = %request.uri().path(),
         key = tracing::field::Empty,
+        client = tracing::field::Empty,
     );
     let errors_in_body = state.http.credential_errors == CredentialErrors::InBody
         && in_credential_group(request.uri().path());

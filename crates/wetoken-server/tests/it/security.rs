@@ -473,6 +473,84 @@ async fn a_proxied_request_gets_no_local_trust() {
     db.drop_db().await;
 }
 
+/// Behind a proxy listed in `trusted_proxies`, the caller is the address the proxy appends to
+/// `X-Forwarded-For`: a key's `--allow` networks see it, and a forgery to its left is not
+/// believed. Garbage from a trusted proxy is refused; a proxy not listed is not read; address
+/// trust is still never lent through a proxy.
+#[tokio::test]
+async fn a_trusted_proxy_names_the_caller() {
+    let db = TestDb::sqlite().await;
+    let mock = mock_with(&[APP]).await;
+    let mut s = settings(&db, &mock);
+    // 127.0.0.1 is the proxy; 127.0.0.2 is a caller that reaches the server directly.
+    s.trusted_proxies = vec!["127.0.0.1/32".into()];
+    let server = TestServer::start(s).await;
+    server.add_app(APP).await;
+    let token = format!("{}/{APP}/wechat/token/get", server.url);
+    let proxy = reqwest::Client::builder()
+        .local_address(IpAddr::V4(Ipv4Addr::LOCALHOST))
+        .build()
+        .unwrap();
+
+    // No keys yet: a forwarded request gets no local trust, even from a trusted proxy.
+    let (code, body) = status(proxy.get(&token).header("x-forwarded-for", "127.0.0.1")).await;
+    assert_eq!(code, 403, "{body}");
+
+    let cli = Store::connect(&DatabaseOptions::new(&db.url))
+        .await
+        .unwrap();
+    let office = add_key(&cli, "office", &[APP], false, &["203.0.113.0/24"]).await;
+    let mut s = settings(&db, &mock);
+    s.trusted_proxies = vec!["127.0.0.1/32".into()];
+    server.stop().await;
+    let server = TestServer::start(s).await;
+    let token = format!("{}/{APP}/wechat/token/get", server.url);
+    let via = |xff: &str| {
+        proxy
+            .get(&token)
+            .bearer_auth(&office)
+            .header("x-forwarded-for", xff)
+    };
+
+    for (xff, want) in [
+        // The caller the proxy saw is in the key's network.
+        ("203.0.113.9", 200),
+        // A caller outside it, who wrote an address of the network in front of its own.
+        ("203.0.113.9, 198.51.100.7", 403),
+        ("198.51.100.7", 403),
+    ] {
+        let (code, body) = status(via(xff)).await;
+        assert_eq!(code, want, "{xff}: {body}");
+    }
+    // A proxy that sends garbage is refused, saying how to fix it.
+    let (code, body) = status(via("unknown")).await;
+    assert_eq!(code, 400, "{body}");
+    let message = body["errmsg"].as_str().unwrap();
+    assert!(
+        message.contains("X-Forwarded-For") && message.contains("127.0.0.1"),
+        "{body}"
+    );
+    // Without the header the request is the proxy's own: outside the key's network.
+    let (code, body) = status(proxy.get(&token).bearer_auth(&office)).await;
+    assert_eq!(code, 403, "{body}");
+    // Not a trusted proxy: its X-Forwarded-For is not read, so the key sees 127.0.0.2.
+    let (code, body) = status(
+        from_other_address()
+            .get(&token)
+            .bearer_auth(&office)
+            .header("x-forwarded-for", "203.0.113.9"),
+    )
+    .await;
+    assert_eq!(code, 403, "{body}");
+    // The probes answer the proxy's health checks without the header.
+    assert_eq!(
+        status(proxy.get(format!("{}/live", server.url))).await.0,
+        200
+    );
+    server.stop().await;
+    db.drop_db().await;
+}
+
 on_every_database!(consumer_keys_cannot_be_migrated_away);
 
 /// Undoing the consumer-key migration would drop every key and, at the next start, open the token
