@@ -535,18 +535,19 @@ async fn list(args: ListArgs) -> anyhow::Result<()> {
 }
 
 /// A credential's state in a few characters: time left, or why there is none.
+/// The words are the listings' state names, but for a value in hand, which shows its time left.
 fn state(record: Option<&CredentialRecord>, now: DateTime<Utc>) -> String {
-    match record {
-        None => "not fetched".into(),
-        Some(r) if r.halted => "halted".into(),
-        Some(r) => match &r.credential {
-            Some(c) if c.expires_at > now => {
-                let left = (c.expires_at - now).num_seconds();
-                format!("{}m{:02}s left", left / 60, left % 60)
-            }
-            Some(_) => "expired".into(),
-            None => "failing".into(),
-        },
+    let Some(r) = record else {
+        return "not fetched yet".into();
+    };
+    match (r.state(false), &r.credential) {
+        (CredentialState::Pending, _) => "not fetched yet".into(),
+        (CredentialState::Healthy, Some(c)) if c.expires_at > now => {
+            let left = (c.expires_at - now).num_seconds();
+            format!("{}m{:02}s left", left / 60, left % 60)
+        }
+        (CredentialState::Healthy, _) => "expired".into(),
+        (state, _) => state.name().replace('_', " "),
     }
 }
 
@@ -655,5 +656,46 @@ pub(crate) async fn ticket(action: TicketAction) -> anyhow::Result<()> {
             };
             get(args, kind).await
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wetoken_core::Credential;
+
+    #[test]
+    fn a_credential_never_fetched_is_not_failing() {
+        let now = Utc::now();
+        let record = |credential: Option<Credential>, failures, errcode, halted| CredentialRecord {
+            credential,
+            message: String::new(),
+            errcode,
+            halted,
+            refresh_time: None,
+            version: 0,
+            failures,
+            retry_at: None,
+            leased: false,
+            check: None,
+            replaced: 0,
+        };
+        let live = || {
+            Some(Credential {
+                value: "t".into(),
+                expires_at: now + chrono::Duration::seconds(125),
+            })
+        };
+        for (r, want) in [
+            (record(None, 0, None, false), "not fetched yet"),
+            (record(None, 2, Some(40013), false), "failing"),
+            (record(live(), 1, Some(-1), false), "failing"),
+            (record(None, 1, Some(90430), false), "out of budget"),
+            (record(live(), 0, Some(40013), true), "halted"),
+            (record(live(), 0, Some(0), false), "2m05s left"),
+        ] {
+            assert_eq!(state(Some(&r), now), want, "{r:?}");
+        }
+        assert_eq!(state(None, now), "not fetched yet");
     }
 }

@@ -69,7 +69,7 @@ impl Declined {
 
 /// The errcode recorded for a scheduled renewal the whole budget refused: the same as the wire
 /// crate's `OVER_BUDGET`, so the refusal reads back as [`Error::OverBudget`] on every replica.
-pub(super) const OVER_BUDGET_ERRCODE: i64 = 90430;
+pub(crate) const OVER_BUDGET_ERRCODE: i64 = 90430;
 
 impl Engine {
     /// Whether what the database holds already settles a report of the stored value, with no

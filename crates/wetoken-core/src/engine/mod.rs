@@ -36,6 +36,7 @@ mod upstream;
 
 pub use apps::{AppStatus, JssdkConfig};
 pub use config::EngineConfig;
+pub(crate) use guard::OVER_BUDGET_ERRCODE;
 pub use guard::Reporter;
 pub use upstream::UPSTREAM_ENDPOINTS;
 

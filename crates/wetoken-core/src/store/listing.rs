@@ -23,7 +23,7 @@ use super::Store;
 use crate::Error;
 use crate::entity::app_info::{self, Column as A};
 use crate::entity::credential::Column as C;
-use crate::model::{AppId, AppInfo, AppKind, Kind, truncate_for_message};
+use crate::model::{AppId, AppInfo, AppKind, CredentialRecord, Kind, truncate_for_message};
 
 /// What state a credential is in, as the listings filter by and the metrics count.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -41,6 +41,27 @@ pub enum CredentialState {
     OutOfBudget,
     /// Refreshing stopped on an error retrying cannot cure, until the app's settings change.
     Halted,
+}
+
+impl CredentialRecord {
+    /// The record's state, by the rules of the generated `state` column (migration 000011),
+    /// `due` telling whether its renewal has come: for code that holds a record rather than a
+    /// listing row.
+    pub fn state(&self, due: bool) -> CredentialState {
+        if self.halted {
+            CredentialState::Halted
+        } else if self.errcode == Some(crate::engine::OVER_BUDGET_ERRCODE) {
+            CredentialState::OutOfBudget
+        } else if self.failures > 0 {
+            CredentialState::Failing
+        } else if self.credential.as_ref().is_none_or(|c| c.value.is_empty()) {
+            CredentialState::Pending
+        } else if due {
+            CredentialState::Renewing
+        } else {
+            CredentialState::Healthy
+        }
+    }
 }
 
 impl CredentialState {
