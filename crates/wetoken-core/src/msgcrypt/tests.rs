@@ -271,10 +271,15 @@ fn tampered_ciphertexts_are_refused_with_the_right_error() {
         tampered("hello", |raw| raw[40] ^= 4),
         Err(MsgCryptError::BadPadding)
     );
-    // The last block dropped: the count, 21, now covers the receive id too.
+    // The last two blocks dropped: what ends the plain text is the receive id's 'b'.
+    assert_eq!(
+        tampered("hello", |raw| raw.truncate(32)),
+        Err(MsgCryptError::BadPadding)
+    );
+    // One block dropped: whole AES blocks, but not WeChat's 32 bytes.
     assert_eq!(
         tampered("hello", |raw| raw.truncate(48)),
-        Err(MsgCryptError::BadPadding)
+        Err(MsgCryptError::BadLength)
     );
     assert_eq!(
         tampered("hello", |raw| raw.clear()),
@@ -306,6 +311,14 @@ fn padding_must_be_wechats_pkcs7() {
     assert_eq!(
         open_signed(&crypt, &raw_encrypted(&crypt, big)),
         Err(MsgCryptError::BadPadding)
+    );
+    // Padded to 16 bytes, as PKCS#7 for AES would: WeChat's is 32, so this is a second
+    // ciphertext for the same message, and refused.
+    let mut to_16 = base.clone();
+    to_16.extend_from_slice(&[8; 8]);
+    assert_eq!(
+        open_signed(&crypt, &raw_encrypted(&crypt, to_16)),
+        Err(MsgCryptError::BadLength)
     );
     let mut mixed = vec![24; 24];
     mixed[0] = 23;
@@ -832,6 +845,42 @@ proptest! {
         let result = open_signed(&crypt, &encrypted);
         prop_assert!(result.is_err() || blocks.len() >= 3);
         fuzz(encrypted.as_bytes());
+    }
+
+    /// Plain texts near the layout (lengths, receive ids and padding right or wrong) reach
+    /// every check behind the cipher; the right one opens, the rest are refused, and what
+    /// opens has one form only (checked in `fuzz`): PKCS#7 to 16 or 48 bytes, or with bytes
+    /// that are not the count, never opens.
+    #[test]
+    fn any_plain_text_opens_canonically_or_is_refused(
+        message in "[a-z<>/ ]{0,70}",
+        length in proptest::option::weighted(0.2, any::<u32>()),
+        receive_id in proptest::option::weighted(0.2, "[a-z0-9]{0,20}"),
+        padding in proptest::option::weighted(
+            0.6,
+            (proptest::sample::select(vec![16usize, 48, 64]), proptest::option::weighted(0.2, any::<u8>())),
+        ),
+    ) {
+        let crypt = crypt();
+        let honest = length.is_none() && receive_id.is_none() && padding.is_none();
+        let mut plain = PREFIX.to_vec();
+        let length = length.unwrap_or(u32::try_from(message.len()).unwrap());
+        plain.extend_from_slice(&length.to_be_bytes());
+        plain.extend_from_slice(message.as_bytes());
+        plain.extend_from_slice(receive_id.as_deref().unwrap_or(RECEIVE_ID).as_bytes());
+        match padding {
+            // To a multiple of `block`, with bytes of the count or of `value`.
+            Some((block, value)) => {
+                let count = block - plain.len() % block;
+                let byte = value.unwrap_or(u8::try_from(count).unwrap());
+                plain.extend(std::iter::repeat_n(byte, count));
+            }
+            None => pad(&mut plain),
+        }
+        fuzz(&plain);
+        if honest {
+            prop_assert_eq!(open_signed(&crypt, &raw_encrypted(&crypt, plain)), Ok(message));
+        }
     }
 
     /// Whatever is sealed opens to itself, for any message, prefix, time and receive id.
