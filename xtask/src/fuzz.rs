@@ -7,7 +7,7 @@
 //! fuzzer can find is a panic (an unwrap, an index, an overflow under debug assertions, a broken
 //! invariant the target asserts), and building without AddressSanitizer takes half the time.
 //!
-//! Each target's body is a plain function (`wetoken_server::fuzz`, `wetoken_registry::fuzz`) that
+//! Each target's body is a plain function (`wetoken_server::fuzz`, `wetoken_registry::fuzz`, `wetoken_core::fuzz`) that
 //! a proptest also runs in `cargo test`; this is the longer, coverage-guided run. Not part of CI.
 
 use std::path::Path;
@@ -16,7 +16,7 @@ use std::process::Command;
 use anyhow::{Context, bail};
 
 /// The targets, each with the seed inputs it starts from (in `fuzz/seeds/<target>`).
-pub const TARGETS: [&str; 3] = ["route", "dsn", "node"];
+pub const TARGETS: [&str; 4] = ["route", "dsn", "node", "msgcrypt"];
 
 pub fn run(args: &[String]) -> anyhow::Result<()> {
     let mut secs = 20u64;

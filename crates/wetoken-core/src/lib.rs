@@ -31,6 +31,7 @@ mod facade;
 mod install;
 pub mod keys;
 pub mod model;
+pub mod msgcrypt;
 pub mod secrets;
 pub mod sign;
 pub mod store;
@@ -49,6 +50,7 @@ pub use model::{
     App, AppId, AppInfo, AppKind, AppUpdate, Credential, CredentialRecord, GoFields, Kind, NewApp,
     Secret, TokenCheck, TokenMode, WorkIds,
 };
+pub use msgcrypt::{MsgCrypt, MsgCryptError};
 pub use secrets::{Reseal, ResealReport, SecretsReport};
 pub use store::{
     AppFilter, CredentialState, Cursor, DatabaseOptions, PAGE_DEFAULT, PAGE_MAX, StateTotals,
@@ -57,3 +59,13 @@ pub use store::{
 pub use takeover::{GoZone, Takeover};
 pub use wechat::{UpstreamError, WeChat, WeChatOptions};
 pub use wxcode::WxCode;
+
+/// Entry points for the fuzz targets in `fuzz/`, which property tests also run. Not an API.
+#[doc(hidden)]
+pub mod fuzz {
+    /// The `msgcrypt` target: `data` as a push body, a ciphertext, inner XML and a message to
+    /// seal; see `msgcrypt::fuzz` for what must hold.
+    pub fn msgcrypt(data: &[u8]) {
+        crate::msgcrypt::fuzz(data);
+    }
+}

@@ -28,6 +28,12 @@ pub fn jsapi_signature(ticket: &str, noncestr: &str, timestamp: i64, url: &str) 
 /// The card signature: the values present (api_ticket, timestamp, card_id, code, openid,
 /// nonce_str, …) sorted as strings, concatenated without separator, SHA-1, lower-case hex.
 pub fn card_signature(values: &[&str]) -> String {
+    sorted_sha1_hex(values)
+}
+
+/// SHA-1, in lower-case hex, of `values` sorted as bytes and concatenated without separator: the
+/// card signature's and WXBizMsgCrypt's `msg_signature` rule.
+pub(crate) fn sorted_sha1_hex(values: &[&str]) -> String {
     let mut sorted = values.to_vec();
     sorted.sort_unstable();
     sha1_hex(sorted.concat().as_bytes())
