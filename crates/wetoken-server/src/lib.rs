@@ -25,6 +25,7 @@ mod conn;
 mod embed;
 mod http;
 mod metrics;
+mod parse_errors;
 mod status;
 
 use std::future::Future;
@@ -401,7 +402,10 @@ async fn serve_connection<Held: Send + 'static>(
         })
     };
     let connection = builder
-        .serve_connection(TokioIo::new(stream), service)
+        .serve_connection(
+            TokioIo::new(parse_errors::JsonParseErrors::new(stream)),
+            service,
+        )
         .into_owned();
     tokio::pin!(connection);
     let ended = tokio::select! {
