@@ -260,3 +260,43 @@ async fn one_address_holds_at_most_its_share_of_connections() {
     server.stop().await;
     db.drop_db().await;
 }
+
+/// An HTTP/1.1 keep-alive connection is closed after its answer once idle for
+/// `idle_timeout_secs`, or `header_read_timeout_secs` (the wait for the next request's
+/// headers), whichever is shorter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_http1_keep_alive_connections_are_closed() {
+    let db = TestDb::sqlite().await;
+    let mock = mock_with(&[]).await;
+    for (idle, header_read) in [(1, 30), (30, 1)] {
+        let mut s = settings(&db, &mock);
+        s.http.idle_timeout_secs = idle;
+        s.http.header_read_timeout_secs = header_read;
+        let server = TestServer::start(s).await;
+        let mut stream = connect_from(socket_addr(&server), "127.0.0.1")
+            .await
+            .unwrap();
+        stream
+            .write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .await
+            .unwrap();
+        let started = Instant::now();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        let closed = loop {
+            let read = tokio::io::AsyncReadExt::read(&mut stream, &mut buf);
+            match tokio::time::timeout(Duration::from_secs(10), read).await {
+                Ok(Ok(0)) | Ok(Err(_)) => break started.elapsed(),
+                Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+                Err(_) => panic!("idle {idle} s, header read {header_read} s: kept open"),
+            }
+        };
+        assert!(got.starts_with(b"HTTP/1.1 200"), "{got:?}");
+        assert!(
+            closed < Duration::from_secs(6),
+            "idle {idle} s, header read {header_read} s: closed after {closed:?}"
+        );
+        server.stop().await;
+    }
+    db.drop_db().await;
+}
