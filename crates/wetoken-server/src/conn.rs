@@ -203,19 +203,25 @@ impl RefusalLog {
 
     pub(crate) fn refused(&mut self, why: Refusal, peer: IpAddr) {
         metrics::counter!("wetoken_connections_refused_total", "limit" => why.label()).increment(1);
-        self.unlogged += 1;
-        let now = Instant::now();
-        if self.last.is_some_and(|last| now < last + Self::EVERY) {
-            return;
+        if let Some(refused) = self.due(Instant::now()) {
+            tracing::warn!(
+                %peer,
+                limit = why.label(),
+                refused,
+                "connections refused over a limit (the count since the last such line, at most one per 10 s; this one's peer and limit)"
+            );
         }
-        tracing::warn!(
-            %peer,
-            limit = why.label(),
-            refused = self.unlogged,
-            "connections refused over a limit (this one's peer and limit shown; one line per 10 s at most)"
-        );
+    }
+
+    /// Counts a refusal at `now`; the number to log, refusals since the last line included,
+    /// when a line is due.
+    fn due(&mut self, now: Instant) -> Option<u64> {
+        self.unlogged += 1;
+        if self.last.is_some_and(|last| now < last + Self::EVERY) {
+            return None;
+        }
         self.last = Some(now);
-        self.unlogged = 0;
+        Some(std::mem::take(&mut self.unlogged))
     }
 }
 
@@ -244,6 +250,20 @@ mod tests {
         assert!(slots.take("2001:db8:0:1::1".parse().unwrap()).is_some());
         let _v4 = slots.take("10.0.0.1".parse().unwrap()).unwrap();
         assert!(slots.take("::ffff:10.0.0.1".parse().unwrap()).is_none());
+    }
+
+    #[test]
+    fn a_flood_of_refusals_is_logged_once_per_period_with_its_count() {
+        let mut log = RefusalLog::new();
+        let start = Instant::now();
+        assert_eq!(log.due(start), Some(1), "the first is logged at once");
+        let quiet = (1..1000)
+            .map(|i| log.due(start + Duration::from_millis(i)))
+            .filter(Option::is_some)
+            .count();
+        assert_eq!(quiet, 0, "no line within the period");
+        assert_eq!(log.due(start + RefusalLog::EVERY), Some(1000));
+        assert_eq!(log.due(start + RefusalLog::EVERY * 3), Some(1));
     }
 
     #[tokio::test(start_paused = true)]
