@@ -176,6 +176,15 @@ pub struct HttpSettings {
     pub drain_secs: u64,
     /// The most connections served at once; further ones are closed at once.
     pub max_connections: usize,
+    /// The most connections one source address (an IPv4 address, an IPv6 /64) holds at once;
+    /// further ones from it are closed at once, so that one host cannot take every one of
+    /// `max_connections`. Behind a proxy or a load balancer that connects from one address,
+    /// raise it to `max_connections`.
+    pub max_connections_per_address: usize,
+    /// How long a connection stays open with no request in progress, in seconds: then it is
+    /// closed (HTTP/2: a GOAWAY), whatever pings its peer answers. An idle HTTP/1 connection is
+    /// closed after `header_read_timeout_secs` already, if that is shorter.
+    pub idle_timeout_secs: u64,
     /// How the credential routes (everything under `/{appid}/wechat/` and `/wx/{appid}/`)
     /// answer errors. The admin and operations routes always use HTTP statuses.
     pub credential_errors: CredentialErrors,
@@ -188,6 +197,27 @@ pub struct HttpSettings {
 }
 
 impl HttpSettings {
+    /// The connection limits, checked: none may be 0.
+    pub fn check_connections(&self) -> Result<(), String> {
+        for (name, value) in [
+            ("http.max_connections", self.max_connections as u64),
+            (
+                "http.max_connections_per_address",
+                self.max_connections_per_address as u64,
+            ),
+            ("http.idle_timeout_secs", self.idle_timeout_secs),
+            (
+                "http.header_read_timeout_secs",
+                self.header_read_timeout_secs,
+            ),
+        ] {
+            if value == 0 {
+                return Err(format!("{name} must be at least 1"));
+            }
+        }
+        Ok(())
+    }
+
     /// The default passive-refresh limit these settings give, checked.
     pub fn refresh_limit(&self) -> Result<wetoken_core::RefreshLimit, String> {
         wetoken_core::RefreshLimit::new(self.refresh_burst, self.refresh_per_minute)
@@ -251,6 +281,8 @@ impl Default for HttpSettings {
             shutdown_timeout_secs: 10,
             drain_secs: 0,
             max_connections: 10_000,
+            max_connections_per_address: 128,
+            idle_timeout_secs: 60,
             credential_errors: CredentialErrors::InBody,
             refresh_burst: wetoken_core::RefreshLimit::DEFAULT.burst(),
             refresh_per_minute: wetoken_core::RefreshLimit::DEFAULT.per_minute(),

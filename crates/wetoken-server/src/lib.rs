@@ -21,9 +21,11 @@
 #![deny(missing_docs)]
 
 mod config;
+mod conn;
 mod embed;
 mod http;
 mod metrics;
+mod parse_errors;
 mod status;
 
 use std::future::Future;
@@ -34,9 +36,8 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 use wetoken_core::{Clock, Engine, Installed, Store, SystemClock, Takeover};
 
@@ -177,7 +178,7 @@ impl Server {
 pub struct Listening {
     target: Arc<OnceLock<Target>>,
     stop: watch::Sender<bool>,
-    accept: tokio::task::JoinHandle<GracefulShutdown>,
+    accept: tokio::task::JoinHandle<Drain>,
     http: HttpSettings,
 }
 
@@ -199,6 +200,9 @@ impl Listening {
         settings: &HttpSettings,
         target: Option<Target>,
     ) -> std::io::Result<Self> {
+        settings
+            .check_connections()
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
         info!(addr = %listener.local_addr()?, "listening");
         let target = Arc::new(target.map_or_else(OnceLock::new, OnceLock::from));
         let (stop, stop_rx) = watch::channel(false);
@@ -269,14 +273,12 @@ impl Listening {
     /// the requests in flight.
     async fn stop_accepting(self, why: &str, then: impl FnOnce()) -> std::io::Result<()> {
         let _ = self.stop.send(true);
-        let graceful = self.accept.await.map_err(std::io::Error::other)?;
+        // Each connection's task sees the stop too: it closes its connection once idle.
+        let drain = self.accept.await.map_err(std::io::Error::other)?;
         info!("{why}");
         then();
         let limit = Duration::from_secs(self.http.shutdown_timeout_secs);
-        if tokio::time::timeout(limit, graceful.shutdown())
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(limit, drain.finished()).await.is_err() {
             warn!("in-flight requests did not finish in time; closing them");
         }
         Ok(())
@@ -284,19 +286,19 @@ impl Listening {
 }
 
 /// Accepts connections until `stop`, serving each with `target` once it is set (until then,
-/// [`http::starting`]); then closes the listener and hands back the connections to drain.
+/// [`http::starting`]); then closes the listener and hands back what the connections' tasks
+/// hold, which is dropped as the last of them ends.
 async fn accept_loop(
     listener: TcpListener,
     target: Arc<OnceLock<Target>>,
     settings: HttpSettings,
     stop: watch::Receiver<bool>,
-) -> GracefulShutdown {
-    let header_read = Duration::from_secs(settings.header_read_timeout_secs);
+) -> Drain {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(header_read);
+        .header_read_timeout(Duration::from_secs(settings.header_read_timeout_secs));
     // A peer that vanished without closing is found by pings, not kept forever.
     builder
         .http2()
@@ -304,8 +306,11 @@ async fn accept_loop(
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(10));
     let builder = Arc::new(builder);
-    let graceful = GracefulShutdown::new();
+    let (drain, drained) = mpsc::channel::<()>(1);
     let connections = Arc::new(tokio::sync::Semaphore::new(settings.max_connections));
+    let per_address = conn::AddressSlots::new(settings.max_connections_per_address);
+    let mut refusals = conn::RefusalLog::new();
+    let limits = Arc::new(settings);
     let mut stopping = stop.clone();
     loop {
         tokio::select! {
@@ -319,72 +324,144 @@ async fn accept_loop(
                         continue;
                     }
                 };
+                let peer = peer.ip().to_canonical();
+                // Over a limit: close it rather than queue it.
+                let Some(address_slot) = per_address.take(peer) else {
+                    refusals.refused(conn::Refusal::PerAddress, peer);
+                    continue;
+                };
                 let Ok(permit) = connections.clone().try_acquire_owned() else {
-                    // Over the limit: close it rather than queue it.
-                    tracing::debug!(%peer, "connection limit reached; closing a new connection");
-                    drop(stream);
+                    refusals.refused(conn::Refusal::Total, peer);
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
-                let target = target.clone();
-                let peer = peer.ip().to_canonical();
-                let builder = builder.clone();
-                let watcher = graceful.watcher();
-                let mut stop = stop.clone();
-                tokio::spawn(async move {
-                    // hyper-util reads a connection's first bytes (HTTP/1 or HTTP/2?) with
-                    // no deadline for as long as they could begin the HTTP/2 preface, and
-                    // hyper's header timer starts only once HTTP/1 is chosen: a peer that
-                    // sends nothing, or `P`, would hold its slot for good, and
-                    // `max_connections` of them would lock every caller out. So the first
-                    // request must begin within the header timeout, and a stopping server
-                    // does not wait for one.
-                    let started = Arc::new(AtomicBool::new(false));
-                    let first = Arc::new(tokio::sync::Notify::new());
-                    let service = {
-                        let (started, first) = (started.clone(), first.clone());
-                        service_fn(move |request| {
-                            if !started.load(Ordering::Relaxed)
-                                && !started.swap(true, Ordering::Relaxed)
-                            {
-                                first.notify_one();
-                            }
-                            answer(target.get().cloned(), peer, request)
-                        })
-                    };
-                    let connection = watcher.watch(
-                        builder
-                            .serve_connection(TokioIo::new(stream), service)
-                            .into_owned(),
-                    );
-                    tokio::pin!(connection);
-                    // Left as soon as the first request begins, so that the connection's
-                    // later wake-ups poll it alone.
-                    let ended = tokio::select! {
-                        ended = &mut connection => Some(ended),
-                        () = first.notified() => None,
-                        () = tokio::time::sleep(header_read) => None,
-                        _ = stop.wait_for(|stopped| *stopped) => None,
-                    };
-                    let ended = match ended {
-                        Some(ended) => ended,
-                        None if started.load(Ordering::Relaxed) => connection.await,
-                        None => {
-                            tracing::debug!(%peer, "no request began in time; closed");
-                            return;
-                        }
-                    };
-                    if let Err(e) = ended {
-                        tracing::debug!(error = %e, "connection ended with an error");
-                    }
-                    drop(permit);
-                });
+                let held = (permit, address_slot, drain.clone());
+                tokio::spawn(serve_connection(
+                    stream,
+                    peer,
+                    target.clone(),
+                    builder.clone(),
+                    limits.clone(),
+                    stop.clone(),
+                    held,
+                ));
             }
             () = async { let _ = stopping.wait_for(|stopped| *stopped).await; } => break,
         }
     }
     drop(listener);
-    graceful
+    Drain(drained)
+}
+
+/// Resolves once every connection's task has ended.
+struct Drain(mpsc::Receiver<()>);
+
+impl Drain {
+    async fn finished(mut self) {
+        // No task sends: `None` comes when the last sender, held by the last task, is dropped.
+        let _ = self.0.recv().await;
+    }
+}
+
+/// Serves one connection until it ends, the server stops, or it has been idle (no request in
+/// progress) for `idle_timeout_secs`. `held` (its slots, and its share of [`Drain`]) is given
+/// back when it ends.
+async fn serve_connection<Held: Send + 'static>(
+    stream: tokio::net::TcpStream,
+    peer: std::net::IpAddr,
+    target: Arc<OnceLock<Target>>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    settings: Arc<HttpSettings>,
+    mut stop: watch::Receiver<bool>,
+    held: Held,
+) {
+    let header_read = Duration::from_secs(settings.header_read_timeout_secs);
+    let idle_timeout = Duration::from_secs(settings.idle_timeout_secs);
+    // hyper-util reads a connection's first bytes (HTTP/1 or HTTP/2?) with no deadline for as
+    // long as they could begin the HTTP/2 preface, and hyper's header timer starts only once
+    // HTTP/1 is chosen: a peer that sends nothing, or `P`, would hold its slot for good, and
+    // `max_connections` of them would lock every caller out. So the first request must begin
+    // within the header timeout, and a stopping server does not wait for one.
+    let started = Arc::new(AtomicBool::new(false));
+    let first = Arc::new(tokio::sync::Notify::new());
+    let streams = conn::Streams::new();
+    let service = {
+        let (started, first, streams) = (started.clone(), first.clone(), streams.clone());
+        service_fn(move |request| {
+            if !started.load(Ordering::Relaxed) && !started.swap(true, Ordering::Relaxed) {
+                first.notify_one();
+            }
+            let open = streams.begin();
+            let answered = answer(target.get().cloned(), peer, request);
+            async move {
+                let response = answered.await?;
+                Ok::<_, std::convert::Infallible>(
+                    response.map(|body| conn::Tracked::new(body, open)),
+                )
+            }
+        })
+    };
+    let connection = builder
+        .serve_connection(
+            TokioIo::new(parse_errors::JsonParseErrors::new(stream)),
+            service,
+        )
+        .into_owned();
+    tokio::pin!(connection);
+    let ended = tokio::select! {
+        ended = &mut connection => Some(ended),
+        () = first.notified() => None,
+        () = tokio::time::sleep(header_read) => None,
+        _ = stop.wait_for(|stopped| *stopped) => None,
+    };
+    let ended = match ended {
+        Some(ended) => ended,
+        None if started.load(Ordering::Relaxed) => {
+            // hyper's HTTP/2 server keeps a connection for as long as the peer answers its
+            // pings, and each request's HTTP/1 header timer covers the wait before it; so
+            // idleness is judged here, from the requests in progress, for both. A connection
+            // told to close (GOAWAY, or `Connection: close` once idle) has another
+            // `idle_timeout` to do so, in case its peer never reads the GOAWAY.
+            let check = tokio::time::sleep(idle_timeout);
+            tokio::pin!(check);
+            let (mut idle_closing, mut stopping) = (false, false);
+            loop {
+                tokio::select! {
+                    ended = &mut connection => break ended,
+                    // The shutdown timeout bounds the wait that follows.
+                    _ = stop.wait_for(|stopped| *stopped), if !stopping => {
+                        stopping = true;
+                        if !idle_closing {
+                            connection.as_mut().graceful_shutdown();
+                        }
+                    }
+                    () = &mut check, if !stopping => {
+                        if idle_closing {
+                            tracing::debug!(%peer, "idle connection did not close; dropped");
+                            break Ok(());
+                        }
+                        match streams.idle(idle_timeout) {
+                            conn::Idle::Expired => {
+                                tracing::debug!(%peer, "connection idle; closing");
+                                idle_closing = true;
+                                connection.as_mut().graceful_shutdown();
+                                check.as_mut().reset(tokio::time::Instant::now() + idle_timeout);
+                            }
+                            conn::Idle::CheckAt(at) => check.as_mut().reset(at),
+                        }
+                    }
+                }
+            }
+        }
+        None => {
+            tracing::debug!(%peer, "no request began in time; closed");
+            return;
+        }
+    };
+    if let Err(e) = ended {
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
+    drop(held);
 }
 
 /// One request: to the server once it is built, else the start-up answer. While the server

@@ -214,6 +214,15 @@ pub(crate) fn counters_at_start() -> Vec<(&'static str, Vec<(&'static str, &'sta
             vec![("route", "token_get"), ("status", "200")],
         ),
     ];
+    for limit in [
+        crate::conn::Refusal::Total,
+        crate::conn::Refusal::PerAddress,
+    ] {
+        out.push((
+            "wetoken_connections_refused_total",
+            vec![("limit", limit.label())],
+        ));
+    }
     for kind in [Kind::JsapiTicket, Kind::CardTicket] {
         out.push((
             "wetoken_refresh_reports_total",
@@ -239,6 +248,10 @@ pub(crate) fn describe() {
     describe_counter!(
         "wetoken_http_requests_total",
         "HTTP requests answered, by route and status."
+    );
+    describe_counter!(
+        "wetoken_connections_refused_total",
+        "Connections closed as soon as accepted, by the limit they met (max_connections, max_connections_per_address)."
     );
     describe_counter!(
         "wetoken_upstream_calls_total",

@@ -56,6 +56,9 @@ pub fn settings(db: &TestDb, mock: &MockWeChat) -> Settings {
     // in wetoken-core's `quota_guard`.
     s.refresh.ticket_report_min_age_secs = 0;
     s.http.credential_errors = CredentialErrors::AsStatus;
+    // Every test client connects from loopback, some hundreds at once (`engine.rs`): the
+    // per-address share is tested where it is set low (`connections.rs`).
+    s.http.max_connections_per_address = s.http.max_connections;
     // Tests read the totals right after changing what they count (and on a clock that moves
     // only when told): no reuse of an earlier reading.
     s.metrics.totals_fresh_ms = 0;
@@ -280,6 +283,8 @@ impl Replica {
             .env("WETOKEN_REFRESH__LEASE_MS", "2000")
             .env("WETOKEN_REFRESH__LEASE_POLL_MS", "50")
             .env("WETOKEN_HTTP__CREDENTIAL_ERRORS", "as_status")
+            // As in `settings`: every test client is on loopback.
+            .env("WETOKEN_HTTP__MAX_CONNECTIONS_PER_ADDRESS", "10000")
             .envs(env.iter().copied());
         let replica = Self::spawn(command, port).await;
         // As with TestServer: the scheduler scans once at start, and a scan still running when a

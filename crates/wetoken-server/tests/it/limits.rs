@@ -179,3 +179,74 @@ async fn upstream_calls_are_bounded() {
     server.stop().await;
     db.drop_db().await;
 }
+
+/// What hyper answers by itself, for a request it cannot parse, carries wetoken's JSON body like
+/// every other error (issue #17: these had empty bodies): a malformed request line or header
+/// (400), a URI over 65,534 bytes (414), more than 100 headers or a head over hyper's ~400 KiB
+/// buffer (431).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_layers_own_errors_carry_the_json_body() {
+    let db = sqlite().await;
+    let mock = mock_with(&[]).await;
+    let server = TestServer::start(settings(&db, &mock)).await;
+
+    let many_headers: String = (0..120).map(|i| format!("X-H{i}: a\r\n")).collect();
+    let cases: [(&str, Vec<u8>, u16); 5] = [
+        (
+            "a request line that is not HTTP",
+            b"BLAH\r\n\r\n".to_vec(),
+            400,
+        ),
+        (
+            "a header line without a colon",
+            b"GET /health HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n".to_vec(),
+            400,
+        ),
+        (
+            "a 70,000-byte URI",
+            format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(70_000)).into_bytes(),
+            414,
+        ),
+        (
+            "120 headers",
+            format!("GET /health HTTP/1.1\r\nHost: x\r\n{many_headers}\r\n").into_bytes(),
+            431,
+        ),
+        (
+            "a 1 MiB header",
+            format!(
+                "GET /health HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+                "a".repeat(1024 * 1024)
+            )
+            .into_bytes(),
+            431,
+        ),
+    ];
+    for (what, request, status) in cases {
+        let mut stream = TcpStream::connect(addr(&server)).await.unwrap();
+        // The server may answer and close before it has read all of a request too large.
+        let _ = stream.write_all(&request).await;
+        let (_, answer) = until_closed(&mut stream, Duration::from_secs(10)).await;
+        let answer = String::from_utf8_lossy(&answer);
+        let (head, body) = answer
+            .split_once("\r\n\r\n")
+            .unwrap_or_else(|| panic!("{what}: no answer: {answer:?}"));
+        assert!(
+            head.starts_with(&format!("HTTP/1.1 {status} ")),
+            "{what}: {answer:?}"
+        );
+        assert!(
+            head.contains(&format!("content-length: {}", body.len())),
+            "{what}: {answer:?}"
+        );
+        assert!(head.contains("content-type: application/json"), "{what}");
+        let body: serde_json::Value = serde_json::from_str(body)
+            .unwrap_or_else(|e| panic!("{what}: the body is not JSON ({e}): {answer:?}"));
+        assert_eq!(body["errcode"], 90400, "{what}: {body}");
+        assert!(!body["errmsg"].as_str().unwrap().is_empty(), "{what}");
+    }
+    // And the server serves on.
+    assert_eq!(server.get("/health").await.0, 200);
+    server.stop().await;
+    db.drop_db().await;
+}

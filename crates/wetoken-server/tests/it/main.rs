@@ -9,6 +9,7 @@ mod beyond;
 mod binary;
 mod client;
 mod cluster;
+mod connections;
 mod embed;
 mod engine;
 mod go_sdk;
