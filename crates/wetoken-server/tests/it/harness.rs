@@ -438,3 +438,56 @@ pub async fn add_key(
     let issued = store.add_consumer_key(&new, Utc::now()).await.unwrap();
     issued.key.expose().to_owned()
 }
+
+/// A file of the repository, by its path from the root (`deploy/compose.yaml`).
+pub fn repo_file(path: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(path)
+}
+
+/// The documents of a YAML file of the repository, as JSON values: aliases resolved, and merge
+/// keys (`<<: *anchor`, as compose files use them) applied, the mapping's own keys winning.
+pub fn yaml_documents(path: &str) -> Vec<Value> {
+    let text = std::fs::read_to_string(repo_file(path)).unwrap_or_else(|e| panic!("{path}: {e}"));
+    yaml_rust2::YamlLoader::load_from_str(&text)
+        .unwrap_or_else(|e| panic!("{path}: {e}"))
+        .iter()
+        .map(yaml_to_json)
+        .collect()
+}
+
+fn yaml_to_json(yaml: &yaml_rust2::Yaml) -> Value {
+    use yaml_rust2::Yaml;
+    match yaml {
+        Yaml::Real(text) => text.parse::<f64>().map_or(Value::Null, Value::from),
+        Yaml::Integer(n) => Value::from(*n),
+        Yaml::String(s) => Value::from(s.as_str()),
+        Yaml::Boolean(b) => Value::from(*b),
+        Yaml::Array(items) => items.iter().map(yaml_to_json).collect(),
+        Yaml::Hash(hash) => {
+            let mut object = serde_json::Map::new();
+            for (key, value) in hash {
+                let key = match yaml_to_json(key) {
+                    Value::String(s) => s,
+                    other => other.to_string(),
+                };
+                if key == "<<" {
+                    continue;
+                }
+                object.insert(key, yaml_to_json(value));
+            }
+            let merged = hash.get(&Yaml::String("<<".into())).map(yaml_to_json);
+            for base in merged.iter().flat_map(|m| match m {
+                Value::Array(bases) => bases.clone(),
+                base => vec![base.clone()],
+            }) {
+                for (key, value) in base.as_object().into_iter().flatten() {
+                    object.entry(key.clone()).or_insert_with(|| value.clone());
+                }
+            }
+            Value::Object(object)
+        }
+        Yaml::Null | Yaml::Alias(_) | Yaml::BadValue => Value::Null,
+    }
+}

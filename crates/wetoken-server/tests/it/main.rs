@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod alerts;
 mod answers;
 mod api;
 mod beyond;
