@@ -52,10 +52,10 @@ fn promtool_checks_and_tests_the_alert_rules() {
     // exists: check a copy that names one that does.
     let copy = std::env::temp_dir().join(format!("wetoken-prometheus-{}", std::process::id()));
     std::fs::create_dir_all(&copy).unwrap();
-    let key_file = copy.join("wetoken-admin-key");
-    std::fs::write(&key_file, "an-admin-key-0123456789\n").unwrap();
+    let key_file = copy.join("wetoken-metrics-key");
+    std::fs::write(&key_file, "a-metrics-key-0123456789\n").unwrap();
     let config = std::fs::read_to_string(dir.join("prometheus.yaml")).unwrap();
-    const KEY_FILE: &str = "/etc/prometheus/wetoken-admin-key";
+    const KEY_FILE: &str = "/etc/prometheus/wetoken-metrics-key";
     assert!(config.contains(KEY_FILE), "{config}");
     std::fs::write(
         copy.join("prometheus.yaml"),

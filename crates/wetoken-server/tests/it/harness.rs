@@ -271,6 +271,16 @@ impl Replica {
     /// Starts a replica on `database_url` with WeChat at `wechat`, and waits until it answers.
     /// Like [`settings`], it answers errors with their HTTP status.
     pub async fn start(database_url: &str, wechat: &str, env: &[(&str, &str)]) -> Replica {
+        Self::start_logged(database_url, wechat, env, None).await
+    }
+
+    /// As [`Replica::start`], writing the server's log (its standard error) to `log`.
+    pub async fn start_logged(
+        database_url: &str,
+        wechat: &str,
+        env: &[(&str, &str)],
+        log: Option<&std::path::Path>,
+    ) -> Replica {
         let port = free_port();
         let mut command = server_command();
         command
@@ -281,7 +291,10 @@ impl Replica {
             .env("WETOKEN_REFRESH__LEASE_POLL_MS", "50")
             .env("WETOKEN_HTTP__CREDENTIAL_ERRORS", "as_status")
             .envs(env.iter().copied());
-        let replica = Self::spawn(command, port).await;
+        if let Some(log) = log {
+            command.stderr(std::fs::File::create(log).expect("create the log file"));
+        }
+        let replica = Self::started(command, port).await;
         // As with TestServer: the scheduler scans once at start, and a scan still running when a
         // test adds its apps would fetch their credentials behind the test's back.
         let admin_key = env
@@ -311,7 +324,13 @@ impl Replica {
     /// Starts `command` (a `wetoken-server start …` that listens on 127.0.0.1:`port`), and
     /// waits until it answers.
     pub async fn spawn(mut command: Command, port: u16) -> Replica {
-        command.stdout(Stdio::null()).stderr(Stdio::null());
+        command.stderr(Stdio::null());
+        Self::started(command, port).await
+    }
+
+    /// As [`Replica::spawn`], with the standard error `command` has.
+    async fn started(mut command: Command, port: u16) -> Replica {
+        command.stdout(Stdio::null());
         let replica = Replica {
             child: Some(command.spawn().expect("start wetoken-server")),
             url: format!("http://127.0.0.1:{port}"),
