@@ -14,6 +14,7 @@ mod embed;
 mod engine;
 mod go_sdk;
 mod limits;
+mod manifests;
 mod ops;
 mod registry;
 mod report_limits;
