@@ -430,6 +430,105 @@ fn compose_problems(doc: &Value) -> Vec<String> {
     problems
 }
 
+/// Everything wrong with the Dockerfile, one line a problem: its base images pinned, the port
+/// it exposes the one the server listens on by default, and a health check and entry point that
+/// run the server's own subcommands (the image has no shell tools).
+fn dockerfile_problems(text: &str) -> Vec<String> {
+    let mut problems = Vec::new();
+    let joined = text.replace("\\\n", " ");
+    let instructions: Vec<(String, String)> = joined
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter_map(|l| l.split_once(' '))
+        .map(|(i, rest)| (i.to_ascii_uppercase(), rest.trim().to_owned()))
+        .collect();
+    let mut stages = Vec::new();
+    let saw = |what: &str| instructions.iter().any(|(i, _)| i == what);
+    for (instruction, rest) in &instructions {
+        match instruction.as_str() {
+            "FROM" => {
+                let words: Vec<&str> = rest.split_whitespace().collect();
+                let image = words
+                    .iter()
+                    .find(|w| !w.starts_with("--"))
+                    .copied()
+                    .unwrap_or("");
+                if !stages.contains(&image) && !pinned(image) {
+                    problems.push(format!("FROM {image}: not pinned to a tag or digest"));
+                }
+                if let Some(i) = words.iter().position(|w| w.eq_ignore_ascii_case("as")) {
+                    stages.push(words.get(i + 1).copied().unwrap_or(""));
+                }
+            }
+            "EXPOSE" => {
+                let port = Settings::default().listen.port().to_string();
+                if !rest
+                    .split_whitespace()
+                    .any(|p| p.split('/').next() == Some(port.as_str()))
+                {
+                    problems.push(format!(
+                        "EXPOSE {rest}: the server listens on {port} by default"
+                    ));
+                }
+            }
+            "HEALTHCHECK" => {
+                let command = rest.split_once("CMD ").map(|(_, c)| c.trim());
+                if !command.is_some_and(|c| c.starts_with("[\"wetoken-server\", \"health\"")) {
+                    problems.push(format!(
+                        "HEALTHCHECK {rest}: must run [\"wetoken-server\", \"health\", …]"
+                    ));
+                }
+            }
+            "ENTRYPOINT" if !rest.starts_with("[\"wetoken-server\", \"start\"") => {
+                problems.push(format!("ENTRYPOINT {rest}: must run wetoken-server start"));
+            }
+            _ => {}
+        }
+    }
+    for needed in ["HEALTHCHECK", "ENTRYPOINT", "EXPOSE"] {
+        if !saw(needed) {
+            problems.push(format!("no {needed}"));
+        }
+    }
+    problems
+}
+
+#[test]
+fn the_dockerfile_passes_its_checks() {
+    let text = std::fs::read_to_string(repo_file("deploy/Dockerfile")).unwrap();
+    let problems = dockerfile_problems(&text);
+    assert!(problems.is_empty(), "{problems:#?}");
+    for (from, to, says) in [
+        ("FROM debian:bookworm-slim", "FROM debian", "not pinned"),
+        (
+            "FROM rust:1.95-bookworm AS build",
+            "FROM rust:latest AS build",
+            "not pinned",
+        ),
+        ("EXPOSE 9999", "EXPOSE 8080", "listens on 9999"),
+        (
+            "CMD [\"wetoken-server\", \"health\", \"--ready\"]",
+            "CMD curl -f localhost:9999/ready",
+            "must run [\"wetoken-server\", \"health\"",
+        ),
+        ("HEALTHCHECK", "# HEALTHCHECK", "no HEALTHCHECK"),
+        (
+            "ENTRYPOINT [\"wetoken-server\", \"start\"",
+            "ENTRYPOINT [\"sh\", \"-c\"",
+            "must run wetoken-server start",
+        ),
+    ] {
+        assert!(text.contains(from), "{from}");
+        let broken = text.replacen(from, to, 1);
+        let problems = dockerfile_problems(&broken);
+        assert!(
+            problems.iter().any(|p| p.contains(says)),
+            "{from} -> {to}: expected {says:?} in {problems:#?}"
+        );
+    }
+}
+
 #[test]
 fn the_kubernetes_manifests_pass_the_schema_check() {
     let problems = kubernetes_problems(&kubernetes());
