@@ -56,6 +56,17 @@ pub struct Settings {
     pub admin_key_file: Option<std::path::PathBuf>,
     /// Where the admin routes may be called from while no admin key is set (CIDR blocks).
     pub admin_networks: Vec<String>,
+    /// A key that reads `/metrics` and nothing else, as `Authorization: Bearer <key>`, so that
+    /// Prometheus need not hold the admin key (which `/metrics` takes too).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_key: Option<String>,
+    /// A file holding the metrics key (its first line).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_key_file: Option<std::path::PathBuf>,
+    /// Where `/metrics` may be scraped from without a key (CIDR blocks), whether or not keys
+    /// are set. Empty by default: `/metrics` then answers as an admin route does, or to the
+    /// metrics key.
+    pub metrics_networks: Vec<String>,
     /// The `host:port` a server started with a registry announces under
     /// `/<platform>/wetoken-server/<cluster>/servers/`. Unset: the listen address, or this host's
     /// name and the listen port when listening on every address.
@@ -104,6 +115,7 @@ impl std::fmt::Debug for Settings {
         let mut shown = self.clone();
         for key in [
             &mut shown.admin_key,
+            &mut shown.metrics_key,
             &mut shown.master_key,
             &mut shown.master_key_previous,
         ] {
@@ -256,6 +268,9 @@ impl Default for Settings {
             admin_key: None,
             admin_key_file: None,
             admin_networks: vec!["127.0.0.0/8".into(), "::1/128".into()],
+            metrics_key: None,
+            metrics_key_file: None,
+            metrics_networks: Vec::new(),
             advertise: None,
             master_key: None,
             master_key_file: None,
@@ -339,8 +354,9 @@ fn not_placeholder(setting: &str, key: &str) -> Result<(), String> {
     let lower = key.to_ascii_lowercase();
     match PLACEHOLDERS.iter().find(|p| lower.contains(*p)) {
         Some(_) => Err(format!(
-            "{setting} is a placeholder from an example: generate a real one (the admin key: \
-             `openssl rand -base64 32`; the master key: `wetoken-cli secrets new-key`)"
+            "{setting} is a placeholder from an example: generate a real one (the admin and \
+             metrics keys: `openssl rand -base64 32`; the master key: \
+             `wetoken-cli secrets new-key`)"
         )),
         None => Ok(()),
     }
@@ -389,24 +405,29 @@ impl Settings {
     /// The admin key, from `admin_key` or the first line of `admin_key_file`, held as a
     /// [`Secret`] from here on, so no `Debug` of what holds it can print it.
     pub fn admin_key(&self) -> Result<Option<Secret>, String> {
-        match (&self.admin_key, &self.admin_key_file) {
-            (Some(_), Some(_)) => Err("set admin_key or admin_key_file, not both".into()),
-            (Some(key), None) => Ok(Some(key.clone())),
-            (None, Some(path)) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| format!("reading admin_key_file {}: {e}", path.display()))?;
-                let key = text.lines().next().unwrap_or_default().trim().to_owned();
-                Ok(Some(key))
-            }
-            (None, None) => Ok(None),
+        bearer_key("admin", &self.admin_key, &self.admin_key_file)
+    }
+
+    /// The metrics key, from `metrics_key` or the first line of `metrics_key_file`, checked as
+    /// the admin key is, and refused when it is the admin key: it would then open every admin
+    /// route to whoever holds it for scraping.
+    pub fn metrics_key(&self) -> Result<Option<Secret>, String> {
+        let key = bearer_key("metrics", &self.metrics_key, &self.metrics_key_file)?;
+        if let (Some(metrics), Some(admin)) = (&key, self.admin_key()?)
+            && metrics.expose() == admin.expose()
+        {
+            return Err(
+                "metrics_key is the admin key: give Prometheus a key of its own, or the admin key \
+                 alone"
+                    .into(),
+            );
         }
-        .and_then(|key| match key {
-            Some(key) if key.len() < 16 => {
-                Err("the admin key must be at least 16 characters".into())
-            }
-            Some(key) => not_placeholder("admin_key", &key).map(|()| Some(Secret::new(key))),
-            None => Ok(None),
-        })
+        Ok(key)
+    }
+
+    /// The networks `/metrics` answers without a key, parsed.
+    pub fn metrics_networks(&self) -> Result<Vec<ipnet::IpNet>, String> {
+        parse_networks("metrics_networks", &self.metrics_networks)
     }
 
     /// The admin networks, parsed.
@@ -477,6 +498,32 @@ impl Settings {
     }
 }
 
+/// A bearer key from its setting (`<what>_key`) or the first line of its file
+/// (`<what>_key_file`), at least 16 characters and no placeholder, held as a [`Secret`].
+fn bearer_key(
+    what: &str,
+    key: &Option<String>,
+    file: &Option<std::path::PathBuf>,
+) -> Result<Option<Secret>, String> {
+    let key = match (key, file) {
+        (Some(_), Some(_)) => {
+            return Err(format!("set {what}_key or {what}_key_file, not both"));
+        }
+        (Some(key), None) => key.clone(),
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("reading {what}_key_file {}: {e}", path.display()))?;
+            text.lines().next().unwrap_or_default().trim().to_owned()
+        }
+        (None, None) => return Ok(None),
+    };
+    if key.len() < 16 {
+        return Err(format!("the {what} key must be at least 16 characters"));
+    }
+    not_placeholder(&format!("{what}_key"), &key)?;
+    Ok(Some(Secret::new(key)))
+}
+
 fn parse_networks(setting: &str, networks: &[String]) -> Result<Vec<ipnet::IpNet>, String> {
     networks
         .iter()
@@ -540,6 +587,51 @@ mod tests {
         assert!(s.admin_key().unwrap().is_some());
         s.master_key = Some("Y29tcG9zZS1kZW1vLWtleS1yZXBsYWNlLW1lLW5vdyE=".into());
         assert!(s.keyring().unwrap_err().contains("placeholder"));
+    }
+
+    #[test]
+    fn the_metrics_key_is_checked_like_the_admin_key() {
+        Jail::expect_with(|jail| {
+            jail.set_env("WETOKEN_METRICS_KEY", "a-metrics-key-0123456789");
+            jail.set_env("WETOKEN_METRICS_NETWORKS", "[\"10.1.0.0/16\"]");
+            let s = Settings::load(Path::new("none.toml"), Figment::new()).map_err(|e| *e)?;
+            assert_eq!(
+                s.metrics_key().unwrap().unwrap().expose(),
+                "a-metrics-key-0123456789"
+            );
+            assert_eq!(s.metrics_networks().unwrap().len(), 1);
+            Ok(())
+        });
+        let refused = |metrics_key: &str, admin_key: Option<&str>| {
+            Settings {
+                metrics_key: Some(metrics_key.into()),
+                admin_key: admin_key.map(Into::into),
+                ..Settings::default()
+            }
+            .metrics_key()
+            .unwrap_err()
+        };
+        assert!(refused("CHANGE-ME-metrics", None).contains("metrics_key is a placeholder"));
+        assert!(refused("short", None).contains("metrics key must be at least 16"));
+        let same = "the-same-key-0123456789";
+        assert!(refused(same, Some(same)).contains("is the admin key"));
+        let both = Settings {
+            metrics_key: Some("a-metrics-key-0123456789".into()),
+            metrics_key_file: Some("/nonexistent".into()),
+            ..Settings::default()
+        };
+        assert!(both.metrics_key().unwrap_err().contains("not both"));
+        let bad_network = Settings {
+            metrics_networks: vec!["10.0.0.0/33".into()],
+            ..Settings::default()
+        };
+        assert!(
+            bad_network
+                .metrics_networks()
+                .unwrap_err()
+                .contains("metrics_networks")
+        );
+        assert!(Settings::default().metrics_key().unwrap().is_none());
     }
 
     #[test]
@@ -652,13 +744,20 @@ mod tests {
     fn debug_hides_the_keys() {
         let s = Settings {
             admin_key: Some("admin-key-0123456789".into()),
+            metrics_key: Some("metrics-key-0123456789".into()),
             master_key: Some("bWFzdGVyLWtleS0wMTIzNDU2Nzg5MDEyMzQ1Njc4OTA=".into()),
             master_key_previous: Some("cHJldmlvdXMta2V5LTAxMjM0NTY3ODkwMTIzNDU2Nzg=".into()),
             database_url: "mysql://u:pw-9876@h/db".into(),
             ..Settings::default()
         };
         let shown = format!("{s:?}");
-        for secret in ["admin-key-0123", "bWFzdGVy", "cHJldmlv", "pw-9876"] {
+        for secret in [
+            "admin-key-0123",
+            "metrics-key-0123",
+            "bWFzdGVy",
+            "cHJldmlv",
+            "pw-9876",
+        ] {
             assert!(!shown.contains(secret), "{shown}");
         }
         assert!(shown.contains("listen"), "{shown}");

@@ -127,6 +127,8 @@ impl Embedded {
         let admin = http::AdminPolicy {
             key: settings.admin_key().map_err(StartError::Settings)?,
             networks: settings.admin_networks().map_err(StartError::Settings)?,
+            metrics_key: settings.metrics_key().map_err(StartError::Settings)?,
+            metrics_networks: settings.metrics_networks().map_err(StartError::Settings)?,
         };
         let keys = engine.key_table().await.map_err(db_error)?;
         if keys.is_required() {
@@ -307,6 +309,12 @@ impl http::State {
             warn!(
                 networks = ?shown(&self.admin.networks),
                 "no admin key is configured: the admin routes answer only these networks"
+            );
+        }
+        if mount.observe && !self.admin.metrics_networks.is_empty() {
+            info!(
+                networks = ?shown(&self.admin.metrics_networks),
+                "/metrics answers these networks without a key (metrics_networks)"
             );
         }
         let no_keys = self.readers.keys.read().is_ok_and(|t| !t.is_required());

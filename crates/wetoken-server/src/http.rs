@@ -165,9 +165,12 @@ async fn dispatch<B: RequestBody>(
             client
         }
     };
-    // /metrics names every appid with its expiry and calls: it is admin-only too.
-    if matches!(route, Route::App(_) | Route::Status | Route::Metrics) {
-        state.admin.check(&parts, peer)?;
+    // /metrics names every appid in trouble: the admin key reads it, and so does the metrics
+    // key (or an address in metrics_networks), which reads nothing else.
+    match route {
+        Route::App(_) | Route::Status => state.admin.check(&parts, peer)?,
+        Route::Metrics => state.admin.check_metrics(&parts, peer)?,
+        _ => {}
     }
     let method = &parts.method;
     let read_only = method == Method::GET || method == Method::HEAD;

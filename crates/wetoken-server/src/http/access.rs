@@ -219,14 +219,23 @@ fn bearer(headers: &http::HeaderMap) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then_some(credentials)
 }
 
-/// Who may use the admin routes. Its `Debug` shows the key as `Secret(***)`.
+/// Who may use the admin routes, and who may read `/metrics`. Its `Debug` shows the keys as
+/// `Secret(***)`.
 #[derive(Debug)]
 pub(crate) struct AdminPolicy {
     /// When set, callers must present it as a bearer token, from anywhere.
     pub key: Option<wetoken_core::Secret>,
     /// While no key is set, callers must come from one of these.
     pub networks: Vec<ipnet::IpNet>,
+    /// A key that reads `/metrics` and nothing else.
+    pub metrics_key: Option<wetoken_core::Secret>,
+    /// Where `/metrics` may be read from without a key.
+    pub metrics_networks: Vec<ipnet::IpNet>,
 }
+
+/// The 401's message on `/metrics` when a metrics key is configured.
+const METRICS_NEEDS_A_KEY: &str =
+    "/metrics needs the metrics key or the admin key: Authorization: Bearer <key>";
 
 impl AdminPolicy {
     pub(super) fn check(
@@ -234,12 +243,9 @@ impl AdminPolicy {
         request: &http::request::Parts,
         peer: std::net::IpAddr,
     ) -> Result<(), ApiError> {
-        use subtle::ConstantTimeEq;
         match &self.key {
             Some(key) => {
-                let presented = bearer(&request.headers).unwrap_or_default();
-                // Constant time in the key's content; only the (public) length can show.
-                if bool::from(presented.as_bytes().ct_eq(key.expose().as_bytes())) {
+                if presents(request, key) {
                     Ok(())
                 } else {
                     Err(ApiError::Unauthorized(
@@ -256,6 +262,42 @@ impl AdminPolicy {
             )),
         }
     }
+
+    /// `/metrics`: the metrics key, a caller in `metrics_networks`, or whoever the admin routes
+    /// answer. The metrics key opens nothing else: [`AdminPolicy::check`] does not know it.
+    pub(super) fn check_metrics(
+        &self,
+        request: &http::request::Parts,
+        peer: std::net::IpAddr,
+    ) -> Result<(), ApiError> {
+        if self
+            .metrics_key
+            .as_ref()
+            .is_some_and(|k| presents(request, k))
+        {
+            return Ok(());
+        }
+        if self.metrics_networks.iter().any(|n| n.contains(&peer))
+            && trusted_by_address(request, peer).is_ok()
+        {
+            return Ok(());
+        }
+        self.check(request, peer).map_err(|refused| {
+            if self.metrics_key.is_some() {
+                ApiError::Unauthorized(METRICS_NEEDS_A_KEY)
+            } else {
+                refused
+            }
+        })
+    }
+}
+
+/// Whether the request presents `key` as its bearer token: compared in constant time in the
+/// key's content; only the (public) length can show.
+fn presents(request: &http::request::Parts, key: &wetoken_core::Secret) -> bool {
+    use subtle::ConstantTimeEq;
+    let presented = bearer(&request.headers).unwrap_or_default();
+    bool::from(presented.as_bytes().ct_eq(key.expose().as_bytes()))
 }
 
 /// Access granted by the caller's address alone (no admin key, no consumer key yet) must not
@@ -514,13 +556,16 @@ mod tests {
     }
 
     #[test]
-    fn the_admin_key_is_not_in_debug() {
+    fn the_admin_and_metrics_keys_are_not_in_debug() {
         let policy = AdminPolicy {
             key: Some(wetoken_core::Secret::new("admin-key-0123456789")),
             networks: Vec::new(),
+            metrics_key: Some(wetoken_core::Secret::new("metrics-key-0123456789")),
+            metrics_networks: Vec::new(),
         };
         let shown = format!("{policy:?}");
         assert!(!shown.contains("admin-key-0123456789"), "{shown}");
+        assert!(!shown.contains("metrics-key-0123456789"), "{shown}");
     }
 
     #[test]

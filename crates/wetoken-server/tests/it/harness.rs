@@ -274,6 +274,16 @@ impl Replica {
     /// Starts a replica on `database_url` with WeChat at `wechat`, and waits until it answers.
     /// Like [`settings`], it answers errors with their HTTP status.
     pub async fn start(database_url: &str, wechat: &str, env: &[(&str, &str)]) -> Replica {
+        Self::start_logged(database_url, wechat, env, None).await
+    }
+
+    /// As [`Replica::start`], writing the server's log (its standard error) to `log`.
+    pub async fn start_logged(
+        database_url: &str,
+        wechat: &str,
+        env: &[(&str, &str)],
+        log: Option<&std::path::Path>,
+    ) -> Replica {
         let port = free_port();
         let mut command = server_command();
         command
@@ -286,7 +296,10 @@ impl Replica {
             // As in `settings`: every test client is on loopback.
             .env("WETOKEN_HTTP__MAX_CONNECTIONS_PER_ADDRESS", "10000")
             .envs(env.iter().copied());
-        let replica = Self::spawn(command, port).await;
+        if let Some(log) = log {
+            command.stderr(std::fs::File::create(log).expect("create the log file"));
+        }
+        let replica = Self::started(command, port).await;
         // As with TestServer: the scheduler scans once at start, and a scan still running when a
         // test adds its apps would fetch their credentials behind the test's back.
         let admin_key = env
@@ -316,7 +329,13 @@ impl Replica {
     /// Starts `command` (a `wetoken-server start …` that listens on 127.0.0.1:`port`), and
     /// waits until it answers.
     pub async fn spawn(mut command: Command, port: u16) -> Replica {
-        command.stdout(Stdio::null()).stderr(Stdio::null());
+        command.stderr(Stdio::null());
+        Self::started(command, port).await
+    }
+
+    /// As [`Replica::spawn`], with the standard error `command` has.
+    async fn started(mut command: Command, port: u16) -> Replica {
+        command.stdout(Stdio::null());
         let replica = Replica {
             child: Some(command.spawn().expect("start wetoken-server")),
             url: format!("http://127.0.0.1:{port}"),
@@ -442,4 +461,57 @@ pub async fn add_key(
     };
     let issued = store.add_consumer_key(&new, Utc::now()).await.unwrap();
     issued.key.expose().to_owned()
+}
+
+/// A file of the repository, by its path from the root (`deploy/compose.yaml`).
+pub fn repo_file(path: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(path)
+}
+
+/// The documents of a YAML file of the repository, as JSON values: aliases resolved, and merge
+/// keys (`<<: *anchor`, as compose files use them) applied, the mapping's own keys winning.
+pub fn yaml_documents(path: &str) -> Vec<Value> {
+    let text = std::fs::read_to_string(repo_file(path)).unwrap_or_else(|e| panic!("{path}: {e}"));
+    yaml_rust2::YamlLoader::load_from_str(&text)
+        .unwrap_or_else(|e| panic!("{path}: {e}"))
+        .iter()
+        .map(yaml_to_json)
+        .collect()
+}
+
+fn yaml_to_json(yaml: &yaml_rust2::Yaml) -> Value {
+    use yaml_rust2::Yaml;
+    match yaml {
+        Yaml::Real(text) => text.parse::<f64>().map_or(Value::Null, Value::from),
+        Yaml::Integer(n) => Value::from(*n),
+        Yaml::String(s) => Value::from(s.as_str()),
+        Yaml::Boolean(b) => Value::from(*b),
+        Yaml::Array(items) => items.iter().map(yaml_to_json).collect(),
+        Yaml::Hash(hash) => {
+            let mut object = serde_json::Map::new();
+            for (key, value) in hash {
+                let key = match yaml_to_json(key) {
+                    Value::String(s) => s,
+                    other => other.to_string(),
+                };
+                if key == "<<" {
+                    continue;
+                }
+                object.insert(key, yaml_to_json(value));
+            }
+            let merged = hash.get(&Yaml::String("<<".into())).map(yaml_to_json);
+            for base in merged.iter().flat_map(|m| match m {
+                Value::Array(bases) => bases.clone(),
+                base => vec![base.clone()],
+            }) {
+                for (key, value) in base.as_object().into_iter().flatten() {
+                    object.entry(key.clone()).or_insert_with(|| value.clone());
+                }
+            }
+            Value::Object(object)
+        }
+        Yaml::Null | Yaml::Alias(_) | Yaml::BadValue => Value::Null,
+    }
 }

@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod alerts;
 mod answers;
 mod api;
 mod beyond;
@@ -14,6 +15,7 @@ mod embed;
 mod engine;
 mod go_sdk;
 mod limits;
+mod manifests;
 mod ops;
 mod registry;
 mod report_limits;

@@ -735,3 +735,141 @@ async fn an_apps_own_secret_reads_that_app_alone(db: &TestDb) {
     assert_eq!(server.get(&sdk(&mine, APP, SECRET)).await.0, 401);
     server.stop().await;
 }
+
+/// The metrics key reads `/metrics` and nothing else; `metrics_networks` read it without a
+/// key. The settings come from the environment, as a deployment gives them, and every refusal
+/// is in the log. Access does not depend on the database: SQLite only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metrics_key_reads_metrics_and_nothing_else() {
+    const METRICS_KEY: &str = "a-metrics-key-for-prometheus";
+    let database = TestDb::sqlite().await;
+    let mock = mock_with(&[APP]).await;
+    let log = std::env::temp_dir().join(format!("wetoken-metrics-key-{}.log", std::process::id()));
+    let replica = crate::harness::Replica::start_logged(
+        &database.url,
+        &mock.url(),
+        &[
+            ("WETOKEN_ADMIN_KEY", KEY),
+            ("WETOKEN_METRICS_KEY", METRICS_KEY),
+            ("WETOKEN_METRICS_NETWORKS", "[\"127.0.0.3/32\"]"),
+            ("WETOKEN_CONSUMER_KEYS_RELOAD_MS", "50"),
+        ],
+        Some(&log),
+    )
+    .await;
+    let url = |path: &str| format!("{}{path}", replica.url);
+    let outsider = from_other_address();
+    // A consumer key exists, so the token routes need one from everywhere.
+    let store = Store::connect(&DatabaseOptions::new(&database.url))
+        .await
+        .unwrap();
+    let (code, body) = status(
+        outsider
+            .post(url("/wechat/app/create"))
+            .bearer_auth(KEY)
+            .json(&json!({"appid": APP, "secret": SECRET})),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    let consumer = add_key(&store, "mall", &[APP], false, &[]).await;
+    eventually(
+        "the consumer key is loaded",
+        Duration::from_secs(10),
+        || {
+            let request = outsider
+                .get(url(&format!("/{APP}/wechat/token/get")))
+                .bearer_auth(&consumer);
+            async move { request.send().await.is_ok_and(|r| r.status() == 200) }
+        },
+    )
+    .await;
+
+    // /metrics: the metrics key or the admin key, from anywhere.
+    for key in [METRICS_KEY, KEY] {
+        let (code, body) = status(outsider.get(url("/metrics")).bearer_auth(key)).await;
+        assert_eq!(code, 200, "{body}");
+        assert!(
+            body.as_str()
+                .is_some_and(|t| t.contains("wetoken_credentials{")),
+            "{body}"
+        );
+    }
+    // No key, a wrong one, a consumer key: 401, saying what it takes.
+    for key in [
+        None,
+        Some("a-metrics-key-for-prometheuS"),
+        Some(consumer.as_str()),
+    ] {
+        let mut request = outsider.get(url("/metrics"));
+        if let Some(key) = key {
+            request = request.bearer_auth(key);
+        }
+        let (code, body) = status(request).await;
+        assert_eq!(
+            (code, body["errcode"].as_i64()),
+            (401, Some(90401)),
+            "{key:?}"
+        );
+        assert!(
+            body["errmsg"].as_str().unwrap().contains("metrics key"),
+            "{body}"
+        );
+    }
+    // From metrics_networks, no key is needed; through a proxy, it is.
+    let scraper = reqwest::Client::builder()
+        .local_address(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3)))
+        .build()
+        .unwrap();
+    let (code, _) = status(scraper.get(url("/metrics"))).await;
+    assert_eq!(code, 200);
+    let (code, _) = status(
+        scraper
+            .get(url("/metrics"))
+            .header("x-forwarded-for", "203.0.113.9"),
+    )
+    .await;
+    assert_eq!(code, 401);
+    // The network opens /metrics alone: the status page still needs the admin key.
+    let (code, _) = status(scraper.get(url("/"))).await;
+    assert_eq!(code, 401);
+
+    // The metrics key opens nothing else: the admin routes, the status page, the token routes.
+    let refusals = [
+        outsider.get(url("/wechat/app/list")),
+        outsider.get(url("/")),
+        outsider
+            .post(url("/wechat/app/delete"))
+            .json(&json!({"appid": APP})),
+        outsider.get(url(&format!("/{APP}/wechat/token/get"))),
+        outsider.get(url(&format!("/wx/{APP}/ticket/get"))),
+    ];
+    for request in refusals {
+        let (code, body) = status(request.bearer_auth(METRICS_KEY)).await;
+        assert_eq!(code, 401, "{body}");
+    }
+    let (code, _) = status(outsider.get(url("/wechat/app/list")).bearer_auth(KEY)).await;
+    assert_eq!(code, 200, "the app is still there");
+    // SIGTERM, so that the log is whole.
+    let mut replica = replica;
+    assert!(replica.terminate().await.success());
+
+    // Each refusal is logged as every 401 is, and neither key ever is.
+    let text = std::fs::read_to_string(&log).unwrap();
+    for path in [
+        "/metrics".to_owned(),
+        "/wechat/app/list".to_owned(),
+        "/wechat/app/delete".to_owned(),
+        format!("/{APP}/wechat/token/get"),
+    ] {
+        assert!(
+            text.lines().any(|l| l.contains("refused")
+                && [format!("path={path}}}"), format!("path={path} ")]
+                    .iter()
+                    .any(|p| l.contains(p.as_str()))),
+            "no refusal of {path} logged in\n{text}"
+        );
+    }
+    assert!(!text.contains(METRICS_KEY) && !text.contains(KEY), "{text}");
+    let _ = std::fs::remove_file(log);
+    database.drop_db().await;
+}
