@@ -14,7 +14,7 @@ use tracing::{Instrument, debug, warn};
 use super::error::{ApiError, error_response};
 use super::route::in_credential_group;
 use super::{Mount, RequestBody, State, dispatch};
-use crate::config::CredentialErrors;
+use wetoken_settings::CredentialErrors;
 
 /// Serves one request. Never fails: every error becomes a JSON answer.
 pub(crate) async fn handle<B: RequestBody>(
