@@ -9,6 +9,7 @@ use figment::Figment;
 use tracing_subscriber::field::MakeExt;
 use wetoken_server::{Listening, Server, Settings, redact_url};
 
+mod json_log;
 mod registry;
 
 /// WeChat access tokens and tickets for every app, from one place.
@@ -205,7 +206,12 @@ fn init_logging(format: LogFormat) {
                 .delimited(" "),
             )
             .init(),
-        LogFormat::Json => builder.json().init(),
+        LogFormat::Json => builder
+            .json()
+            .event_format(json_log::JsonLines(
+                tracing_subscriber::fmt::format().json(),
+            ))
+            .init(),
     }
 }
 
