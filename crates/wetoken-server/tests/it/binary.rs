@@ -269,6 +269,7 @@ async fn default_start_creates_sqlite_serves_and_exits_cleanly_on_sigterm() {
         .find(|l| l["span"]["path"] == "/wxother/wechat/token/get")
         .unwrap_or_else(|| panic!("no refusal line for the out-of-scope key in\n{log}"));
     assert_eq!(scope["span"]["key"], "bin", "{scope}");
+    assert_eq!(scope["appid"], "wxother", "{scope}");
     assert_eq!(scope["level"], "WARN", "{scope}");
     assert!(scope["fields"]["peer"].is_string(), "{scope}");
     assert!(
