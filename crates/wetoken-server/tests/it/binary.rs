@@ -502,7 +502,11 @@ async fn json_log_lines_name_their_app_at_the_top_and_keep_lists_as_arrays() {
         assert_eq!(created.status(), 200, "{appid}");
     }
     let token = |appid: &str| get_json(&http, format!("{base}/{appid}/wechat/token/get"));
-    assert!(token("wxlog").await["access_token"].is_string());
+    let first = token("wxlog").await;
+    // A ticket fetch with a token WeChat no longer takes: the token is replaced once.
+    mock.invalidate_token(first["access_token"].as_str().unwrap());
+    let ticket = get_json(&http, format!("{base}/wxlog/wechat/ticket/get")).await;
+    assert!(ticket["ticket"].is_string(), "{ticket}");
     mock.inject(Endpoint::Token, Fault::ErrCode(45009), 1);
     assert_eq!(token("wxbusy").await["errcode"], 45009);
     assert_eq!(token("wxnone").await["errcode"], 40013);
@@ -529,6 +533,10 @@ async fn json_log_lines_name_their_app_at_the_top_and_keep_lists_as_arrays() {
     assert_eq!(halted["appid"], "wxnone", "{halted}");
     assert_eq!(halted["fields"]["errcode"], 40013, "{halted}");
     assert!(halted["fields"]["errmsg"].is_string(), "{halted}");
+    let rejected = line("WeChat rejected the token a ticket fetch used; refreshing it once");
+    assert_eq!(rejected["appid"], "wxlog", "{rejected}");
+    assert_eq!(rejected["fields"]["errcode"], 40001, "{rejected}");
+    assert!(rejected["fields"]["errmsg"].is_string(), "{rejected}");
     let added = line("app added");
     assert_eq!(added["appid"], "wxlog", "{added}");
     let applied = line("applied migrations");
