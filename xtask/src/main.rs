@@ -126,6 +126,17 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
         "wetoken-server",
         &["wetoken-cli", "wetoken-client", "wetoken-testkit"],
     ),
+    // The settings both binaries read: no server, no CLI, nothing a client may not have.
+    (
+        "wetoken-settings",
+        &[
+            "clap",
+            "wetoken-server",
+            "wetoken-cli",
+            "wetoken-client",
+            "wetoken-testkit",
+        ],
+    ),
     (
         "wetoken-migration",
         &["wetoken-core", "wetoken-server", "wetoken-registry"],
@@ -138,6 +149,7 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
             "sqlx",
             "wetoken-core",
             "wetoken-server",
+            "wetoken-settings",
             "wetoken-migration",
             "figment",
             "clap",
@@ -170,8 +182,13 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
 ];
 
 /// Crates a package must not name as a direct dependency.
-const DIRECT_FORBIDDEN: &[(&str, &[&str])] =
-    &[("wetoken-core", &["hyper", "hyper-util", "http-body-util"])];
+const DIRECT_FORBIDDEN: &[(&str, &[&str])] = &[
+    ("wetoken-core", &["hyper", "hyper-util", "http-body-util"]),
+    (
+        "wetoken-settings",
+        &["hyper", "hyper-util", "http-body-util"],
+    ),
+];
 
 fn tree(package: &str, depth: Option<u32>) -> Result<Vec<String>, String> {
     let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
@@ -208,10 +225,13 @@ fn tree(package: &str, depth: Option<u32>) -> Result<Vec<String>, String> {
 fn check(package: &str, forbidden: &[&str], depth: Option<u32>, problems: &mut Vec<String>) {
     match tree(package, depth) {
         Ok(deps) => {
+            // A crate reached by several paths is listed once a path: report it once.
+            let mut seen = std::collections::HashSet::new();
             for dep in deps.iter().skip(1) {
-                if forbidden
-                    .iter()
-                    .any(|f| dep == f || dep.starts_with(&format!("{f}-")))
+                if seen.insert(dep)
+                    && forbidden
+                        .iter()
+                        .any(|f| dep == f || dep.starts_with(&format!("{f}-")))
                 {
                     let how = if depth.is_some() { "directly " } else { "" };
                     problems.push(format!("{package} {how}depends on {dep}"));

@@ -8,9 +8,9 @@ use chrono::{DateTime, Utc};
 use clap::{Subcommand, ValueEnum};
 use wetoken_core::{
     AppFilter, AppId, AppKind, AppStatus, AppUpdate, CredentialRecord, CredentialState, Cursor,
-    Engine, EngineConfig, GoFields, Kind, NewApp, Secret, Store, SystemClock, TokenMode, WeChat,
-    WeChatOptions, page_limit,
+    Engine, GoFields, Kind, NewApp, Secret, Store, SystemClock, TokenMode, WeChat, page_limit,
 };
+use wetoken_settings::Settings;
 
 use crate::DatabaseArg;
 
@@ -267,44 +267,49 @@ pub(crate) struct GetArgs {
     db: DatabaseArg,
 }
 
-/// Where WeChat is: the servers' `wechat_base_url` and `wechat_work_base_url` settings, under
-/// the same names.
+/// Where WeChat is, over the servers' `wechat_base_url` and `wechat_work_base_url` settings
+/// (whose `wechat_fallback_urls` and `wechat_timeout_secs` apply too).
 #[derive(clap::Args)]
 pub(crate) struct WeChatArgs {
     /// WeChat's API root: where `token get` and `ticket get` fetch a credential the database
-    /// lacks, and `app quota` reads and clears the counts.
-    #[arg(
-        long,
-        env = "WETOKEN_WECHAT_BASE_URL",
-        default_value = "https://api.weixin.qq.com"
-    )]
-    wechat_base_url: String,
-    /// WeCom's API root, for apps of kind work.
-    #[arg(
-        long,
-        env = "WETOKEN_WECHAT_WORK_BASE_URL",
-        default_value = "https://qyapi.weixin.qq.com"
-    )]
-    wechat_work_base_url: String,
+    /// lacks, and `app quota` reads and clears the counts. Default: the wechat_base_url setting
+    /// (wetoken.toml, WETOKEN_WECHAT_BASE_URL), else https://api.weixin.qq.com.
+    #[arg(long)]
+    wechat_base_url: Option<String>,
+    /// WeCom's API root, for apps of kind work. Default: the wechat_work_base_url setting, else
+    /// https://qyapi.weixin.qq.com.
+    #[arg(long)]
+    wechat_work_base_url: Option<String>,
 }
 
 impl WeChatArgs {
-    pub(crate) fn options(&self) -> WeChatOptions {
-        WeChatOptions::with_base_urls(&self.wechat_base_url, &self.wechat_work_base_url, None)
+    /// These flags as settings layered over the file and the environment.
+    pub(crate) fn flags(&self) -> [(&'static str, Option<String>); 2] {
+        [
+            ("wechat_base_url", self.wechat_base_url.clone()),
+            ("wechat_work_base_url", self.wechat_work_base_url.clone()),
+        ]
     }
 }
 
-/// An engine over `store`, for commands that manage apps or read credentials. `wechat` is only
-/// called when a credential must be fetched.
-pub(crate) fn engine(store: Store, wechat: WeChatOptions) -> anyhow::Result<Engine> {
-    let wechat = WeChat::new(&wechat).context("setting up the WeChat client")?;
+/// An engine over `store` as the servers' settings configure one, for commands that manage apps
+/// or read credentials. WeChat is only called when a credential must be fetched, at the
+/// settings' `wechat_base_url` and then its `wechat_fallback_urls`.
+pub(crate) fn engine(store: Store, settings: &Settings) -> anyhow::Result<Engine> {
+    let wechat = WeChat::new(&settings.wechat()).context("setting up the WeChat client")?;
     Engine::new(
         store,
         wechat,
         Arc::new(SystemClock),
-        EngineConfig::default(),
+        settings.refresh.clone(),
     )
     .context("setting up the engine")
+}
+
+/// The settings and the installed database of a command that works through an engine.
+async fn open_engine(db: &DatabaseArg) -> anyhow::Result<Engine> {
+    let settings = db.settings()?;
+    engine(db.installed(&settings).await?, &settings)
 }
 
 /// The secret given, or asked for: at a terminal without echo, else the first line of stdin.
@@ -368,7 +373,8 @@ pub(crate) async fn app(action: AppAction) -> anyhow::Result<()> {
             let verify_secs = parse_verify_secs(args.verify_secs.as_deref())?;
             let token = message_key("token", args.token)?;
             let aes_key = message_key("aes_key", args.aes_key)?;
-            let store = args.db.open_installed().await?;
+            let settings = args.db.settings()?;
+            let store = args.db.installed(&settings).await?;
             // Stored secrets encrypted but no master key here: refuse rather than store this one
             // in plain text (with a key, plain rows are encrypted, as a server does at start).
             store.prepare_secrets().await?;
@@ -386,9 +392,7 @@ pub(crate) async fn app(action: AppAction) -> anyhow::Result<()> {
                 go: args.go.fields()?,
                 verify_secs,
             };
-            engine(store, WeChatOptions::default())?
-                .add_app(&app)
-                .await?;
+            engine(store, &settings)?.add_app(&app).await?;
             println!(
                 "added {} ({}, {})",
                 app.appid,
@@ -399,7 +403,7 @@ pub(crate) async fn app(action: AppAction) -> anyhow::Result<()> {
         AppAction::List(args) => list(args).await?,
         AppAction::Show { appid, db } => {
             let appid = AppId::parse(&appid)?;
-            let engine = engine(db.open_installed().await?, WeChatOptions::default())?;
+            let engine = open_engine(&db).await?;
             let status = engine.app_status(&appid).await?;
             print!("{}", show(&status, engine.now()));
         }
@@ -419,9 +423,10 @@ pub(crate) async fn app(action: AppAction) -> anyhow::Result<()> {
                 go: args.go.fields()?,
                 verify_secs: parse_verify_secs(args.verify_secs.as_deref())?,
             };
-            let store = args.db.open_installed().await?;
+            let settings = args.db.settings()?;
+            let store = args.db.installed(&settings).await?;
             store.prepare_secrets().await?;
-            let engine = engine(store, WeChatOptions::default())?;
+            let engine = engine(store, &settings)?;
             // Ask for a new secret only once the app is known to exist.
             engine.app_status(&appid).await?;
             let update = AppUpdate {
@@ -442,7 +447,7 @@ pub(crate) async fn app(action: AppAction) -> anyhow::Result<()> {
         AppAction::Quota(args) => crate::quota::run(*args).await?,
         AppAction::Remove { appid, db } => {
             let appid = AppId::parse(&appid)?;
-            let engine = engine(db.open_installed().await?, WeChatOptions::default())?;
+            let engine = open_engine(&db).await?;
             engine.delete_app(&appid).await?;
             println!("removed {appid} and its stored token and tickets");
         }
@@ -463,7 +468,7 @@ async fn list(args: ListArgs) -> anyhow::Result<()> {
     };
     let mut after = args.cursor.as_deref().map(Cursor::decode).transpose()?;
     let limit = page_limit(args.limit.as_deref())?;
-    let engine = engine(args.db.open_installed().await?, WeChatOptions::default())?;
+    let engine = open_engine(&args.db).await?;
     let now = engine.now();
     if !args.all {
         let totals = engine.state_totals().await?;
@@ -629,7 +634,8 @@ fn show(status: &AppStatus, now: DateTime<Utc>) -> String {
 
 async fn get(args: GetArgs, kind: Kind) -> anyhow::Result<()> {
     let appid = AppId::parse(&args.appid)?;
-    let engine = engine(args.db.open_installed().await?, args.wechat.options())?;
+    let settings = args.db.settings_with(args.wechat.flags())?;
+    let engine = engine(args.db.installed(&settings).await?, &settings)?;
     let credential = engine.get(&appid, kind).await?;
     println!("{}", credential.value);
     eprintln!(

@@ -13,7 +13,7 @@ use std::path::Path;
 use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use wetoken_core::{AppKind, Credential, GoFields, Kind, NewApp, Secret, TokenMode, WeChatOptions};
+use wetoken_core::{AppKind, Credential, GoFields, Kind, NewApp, Secret, TokenMode};
 
 use crate::DatabaseArg;
 
@@ -238,10 +238,11 @@ pub(crate) async fn run(args: ImportArgs) -> anyhow::Result<()> {
     if records.is_empty() {
         bail!("{} holds no records", args.file.display());
     }
-    let store = args.db.open_installed().await?;
+    let settings = args.db.settings()?;
+    let store = args.db.installed(&settings).await?;
     // Stored secrets encrypted but no master key here: refuse rather than store plain ones.
     store.prepare_secrets().await?;
-    let engine = crate::apps::engine(store, WeChatOptions::default())?;
+    let engine = crate::apps::engine(store, &settings)?;
     let now = engine.now();
     // Eight at a time: at 100,000 apps, one by one takes minutes of round trips.
     let outcomes: Vec<anyhow::Result<Outcome>> = futures::stream::iter(records)

@@ -3,12 +3,19 @@
 //! Every command works on the database directly, so it needs no running server: `install` finds
 //! the database through a registry's database node, the others take `--database-url` or a
 //! registry (`-r`).
+//!
+//! The commands read the server's settings (`wetoken_settings::Settings`): `--config FILE` or
+//! `wetoken.toml` in the working directory, then `WETOKEN_*` variables, then their own flags. So
+//! the CLI opens the database the servers use, with their master key, and calls WeChat where
+//! they do, fallback domains included.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, anyhow, bail};
 use clap::{Parser, Subcommand};
-use wetoken_core::{DatabaseOptions, GoZone, Store, Takeover};
+use wetoken_core::{DatabaseOptions, Store};
+use wetoken_settings::Settings;
 
 mod apps;
 mod import;
@@ -48,9 +55,12 @@ enum Command {
         #[arg(long)]
         force: bool,
         /// The time zone the Go wetoken wrote expire_date in: `database` (the MySQL server's own,
-        /// which Go's now() used), `UTC`, or an offset such as +08:00.
-        #[arg(long, env = "WETOKEN_GO_TIME_ZONE", default_value = "database")]
-        go_time_zone: String,
+        /// which Go's now() used), `UTC`, or an offset such as +08:00. Default: the
+        /// go_time_zone setting (WETOKEN_GO_TIME_ZONE), else `database`.
+        #[arg(long)]
+        go_time_zone: Option<String>,
+        #[command(flatten)]
+        config: ConfigArg,
         /// The registry: fs://<dir> (each node a file under dir) or
         /// zk://host[:port][,host[:port]…][/chroot] (ZooKeeper).
         registry: String,
@@ -118,16 +128,45 @@ enum MigrateAction {
     Status(DatabaseArg),
 }
 
+/// The settings file: the server's, read the way the server reads it.
+#[derive(clap::Args, Clone)]
+pub(crate) struct ConfigArg {
+    /// The server's TOML settings file. Without this flag, wetoken.toml in the current directory
+    /// is read if it exists; a file named here must exist. WETOKEN_* variables override it, and
+    /// this command's flags override both.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+impl ConfigArg {
+    /// The settings, as `wetoken-server start` would read them here, with `flags` on top.
+    /// Kubernetes' service-link variables are ignored with a warning, as the server does.
+    pub(crate) fn load<'a>(
+        &self,
+        flags: impl IntoIterator<Item = (&'a str, Option<String>)>,
+    ) -> anyhow::Result<Settings> {
+        let file = wetoken_settings::config_file(self.config.as_deref()).map_err(|e| anyhow!(e))?;
+        let links = wetoken_settings::ignored_service_links();
+        if !links.is_empty() {
+            eprintln!(
+                "wetoken-cli: warning: {}: {}",
+                wetoken_settings::SERVICE_LINKS_IGNORED,
+                links.join(", ")
+            );
+        }
+        Settings::load(&file, wetoken_settings::flags(flags)).context("reading settings")
+    }
+}
+
 /// Which database to work on: a URL, or a registry's database node.
 #[derive(clap::Args, Clone)]
 pub(crate) struct DatabaseArg {
-    /// sqlite://wetoken.db, mysql://user:pass@host/db or postgres://user@host/db.
-    #[arg(
-        long,
-        env = "WETOKEN_DATABASE_URL",
-        default_value = "sqlite://wetoken.db"
-    )]
-    database_url: String,
+    #[command(flatten)]
+    config: ConfigArg,
+    /// sqlite://wetoken.db, mysql://user:pass@host/db or postgres://user@host/db. Default: the
+    /// database_url setting (wetoken.toml, WETOKEN_DATABASE_URL), else sqlite://wetoken.db.
+    #[arg(long)]
+    database_url: Option<String>,
     /// Find the database through this registry's node /<platform>/var/db/<db-name> instead
     /// (over --database-url and WETOKEN_DATABASE_URL): fs://<dir> or zk://host[:port][/chroot].
     #[arg(long, short = 'r')]
@@ -143,16 +182,32 @@ pub(crate) struct DatabaseArg {
 }
 
 impl DatabaseArg {
+    /// The settings, with this command's database flag and `more` flags over them.
+    pub(crate) fn settings_with<'a>(
+        &self,
+        more: impl IntoIterator<Item = (&'a str, Option<String>)>,
+    ) -> anyhow::Result<Settings> {
+        let flags = [("database_url", self.database_url.clone())];
+        let mut settings = self.config.load(flags.into_iter().chain(more))?;
+        self.keys.apply(&mut settings);
+        Ok(settings)
+    }
+
+    /// The settings, with this command's database flag over them.
+    pub(crate) fn settings(&self) -> anyhow::Result<Settings> {
+        self.settings_with([])
+    }
+
     /// Opens the database with the master keyring, if one is configured, so secrets are written
     /// encrypted and read decrypted; the schema is not touched.
-    async fn open(&self) -> anyhow::Result<Store> {
-        let keyring = self.keys.keyring()?;
+    async fn open(&self, settings: &Settings) -> anyhow::Result<Store> {
+        let keyring = settings.keyring().map_err(|e| anyhow!(e))?;
         match &self.registry {
             Some(registry) => {
                 open_from_registry(registry, &self.platform, &self.db_name, keyring).await
             }
             None => {
-                let mut options = DatabaseOptions::new(&self.database_url);
+                let mut options = settings.database();
                 options.keyring = keyring;
                 Store::connect(&options)
                     .await
@@ -162,26 +217,33 @@ impl DatabaseArg {
     }
 
     /// Refuses a SQLite URL whose file does not exist, before anything would create it.
-    fn existing(&self) -> anyhow::Result<()> {
+    fn existing(&self, settings: &Settings) -> anyhow::Result<()> {
         if self.registry.is_none()
-            && let Some(path) = sqlite_file(&self.database_url)
+            && let Some(path) = sqlite_file(&settings.database_url)
             && !path.exists()
         {
             bail!(
                 "no database at {}: `wetoken-cli migrate up` creates one there; or point \
-                 --database-url (WETOKEN_DATABASE_URL) at the server's database",
+                 --database-url (WETOKEN_DATABASE_URL, database_url in wetoken.toml) at the \
+                 server's database",
                 path.display()
             );
         }
         Ok(())
     }
 
-    /// Opens the database and checks that wetoken's tables are up to date. A SQLite file that
-    /// does not exist is an error, not created: `app list` run in the wrong directory should
-    /// say so, not leave an empty `wetoken.db` behind.
+    /// Reads the settings, opens the database and checks that wetoken's tables are up to date
+    /// ([`DatabaseArg::installed`]).
     pub(crate) async fn open_installed(&self) -> anyhow::Result<Store> {
-        self.existing()?;
-        let store = self.open().await?;
+        self.installed(&self.settings()?).await
+    }
+
+    /// Opens the database `settings` name and checks that wetoken's tables are up to date. A
+    /// SQLite file that does not exist is an error, not created: `app list` run in the wrong
+    /// directory should say so, not leave an empty `wetoken.db` behind.
+    pub(crate) async fn installed(&self, settings: &Settings) -> anyhow::Result<Store> {
+        self.existing(settings)?;
+        let store = self.open(settings).await?;
         let pending: Vec<String> = store
             .migration_status()
             .await
@@ -288,14 +350,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             check,
             force,
             go_time_zone,
+            config,
             registry,
             platform,
             db_name,
         } => {
-            let takeover = Takeover {
-                zone: GoZone::parse(&go_time_zone)?,
-                force,
-            };
+            let mut settings = config.load([("go_time_zone", go_time_zone)])?;
+            settings.go_takeover_force |= force;
+            let takeover = settings.takeover().map_err(|e| anyhow!(e))?;
             let store = open_from_registry(&registry, &platform, &db_name, None).await?;
             if check {
                 let plan = store
@@ -319,7 +381,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 encrypt_secrets,
                 db,
             } => {
-                let store = db.open().await?;
+                let store = db.open(&db.settings()?).await?;
                 let applied = store.migrate().await.context("applying migrations")?;
                 if applied.is_empty() {
                     println!("nothing to do: every migration is already applied");
@@ -330,8 +392,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 report_secrets(&store, encrypt_secrets).await?;
             }
             MigrateAction::Status(db) => {
-                db.existing()?;
-                let store = db.open().await?;
+                let settings = db.settings()?;
+                db.existing(&settings)?;
+                let store = db.open(&settings).await?;
                 for (name, applied) in store.migration_status().await? {
                     let state = if applied { "applied" } else { "pending" };
                     println!("{state:8} {name}");

@@ -44,7 +44,8 @@ pub(crate) async fn run(args: QuotaArgs) -> anyhow::Result<()> {
              standard input is not a terminal to confirm it at: add --yes"
         );
     }
-    let store = args.db.open_installed().await?;
+    let settings = args.db.settings_with(args.wechat.flags())?;
+    let store = args.db.installed(&settings).await?;
     let info = store.known_app_info(&appid).await?;
     if info.kind == AppKind::Work {
         bail!(
@@ -56,7 +57,7 @@ pub(crate) async fn run(args: QuotaArgs) -> anyhow::Result<()> {
         TokenMode::Classic => "/cgi-bin/token",
         TokenMode::Stable => "/cgi-bin/stable_token",
     };
-    let engine = engine(store, args.wechat.options())?;
+    let engine = engine(store, &settings)?;
     let token = match engine.stored(&appid, Kind::AccessToken).await {
         Ok(token) => token,
         Err(Error::NotStored { .. }) => bail!(
@@ -66,7 +67,7 @@ pub(crate) async fn run(args: QuotaArgs) -> anyhow::Result<()> {
         ),
         Err(e) => return Err(e.into()),
     };
-    let wechat = WeChat::new(&args.wechat.options()).context("setting up the WeChat client")?;
+    let wechat = WeChat::new(&settings.wechat()).context("setting up the WeChat client")?;
     let quota = wechat
         .quota(&token.value, cgi_path)
         .await

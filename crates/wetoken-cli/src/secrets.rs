@@ -1,17 +1,18 @@
 //! `wetoken-cli secrets new-key|status|rotate-key`: the master key app secrets are encrypted
 //! under.
 //!
-//! The keys come from the same places the server reads them: `WETOKEN_MASTER_KEY` or
-//! `WETOKEN_MASTER_KEY_FILE` (the current key), `WETOKEN_MASTER_KEY_PREVIOUS` or
-//! `WETOKEN_MASTER_KEY_PREVIOUS_FILE` (the previous one, during a rotation), or the `--…-file`
-//! flags. Keys are never taken as flag values, which other users could read in the process list.
+//! The keys come from the server's settings (`wetoken.toml` or `--config`, then the
+//! environment): `master_key` or `master_key_file` (`WETOKEN_MASTER_KEY`,
+//! `WETOKEN_MASTER_KEY_FILE`: the current key), `master_key_previous` or
+//! `master_key_previous_file` (the previous one, during a rotation), or the `--…-file` flags over
+//! them. Keys are never taken as flag values, which other users could read in the process list.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::{Context, anyhow, bail};
+use wetoken_core::Reseal;
 use wetoken_core::crypto::MasterKey;
-use wetoken_core::{KeySources, Keyring, Reseal};
+use wetoken_settings::Settings;
 
 use crate::DatabaseArg;
 
@@ -42,32 +43,31 @@ pub(crate) enum SecretsAction {
     },
 }
 
-/// Where the master keys come from, over the `WETOKEN_MASTER_KEY*` environment.
+/// Where the master keys come from, over the settings' (`master_key`, `master_key_file`, their
+/// `WETOKEN_MASTER_KEY*` variables).
 #[derive(clap::Args, Clone)]
 pub(crate) struct MasterKeyArgs {
-    /// A file whose first line is the master key (else WETOKEN_MASTER_KEY or
-    /// WETOKEN_MASTER_KEY_FILE).
+    /// A file whose first line is the master key (else the settings' master_key or
+    /// master_key_file: WETOKEN_MASTER_KEY, WETOKEN_MASTER_KEY_FILE).
     #[arg(long, value_name = "PATH")]
     master_key_file: Option<PathBuf>,
-    /// A file whose first line is the previous master key (else WETOKEN_MASTER_KEY_PREVIOUS or
-    /// WETOKEN_MASTER_KEY_PREVIOUS_FILE).
+    /// A file whose first line is the previous master key (else master_key_previous or
+    /// master_key_previous_file: WETOKEN_MASTER_KEY_PREVIOUS, WETOKEN_MASTER_KEY_PREVIOUS_FILE).
     #[arg(long, value_name = "PATH")]
     previous_key_file: Option<PathBuf>,
 }
 
 impl MasterKeyArgs {
-    /// The keyring these flags and the environment describe, if any.
-    pub(crate) fn keyring(&self) -> anyhow::Result<Option<Arc<Keyring>>> {
-        let mut sources = KeySources::from_env();
+    /// Puts the files these flags name in place of the keys the settings hold.
+    pub(crate) fn apply(&self, settings: &mut Settings) {
         if let Some(file) = &self.master_key_file {
-            sources.key = None;
-            sources.key_file = Some(file.clone());
+            settings.master_key = None;
+            settings.master_key_file = Some(file.clone());
         }
         if let Some(file) = &self.previous_key_file {
-            sources.previous = None;
-            sources.previous_file = Some(file.clone());
+            settings.master_key_previous = None;
+            settings.master_key_previous_file = Some(file.clone());
         }
-        Ok(Keyring::load(&sources)?.map(Arc::new))
     }
 }
 

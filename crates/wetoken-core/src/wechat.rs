@@ -168,6 +168,15 @@ impl UpstreamError {
         }
     }
 
+    /// WeChat's `errmsg`, tidied (control characters out, cut short), when WeChat answered with
+    /// one: what refusal log lines carry next to the `errcode`.
+    pub fn errmsg(&self) -> Option<&str> {
+        match self {
+            UpstreamError::Refused { errmsg, .. } => Some(errmsg),
+            _ => None,
+        }
+    }
+
     /// The one-line outcome stored in the `message` column.
     pub fn message(&self) -> String {
         match self {

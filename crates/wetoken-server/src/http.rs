@@ -52,7 +52,7 @@ use params::Params;
 pub(crate) use request::handle;
 use route::{Route, route};
 
-use crate::config::{HttpSettings, MetricsSettings};
+use wetoken_settings::{HttpSettings, MetricsSettings};
 
 /// What every handler shares.
 pub(crate) struct State {

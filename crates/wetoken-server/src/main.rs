@@ -9,6 +9,7 @@ use figment::Figment;
 use tracing_subscriber::field::MakeExt;
 use wetoken_server::{Listening, Server, Settings, redact_url};
 
+mod json_log;
 mod registry;
 
 /// WeChat access tokens and tickets for every app, from one place.
@@ -205,7 +206,12 @@ fn init_logging(format: LogFormat) {
                 .delimited(" "),
             )
             .init(),
-        LogFormat::Json => builder.json().init(),
+        LogFormat::Json => builder
+            .json()
+            .event_format(json_log::JsonLines(
+                tracing_subscriber::fmt::format().json(),
+            ))
+            .init(),
     }
 }
 
@@ -258,33 +264,17 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn start(args: StartArgs) -> anyhow::Result<()> {
     init_logging(args.log_format);
-    let config = match args.config {
-        Some(path) if !path.is_file() => anyhow::bail!(
-            "--config {}: no such file (without --config, wetoken.toml is read if it exists)",
-            path.display()
-        ),
-        Some(path) => path,
-        None => PathBuf::from("wetoken.toml"),
-    };
+    let config =
+        wetoken_settings::config_file(args.config.as_deref()).map_err(anyhow::Error::msg)?;
     let links = wetoken_server::ignored_service_links();
     if !links.is_empty() {
-        tracing::warn!(
-            ?links,
-            "ignoring these variables: Kubernetes makes them for a Service named wetoken, and \
-             they are no settings (set enableServiceLinks: false in the pod spec to drop them)"
-        );
+        tracing::warn!(?links, "{}", wetoken_settings::SERVICE_LINKS_IGNORED);
     }
-    let mut given = figment::value::Dict::new();
-    for (key, value) in [
+    let flags = wetoken_settings::flags([
         ("listen", args.listen),
         ("database_url", args.database_url),
         ("wechat_base_url", args.wechat_base_url),
-    ] {
-        if let Some(value) = value {
-            given.insert(key.into(), value.into());
-        }
-    }
-    let flags = Figment::from(Flags(given));
+    ]);
     runtime()?.block_on(async move {
         let nodes = match (&args.registry.registry, &args.registry.cluster) {
             (Some(url), Some(cluster)) => Some(
@@ -352,22 +342,6 @@ fn start(args: StartArgs) -> anyhow::Result<()> {
         tracing::info!("stopped");
         Ok(())
     })
-}
-
-/// The settings given as flags, as a layer whose name an error about one of them shows
-/// ("in the command line"), where a tuple's was its Rust type.
-struct Flags(figment::value::Dict);
-
-impl figment::Provider for Flags {
-    fn metadata(&self) -> figment::Metadata {
-        figment::Metadata::named("the command line")
-    }
-
-    fn data(
-        &self,
-    ) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
-        Ok(figment::Profile::Default.collect(self.0.clone()))
-    }
 }
 
 /// Removes the server's announcement from the registry, the first time it is called.

@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use wetoken_core::{CredentialState, Engine, Error, Kind, UPSTREAM_ENDPOINTS};
 
-use crate::config::{MetricsSettings, PerApp};
+use wetoken_settings::{MetricsSettings, PerApp};
 
 /// The process's recorder, installed on first use. One per process: every server in it shares it.
 pub(crate) fn handle() -> &'static PrometheusHandle {

@@ -9,25 +9,34 @@ use wetoken_registry::Registry;
 use wetoken_testkit::{Backend, TestDb};
 
 mod quota_guard;
+mod settings;
 
 fn cli(args: &[&str]) -> (bool, String, String) {
-    run_cli(args, "", &[])
+    run_cli(None, args, "", &[])
 }
 
 /// Runs the CLI with `input` on its standard input (not a terminal).
 fn cli_with_input(args: &[&str], input: &str) -> (bool, String, String) {
-    run_cli(args, input, &[])
+    run_cli(None, args, input, &[])
 }
 
 /// Runs the CLI with `env`.
 fn cli_env(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
-    run_cli(args, "", env)
+    run_cli(None, args, "", env)
 }
 
-/// Runs the CLI with `input` on its standard input, `env`, and none of the developer's
-/// `WETOKEN_*` settings.
-fn run_cli(args: &[&str], input: &str, env: &[(&str, &str)]) -> (bool, String, String) {
+/// Runs the CLI in `dir` (else the test's own working directory) with `input` on its standard
+/// input, `env`, and none of the developer's `WETOKEN_*` settings.
+fn run_cli(
+    dir: Option<&std::path::Path>,
+    args: &[&str],
+    input: &str,
+    env: &[(&str, &str)],
+) -> (bool, String, String) {
     let mut command = Command::new(env!("CARGO_BIN_EXE_wetoken-cli"));
+    if let Some(dir) = dir {
+        command.current_dir(dir);
+    }
     for (key, _) in std::env::vars() {
         if key.starts_with("WETOKEN_") && !key.starts_with("WETOKEN_TEST_") {
             command.env_remove(key);
@@ -390,6 +399,7 @@ async fn apps_tokens_and_tickets_from_the_command_line() {
         let sealed = with_db(&["app", "add", "wx_sealed"]);
         let sealed: Vec<&str> = sealed.iter().map(String::as_str).collect();
         let (ok, _, err) = run_cli(
+            None,
             &sealed,
             "sealed-secret\n",
             &[("WETOKEN_MASTER_KEY", key.trim())],

@@ -28,7 +28,7 @@ impl Cli {
     fn run(&self, args: &[&str], input: &str) -> (bool, String, String) {
         let mut args = args.to_vec();
         args.extend(["--database-url", self.database.url.as_str()]);
-        run_cli(&args, input, &[])
+        run_cli(None, &args, input, &[])
     }
 
     /// `app quota APPID` (and `extra`) against `mock`.

@@ -314,7 +314,7 @@ impl Engine {
                         return Ok(c);
                     }
                     Err(e) if e.is_token_rejected() => {
-                        info!(reporter = %by, errcode = e.errcode(), "WeChat confirms the reported token is rejected; fetching a new one");
+                        info!(reporter = %by, errcode = e.errcode(), errmsg = e.errmsg(), "WeChat confirms the reported token is rejected; fetching a new one");
                     }
                     // Fail open: the budget's reserve still bounds what a broken check costs.
                     Err(e) => warn!(
@@ -518,6 +518,7 @@ impl Engine {
             UpstreamError::Refused { errcode, errmsg } if halted => {
                 warn!(
                     errcode,
+                    errmsg = errmsg.as_str(),
                     "WeChat refused for good; refreshing stops until the app's settings change"
                 );
                 Error::Halted {
@@ -530,6 +531,7 @@ impl Engine {
             UpstreamError::Refused { errcode, errmsg } => {
                 warn!(
                     errcode,
+                    errmsg = errmsg.as_str(),
                     failures,
                     retry_in_ms = delay.num_milliseconds(),
                     "refresh refused"

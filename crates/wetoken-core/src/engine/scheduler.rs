@@ -263,6 +263,7 @@ impl Engine {
                 warn!(
                     %appid,
                     errcode = e.errcode(),
+                    errmsg = e.errmsg(),
                     expires_at = %current.expires_at,
                     "WeChat no longer accepts the stored token, which had life left: it was \
                      replaced outside wetoken (another program with the app's secret, or the \

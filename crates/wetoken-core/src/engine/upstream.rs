@@ -121,7 +121,11 @@ impl Engine {
             .map_err(FetchError::Other)?;
         match ticket(token.clone()).await {
             Err(e) if e.is_token_rejected() => {
-                warn!(error = %e, "WeChat rejected the token; refreshing it once");
+                warn!(
+                    errcode = e.errcode(),
+                    errmsg = e.errmsg(),
+                    "WeChat rejected the token a ticket fetch used; refreshing it once"
+                );
                 let token = self
                     .replace_rejected(&app.info.appid, Kind::AccessToken, &token.value)
                     .await

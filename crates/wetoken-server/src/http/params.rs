@@ -12,7 +12,7 @@ use wetoken_core::{
 
 use super::RequestBody;
 use super::error::ApiError;
-use crate::config::HttpSettings;
+use wetoken_settings::HttpSettings;
 
 /// A request's parameters: the query string, overlaid by a form or JSON body.
 /// Parameters a route does not use are ignored.

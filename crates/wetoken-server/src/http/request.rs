@@ -12,9 +12,9 @@ use http_body_util::Full;
 use tracing::{Instrument, debug, warn};
 
 use super::error::{ApiError, error_response};
-use super::route::in_credential_group;
+use super::route::{in_credential_group, route};
 use super::{Mount, RequestBody, State, dispatch};
-use crate::config::CredentialErrors;
+use wetoken_settings::CredentialErrors;
 
 /// Serves one request. Never fails: every error becomes a JSON answer.
 pub(crate) async fn handle<B: RequestBody>(
@@ -47,6 +47,8 @@ pub(crate) async fn handle<B: RequestBody>(
     let errors_in_body = state.http.credential_errors == CredentialErrors::InBody
         && in_credential_group(request.uri().path());
     let timeout = Duration::from_secs(state.http.request_timeout_secs);
+    // For the refusal line (a reference-counted copy of the path's bytes).
+    let uri = request.uri().clone();
     let answer = tokio::time::timeout(
         timeout,
         dispatch(&state, &mount, peer, request, &mut label).instrument(span.clone()),
@@ -61,8 +63,12 @@ pub(crate) async fn handle<B: RequestBody>(
         }
         Err(e) => {
             if let Some(reason) = e.refusal() {
-                // Every 401 and 403, so that a caller locked out (or probing) shows in the log.
-                span.in_scope(|| warn!(%peer, reason, "refused"));
+                // Every 401 and 403, so that a caller locked out (or probing) shows in the log,
+                // with the app asked for when the path names a well-formed appid.
+                let appid = route(uri.path())
+                    .and_then(|r| r.appid())
+                    .filter(|a| wetoken_core::AppId::parse(a).is_ok());
+                span.in_scope(|| warn!(%peer, reason, appid, "refused"));
             }
             let mut response = span.in_scope(|| error_response(&e));
             let status = response.status();

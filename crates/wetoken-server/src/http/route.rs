@@ -24,7 +24,16 @@ pub(super) enum Route<'a> {
     WxCode(&'a str),
 }
 
-impl Route<'_> {
+impl<'a> Route<'a> {
+    /// The appid in the path of an app's route, as it came (not yet checked).
+    pub(super) fn appid(&self) -> Option<&'a str> {
+        match self {
+            Route::Jssdk(appid) | Route::Query(appid) | Route::WxCode(appid) => Some(appid),
+            Route::Credential { appid, .. } => Some(appid),
+            _ => None,
+        }
+    }
+
     /// The route's name in metrics.
     pub(super) fn label(&self) -> &'static str {
         match self {

@@ -3,7 +3,7 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use wetoken_mock::Endpoint;
+use wetoken_mock::{Endpoint, Fault};
 
 use crate::harness::{self, SECRET, eventually, free_port, mock_with};
 
@@ -20,21 +20,22 @@ fn server_command(dir: &std::path::Path) -> Command {
     command
 }
 
-#[tokio::test]
-async fn default_start_creates_sqlite_serves_and_exits_cleanly_on_sigterm() {
-    let mock = mock_with(&["wxbin"]).await;
-    let dir = scratch_dir("start");
-    let port = free_port();
-    let master_key = wetoken_core::crypto::MasterKey::generate();
-    let child = server_command(&dir)
-        .env("WETOKEN_MASTER_KEY", &master_key)
-        .env("WETOKEN_CONSUMER_KEYS_RELOAD_MS", "50")
+/// Starts `wetoken-server start --log-format json` in `dir` on `port`, against `wechat`, with
+/// `env`, its log to a pipe; returns once `/health` answers 200.
+async fn start_json(
+    dir: &std::path::Path,
+    port: u16,
+    wechat: &str,
+    env: &[(&str, &str)],
+) -> std::process::Child {
+    let child = server_command(dir)
+        .envs(env.iter().copied())
         .args([
             "start",
             "--listen",
             &format!("127.0.0.1:{port}"),
             "--wechat-base-url",
-            &mock.url(),
+            wechat,
             "--log-format",
             "json",
         ])
@@ -42,19 +43,65 @@ async fn default_start_creates_sqlite_serves_and_exits_cleanly_on_sigterm() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
     eventually(
         "the server answers /health",
         Duration::from_secs(30),
         || async {
-            http.get(format!("{base}/health"))
+            http.get(format!("http://127.0.0.1:{port}/health"))
                 .send()
                 .await
                 .is_ok_and(|r| r.status() == 200)
         },
     )
     .await;
+    child
+}
+
+/// The JSON body of a GET of `url`.
+async fn get_json(http: &reqwest::Client, url: String) -> serde_json::Value {
+    http.get(url).send().await.unwrap().json().await.unwrap()
+}
+
+/// Sends `child` SIGTERM and waits for it: whether it exited 0, its log, and the log's lines
+/// as JSON (each must be).
+async fn stop_json(child: std::process::Child) -> (bool, String, Vec<serde_json::Value>) {
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let output = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let log = String::from_utf8_lossy(&output.stderr).into_owned();
+    let lines = log
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    (output.status.success(), log, lines)
+}
+
+#[tokio::test]
+async fn default_start_creates_sqlite_serves_and_exits_cleanly_on_sigterm() {
+    let mock = mock_with(&["wxbin"]).await;
+    let dir = scratch_dir("start");
+    let port = free_port();
+    let master_key = wetoken_core::crypto::MasterKey::generate();
+    let child = start_json(
+        &dir,
+        port,
+        &mock.url(),
+        &[
+            ("WETOKEN_MASTER_KEY", &master_key),
+            ("WETOKEN_CONSUMER_KEYS_RELOAD_MS", "50"),
+        ],
+    )
+    .await;
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
     assert!(
         dir.join("wetoken.db").exists(),
         "the default SQLite file is created"
@@ -68,14 +115,7 @@ async fn default_start_creates_sqlite_serves_and_exits_cleanly_on_sigterm() {
         .await
         .unwrap();
     assert_eq!(created.status(), 200);
-    let body: serde_json::Value = http
-        .get(format!("{base}/wxbin/wechat/token/get"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body = get_json(&http, format!("{base}/wxbin/wechat/token/get")).await;
     assert_eq!(
         body["access_token"].as_str(),
         mock.current_token("wxbin").as_deref()
@@ -185,21 +225,8 @@ async fn default_start_creates_sqlite_serves_and_exits_cleanly_on_sigterm() {
         .unwrap();
     assert_eq!(refreshed.status(), 200);
 
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let output = tokio::task::spawn_blocking(move || child.wait_with_output())
-        .await
-        .unwrap()
-        .unwrap();
-    let log = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "exit status {:?}\n{log}",
-        output.status
-    );
+    let (exited_0, log, lines) = stop_json(child).await;
+    assert!(exited_0, "{log}");
     for (what, secret) in [
         ("the app secret", SECRET),
         ("the consumer key", consumer_key.as_str()),
@@ -222,11 +249,6 @@ async fn default_start_creates_sqlite_serves_and_exits_cleanly_on_sigterm() {
         "the plain secret reached the log:\n{log}"
     );
     // --log-format json: one JSON object a line; what happens in a request carries its id.
-    let lines: Vec<serde_json::Value> = log
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
-        .collect();
     let doubted = lines
         .iter()
         .find(|l| {
@@ -247,6 +269,7 @@ async fn default_start_creates_sqlite_serves_and_exits_cleanly_on_sigterm() {
         .find(|l| l["span"]["path"] == "/wxother/wechat/token/get")
         .unwrap_or_else(|| panic!("no refusal line for the out-of-scope key in\n{log}"));
     assert_eq!(scope["span"]["key"], "bin", "{scope}");
+    assert_eq!(scope["appid"], "wxother", "{scope}");
     assert_eq!(scope["level"], "WARN", "{scope}");
     assert!(scope["fields"]["peer"].is_string(), "{scope}");
     assert!(
@@ -429,14 +452,18 @@ async fn start_up_survives_service_links_and_refuses_mistakes() {
         .filter(|l| l.contains("Kubernetes makes them"))
         .collect();
     assert_eq!(warnings.len(), 1, "{log}");
-    for name in [
-        "WETOKEN_PORT",
-        "WETOKEN_PORT_9999_TCP",
-        "WETOKEN_SERVICE_HOST",
-        "WETOKEN_SERVICE_PORT",
-    ] {
-        assert!(warnings[0].contains(&format!("\\\"{name}\\\"")), "{log}");
-    }
+    // The list is a JSON array, not the string of its Debug text.
+    let warning: serde_json::Value = serde_json::from_str(warnings[0]).unwrap();
+    assert_eq!(
+        warning["fields"]["links"],
+        serde_json::json!([
+            "WETOKEN_PORT",
+            "WETOKEN_PORT_9999_TCP",
+            "WETOKEN_SERVICE_HOST",
+            "WETOKEN_SERVICE_PORT",
+        ]),
+        "{log}"
+    );
 
     let (ok, _, err) = run(&dir, &["start", "--config", "nowhere.toml"], &[]);
     assert!(
@@ -449,6 +476,83 @@ async fn start_up_survives_service_links_and_refuses_mistakes() {
         &[("WETOKEN_ADMIN_KEY", "CHANGE-ME-to-a-long-random-string")],
     );
     assert!(!ok && err.contains("placeholder"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `--log-format json` for log collectors: every line about an app has `appid` at the top level
+/// (a refresh's lines carry it only in their span), lists are arrays, and WeChat's refusals
+/// carry its errcode and errmsg.
+#[tokio::test(flavor = "multi_thread")]
+async fn json_log_lines_name_their_app_at_the_top_and_keep_lists_as_arrays() {
+    let mock = mock_with(&["wxlog", "wxbusy"]).await;
+    let dir = scratch_dir("jsonlog");
+    let port = free_port();
+    let child = start_json(&dir, port, &mock.url(), &[]).await;
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    // A refresh, a refusal WeChat may take back (45009), and one for good (40013: an appid
+    // WeChat does not know).
+    for appid in ["wxlog", "wxbusy", "wxnone"] {
+        let created = http
+            .post(format!("{base}/wechat/app/create"))
+            .json(&serde_json::json!({"appid": appid, "secret": SECRET}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(created.status(), 200, "{appid}");
+    }
+    let token = |appid: &str| get_json(&http, format!("{base}/{appid}/wechat/token/get"));
+    let first = token("wxlog").await;
+    // A ticket fetch with a token WeChat no longer takes: the token is replaced once.
+    mock.invalidate_token(first["access_token"].as_str().unwrap());
+    let ticket = get_json(&http, format!("{base}/wxlog/wechat/ticket/get")).await;
+    assert!(ticket["ticket"].is_string(), "{ticket}");
+    mock.inject(Endpoint::Token, Fault::ErrCode(45009), 1);
+    assert_eq!(token("wxbusy").await["errcode"], 45009);
+    assert_eq!(token("wxnone").await["errcode"], 40013);
+
+    let (_, log, lines) = stop_json(child).await;
+    let line = |message: &str| {
+        lines
+            .iter()
+            .find(|l| l["fields"]["message"] == message)
+            .unwrap_or_else(|| panic!("no {message:?} line in\n{log}"))
+    };
+    let refreshed = line("refreshed");
+    assert_eq!(refreshed["appid"], "wxlog", "{refreshed}");
+    let refused = line("refresh refused");
+    assert_eq!(refused["appid"], "wxbusy", "{refused}");
+    assert_eq!(refused["fields"]["errcode"], 45009, "{refused}");
+    assert!(
+        refused["fields"]["errmsg"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{refused}"
+    );
+    let halted = line("WeChat refused for good; refreshing stops until the app's settings change");
+    assert_eq!(halted["appid"], "wxnone", "{halted}");
+    assert_eq!(halted["fields"]["errcode"], 40013, "{halted}");
+    assert!(halted["fields"]["errmsg"].is_string(), "{halted}");
+    let rejected = line("WeChat rejected the token a ticket fetch used; refreshing it once");
+    assert_eq!(rejected["appid"], "wxlog", "{rejected}");
+    assert_eq!(rejected["fields"]["errcode"], 40001, "{rejected}");
+    assert!(rejected["fields"]["errmsg"].is_string(), "{rejected}");
+    let added = line("app added");
+    assert_eq!(added["appid"], "wxlog", "{added}");
+    let applied = line("applied migrations");
+    assert!(
+        applied["fields"]["applied"]
+            .as_array()
+            .is_some_and(|a| !a.is_empty() && a.iter().all(serde_json::Value::is_string)),
+        "{applied}"
+    );
+    // Whatever line names an app, in its fields or a span's, has it at the top.
+    for l in &lines {
+        let named = std::iter::once(&l["fields"])
+            .chain(l["spans"].as_array().into_iter().flatten())
+            .any(|f| f.get("appid").is_some());
+        assert_eq!(named, l["appid"].is_string(), "{l}");
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 

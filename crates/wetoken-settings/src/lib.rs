@@ -1,6 +1,14 @@
-//! Settings, layered with figment: built-in defaults, then `wetoken.toml`, then `WETOKEN_*`
-//! environment variables (`__` separates a section: `WETOKEN_REFRESH__MARGIN_SECS`), then
-//! command-line flags.
+//! wetoken's settings, layered with figment: built-in defaults, then `wetoken.toml`, then
+//! `WETOKEN_*` environment variables (`__` separates a section: `WETOKEN_REFRESH__MARGIN_SECS`),
+//! then command-line flags. `wetoken-server` and `wetoken-cli` both read them here, so the two
+//! agree on the database, the master key and where WeChat is.
+#![deny(missing_docs)]
+
+mod redact;
+mod sources;
+
+pub use redact::redact_url;
+pub use sources::{SERVICE_LINKS_IGNORED, config_file, flags};
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -123,7 +131,7 @@ impl std::fmt::Debug for Settings {
                 *key = Some("***".into());
             }
         }
-        shown.database_url = crate::redact_url(&shown.database_url);
+        shown.database_url = redact_url(&shown.database_url);
         let text = serde_json::to_string(&shown).map_err(|_| std::fmt::Error)?;
         write!(f, "Settings {text}")
     }
