@@ -140,6 +140,34 @@ async fn listings_page_through_every_app_once_and_filter(db: &TestDb) {
             "{state}: {summary}"
         );
     }
+    // The status page pages through every app once, worst first: the halted, then the failing,
+    // then the rest in the listing's own order.
+    let mut shown = Vec::new();
+    let mut query = "limit=40".to_owned();
+    for _ in 0..20 {
+        let page = server.text(&format!("/?{query}")).await;
+        shown.extend(
+            page.split("<td class=\"appid\"><a href=\"status/")
+                .skip(1)
+                .map(|r| r.split('"').next().unwrap().to_owned()),
+        );
+        match page.split("<p><a href=\"?").nth(1) {
+            Some(rest) => query = rest.split('"').next().unwrap().replace("&amp;", "&"),
+            None => break,
+        }
+    }
+    let halted = seeded(N, "wxs", Seed::Halted);
+    let failing = seeded(N, "wxs", Seed::Failing);
+    let mut worst_first = halted.clone();
+    worst_first.extend(failing.iter().cloned());
+    worst_first.extend(
+        one_page
+            .iter()
+            .filter(|a| !halted.contains(a) && !failing.contains(a))
+            .cloned(),
+    );
+    assert_eq!(shown, worst_first);
+
     // The form's "any" sends empty values: no filter.
     let (status, _) = server
         .get("/wechat/app/list?state=&kind=&prefix=&cursor=")
