@@ -199,7 +199,7 @@ async fn dispatch<B: RequestBody>(
                 .listing()?;
             let fresh = std::time::Duration::from_millis(state.metrics.totals_fresh_ms);
             let page = Box::pin(crate::status::page(&state.engine, mount, &listing, fresh)).await?;
-            Ok(typed(page, "text/html; charset=utf-8"))
+            Ok(html(page))
         }
         Route::StatusApp(appid) => Box::pin(status_app(state, mount, appid, &parts, body)).await,
         Route::Credential {
@@ -375,9 +375,29 @@ async fn status_app<B: RequestBody>(
         return Err(ApiError::MethodNotAllowed);
     };
     let page = Box::pin(crate::status::detail(&state.engine, &appid, &forced)).await?;
-    let mut response = typed(page, "text/html; charset=utf-8");
+    let mut response = html(page);
     *response.status_mut() = status;
     Ok(response)
+}
+
+/// A status page's answer. The pages run no script and load nothing, and no other site may
+/// frame them: a page that did could get the forced refresh's button clicked (clickjacking), a
+/// same-origin POST the cross-site check would let through.
+fn html(page: String) -> http::Response<http_body_util::Full<bytes::Bytes>> {
+    let mut response = typed(page, "text/html; charset=utf-8");
+    let headers = response.headers_mut();
+    headers.insert(
+        http::header::CONTENT_SECURITY_POLICY,
+        http::HeaderValue::from_static(
+            "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; \
+             frame-ancestors 'none'; base-uri 'none'",
+        ),
+    );
+    headers.insert(
+        http::header::X_FRAME_OPTIONS,
+        http::HeaderValue::from_static("DENY"),
+    );
+    response
 }
 
 async fn health(state: &State) -> http::Response<http_body_util::Full<bytes::Bytes>> {

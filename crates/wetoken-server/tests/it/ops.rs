@@ -362,6 +362,11 @@ async fn status_page_in_a_real_browser() {
     };
     let response = post("same-origin", server.url.clone()).await.unwrap();
     assert_eq!(response.status(), 200);
+    // No other site may frame the page and get its button clicked.
+    let headers = response.headers();
+    assert_eq!(headers["x-frame-options"], "DENY");
+    let policy = headers["content-security-policy"].to_str().unwrap();
+    assert!(policy.contains("frame-ancestors 'none'"), "{policy}");
     let text = response.text().await.unwrap();
     assert!(
         text.contains("<p class=\"ok result\">Forced: a new access_token is stored"),
