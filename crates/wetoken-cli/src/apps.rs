@@ -465,6 +465,7 @@ async fn list(args: ListArgs) -> anyhow::Result<()> {
             .transpose()?,
         kind: args.kind.map(AppKind::from),
         prefix: args.prefix.as_deref().map(AppFilter::prefix).transpose()?,
+        worst_first: false,
     };
     let mut after = args.cursor.as_deref().map(Cursor::decode).transpose()?;
     let limit = page_limit(args.limit.as_deref())?;
@@ -685,6 +686,7 @@ mod tests {
             leased: false,
             check: None,
             replaced: 0,
+            renew_at: None,
         };
         let live = || {
             Some(Credential {

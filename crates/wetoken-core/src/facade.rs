@@ -13,7 +13,7 @@ use crate::{AppStatus, Engine, Error, KeyTable};
 /// starts, if one follows.
 #[derive(Debug, Clone)]
 pub struct AppPage {
-    /// The apps, ordered by appid.
+    /// The apps, ordered by appid (or worst first, as the filter asks).
     pub apps: Vec<AppStatus>,
     /// The cursor of the next page; `None` on the last.
     pub next: Option<Cursor>,
@@ -53,15 +53,24 @@ impl Engine {
         limit: u64,
     ) -> Result<AppPage, Error> {
         let store = self.store();
-        let (apps, more) = store
-            .page_of_apps(filter, after.map(Cursor::appid), limit, self.now())
-            .await?;
+        let (apps, next) = if filter.worst_first && filter.state.is_none() {
+            store
+                .page_worst_first(filter, after, limit, self.now())
+                .await?
+        } else {
+            let (apps, more) = store
+                .page_of_apps(filter, after.map(Cursor::appid), limit, self.now())
+                .await?;
+            let next = more
+                .then(|| apps.last().map(|a| Cursor::after(&a.appid)))
+                .flatten();
+            (apps, next)
+        };
         let ids: Vec<AppId> = apps.iter().map(|a| a.appid.clone()).collect();
         let mut records = Vec::new();
         for kind in Kind::ALL {
             records.push(store.credentials_of(kind, &ids).await?);
         }
-        let next = more.then(|| ids.last().map(Cursor::after)).flatten();
         let apps = apps
             .into_iter()
             .map(|app| {
@@ -75,6 +84,15 @@ impl Engine {
             })
             .collect();
         Ok(AppPage { apps, next })
+    }
+
+    /// The refresh outcomes kept for `appid`'s credentials, newest first: at most
+    /// [`crate::HISTORY_SLOTS`] a credential, one primary-key range.
+    pub async fn refresh_history(
+        &self,
+        appid: &AppId,
+    ) -> Result<Vec<crate::RefreshOutcome>, Error> {
+        self.store().refresh_history(appid).await
     }
 
     /// How many credentials are in each state, by kind, read from the database: every

@@ -11,7 +11,7 @@ use crate::{Error, Store};
 mod lock;
 
 /// The tables wetoken owns, as named in the Go wetoken.
-pub const TABLES: [&str; 9] = [
+pub const TABLES: [&str; 10] = [
     "wechat_app_info",
     "wechat_access_token",
     "wechat_jsapi_ticket",
@@ -21,6 +21,7 @@ pub const TABLES: [&str; 9] = [
     "wetoken_refresh_share",
     "wetoken_change_seq",
     "wetoken_change",
+    "wetoken_refresh_history",
 ];
 
 impl Store {

@@ -53,8 +53,8 @@ pub use model::{
 pub use msgcrypt::{MsgCrypt, MsgCryptError};
 pub use secrets::{Reseal, ResealReport, SecretsReport};
 pub use store::{
-    AppFilter, CredentialState, Cursor, DatabaseOptions, PAGE_DEFAULT, PAGE_MAX, StateTotals,
-    Store, Troubled, page_limit,
+    AppFilter, CredentialState, Cursor, DatabaseOptions, HISTORY_SLOTS, PAGE_DEFAULT, PAGE_MAX,
+    RefreshCause, RefreshOutcome, StateTotals, Store, Troubled, page_limit,
 };
 pub use takeover::{GoZone, Takeover};
 pub use wechat::{UpstreamError, WeChat, WeChatOptions};

@@ -586,6 +586,9 @@ pub struct CredentialRecord {
     pub failures: i32,
     /// No replica calls WeChat for this credential before this instant (the shared backoff).
     pub retry_at: Option<DateTime<Utc>>,
+    /// When the scheduler renews the stored value, if wetoken dated it (a value imported or
+    /// adopted may have no date: it is renewed at once).
+    pub renew_at: Option<DateTime<Utc>>,
     /// Whether a replica holds the refresh lease and it has not lapsed (on the database's clock).
     pub leased: bool,
     /// WeChat's last word on the stored value, if it was asked and the value has not changed

@@ -112,9 +112,12 @@ impl Mount {
                 self.credentials
             }
             Route::App(_) => self.admin,
-            Route::Status | Route::Metrics | Route::Health | Route::Ready | Route::Live => {
-                self.observe
-            }
+            Route::Status
+            | Route::StatusApp(_)
+            | Route::Metrics
+            | Route::Health
+            | Route::Ready
+            | Route::Live => self.observe,
         }
     }
 
@@ -168,7 +171,7 @@ async fn dispatch<B: RequestBody>(
     // /metrics names every appid in trouble: the admin key reads it, and so does the metrics
     // key (or an address in metrics_networks), which reads nothing else.
     match route {
-        Route::App(_) | Route::Status => state.admin.check(&parts, peer)?,
+        Route::App(_) | Route::Status | Route::StatusApp(_) => state.admin.check(&parts, peer)?,
         Route::Metrics => state.admin.check_metrics(&parts, peer)?,
         _ => {}
     }
@@ -209,8 +212,9 @@ async fn dispatch<B: RequestBody>(
                 .listing()?;
             let fresh = std::time::Duration::from_millis(state.metrics.totals_fresh_ms);
             let page = Box::pin(crate::status::page(&state.engine, mount, &listing, fresh)).await?;
-            Ok(typed(page, "text/html; charset=utf-8"))
+            Ok(html(page))
         }
+        Route::StatusApp(appid) => Box::pin(status_app(state, mount, appid, &parts, body)).await,
         Route::Credential {
             appid,
             kind,
@@ -343,6 +347,72 @@ async fn ready(state: &State) -> ApiResult {
 
 /// `/health`: the database's state and the cache's, with 200 when the database answers and
 /// 503 when not (serving from memory meanwhile, while `cache` says `trusted`).
+/// `/status/{appid}`: the app's page (GET, `?force=token|ticket|wx_card` to ask for a
+/// confirmation first), and the forced refresh it confirms (POST `kind`). The POST is
+/// `/wechat/app/refresh`'s own path: `dispatch` has made the admin check (with its refusal of
+/// cross-site requests while no admin key is set), then [`admin::force_refresh`] and the
+/// engine's quota guard decide. The page shows the outcome, never the new value.
+async fn status_app<B: RequestBody>(
+    state: &State,
+    mount: &Mount,
+    appid: &str,
+    parts: &http::request::Parts,
+    body: B,
+) -> ApiResult {
+    use crate::status::Forced;
+    let appid = AppId::parse(appid)?;
+    mount.admit(&appid)?;
+    let method = parts.method.clone();
+    let params = Box::pin(Params::read(parts, body, &state.http))
+        .await?
+        .with("appid", appid.as_str());
+    let mut status = StatusCode::OK;
+    let forced = if method == Method::POST {
+        match admin::force_refresh(&state.engine, mount, &params).await {
+            Ok((kind, credential)) => Forced::Done(kind, credential.expires_at),
+            Err(ApiError::BadRequest(m)) => return Err(ApiError::BadRequest(m)),
+            Err(e) => {
+                let kind = admin::refresh_kind(params.optional("kind"))?;
+                let (errcode, errmsg) = error::errcode_of(&e);
+                status = StatusCode::from_u16(code::http_status(errcode))
+                    .unwrap_or(StatusCode::BAD_GATEWAY);
+                Forced::Refused(kind, errcode, errmsg)
+            }
+        }
+    } else if method == Method::GET || method == Method::HEAD {
+        match params.optional("force") {
+            Some(kind) => Forced::Confirm(admin::refresh_kind(Some(kind))?),
+            None => Forced::Nothing,
+        }
+    } else {
+        return Err(ApiError::MethodNotAllowed);
+    };
+    let page = Box::pin(crate::status::detail(&state.engine, &appid, &forced)).await?;
+    let mut response = html(page);
+    *response.status_mut() = status;
+    Ok(response)
+}
+
+/// A status page's answer. The pages run no script and load nothing, and no other site may
+/// frame them: a page that did could get the forced refresh's button clicked (clickjacking), a
+/// same-origin POST the cross-site check would let through.
+fn html(page: String) -> http::Response<http_body_util::Full<bytes::Bytes>> {
+    let mut response = typed(page, "text/html; charset=utf-8");
+    let headers = response.headers_mut();
+    headers.insert(
+        http::header::CONTENT_SECURITY_POLICY,
+        http::HeaderValue::from_static(
+            "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; \
+             frame-ancestors 'none'; base-uri 'none'",
+        ),
+    );
+    headers.insert(
+        http::header::X_FRAME_OPTIONS,
+        http::HeaderValue::from_static("DENY"),
+    );
+    response
+}
+
 async fn health(state: &State) -> http::Response<http_body_util::Full<bytes::Bytes>> {
     let database = database_answers(state).await;
     let checked = state.engine.cache_checked_ago();

@@ -19,7 +19,9 @@ use super::slot::{Need, Seen, Slot, Why};
 use super::upstream::FetchError;
 use crate::Error;
 use crate::model::{App, AppId, AppKind, Credential, CredentialRecord, Kind, TokenMode};
-use crate::store::{Checked, Dates, Failure, wechat_day, wechat_day_end};
+use crate::store::{
+    Checked, Dates, Failure, RefreshCause, RefreshOutcome, wechat_day, wechat_day_end,
+};
 use crate::wechat::UpstreamError;
 
 pub(super) type BoxedResult<'a> =
@@ -231,6 +233,7 @@ impl Engine {
     ) -> Result<Arc<Credential>, Error> {
         let store = &self.inner.store;
         let appid = &app.info.appid;
+        let cause = need.cause();
         let release = || async {
             if let Err(e) = store.release_lease(appid, kind, owner).await {
                 warn!(%appid, %kind, error = %e.chain(), "could not release the lease; it lapses by itself");
@@ -357,11 +360,11 @@ impl Engine {
         if kind == Kind::AccessToken
             && let Err(e) = self.claim_budget(&app, need, now).await
         {
+            let message = e.to_string();
             if need.on_demand() {
                 release().await;
             } else {
                 // Nothing but a new WeChat day helps: no replica tries again before it.
-                let message = e.to_string();
                 let failure = Failure {
                     message: &message,
                     errcode: Some(OVER_BUDGET_ERRCODE),
@@ -378,6 +381,9 @@ impl Engine {
                     warn!(error = %db.chain(), "could not record the budget refusal");
                 }
             }
+            // Kept once the lease is given back, as every outcome.
+            let refused = Err((Some(OVER_BUDGET_ERRCODE), message.as_str()));
+            self.remember(appid, kind, cause, refused).await;
             return Err(e);
         }
         let started = self.now();
@@ -422,10 +428,13 @@ impl Engine {
                         None
                     },
                 };
-                match store
+                let saved = store
                     .save_credential(appid, kind, &credential, (owner, version), now, dates)
-                    .await
-                {
+                    .await;
+                // Kept once the value is stored and the lease given back: writing the history
+                // holds up no other replica.
+                self.remember(appid, kind, cause, Ok(())).await;
+                match saved {
                     Ok(Some(seq)) => {
                         let written = Seen {
                             ms: now.timestamp_millis(),
@@ -477,7 +486,7 @@ impl Engine {
             }
             Err(FetchError::Upstream(e)) => {
                 let failures = record.as_ref().map_or(0, |r| r.failures).saturating_add(1);
-                Err(self.failed(appid, kind, owner, failures, e).await)
+                Err(self.failed(appid, kind, owner, failures, cause, e).await)
             }
         }
     }
@@ -489,6 +498,7 @@ impl Engine {
         kind: Kind,
         owner: &str,
         failures: i32,
+        cause: RefreshCause,
         e: UpstreamError,
     ) -> Error {
         let now = self.now();
@@ -514,6 +524,8 @@ impl Engine {
         {
             warn!(error = %db.chain(), "could not record a failed refresh; the lease lapses by itself");
         }
+        self.remember(appid, kind, cause, Err((failure.errcode, failure.message)))
+            .await;
         match &e {
             UpstreamError::Refused { errcode, errmsg } if halted => {
                 warn!(
@@ -545,6 +557,33 @@ impl Engine {
                 warn!(error = %other, failures, retry_in_ms = delay.num_milliseconds(), "refresh failed");
                 Error::Unavailable(other.to_string())
             }
+        }
+    }
+
+    /// Keeps a refresh outcome in the credential's history for the status page. Never fails the
+    /// refresh: a history that cannot be written is logged and skipped.
+    async fn remember(
+        &self,
+        appid: &AppId,
+        kind: Kind,
+        cause: RefreshCause,
+        result: Result<(), (Option<i64>, &str)>,
+    ) {
+        let (ok, errcode, message) = match result {
+            Ok(()) => (true, Some(0), "success"),
+            Err((errcode, message)) => (false, errcode, message),
+        };
+        let outcome = RefreshOutcome {
+            kind,
+            at: self.now(),
+            cause: Some(cause),
+            ok,
+            errcode,
+            message: message.to_owned(),
+            replica: self.inner.replica.clone(),
+        };
+        if let Err(e) = self.inner.store.record_outcome(appid, &outcome).await {
+            warn!(error = %e.chain(), "could not keep the refresh outcome in its history; the refresh goes on");
         }
     }
 
@@ -588,6 +627,7 @@ mod tests {
             version: 1,
             failures: 1,
             retry_at: None,
+            renew_at: None,
             leased: false,
             check: None,
             replaced: 0,

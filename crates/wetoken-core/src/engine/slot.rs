@@ -43,6 +43,20 @@ pub(super) enum Why {
 }
 
 impl Need {
+    /// What asked for the refresh, as its history keeps it.
+    pub(super) fn cause(&self) -> crate::store::RefreshCause {
+        use crate::store::RefreshCause;
+        match self {
+            Need::Serve => RefreshCause::Request,
+            Need::Ahead(_) => RefreshCause::Scheduled,
+            Need::Replace { why, .. } => match why {
+                Why::Report(_) => RefreshCause::Passive,
+                Why::Rejected => RefreshCause::Rejected,
+                Why::Forced => RefreshCause::Forced,
+            },
+        }
+    }
+
     /// Whether a caller or an operator asks for the fetch (it stops at the budget less the
     /// reserve), rather than the credential's own life or WeChat (the whole budget).
     pub(super) fn on_demand(&self) -> bool {

@@ -130,6 +130,8 @@ pub struct Row {
     pub failures: i32,
     /// The shared backoff.
     pub retry_at: Option<DateTime<Utc>>,
+    /// When the scheduler renews the stored value.
+    pub renew_at: Option<DateTime<Utc>>,
     /// The lease's holder.
     pub lease_owner: Option<String>,
     /// The lease's end, on the database's clock.
@@ -148,7 +150,8 @@ pub struct Row {
 
 /// The columns [`Row`] reads as they are stored (the value and the clock are selected under
 /// [`Selected`] names).
-pub(crate) const ROW_COLUMNS: [Column; 14] = [
+pub(crate) const ROW_COLUMNS: [Column; 15] = [
+    Column::RenewAt,
     Column::ExpiresAt,
     Column::Message,
     Column::Errcode,

@@ -220,6 +220,7 @@ impl Store {
             txn.execute(&delete).await?;
         }
         txn.execute(&Store::forget_shares(appid)).await?;
+        txn.execute(&Store::forget_history(appid)).await?;
         let gone = app_info::Entity::delete_by_id(appid.as_str().to_owned())
             .exec(&txn)
             .await?;

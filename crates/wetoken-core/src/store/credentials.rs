@@ -28,6 +28,7 @@ fn record_of(row: Row) -> CredentialRecord {
         version: row.version,
         failures: row.failures,
         retry_at: row.retry_at,
+        renew_at: row.renew_at,
         leased: row.lease_owner.is_some()
             && row.lease_until.is_some_and(|until| until >= row.db_now),
         check: match (row.check_version, row.checked_at, row.check_errcode) {

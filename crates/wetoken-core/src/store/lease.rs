@@ -27,7 +27,7 @@ pub struct Failure<'a> {
 }
 
 /// The most characters of a refresh outcome the `message` column keeps.
-const MESSAGE_MAX: usize = 1024;
+pub(super) const MESSAGE_MAX: usize = 1024;
 
 impl Store {
     /// Makes sure the credential's row exists, so that its lease can be taken.

@@ -147,6 +147,10 @@ pub struct AppFilter {
     pub kind: Option<AppKind>,
     /// Apps whose appid starts with this (checked with [`AppFilter::prefix`]).
     pub prefix: Option<String>,
+    /// Order the apps by their worst credential first (halted, out of budget, failing, then
+    /// the rest), by appid within each: what the status page shows. Without a state filter
+    /// only; listings with one are in appid order.
+    pub worst_first: bool,
 }
 
 impl AppFilter {
@@ -168,26 +172,42 @@ impl AppFilter {
     }
 }
 
-/// Where a page starts: after the appid it names. Opaque to callers (`c1` and the appid in hex),
-/// so that what it holds may change without breaking them.
+/// Where a page starts: after the appid it names, and in a worst-first listing within the
+/// rank it names. Opaque to callers (`c1` and the appid in hex; `c2`, the rank's digit and the
+/// appid in hex), so that what it holds may change without breaking them.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Cursor(AppId);
+pub struct Cursor {
+    appid: AppId,
+    /// 0 in appid order; 1 to [`RANKS`] in a worst-first listing.
+    rank: u8,
+}
+
+/// The ranks of a worst-first listing: an app with a halted credential, then out of budget,
+/// then failing, then every other app.
+const RANKS: u8 = 4;
 
 impl Cursor {
     /// The cursor of the page after `appid`.
     pub fn after(appid: &AppId) -> Self {
-        Cursor(appid.clone())
+        Cursor {
+            appid: appid.clone(),
+            rank: 0,
+        }
     }
 
     /// The appid the page starts after.
     pub fn appid(&self) -> &AppId {
-        &self.0
+        &self.appid
     }
 
     /// Its text form, as listings hand it out.
     pub fn encode(&self) -> String {
-        let mut out = String::from("c1");
-        for b in self.0.as_str().bytes() {
+        let mut out = if self.rank == 0 {
+            String::from("c1")
+        } else {
+            format!("c2{}", self.rank)
+        };
+        for b in self.appid.as_str().bytes() {
             out.push_str(&format!("{b:02x}"));
         }
         out
@@ -201,7 +221,16 @@ impl Cursor {
                 truncate_for_message(text)
             ))
         };
-        let hex = text.strip_prefix("c1").ok_or_else(bad)?;
+        let (rank, hex) = match text.strip_prefix("c2") {
+            Some(rest) => {
+                let rank = rest.bytes().next().map_or(0, |b| b.wrapping_sub(b'0'));
+                if !(1..=RANKS).contains(&rank) {
+                    return Err(bad());
+                }
+                (rank, &rest[1..])
+            }
+            None => (0, text.strip_prefix("c1").ok_or_else(bad)?),
+        };
         if hex.len() % 2 != 0 || !hex.is_ascii() {
             return Err(bad());
         }
@@ -211,7 +240,8 @@ impl Cursor {
             .collect::<Result<Vec<u8>, _>>()
             .map_err(|_| bad())?;
         let appid = String::from_utf8(bytes).map_err(|_| bad())?;
-        AppId::parse(&appid).map(Cursor).map_err(|_| bad())
+        let appid = AppId::parse(&appid).map_err(|_| bad())?;
+        Ok(Cursor { appid, rank })
     }
 }
 
@@ -286,6 +316,13 @@ enum Listed {
     Appid,
 }
 
+/// How each credential table's branch of a state filter is read: whole, for a table with few
+/// renewing values; leaving out the apps with a credential in one of `worse` (stored states).
+struct Branches<'a> {
+    few_renewing: [bool; 3],
+    worse: &'a [&'static str],
+}
+
 /// `renew_at` has come: a live value is renewing.
 fn due(now: DateTime<Utc>) -> Expr {
     Expr::col(C::RenewAt).lte(now)
@@ -300,6 +337,78 @@ impl Store {
         after: Option<&AppId>,
         limit: u64,
         now: DateTime<Utc>,
+    ) -> Result<(Vec<AppInfo>, bool), Error> {
+        self.page_in_rank(filter, after, limit, now, &[]).await
+    }
+
+    /// A page of a worst-first listing ([`AppFilter::worst_first`]) after `after`: the apps
+    /// with a halted credential, then those with one out of budget (and none halted), then
+    /// failing, then every other app, by appid within each rank; and the cursor of the next
+    /// page, if one follows. One [`Store::page_of_apps`] query per rank the page reaches, each
+    /// an index range stopped at the page's size; an app in a worse rank is left out of a
+    /// better one by a primary-key probe of each credential table (`NOT EXISTS`), so a rank's
+    /// range reads past at most the apps of the ranks before it.
+    pub async fn page_worst_first(
+        &self,
+        filter: &AppFilter,
+        after: Option<&Cursor>,
+        limit: u64,
+        now: DateTime<Utc>,
+    ) -> Result<(Vec<AppInfo>, Option<Cursor>), Error> {
+        let (first, mut after) = match after {
+            None => (1, None),
+            Some(c) if c.rank >= 1 => (c.rank, Some(c.appid.clone())),
+            Some(c) => {
+                return Err(Error::InvalidInput(format!(
+                    "cursor {:?} is from a listing in appid order, not worst first; start again \
+                     without one",
+                    truncate_for_message(&c.encode())
+                )));
+            }
+        };
+        let mut out: Vec<AppInfo> = Vec::new();
+        let mut last: Option<(u8, AppId)> = after.clone().map(|a| (first, a));
+        for rank in first..=RANKS {
+            let worse: Vec<&'static str> = CredentialState::TROUBLE[..usize::from(rank - 1)]
+                .iter()
+                .map(|s| s.stored())
+                .collect();
+            let rank_filter = AppFilter {
+                state: CredentialState::TROUBLE.get(usize::from(rank - 1)).copied(),
+                worst_first: false,
+                ..filter.clone()
+            };
+            // Once the page is full, a query of no rows (it reads one) says whether more follow.
+            let left = limit.saturating_sub(out.len() as u64);
+            let (apps, more) = self
+                .page_in_rank(&rank_filter, after.as_ref(), left, now, &worse)
+                .await?;
+            if let Some(app) = apps.last() {
+                last = Some((rank, app.appid.clone()));
+            }
+            out.extend(apps);
+            if more {
+                let next = match last {
+                    Some((rank, appid)) => Cursor { appid, rank },
+                    // Nothing shown yet and nothing left on the page: only with a limit of 0.
+                    None => return Ok((out, None)),
+                };
+                return Ok((out, Some(next)));
+            }
+            after = None;
+        }
+        Ok((out, None))
+    }
+
+    /// [`Store::page_of_apps`], leaving out the apps with a credential in a stored state of
+    /// `worse`.
+    async fn page_in_rank(
+        &self,
+        filter: &AppFilter,
+        after: Option<&AppId>,
+        limit: u64,
+        now: DateTime<Utc>,
+        worse: &[&'static str],
     ) -> Result<(Vec<AppInfo>, bool), Error> {
         let app = app_info::Entity;
         let mut select = Query::select()
@@ -325,8 +434,11 @@ impl Store {
                         self.count_renewing(kind, now).await? <= FEW_RENEWING;
                 }
             }
-            let Some(matching) = self.with_state(filter, state, after, limit, now, few_renewing)
-            else {
+            let branches = Branches {
+                few_renewing,
+                worse,
+            };
+            let Some(matching) = self.with_state(filter, state, after, limit, now, branches) else {
                 return Ok((Vec::new(), false));
             };
             let m = Alias::new("m");
@@ -336,6 +448,8 @@ impl Store {
                 m.clone(),
                 Expr::col((m, Listed::Appid)).equals((app, A::Appid)),
             );
+        } else if !worse.is_empty() {
+            select.and_where(none_in(worse, (app, A::Appid)));
         }
         let rows = self.db.query_all(&select).await?;
         let more = rows.len() as u64 > limit;
@@ -360,7 +474,10 @@ impl Store {
         after: Option<&AppId>,
         limit: u64,
         now: DateTime<Utc>,
-        few_renewing: [bool; 3],
+        Branches {
+            few_renewing,
+            worse,
+        }: Branches<'_>,
     ) -> Option<SelectStatement> {
         let mut union: Option<SelectStatement> = None;
         for (n, kind) in Kind::ALL.into_iter().enumerate() {
@@ -396,6 +513,9 @@ impl Store {
             }
             if let Some(prefix) = &filter.prefix {
                 inner.cond_where(prefix_condition(prefix, (table, C::Appid)));
+            }
+            if !worse.is_empty() {
+                inner.and_where(none_in(worse, (table, C::Appid)));
             }
             if let Some(kind) = filter.kind {
                 let app = app_info::Entity;
@@ -519,6 +639,30 @@ impl Store {
     }
 }
 
+/// No credential of the app `appid` names is in a stored state of `states`: a primary-key probe
+/// of each credential table.
+fn none_in<T>(states: &[&'static str], appid: T) -> Expr
+where
+    T: sea_orm::sea_query::IntoColumnRef + Clone,
+{
+    let mut all: Option<Expr> = None;
+    for (n, kind) in Kind::ALL.into_iter().enumerate() {
+        let x = Alias::new(format!("x{n}"));
+        let probe = Query::select()
+            .expr(Expr::val(1))
+            .from_as(kind.table(), x.clone())
+            .and_where(Expr::col((x.clone(), C::Appid)).equals(appid.clone()))
+            .and_where(Expr::col((x, C::State)).is_in(states.iter().copied()))
+            .to_owned();
+        let none = Expr::exists(probe).not();
+        all = Some(match all {
+            None => none,
+            Some(all) => all.and(none),
+        });
+    }
+    all.unwrap_or_else(|| Expr::val(true))
+}
+
 /// `column` starts with `prefix`: a lower bound the index can seek to, and `LIKE` for the rest
 /// (`_` escaped; `%` cannot occur in a checked prefix). No upper bound: which strings sort
 /// between a prefix and its end depends on the column's collation.
@@ -541,7 +685,22 @@ mod tests {
         let appid = AppId::parse("ww1_a.1000002").unwrap();
         let cursor = Cursor::after(&appid);
         assert_eq!(Cursor::decode(&cursor.encode()).unwrap(), cursor);
-        for bad in ["", "c1", "c1zz", "c1616", "x1616263", "c12f2e2e", "c1é"] {
+        let ranked = Cursor { appid, rank: 3 };
+        assert!(ranked.encode().starts_with("c23"));
+        assert_eq!(Cursor::decode(&ranked.encode()).unwrap(), ranked);
+        for bad in [
+            "",
+            "c1",
+            "c1zz",
+            "c1616",
+            "x1616263",
+            "c12f2e2e",
+            "c1é",
+            "c2",
+            "c20616263",
+            "c25616263",
+            "c2é616263",
+        ] {
             let e = Cursor::decode(bad).unwrap_err().to_string();
             assert!(e.contains("cursor"), "{bad:?}: {e}");
         }

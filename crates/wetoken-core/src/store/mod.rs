@@ -13,11 +13,13 @@
 mod apps;
 mod credentials;
 mod feed;
+mod history;
 mod lease;
 mod listing;
 mod quota;
 
 pub(crate) use credentials::Due;
+pub use history::{HISTORY_SLOTS, RefreshCause, RefreshOutcome};
 pub(crate) use lease::{Checked, Dates, Failure};
 pub use listing::{
     AppFilter, CredentialState, Cursor, PAGE_DEFAULT, PAGE_MAX, StateTotals, Troubled, page_limit,

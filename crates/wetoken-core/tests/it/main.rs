@@ -5,6 +5,7 @@ mod lease_model;
 mod lease_replicas;
 mod quota_guard;
 mod secrets_on_disk;
+mod status_views;
 mod upstream;
 
 use std::sync::Arc;

@@ -27,7 +27,7 @@ const APPID: &str = "wxquota0000000001";
 const SECRET: &str = "quota-secret";
 
 /// An engine over its own small pool on `db`, calling `mock`, reading time from `clock`.
-async fn replica(
+pub(crate) async fn replica(
     db: &TestDb,
     mock: &MockWeChat,
     clock: Arc<dyn Clock>,

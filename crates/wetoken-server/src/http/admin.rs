@@ -143,22 +143,39 @@ pub(super) async fn app_route<B: RequestBody>(
             Ok(success())
         }
         "refresh" => {
-            let appid = AppId::parse(params.required("appid")?)?;
-            mount.admit(&appid)?;
-            let kind = match params.optional("kind").unwrap_or("token") {
-                "token" => Kind::AccessToken,
-                "ticket" | "jsapi" => Kind::JsapiTicket,
-                "wx_card" => Kind::CardTicket,
-                other => {
-                    return Err(ApiError::BadRequest(format!(
-                        "unknown kind {other:?}: expected token, ticket or wx_card"
-                    )));
-                }
-            };
-            let credential = engine.force_refresh(&appid, kind).await?;
+            let (kind, credential) = force_refresh(engine, mount, &params).await?;
             Ok(credential_response(kind, &credential, engine.now()))
         }
         _ => Err(ApiError::NotFound),
+    }
+}
+
+/// An operator's forced refresh of `appid`'s `kind` (`token`, `ticket` or `wx_card`), as
+/// `/wechat/app/refresh` and the status page's button ask for it: the caller has passed the
+/// admin check; the engine's quota guard (the budget less its reserve, WeChat's limits on
+/// forced stable tokens) decides whether WeChat is called.
+pub(super) async fn force_refresh(
+    engine: &wetoken_core::Engine,
+    mount: &Mount,
+    params: &Params,
+) -> Result<(Kind, std::sync::Arc<wetoken_core::Credential>), ApiError> {
+    let appid = AppId::parse(params.required("appid")?)?;
+    mount.admit(&appid)?;
+    let kind = refresh_kind(params.optional("kind"))?;
+    let credential = engine.force_refresh(&appid, kind).await?;
+    Ok((kind, credential))
+}
+
+/// The credential a forced refresh names: `token` (the default), `ticket` (or `jsapi`) or
+/// `wx_card`.
+pub(super) fn refresh_kind(name: Option<&str>) -> Result<Kind, ApiError> {
+    match name.unwrap_or("token") {
+        "token" => Ok(Kind::AccessToken),
+        "ticket" | "jsapi" => Ok(Kind::JsapiTicket),
+        "wx_card" => Ok(Kind::CardTicket),
+        other => Err(ApiError::BadRequest(format!(
+            "unknown kind {other:?}: expected token, ticket or wx_card"
+        ))),
     }
 }
 

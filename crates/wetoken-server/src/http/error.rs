@@ -51,24 +51,7 @@ pub(super) type ApiResult = Result<Response<Full<Bytes>>, ApiError>;
 /// (`code::http_status`), so clients can tell it from the errcode alone. Whether a credential
 /// route sends that status or 200 is decided in [`handle`].
 pub(super) fn error_response(e: &ApiError) -> Response<Full<Bytes>> {
-    let (errcode, errmsg) = match e {
-        ApiError::BadRequest(m) => (code::BAD_REQUEST, m.clone()),
-        ApiError::Unauthorized(m) => (code::UNAUTHORIZED, (*m).into()),
-        ApiError::Forbidden(m) => (code::FORBIDDEN, m.clone()),
-        ApiError::BodyTooLarge(limit) => (
-            code::BODY_TOO_LARGE,
-            format!("request body is over the {limit}-byte limit"),
-        ),
-        ApiError::NotFound => (code::NOT_FOUND, "no such route".into()),
-        ApiError::MethodNotAllowed => (
-            code::METHOD_NOT_ALLOWED,
-            "method not allowed on this route".into(),
-        ),
-        ApiError::Timeout => (code::UPSTREAM_UNAVAILABLE, "request timed out".into()),
-        ApiError::NotReady(errcode, m) => (*errcode, (*m).into()),
-        ApiError::Limited(m, _) => (code::LIMITED, m.clone()),
-        ApiError::Engine(e) => engine_errcode(e),
-    };
+    let (errcode, errmsg) = errcode_of(e);
     let status = StatusCode::from_u16(code::http_status(errcode))
         .expect("the wire contract names real statuses");
     let mut response = json(status, &ErrorBody { errcode, errmsg });
@@ -86,6 +69,28 @@ pub(super) fn error_response(e: &ApiError) -> Response<Full<Bytes>> {
             .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
     }
     response
+}
+
+/// An error's `errcode` and `errmsg`, as answers and the status page show them.
+pub(super) fn errcode_of(e: &ApiError) -> (i64, String) {
+    match e {
+        ApiError::BadRequest(m) => (code::BAD_REQUEST, m.clone()),
+        ApiError::Unauthorized(m) => (code::UNAUTHORIZED, (*m).into()),
+        ApiError::Forbidden(m) => (code::FORBIDDEN, m.clone()),
+        ApiError::BodyTooLarge(limit) => (
+            code::BODY_TOO_LARGE,
+            format!("request body is over the {limit}-byte limit"),
+        ),
+        ApiError::NotFound => (code::NOT_FOUND, "no such route".into()),
+        ApiError::MethodNotAllowed => (
+            code::METHOD_NOT_ALLOWED,
+            "method not allowed on this route".into(),
+        ),
+        ApiError::Timeout => (code::UPSTREAM_UNAVAILABLE, "request timed out".into()),
+        ApiError::NotReady(errcode, m) => (*errcode, (*m).into()),
+        ApiError::Limited(m, _) => (code::LIMITED, m.clone()),
+        ApiError::Engine(e) => engine_errcode(e),
+    }
 }
 
 /// An engine error's `errcode` and message, as every answer and the embedded engine's

@@ -100,6 +100,12 @@ impl Params {
         Ok(Self(map))
     }
 
+    /// The same parameters with `name` set to `value`, whatever the request gave.
+    pub(super) fn with(mut self, name: &str, value: &str) -> Self {
+        self.0.insert(name.to_owned(), value.to_owned());
+        self
+    }
+
     pub(super) fn optional(&self, name: &str) -> Option<&str> {
         self.0
             .get(name)
@@ -154,6 +160,7 @@ impl Params {
             state: given("state").map(CredentialState::parse).transpose()?,
             kind: given("kind").map(AppKind::parse).transpose()?,
             prefix: given("prefix").map(AppFilter::prefix).transpose()?,
+            worst_first: false,
         };
         Ok(Listing {
             filter,

@@ -7,6 +7,8 @@ use wetoken_core::Kind;
 /// The routes, as matched on path segments.
 pub(super) enum Route<'a> {
     Status,
+    /// `/status/{appid}`: one app's page on the status page.
+    StatusApp(&'a str),
     Health,
     Ready,
     Live,
@@ -38,6 +40,7 @@ impl<'a> Route<'a> {
     pub(super) fn label(&self) -> &'static str {
         match self {
             Route::Status => "status",
+            Route::StatusApp(_) => "status_app",
             Route::Health => "health",
             Route::Ready => "ready",
             Route::Live => "live",
@@ -100,6 +103,7 @@ pub(super) fn route(path: &str) -> Option<Route<'_>> {
         [Some("ready" | "readyz"), None, ..] => Some(Route::Ready),
         [Some("live" | "livez"), None, ..] => Some(Route::Live),
         [Some("metrics"), None, ..] => Some(Route::Metrics),
+        [Some("status"), Some(appid), None, ..] => Some(Route::StatusApp(appid)),
         [Some("wechat"), Some("app"), Some(action), None, None] => Some(Route::App(action)),
         [
             Some(appid),
@@ -162,6 +166,11 @@ mod tests {
         assert!(matches!(route("/health"), Some(Route::Health)));
         assert!(matches!(route("/"), Some(Route::Status)));
         assert!(matches!(route("/metrics"), Some(Route::Metrics)));
+        assert!(matches!(
+            route("/status/wx1"),
+            Some(Route::StatusApp("wx1"))
+        ));
+        assert!(route("/status/wx1/x").is_none());
         for bad in [
             "",
             "//",

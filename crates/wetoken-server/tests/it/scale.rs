@@ -140,6 +140,34 @@ async fn listings_page_through_every_app_once_and_filter(db: &TestDb) {
             "{state}: {summary}"
         );
     }
+    // The status page pages through every app once, worst first: the halted, then the failing,
+    // then the rest in the listing's own order.
+    let mut shown = Vec::new();
+    let mut query = "limit=40".to_owned();
+    for _ in 0..20 {
+        let page = server.text(&format!("/?{query}")).await;
+        shown.extend(
+            page.split("<td class=\"appid\"><a href=\"status/")
+                .skip(1)
+                .map(|r| r.split('"').next().unwrap().to_owned()),
+        );
+        match page.split("<p><a href=\"?").nth(1) {
+            Some(rest) => query = rest.split('"').next().unwrap().replace("&amp;", "&"),
+            None => break,
+        }
+    }
+    let halted = seeded(N, "wxs", Seed::Halted);
+    let failing = seeded(N, "wxs", Seed::Failing);
+    let mut worst_first = halted.clone();
+    worst_first.extend(failing.iter().cloned());
+    worst_first.extend(
+        one_page
+            .iter()
+            .filter(|a| !halted.contains(a) && !failing.contains(a))
+            .cloned(),
+    );
+    assert_eq!(shown, worst_first);
+
     // The form's "any" sends empty values: no filter.
     let (status, _) = server
         .get("/wechat/app/list?state=&kind=&prefix=&cursor=")
@@ -241,6 +269,43 @@ async fn a_scrape_at_100000_apps_stays_under_64_kb(db: &TestDb) {
     )
     .expect("the least time left");
     assert!((800.0..=960.0).contains(&least), "{least}");
+
+    // The status page, worst first: its first page is halted apps; a page among the healthy
+    // ones, half way through, reads as little. Timed for docs/performance.md (a debug build).
+    let hex = |appid: &str| {
+        appid
+            .bytes()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    let failing_middle = format!("/?cursor=c23{}", hex("wxbig050001"));
+    let healthy_middle = format!("/?cursor=c24{}", hex("wxbig050003"));
+    for (what, path) in [
+        ("first page", "/"),
+        ("failing, middle", failing_middle.as_str()),
+        ("the rest, middle", healthy_middle.as_str()),
+    ] {
+        let mut worst = Duration::ZERO;
+        let mut page = String::new();
+        for _ in 0..3 {
+            let started = std::time::Instant::now();
+            page = server.text(path).await;
+            worst = worst.max(started.elapsed());
+        }
+        eprintln!(
+            "status page at {N} apps on {}, {what}: {:.1} ms (slowest of 3)",
+            db.backend.name(),
+            worst.as_secs_f64() * 1000.0
+        );
+        assert_eq!(page.matches("<td class=\"appid\">").count(), 100, "{what}");
+    }
+    let first = server.text("/").await;
+    let rows: Vec<&str> = first
+        .split("<tr class=\"bad\"><td class=\"appid\"><a href=\"status/")
+        .skip(1)
+        .collect();
+    assert_eq!(rows.len(), 100, "the first page is all in trouble");
+    assert!(rows[0].starts_with("wxbig000000\""), "{}", rows[0]);
     server.stop().await;
 }
 
