@@ -59,19 +59,12 @@ fn life(record: Option<&CredentialRecord>, now: DateTime<Utc>) -> (String, &'sta
     (text, class)
 }
 
-/// The trouble a credential is in, as the stored `state` column (migration 000011) tells it:
+/// The trouble a credential is in, by the stored `state` column's rules (migration 000011):
 /// halted, out of budget (the budget refused its last scheduled fetch) or failing.
 fn trouble(record: Option<&CredentialRecord>) -> Option<CredentialState> {
-    let r = record?;
-    if r.halted {
-        Some(CredentialState::Halted)
-    } else if r.errcode == Some(wetoken_wire::code::OVER_BUDGET) {
-        Some(CredentialState::OutOfBudget)
-    } else if r.failures > 0 {
-        Some(CredentialState::Failing)
-    } else {
-        None
-    }
+    record
+        .map(|r| r.state(false))
+        .filter(|s| CredentialState::TROUBLE.contains(s))
 }
 
 /// An instant as the page shows it, in UTC.
