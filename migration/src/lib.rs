@@ -29,6 +29,7 @@ mod m20261130_000008_errcode;
 mod m20261205_000009_quota_guard;
 mod m20261205_000010_change_feed;
 mod m20261205_000011_credential_state;
+mod m20261205_000013_seal_generation;
 
 pub mod go;
 
@@ -50,6 +51,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261205_000009_quota_guard::Migration),
             Box::new(m20261205_000010_change_feed::Migration),
             Box::new(m20261205_000011_credential_state::Migration),
+            Box::new(m20261205_000013_seal_generation::Migration),
         ]
     }
 }
