@@ -213,7 +213,10 @@ impl Store {
         // one broken row (altered, or a value put back from an older version of it) keeps no
         // other app from being served.
         for failure in &done.failed {
-            tracing::warn!(%failure, "a stored secret could not be encrypted anew; its row is left as it was");
+            tracing::warn!(
+                %failure,
+                "a stored secret could not be encrypted anew; its row is left as it was"
+            );
         }
         if done.bound > 0 {
             tracing::info!(

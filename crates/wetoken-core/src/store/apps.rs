@@ -113,8 +113,9 @@ impl Store {
     }
 
     /// Every app's secret, decrypted, for the engine's digests of them (the Go SDK presents an
-    /// app's own secret). Reads the three columns it needs only. An app whose secret does not decrypt comes
-    /// with its error, so that one broken row spoils no other app.
+    /// app's own secret). Reads the three columns it needs only (the generation opens the
+    /// secret). An app whose secret does not decrypt comes with its error, so that one broken
+    /// row spoils no other app.
     pub async fn app_secrets(&self) -> Result<Vec<(String, Result<Secret, Error>)>, Error> {
         let rows: Vec<(String, String, i64)> = app_info::Entity::find()
             .select_only()
