@@ -30,6 +30,7 @@ mod m20261205_000009_quota_guard;
 mod m20261205_000010_change_feed;
 mod m20261205_000011_credential_state;
 mod m20261205_000012_refresh_history;
+mod m20261205_000013_seal_generation;
 
 pub mod go;
 
@@ -52,6 +53,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261205_000010_change_feed::Migration),
             Box::new(m20261205_000011_credential_state::Migration),
             Box::new(m20261205_000012_refresh_history::Migration),
+            Box::new(m20261205_000013_seal_generation::Migration),
         ]
     }
 }

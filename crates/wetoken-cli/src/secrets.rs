@@ -89,6 +89,14 @@ pub(crate) async fn run(action: SecretsAction) -> anyhow::Result<()> {
                 }
             }
             println!("plain      {}", report.plain);
+            if report.unbound > 0 {
+                // Counted below by key too.
+                println!(
+                    "unbound    {} (wtenc:v1, not bound to a seal generation: a server start or \
+                     `secrets rotate-key` binds them)",
+                    report.unbound
+                );
+            }
             for (id, count) in &report.by_key {
                 let role = match store.keyring() {
                     Some(k) if k.current_id() == id => " (master_key)",
@@ -120,6 +128,12 @@ pub(crate) async fn run(action: SecretsAction) -> anyhow::Result<()> {
                 done.resealed,
                 keyring.current_id()
             );
+            if done.bound > 0 {
+                println!(
+                    "bound {} values from before seal generations (wtenc:v1) to their row's",
+                    done.bound
+                );
+            }
             if done.changed_meanwhile > 0 {
                 println!(
                     "{} values changed while this ran and were left as written; run it again",

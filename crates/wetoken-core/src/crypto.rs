@@ -1,14 +1,18 @@
 //! Secrets at rest: app secrets, AES keys and message tokens are stored encrypted with
 //! AES-256-GCM under a master key from configuration.
 //!
-//! A stored value is `wtenc:v1:<key id>:<base64url(nonce ‖ ciphertext ‖ tag)>`:
-//! - `v1` names this format, so a later one can be told apart;
+//! A stored value is `wtenc:v2:<key id>:<base64url(nonce ‖ ciphertext ‖ tag)>`:
+//! - `v2` names the format ([`Format`]), which says what the associated data holds: `v1`, written
+//!   before seal generations, binds the column and appid; `v2` binds the row's seal generation too
+//!   (the `Store` builds the context for each);
 //! - the key id is the first 8 hex digits of a SHA-256 of the master key, so a row says which key
 //!   it needs without revealing it, and a [`Keyring`] can hold the current key and a previous one
 //!   during a rotation;
 //! - every value has its own random 96-bit nonce;
 //! - the associated data binds the value to its column and appid, so a ciphertext copied to
-//!   another row or column fails to decrypt instead of becoming that row's secret.
+//!   another row or column fails to decrypt instead of becoming that row's secret; and, in `v2`,
+//!   to its row's seal generation, so a ciphertext put back from an older version of its row fails
+//!   too.
 //!
 //! GCM's tag makes any change to a stored value an error ([`SealError::Tampered`]), never a wrong
 //! plain text.
@@ -27,8 +31,30 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 
-/// What every encrypted value starts with.
-pub const SEALED_PREFIX: &str = "wtenc:v1:";
+/// What every encrypted value [`Keyring::seal`] writes starts with.
+pub const SEALED_PREFIX: &str = "wtenc:v2:";
+
+/// What an encrypted value written before seal generations starts with.
+pub const SEALED_PREFIX_V1: &str = "wtenc:v1:";
+
+/// The form of an encrypted value, which says what its associated data binds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// `wtenc:v1`: bound to its column and appid; written before seal generations.
+    V1,
+    /// `wtenc:v2`: bound to its column, appid and its row's seal generation; what is written now.
+    V2,
+}
+
+impl Format {
+    /// The prefix values of this form start with.
+    pub fn prefix(self) -> &'static str {
+        match self {
+            Format::V1 => SEALED_PREFIX_V1,
+            Format::V2 => SEALED_PREFIX,
+        }
+    }
+}
 
 /// The environment variable holding the master key.
 pub const MASTER_KEY_ENV: &str = "WETOKEN_MASTER_KEY";
@@ -53,14 +79,17 @@ pub struct KeyError(String);
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SealError {
     /// It starts like an encrypted value but is not one.
-    #[error("it is not in the wtenc:v1 form")]
+    #[error("it is not in the wtenc:v1 or wtenc:v2 form")]
     Malformed,
     /// It was encrypted under a key the keyring does not hold.
     #[error("it is encrypted under master key id {0}, which is not configured")]
     UnknownKey(String),
-    /// Decryption failed: the value, its nonce or tag was altered, or it was moved from another
-    /// row or column.
-    #[error("it fails authentication: it was altered, or copied from another app or column")]
+    /// Decryption failed: the value, its nonce or tag was altered, it was moved from another
+    /// row or column, or it was put back from an older version of its row.
+    #[error(
+        "it fails authentication: it was altered, copied from another app or column, or put back \
+         from an older version of this app's row (its seal generation has moved on)"
+    )]
     Tampered,
     /// It is encrypted but no master key is configured.
     #[error("it is encrypted, but no master key is configured")]
@@ -277,7 +306,8 @@ impl Keyring {
         self.current.id == id || self.previous_id() == Some(id)
     }
 
-    /// Encrypts `plain` under the current key, bound to `context` (the column and appid).
+    /// Encrypts `plain` under the current key, bound to `context`, in the current form
+    /// ([`Format::V2`]: the caller's context names the row's seal generation).
     pub fn seal(&self, plain: &str, context: &[u8]) -> String {
         let mut nonce = [0u8; NONCE_LEN];
         rand::rng().fill_bytes(&mut nonce);
@@ -302,9 +332,10 @@ impl Keyring {
         )
     }
 
-    /// Decrypts a value [`Keyring::seal`] wrote with `context`, under either key.
+    /// Decrypts a value [`Keyring::seal`] wrote with `context`, under either key, in either
+    /// form: the caller gives the context the value's [`sealed_format`] calls for.
     pub fn open(&self, stored: &str, context: &[u8]) -> Result<String, SealError> {
-        let (id, body) = split_sealed(stored).ok_or(SealError::Malformed)?;
+        let (_, id, body) = split_sealed(stored).ok_or(SealError::Malformed)?;
         let key = if id == self.current.id {
             &self.current
         } else {
@@ -343,13 +374,20 @@ pub fn is_sealed(stored: &str) -> bool {
 
 /// The key id of an encrypted value, if it is one.
 pub fn sealed_key_id(stored: &str) -> Option<&str> {
-    split_sealed(stored).map(|(id, _)| id)
+    split_sealed(stored).map(|(_, id, _)| id)
 }
 
-fn split_sealed(stored: &str) -> Option<(&str, &str)> {
-    let rest = stored.strip_prefix(SEALED_PREFIX)?;
+/// The form of an encrypted value, if it is one.
+pub fn sealed_format(stored: &str) -> Option<Format> {
+    split_sealed(stored).map(|(format, _, _)| format)
+}
+
+fn split_sealed(stored: &str) -> Option<(Format, &str, &str)> {
+    let (format, rest) = [Format::V2, Format::V1]
+        .into_iter()
+        .find_map(|f| Some((f, stored.strip_prefix(f.prefix())?)))?;
     let (id, body) = rest.split_once(':')?;
-    (id.len() == 8 && id.bytes().all(|b| b.is_ascii_hexdigit())).then_some((id, body))
+    (id.len() == 8 && id.bytes().all(|b| b.is_ascii_hexdigit())).then_some((format, id, body))
 }
 
 #[cfg(test)]
@@ -447,6 +485,24 @@ mod tests {
     }
 
     #[test]
+    fn both_forms_are_read_and_the_current_one_is_written() {
+        let r = ring(6);
+        let v2 = r.seal("s3cret", b"ctx");
+        assert!(v2.starts_with("wtenc:v2:"), "{v2}");
+        assert_eq!(sealed_format(&v2), Some(Format::V2));
+        // A value from before seal generations: the same bytes under the v1 prefix.
+        let v1 = v2.replacen(SEALED_PREFIX, SEALED_PREFIX_V1, 1);
+        assert_eq!(sealed_format(&v1), Some(Format::V1));
+        assert_eq!(sealed_key_id(&v1), Some(r.current_id()));
+        assert_eq!(r.open(&v1, b"ctx").unwrap(), "s3cret");
+        for other in ["wtenc:v3:", "wtenc:", "wtenc:v2"] {
+            let value = v2.replacen(SEALED_PREFIX, other, 1);
+            assert_eq!(sealed_format(&value), None, "{value}");
+            assert_eq!(r.open(&value, b"ctx"), Err(SealError::Malformed), "{value}");
+        }
+    }
+
+    #[test]
     fn the_same_secret_encrypts_differently_each_time() {
         let r = ring(7);
         assert_ne!(r.seal("x", b""), r.seal("x", b""));
@@ -472,7 +528,7 @@ mod tests {
         fn any_flipped_bit_is_an_error(plain in ".{0,64}", bit in any::<prop::sample::Index>()) {
             let r = ring(3);
             let sealed = r.seal(&plain, b"wechat_app_info/secret/wx1");
-            let mut raw = URL_SAFE_NO_PAD.decode(split_sealed(&sealed).unwrap().1).unwrap();
+            let mut raw = URL_SAFE_NO_PAD.decode(split_sealed(&sealed).unwrap().2).unwrap();
             let i = bit.index(raw.len() * 8);
             raw[i / 8] ^= 1 << (i % 8);
             let tampered = format!("{SEALED_PREFIX}{}:{}", r.current_id(), URL_SAFE_NO_PAD.encode(&raw));

@@ -1,19 +1,22 @@
 //! Encrypting the stored secrets: the start-up check, encrypting rows written in plain text, and
 //! re-encrypting under a new master key.
 //!
-//! Every change is a compare-and-set on one column of one row (`UPDATE … SET secret = :new
-//! WHERE appid = :id AND secret = :old`), so it can run while servers serve and admins update
-//! apps: a value changed meanwhile is left alone and counted.
+//! Every change is a compare-and-set on one row: its secret-like values are encrypted anew
+//! together, under the row's next seal generation (`store/sealing.rs`), by an `UPDATE … WHERE
+//! appid = :id AND seal_generation = :read AND secret = :read …`. So it can run while servers
+//! serve and admins update apps: a row changed meanwhile is left alone and counted.
 
 use std::collections::BTreeMap;
 
-use sea_orm::sea_query::{Expr, ExprTrait, Query};
-use sea_orm::{ConnectionTrait, DerivePartialModel, EntityName, EntityTrait, IdenStatic};
+use sea_orm::sea_query::{Query, UpdateStatement};
+use sea_orm::{
+    ConnectionTrait, DerivePartialModel, EntityName, EntityTrait, IdenStatic, TransactionTrait,
+};
 use wetoken_migration::{Migrator, MigratorTrait};
 
-use crate::crypto::{is_sealed, sealed_key_id};
+use crate::crypto::{Format, is_sealed, sealed_format, sealed_key_id};
 use crate::entity::app_info::{self, Column};
-use crate::store::secret_context;
+use crate::store::{SEALED, SealedRow};
 use crate::{Error, Store};
 
 /// How the stored secret-like values (`secret`, `token`, `aes_key`, `pay_key`) are held.
@@ -23,6 +26,9 @@ pub struct SecretsReport {
     pub plain: usize,
     /// Encrypted values, by master key id.
     pub by_key: BTreeMap<String, usize>,
+    /// Encrypted values in the `wtenc:v1` form, not bound to their row's seal generation (also
+    /// counted in `by_key`).
+    pub unbound: usize,
 }
 
 impl SecretsReport {
@@ -32,7 +38,9 @@ impl SecretsReport {
     }
 }
 
-/// Which values [`Store::reseal`] encrypts anew.
+/// Which values [`Store::reseal`] encrypts anew. Either way, values in the `wtenc:v1` form are
+/// encrypted anew too, bound to their row's seal generation; and a row is encrypted anew whole,
+/// every value of it under its next generation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reseal {
     /// Only plain ones: what a server does at start.
@@ -44,8 +52,12 @@ pub enum Reseal {
 /// What [`Store::reseal`] did.
 #[derive(Debug, Clone, Default)]
 pub struct ResealReport {
-    /// Values now encrypted under the current key.
+    /// Values now encrypted under the current key that were plain ([`Reseal::Plain`]), or not
+    /// under the current key ([`Reseal::NotCurrent`]).
     pub resealed: usize,
+    /// Values in the `wtenc:v1` form now bound to their row's seal generation, not counted in
+    /// `resealed`.
+    pub bound: usize,
     /// Values that changed while being re-encrypted (an app update); left as the update wrote
     /// them.
     pub changed_meanwhile: usize,
@@ -53,9 +65,7 @@ pub struct ResealReport {
     pub failed: Vec<String>,
 }
 
-/// The secret-like columns of `wechat_app_info`, encrypted when a master key is configured, as
-/// stored. An empty value is no value: the Go schema stores `''` for an unset `token`, `aes_key`
-/// or `pay_key`, and it is never encrypted.
+/// The secret-like columns of `wechat_app_info` and the row's seal generation, as stored.
 #[derive(DerivePartialModel)]
 #[sea_orm(entity = "app_info::Entity")]
 struct SecretColumns {
@@ -64,34 +74,25 @@ struct SecretColumns {
     token: Option<String>,
     aes_key: Option<String>,
     pay_key: Option<String>,
+    seal_generation: i64,
 }
 
-struct RawRow {
-    appid: String,
-    values: Vec<(Column, String)>,
-}
-
-impl From<SecretColumns> for RawRow {
-    /// The values set, with their columns; `''` and NULL are no value.
+impl From<SecretColumns> for SealedRow {
     fn from(row: SecretColumns) -> Self {
-        let values = [
-            (Column::Secret, row.secret),
-            (Column::Token, row.token),
-            (Column::AesKey, row.aes_key),
-            (Column::PayKey, row.pay_key),
-        ]
-        .into_iter()
-        .filter_map(|(column, value)| Some((column, value.filter(|v| !v.is_empty())?)))
-        .collect();
-        RawRow {
+        SealedRow {
             appid: row.appid,
-            values,
+            generation: row.seal_generation,
+            stored: SEALED
+                .into_iter()
+                .zip([row.secret, row.token, row.aes_key, row.pay_key])
+                .collect(),
         }
     }
 }
 
 impl Store {
-    async fn raw_secrets(&self) -> Result<Vec<RawRow>, Error> {
+    /// Every app row's secret-like values as stored, with its seal generation.
+    async fn raw_secrets(&self) -> Result<Vec<SealedRow>, Error> {
         let manager = wetoken_migration::SchemaManager::new(self.connection());
         if !manager.has_table(app_info::Entity.table_name()).await? {
             return Ok(Vec::new());
@@ -100,7 +101,7 @@ impl Store {
             .into_partial_model::<SecretColumns>()
             .all(self.connection())
             .await?;
-        Ok(rows.into_iter().map(RawRow::from).collect())
+        Ok(rows.into_iter().map(SealedRow::from).collect())
     }
 
     /// Counts the stored secret-like values by how they are held. The database does the
@@ -112,9 +113,9 @@ impl Store {
         if !manager.has_table(table).await? {
             return Ok(SecretsReport::default());
         }
-        // The sealed prefix, the key id's 8 hex digits and `:`: what names the key.
+        // The sealed prefix (`wtenc:v1:` or `wtenc:v2:`), the key id's 8 hex digits and `:`:
+        // what names the form and the key.
         let prefix = crate::crypto::SEALED_PREFIX.len() + 9;
-        let sealed = crate::crypto::SEALED_PREFIX;
         let selects: Vec<String> = [
             Column::Secret,
             Column::Token,
@@ -125,7 +126,7 @@ impl Store {
         .map(|column| {
             let c = column.as_str();
             format!(
-                "SELECT CASE WHEN {c} LIKE '{sealed}%' THEN SUBSTR({c}, 1, {prefix}) ELSE '' \
+                "SELECT CASE WHEN {c} LIKE 'wtenc:%' THEN SUBSTR({c}, 1, {prefix}) ELSE '' \
                      END AS prefix FROM {table} WHERE {c} IS NOT NULL AND {c} <> ''"
             )
         })
@@ -151,13 +152,18 @@ impl Store {
                 Some(id) => *report.by_key.entry(id.to_owned()).or_default() += n,
                 None => report.plain += n,
             }
+            if sealed_format(&prefix) == Some(Format::V1) {
+                report.unbound += n;
+            }
         }
         Ok(report)
     }
 
     /// What a server does at start, after migrations: refuses to go on if stored values are
     /// encrypted under a key it does not hold (or no key at all), and encrypts the plain ones when
-    /// a master key is configured. Returns the state found and how many values it encrypted.
+    /// a master key is configured, binding those from before seal generations (`wtenc:v1`) to
+    /// their rows' generations on the way. A row that cannot be read is logged and left alone.
+    /// Returns the state found and how many plain values it encrypted.
     pub async fn prepare_secrets(&self) -> Result<(SecretsReport, usize), Error> {
         let report = self.secrets_report().await?;
         let Some(keyring) = self.keyring() else {
@@ -189,7 +195,7 @@ impl Store {
                     .map_or_else(String::new, |p| format!(" (id {p})"))
             )));
         }
-        if report.plain == 0 {
+        if report.plain == 0 && report.unbound == 0 {
             return Ok((report, 0));
         }
         if !Migrator::get_pending_migrations(self.connection())
@@ -203,11 +209,21 @@ impl Store {
             ));
         }
         let done = self.reseal(Reseal::Plain).await?;
-        if let Some(first) = done.failed.first() {
-            return Err(Error::Secret(format!(
-                "encrypting the stored secrets failed for {} values; the first: {first}",
-                done.failed.len()
-            )));
+        // A row that cannot be read is left as it is, and is that app's error when it is read:
+        // one broken row (altered, or a value put back from an older version of it) keeps no
+        // other app from being served.
+        for failure in &done.failed {
+            tracing::warn!(
+                %failure,
+                "a stored secret could not be encrypted anew; its row is left as it was"
+            );
+        }
+        if done.bound > 0 {
+            tracing::info!(
+                bound = done.bound,
+                "bound the encrypted values from before seal generations (wtenc:v1) to their \
+                 rows' generations"
+            );
         }
         Ok((report, done.resealed))
     }
@@ -220,40 +236,83 @@ impl Store {
             .keyring()
             .ok_or_else(|| Error::Secret("no master key is configured".into()))?;
         let mut report = ResealReport::default();
+        let mut batch = Vec::new();
         for row in self.raw_secrets().await? {
-            for (column, stored) in row.values {
-                let due = match which {
-                    Reseal::Plain => !is_sealed(&stored),
-                    Reseal::NotCurrent => sealed_key_id(&stored) != Some(keyring.current_id()),
-                };
-                if !due {
-                    continue;
-                }
-                let plain = match self.open(&row.appid, column, stored.clone()) {
-                    Ok(plain) => plain,
-                    Err(e) => {
-                        report.failed.push(e.to_string());
-                        continue;
-                    }
-                };
-                let sealed = keyring.seal(&plain, &secret_context(&row.appid, column));
-                let update = Query::update()
-                    .table(app_info::Entity)
-                    .value(column, sealed)
-                    .and_where(Expr::col(Column::Appid).eq(row.appid.as_str()))
-                    .and_where(Expr::col(column).eq(stored))
-                    .to_owned();
-                if self.connection().execute(&update).await?.rows_affected() == 1 {
-                    report.resealed += 1;
-                } else {
-                    report.changed_meanwhile += 1;
+            let mut due = 0;
+            let mut bound = 0;
+            for (_, stored) in row.values() {
+                if match which {
+                    Reseal::Plain => !is_sealed(stored),
+                    Reseal::NotCurrent => sealed_key_id(stored) != Some(keyring.current_id()),
+                } {
+                    due += 1;
+                } else if sealed_format(stored) == Some(Format::V1) {
+                    bound += 1;
                 }
             }
+            if due + bound == 0 {
+                continue;
+            }
+            // Plain values are read as they are here, `require_encrypted` or not: this is what
+            // encrypts them.
+            let resealed = match self.reseal_row(&row, &[], |column, stored| {
+                self.open(&row.appid, column, stored, row.generation)
+            }) {
+                Ok(resealed) => resealed,
+                Err(e) => {
+                    // The row is left whole, the values that would open included: moved on
+                    // without the one that does not, that one could never be read again.
+                    report.failed.push(e.to_string());
+                    continue;
+                }
+            };
+            let mut update = Query::update();
+            update
+                .table(app_info::Entity)
+                .value(Column::SealGeneration, resealed.generation)
+                .cond_where(row.unchanged());
+            for (column, value) in resealed.values {
+                update.value(column, value);
+            }
+            batch.push(Pending { update, due, bound });
+            if batch.len() == RESEAL_BATCH {
+                self.write_batch(&mut batch, &mut report).await?;
+            }
         }
-        if report.resealed > 0 {
+        self.write_batch(&mut batch, &mut report).await?;
+        if report.resealed + report.bound > 0 {
             self.compact_sqlite().await;
         }
         Ok(report)
+    }
+
+    /// Writes the rows of `batch` in one transaction, each by its own compare-and-set: one
+    /// commit (one `fsync`) per batch rather than per row, which is what binding 100,000 rows
+    /// at a first start costs. A row changed meanwhile is counted and the others still written.
+    async fn write_batch(
+        &self,
+        batch: &mut Vec<Pending>,
+        report: &mut ResealReport,
+    ) -> Result<(), Error> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let txn = self.connection().begin().await?;
+        let mut done = ResealReport::default();
+        for row in batch.iter() {
+            if txn.execute(&row.update).await?.rows_affected() == 1 {
+                done.resealed += row.due;
+                done.bound += row.bound;
+            } else {
+                done.changed_meanwhile += row.due + row.bound;
+            }
+        }
+        txn.commit().await?;
+        report.resealed += done.resealed;
+        report.bound += done.bound;
+        report.changed_meanwhile += done.changed_meanwhile;
+        batch.clear();
+        Ok(())
     }
 
     /// On SQLite, rewrites the file (`VACUUM`) so that no free page keeps a value as it was
@@ -275,6 +334,16 @@ impl Store {
             ),
         }
     }
+}
+
+/// How many rows [`Store::reseal`] writes per transaction.
+const RESEAL_BATCH: usize = 200;
+
+/// A row's compare-and-set [`Store::reseal`] has yet to write, and the values it counts.
+struct Pending {
+    update: UpdateStatement,
+    due: usize,
+    bound: usize,
 }
 
 fn ids(report: &SecretsReport) -> String {

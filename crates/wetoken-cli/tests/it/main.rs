@@ -724,6 +724,7 @@ async fn secrets_rotate_key_re_encrypts_every_row_under_the_new_key() {
 /// `migrate up --encrypt-secrets` with the master key, and counted otherwise.
 #[tokio::test]
 async fn migrate_up_encrypts_plain_secrets_when_asked() {
+    use sea_orm::ConnectionTrait;
     use wetoken_core::{AppId, DatabaseOptions, NewApp, Secret, Store};
 
     let dir = std::env::temp_dir().join(format!("wetoken-cli-seal-{}", std::process::id()));
@@ -764,7 +765,37 @@ async fn migrate_up_encrypts_plain_secrets_when_asked() {
     assert!(out.contains("encrypted 2 stored secrets"), "{out}");
     let (ok, out, err) = cli_env(&[&["secrets", "status"][..], &db].concat(), &with_key);
     assert!(ok, "{err}");
-    assert!(out.contains("plain      0"), "{out}");
+    assert!(
+        out.contains("plain      0") && !out.contains("unbound"),
+        "{out}"
+    );
+    // A value from before seal generations (`wtenc:v1`, in a row at generation 0) is counted
+    // as unbound, and the next encrypting run binds it.
+    let keyring = wetoken_core::Keyring::new(
+        wetoken_core::crypto::MasterKey::parse(&key, "key").unwrap(),
+        None,
+    );
+    let v1 = keyring
+        .seal("s-wxplain1", b"wetoken/wechat_app_info/secret/wxplain1")
+        .replacen("wtenc:v2:", "wtenc:v1:", 1);
+    plain
+        .connection()
+        .execute_unprepared(&format!(
+            "UPDATE wechat_app_info SET secret = '{v1}', seal_generation = 0 \
+             WHERE appid = 'wxplain1'"
+        ))
+        .await
+        .unwrap();
+    let (ok, out, err) = cli_env(&[&["secrets", "status"][..], &db].concat(), &with_key);
+    assert!(ok, "{err}");
+    assert!(out.contains("unbound    1 (wtenc:v1"), "{out}");
+    let (ok, _, err) = cli_env(
+        &[&["migrate", "up", "--encrypt-secrets"][..], &db].concat(),
+        &with_key,
+    );
+    assert!(ok, "{err}");
+    let (_, out, _) = cli_env(&[&["secrets", "status"][..], &db].concat(), &with_key);
+    assert!(!out.contains("unbound"), "{out}");
     // A second run has nothing left to do.
     let (ok, out, _) = cli_env(
         &[&["migrate", "up", "--encrypt-secrets"][..], &db].concat(),

@@ -44,6 +44,10 @@ pub struct Model {
     pub wechat_host: Option<String>,
     /// The verification-code template id, for `/wx/{appid}/wxcode/send`.
     pub wcode_template_id: Option<String>,
+    /// The generation every `wtenc:v2` value of the row is bound to; moved on by every write of
+    /// any of them (migration 000013). 0: a row from before, whose values are plain or
+    /// `wtenc:v1`.
+    pub seal_generation: i64,
     /// When it was added.
     pub create_time: DateTimeUtc,
     /// When its settings last changed.

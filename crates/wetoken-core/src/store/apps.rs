@@ -4,10 +4,11 @@
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{Expr, ExprTrait, Query};
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ConnectionTrait, EntityTrait, IdenStatic, QueryOrder,
-    QuerySelect, SqlErr, TransactionTrait,
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DbBackend, EntityTrait,
+    IdenStatic, QueryFilter, QueryOrder, QuerySelect, SqlErr, TransactionTrait,
 };
 
+use super::sealing::{SealedRow, next_generation};
 use super::{DEFAULT_DAILY_BUDGET, Store, wechat_day};
 use crate::Error;
 use crate::crypto::is_sealed;
@@ -26,8 +27,11 @@ impl Store {
                     .into(),
             ));
         }
+        // A new row starts at a random generation (see `next_generation`).
+        let generation = next_generation(0);
+        let id = app.appid.as_str();
         let row = app_info::ActiveModel {
-            appid: Set(app.appid.as_str().to_owned()),
+            appid: Set(id.to_owned()),
             kind: Set(app.kind.as_str().to_owned()),
             token_mode: Set(app.token_mode.as_str().to_owned()),
             corpid: Set(app.work.as_ref().map(|w| w.corpid.clone())),
@@ -36,23 +40,24 @@ impl Store {
             calls_day: Set(None),
             calls_today: Set(0),
             verify_secs: Set(app.verify_secs),
-            secret: Set(self.seal(app.appid.as_str(), A::Secret, app.secret.expose())?),
+            secret: Set(self.seal(id, A::Secret, app.secret.expose(), generation)?),
             token: Set(app
                 .token
                 .as_ref()
-                .map(|s| self.seal(app.appid.as_str(), A::Token, s.expose()))
+                .map(|s| self.seal(id, A::Token, s.expose(), generation))
                 .transpose()?),
             aes_key: Set(app
                 .aes_key
                 .as_ref()
-                .map(|s| self.seal(app.appid.as_str(), A::AesKey, s.expose()))
+                .map(|s| self.seal(id, A::AesKey, s.expose(), generation))
                 .transpose()?),
             // The Go schema's NOT NULL columns get '' for "not set", as the Go server wrote them,
             // so a rolled-back Go server reads every row.
             pay_key: Set(Some(match &app.pay_key {
-                Some(key) => self.seal(app.appid.as_str(), A::PayKey, key.expose())?,
+                Some(key) => self.seal(id, A::PayKey, key.expose(), generation)?,
                 None => String::new(),
             })),
+            seal_generation: Set(generation),
             mchid: Set(app.go.mchid.clone().unwrap_or_default()),
             sub_appid: Set(app.go.sub_appid.clone().unwrap_or_default()),
             sub_mchid: Set(app.go.sub_mchid.clone().unwrap_or_default()),
@@ -108,20 +113,24 @@ impl Store {
     }
 
     /// Every app's secret, decrypted, for the engine's digests of them (the Go SDK presents an
-    /// app's own secret). Reads the two columns only. An app whose secret does not decrypt comes
-    /// with its error, so that one broken row spoils no other app.
+    /// app's own secret). Reads the three columns it needs only (the generation opens the
+    /// secret). An app whose secret does not decrypt comes with its error, so that one broken
+    /// row spoils no other app.
     pub async fn app_secrets(&self) -> Result<Vec<(String, Result<Secret, Error>)>, Error> {
-        let rows: Vec<(String, String)> = app_info::Entity::find()
+        let rows: Vec<(String, String, i64)> = app_info::Entity::find()
             .select_only()
             .column(app_info::Column::Appid)
             .column(app_info::Column::Secret)
+            .column(app_info::Column::SealGeneration)
             .into_tuple()
             .all(&self.db)
             .await?;
         Ok(rows
             .into_iter()
-            .map(|(appid, stored)| {
-                let secret = self.open(&appid, A::Secret, stored).map(Secret::new);
+            .map(|(appid, stored, generation)| {
+                let secret = self
+                    .open(&appid, A::Secret, stored, generation)
+                    .map(Secret::new);
                 (appid, secret)
             })
             .collect())
@@ -129,29 +138,82 @@ impl Store {
 
     /// Changes an app's settings. Any halt on its credentials is lifted, since the settings that
     /// caused it may be what changed.
+    ///
+    /// A change to any secret-like value moves the row to its next seal generation and encrypts
+    /// every one of its values anew (`sealing.rs`), compared with the row as read: a write that
+    /// raced it makes it read the row again and retry, so no value another writer stored is
+    /// lost. A kept value that cannot be read (altered, under a key not configured, plain under
+    /// `require_encrypted`) refuses the change, unless the change replaces that value too.
+    ///
+    /// On MySQL/MariaDB and PostgreSQL the row is read `FOR UPDATE`, so updates of one app take
+    /// turns rather than retry. On SQLite it is read before the write's transaction: a
+    /// transaction that reads before it writes cannot wait for another writer there (it fails at
+    /// once with "database is locked"), where a lone write waits its turn. Either way the
+    /// comparison is what makes the write safe, whoever else writes.
     pub async fn update_app(
         &self,
         appid: &AppId,
         update: &AppUpdate,
         now: DateTime<Utc>,
     ) -> Result<(), Error> {
-        let txn = self.db.begin().await?;
-        let Some(row) = app_info::Entity::find_by_id(appid.as_str().to_owned())
-            .one(&txn)
-            .await?
-        else {
+        const ATTEMPTS: u64 = 10;
+        for attempt in 1..=ATTEMPTS {
+            if self.try_update_app(appid, update, now).await? {
+                return Ok(());
+            }
+            // Writers that keep colliding step apart.
+            let pause = rand::random_range(1..=10 * attempt);
+            tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+        }
+        Err(Error::Database(crate::error::DbCause(std::sync::Arc::new(
+            sea_orm::DbErr::Custom(format!(
+                "app {appid} changed {ATTEMPTS} times while being updated; nothing was written: \
+                 try again"
+            )),
+        ))))
+    }
+
+    /// One attempt of [`Store::update_app`]: `false` when another write to the row's secrets
+    /// came between its read and its write, and nothing was written.
+    async fn try_update_app(
+        &self,
+        appid: &AppId,
+        update: &AppUpdate,
+        now: DateTime<Utc>,
+    ) -> Result<bool, Error> {
+        let find = app_info::Entity::find_by_id(appid.as_str().to_owned());
+        let (row, txn) = if self.db.get_database_backend() == DbBackend::Sqlite {
+            let row = find.one(&self.db).await?;
+            (row, self.db.begin().await?)
+        } else {
+            let txn = self.db.begin().await?;
+            (find.lock_exclusive().one(&txn).await?, txn)
+        };
+        let Some(row) = row else {
             return Err(Error::UnknownApp(appid.clone()));
         };
+        let sealed = SealedRow::of(&row);
+        let changes: Vec<(A, &str)> = [
+            (A::Secret, update.secret.as_ref()),
+            (A::Token, update.token.as_ref()),
+            (A::AesKey, update.aes_key.as_ref()),
+            (A::PayKey, update.pay_key.as_ref()),
+        ]
+        .into_iter()
+        .filter_map(|(column, value)| Some((column, value?.expose())))
+        .collect();
         let mut row: app_info::ActiveModel = row.into();
-        let id = appid.as_str();
-        if let Some(secret) = &update.secret {
-            row.secret = Set(self.seal(id, A::Secret, secret.expose())?);
-        }
-        if let Some(token) = &update.token {
-            row.token = Set(Some(self.seal(id, A::Token, token.expose())?));
-        }
-        if let Some(aes_key) = &update.aes_key {
-            row.aes_key = Set(Some(self.seal(id, A::AesKey, aes_key.expose())?));
+        let mut write =
+            app_info::Entity::update_many().filter(app_info::Column::Appid.eq(appid.as_str()));
+        if !changes.is_empty() {
+            let resealed = self.reseal_row(&sealed, &changes, |column, stored| {
+                self.open_checked(&sealed.appid, column, stored, sealed.generation)
+            })?;
+            for (column, value) in resealed.values {
+                row.set(column, value.into());
+            }
+            row.seal_generation = Set(resealed.generation);
+            write = write.filter(sealed.unchanged());
         }
         if let Some(mode) = update.token_mode {
             row.token_mode = Set(mode.as_str().to_owned());
@@ -161,9 +223,6 @@ impl Store {
         }
         if let Some(secs) = update.verify_secs {
             row.verify_secs = Set(Some(secs));
-        }
-        if let Some(key) = &update.pay_key {
-            row.pay_key = Set(Some(self.seal(id, A::PayKey, key.expose())?));
         }
         let go = &update.go;
         if let Some(v) = &go.mchid {
@@ -182,7 +241,12 @@ impl Store {
             row.wcode_template_id = Set(Some(v.clone()));
         }
         row.update_time = Set(now);
-        row.update(&txn).await?;
+        let written = write.set(row).exec(&txn).await?.rows_affected;
+        // The generation always changes, so even MySQL's count of changed rows is 1 for a match.
+        if !changes.is_empty() && written == 0 {
+            txn.rollback().await?;
+            return Ok(false);
+        }
         for kind in Kind::ALL {
             let lift = Query::update()
                 .table(kind.table())
@@ -202,7 +266,7 @@ impl Store {
             txn.execute(&lift).await?;
         }
         txn.commit().await?;
-        Ok(())
+        Ok(true)
     }
 
     /// Removes an app and its stored credentials. Returns whether it existed.
@@ -230,22 +294,33 @@ impl Store {
 }
 
 impl Store {
+    fn requires_sealed(&self) -> bool {
+        self.keyring.as_ref().is_some_and(|k| k.requires_sealed())
+    }
+
+    /// [`Store::open`], refusing a plain value under `require_encrypted`.
+    pub(crate) fn open_checked(
+        &self,
+        appid: &str,
+        column: A,
+        value: String,
+        generation: i64,
+    ) -> Result<String, Error> {
+        if self.requires_sealed() && !is_sealed(&value) {
+            return Err(Error::Secret(format!(
+                "the stored {} of app {appid} is in plain text, and require_encrypted refuses \
+                 plain values: it was written by a process without the master key, or changed \
+                 in the database. A server start or `wetoken-cli migrate up --encrypt-secrets` \
+                 encrypts it",
+                column.as_str(),
+            )));
+        }
+        self.open(appid, column, value, generation)
+    }
+
     fn app_from_row(&self, row: app_info::Model) -> Result<App, Error> {
         let open = |column: A, value: String| {
-            if let Some(keyring) = &self.keyring
-                && keyring.requires_sealed()
-                && !is_sealed(&value)
-            {
-                return Err(Error::Secret(format!(
-                    "the stored {} of app {} is in plain text, and require_encrypted refuses \
-                     plain values: it was written by a process without the master key, or \
-                     changed in the database. A server start or `wetoken-cli migrate up \
-                     --encrypt-secrets` encrypts it",
-                    column.as_str(),
-                    row.appid
-                )));
-            }
-            if self.keyring.is_some() && !is_sealed(&value) {
+            if self.keyring.is_some() && !is_sealed(&value) && !self.requires_sealed() {
                 // Accepted, so that rows from before encryption keep working, but a server with
                 // the key encrypted every plain value at start: this one came later.
                 tracing::warn!(
@@ -256,7 +331,8 @@ impl Store {
                      `wetoken-cli migrate up --encrypt-secrets` encrypts it"
                 );
             }
-            self.open(&row.appid, column, value).map(Secret::new)
+            self.open_checked(&row.appid, column, value, row.seal_generation)
+                .map(Secret::new)
         };
         let secret = open(A::Secret, row.secret.clone())?;
         let optional = |column, value: &Option<String>| {

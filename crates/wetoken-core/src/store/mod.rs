@@ -17,6 +17,7 @@ mod history;
 mod lease;
 mod listing;
 mod quota;
+mod sealing;
 
 pub(crate) use credentials::Due;
 pub use history::{HISTORY_SLOTS, RefreshCause, RefreshOutcome};
@@ -25,6 +26,7 @@ pub use listing::{
     AppFilter, CredentialState, Cursor, PAGE_DEFAULT, PAGE_MAX, StateTotals, Troubled, page_limit,
 };
 pub use quota::wechat_day_end;
+pub(crate) use sealing::{SEALED, SealedRow};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,7 +35,7 @@ use chrono::{DateTime, Utc};
 use sea_orm::{ConnectOptions, Database, DatabaseConnection, IdenStatic};
 
 use crate::Error;
-use crate::crypto::{Keyring, SealError, is_sealed};
+use crate::crypto::{Format, Keyring, SealError, is_sealed, sealed_format};
 use crate::entity::app_info;
 
 /// How to reach the database.
@@ -160,16 +162,21 @@ impl Store {
         self.keyring.as_deref()
     }
 
-    /// The stored form of a secret-like value of `appid`'s `column`: encrypted under the current
-    /// master key, or as it is when none is configured.
+    /// The stored form of a secret-like value of `appid`'s `column` in a row at seal generation
+    /// `generation`: encrypted under the current master key and bound to the generation, or as it
+    /// is when none is configured.
     pub(crate) fn seal(
         &self,
         appid: &str,
         column: app_info::Column,
         plain: &str,
+        generation: i64,
     ) -> Result<String, Error> {
         match &self.keyring {
-            Some(keyring) => Ok(keyring.seal(plain, &secret_context(appid, column))),
+            Some(keyring) => Ok(keyring.seal(
+                plain,
+                &secret_context(appid, column, Format::V2, generation),
+            )),
             // A plain value that looks encrypted would be refused when read back.
             None if is_sealed(plain) => Err(Error::InvalidInput(format!(
                 "{} must not start with \"wtenc:\"",
@@ -179,27 +186,41 @@ impl Store {
         }
     }
 
-    /// The plain text of a stored secret-like value. A plain value is read as it is (rows from
-    /// before encryption); an encrypted one needs its key and must authenticate.
+    /// The plain text of a stored secret-like value of a row at seal generation `generation`. A
+    /// plain value is read as it is (rows from before encryption); an encrypted one needs its
+    /// key and must authenticate: a `wtenc:v2` value under the row's generation, a `wtenc:v1`
+    /// value (from before generations) only in a row still at generation 0.
     pub(crate) fn open(
         &self,
         appid: &str,
         column: app_info::Column,
         stored: String,
+        generation: i64,
     ) -> Result<String, Error> {
         if !is_sealed(&stored) {
             return Ok(stored);
         }
-        let opened = match &self.keyring {
-            Some(keyring) => keyring.open(&stored, &secret_context(appid, column)),
-            None => Err(SealError::NoKey),
-        };
-        opened.map_err(|e| {
+        let cannot = |why: &dyn std::fmt::Display| {
             Error::Secret(format!(
-                "the stored {} of app {appid} cannot be decrypted: {e}",
+                "the stored {} of app {appid} cannot be decrypted: {why}",
                 column.as_str()
             ))
-        })
+        };
+        let format = sealed_format(&stored).ok_or_else(|| cannot(&SealError::Malformed))?;
+        if format == Format::V1 && generation != 0 {
+            return Err(cannot(&format_args!(
+                "it is in the wtenc:v1 form, from before seal generations, but its row is at \
+                 seal generation {generation}: an older value put back, or one written by an \
+                 older wetoken"
+            )));
+        }
+        let opened = match &self.keyring {
+            Some(keyring) => {
+                keyring.open(&stored, &secret_context(appid, column, format, generation))
+            }
+            None => Err(SealError::NoKey),
+        };
+        opened.map_err(|e| cannot(&e))
     }
 
     /// The underlying connection.
@@ -215,10 +236,21 @@ pub fn wechat_day(at: DateTime<Utc>) -> String {
         .to_string()
 }
 
-/// What a secret-like value is bound to: its table, column and appid. A ciphertext copied to
-/// another row or column does not decrypt there.
-pub(crate) fn secret_context(appid: &str, column: app_info::Column) -> Vec<u8> {
-    format!("wetoken/wechat_app_info/{}/{appid}", column.as_str()).into_bytes()
+/// What a secret-like value is bound to: its table, column and appid, and in the `wtenc:v2` form
+/// its row's seal generation. A ciphertext copied to another row or column, or put back into its
+/// row after the row moved on to another generation, does not decrypt there.
+pub(crate) fn secret_context(
+    appid: &str,
+    column: app_info::Column,
+    format: Format,
+    generation: i64,
+) -> Vec<u8> {
+    let column = column.as_str();
+    match format {
+        Format::V1 => format!("wetoken/wechat_app_info/{column}/{appid}"),
+        Format::V2 => format!("wetoken/v2/wechat_app_info/{column}/{appid}/{generation}"),
+    }
+    .into_bytes()
 }
 
 /// The `host:port` a MySQL or PostgreSQL URL names (the port defaulted), if it names one.

@@ -4,6 +4,7 @@ mod feed_model;
 mod lease_model;
 mod lease_replicas;
 mod quota_guard;
+mod sealed_replay;
 mod secrets_on_disk;
 mod status_views;
 mod upstream;
@@ -16,6 +17,17 @@ use wetoken_core::{
     WeChat, WeChatOptions,
 };
 use wetoken_mock::{Endpoint, MockWeChat};
+
+/// A WeChat client that calls `mock` alone, for WeChat's and WeCom's calls, with no fallback.
+fn wechat_on(mock: &MockWeChat) -> WeChat {
+    WeChat::new(&WeChatOptions {
+        base_url: mock.url(),
+        fallback_urls: Vec::new(),
+        work_base_url: mock.url(),
+        ..WeChatOptions::default()
+    })
+    .unwrap()
+}
 
 async fn engine(mock: &MockWeChat) -> Engine {
     engine_with(mock, EngineConfig::default()).await

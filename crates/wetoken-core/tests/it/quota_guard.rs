@@ -18,7 +18,7 @@ use chrono::{TimeDelta, Utc};
 use sea_orm::{ConnectionTrait, Statement};
 use wetoken_core::{
     AppId, AppKind, AppUpdate, Clock, DatabaseOptions, Engine, EngineConfig, Error, Kind,
-    ManualClock, NewApp, Reporter, Secret, Store, SystemClock, TokenMode, WeChat, WeChatOptions,
+    ManualClock, NewApp, Reporter, Secret, Store, SystemClock, TokenMode,
 };
 use wetoken_mock::{Endpoint, MockConfig, MockWeChat};
 use wetoken_testkit::{TestDb, on_every_database};
@@ -36,13 +36,7 @@ pub(crate) async fn replica(
     let mut options = DatabaseOptions::new(&db.url);
     options.max_connections = 3;
     let store = Store::connect(&options).await.unwrap();
-    let wechat = WeChat::new(&WeChatOptions {
-        base_url: mock.url(),
-        fallback_urls: Vec::new(),
-        work_base_url: mock.url(),
-        ..WeChatOptions::default()
-    })
-    .unwrap();
+    let wechat = crate::wechat_on(mock);
     Engine::new(store, wechat, clock, config.clone()).unwrap()
 }
 

@@ -90,12 +90,12 @@ async fn secrets_are_encrypted_rotated_and_checked(db: &TestDb) {
     let server = TestServer::start(with_keys(&base, Some(&k1), None)).await;
     let sealed = stored(&raw, OLD, Column::Secret).await;
     assert!(
-        sealed.starts_with("wtenc:v1:") && !sealed.contains(SECRET),
+        sealed.starts_with("wtenc:v2:") && !sealed.contains(SECRET),
         "{sealed}"
     );
     let token = stored(&raw, OLD, Column::Token).await;
     assert!(
-        token.starts_with("wtenc:v1:"),
+        token.starts_with("wtenc:v2:"),
         "the message token too: {token}"
     );
     let (code, body) = server
@@ -108,7 +108,7 @@ async fn secrets_are_encrypted_rotated_and_checked(db: &TestDb) {
     assert!(
         stored(&raw, NEW, Column::AesKey)
             .await
-            .starts_with("wtenc:v1:")
+            .starts_with("wtenc:v2:")
     );
     // The longest secret accepted still fits once encrypted (the widened columns).
     let (code, body) = server
@@ -218,6 +218,37 @@ async fn secrets_are_encrypted_rotated_and_checked(db: &TestDb) {
         assert_eq!(response.status(), 200, "{page}");
         assert!(response.text().await.unwrap().contains(shows), "{page}");
     }
+    // An old ciphertext put back after the secret was stored anew (from a backup, say): refused
+    // the same way, and WeChat not called (issue #17; `sealed_replay.rs` has the details).
+    let before = stored(&raw, NEW, Column::Secret).await;
+    let (code, body) = server
+        .post_json(
+            "/wechat/app/update",
+            &json!({"appid": NEW, "secret": SECRET}),
+        )
+        .await;
+    assert_eq!(code, 200, "{body}");
+    refresh(&server, NEW).await;
+    let calls = mock.calls(Endpoint::Token);
+    let after = stored(&raw, NEW, Column::Secret).await;
+    overwrite(&raw, NEW, Column::Secret, before).await;
+    let (code, body) = server
+        .post_json("/wechat/app/refresh", &json!({"appid": NEW}))
+        .await;
+    assert_eq!(
+        (code, body["errcode"].as_i64()),
+        (500, Some(90500)),
+        "{body}"
+    );
+    assert!(
+        body["errmsg"]
+            .as_str()
+            .unwrap()
+            .contains("cannot be decrypted"),
+        "{body}"
+    );
+    assert_eq!(mock.calls(Endpoint::Token), calls, "WeChat not called");
+    overwrite(&raw, NEW, Column::Secret, after).await;
     // Copying another app's ciphertext does not work either: the appid is bound in.
     overwrite(
         &raw,
@@ -237,10 +268,29 @@ async fn secrets_are_encrypted_rotated_and_checked(db: &TestDb) {
     );
     server.stop().await;
 
-    // The columns cannot go back to the Go schema's sizes while encrypted values are stored:
-    // down past every later migration (which go) to 000006, which refuses and stays applied.
+    // The seal generations cannot go while values bound to them are stored: 000013 refuses
+    // and stays applied.
     use wetoken_migration::MigratorTrait;
     let steps = wetoken_migration::Migrator::migrations().len() as u32 - 5;
+    let err = wetoken_migration::Migrator::down(raw.connection(), Some(steps))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("seal generation") && err.contains("cannot be undone"),
+        "{err}"
+    );
+    let status = raw.migration_status().await.unwrap();
+    assert!(status.iter().all(|(_, applied)| *applied), "{status:?}");
+    // Nor can the columns go back to the Go schema's sizes while encrypted values are stored:
+    // with only values from before generations (`wtenc:v1`) left, down past every later
+    // migration (which go) to 000006, which refuses and stays applied.
+    for appid in [OLD, NEW, "wxlong"] {
+        overwrite(&raw, appid, Column::Secret, "wtenc:v1:00000000:AAAA".into()).await;
+        for column in [Column::Token, Column::AesKey, Column::PayKey] {
+            overwrite(&raw, appid, column, String::new()).await;
+        }
+    }
     let err = wetoken_migration::Migrator::down(raw.connection(), Some(steps))
         .await
         .unwrap_err()
