@@ -767,10 +767,17 @@ async fn faults_apply_to_the_component_endpoints() {
     mock.inject(Endpoint::ComponentToken, Fault::ErrCode(45009), 1);
     assert_err(&component_token_call(&mock, &ticket).await, -1);
     assert_err(&component_token_call(&mock, &ticket).await, 45009);
+    mock.inject(
+        Endpoint::ComponentToken,
+        Fault::Delay(Duration::from_millis(300)),
+        1,
+    );
+    let started = std::time::Instant::now();
     let token = component_token_call(&mock, &ticket).await["component_access_token"]
         .as_str()
         .unwrap()
         .to_owned();
+    assert!(started.elapsed() >= Duration::from_millis(300));
     mock.inject(Endpoint::AuthorizerToken, Fault::ErrCode(61023), 1);
     assert_err(
         &authorizer_token(&mock, &token, "wxany", "any").await,
@@ -907,4 +914,27 @@ async fn control_routes_register_components_and_push_on_demand() {
     ] {
         assert_eq!(calls[name], 0, "{calls}");
     }
+}
+
+#[tokio::test]
+async fn component_and_authorizer_tokens_are_held_to_the_daily_quota() {
+    let (mock, mut receiver) = open_mock(MockConfig {
+        token_daily_limit: 1,
+        ..no_timer()
+    })
+    .await;
+    let token = component_token(&mock, &mut receiver).await;
+    let ticket = mock.current_verify_ticket(COMPONENT).unwrap();
+    assert_err(&component_token_call(&mock, &ticket).await, 45009);
+    let (authorizer, _, refresh) = authorized(&mock, &mut receiver, &token).await;
+    let renew = || authorizer_token(&mock, &token, &authorizer, &refresh);
+    assert!(renew().await.get("authorizer_access_token").is_some());
+    assert_err(&renew().await, 45009);
+    assert_eq!(mock.quota_used(&authorizer, Endpoint::AuthorizerToken), 1);
+    assert_eq!(mock.quota_used(COMPONENT, Endpoint::ComponentToken), 1);
+    // A mock day later, both may fetch again.
+    mock.advance(Duration::from_secs(86_400));
+    let token = component_token(&mock, &mut receiver).await;
+    let body = authorizer_token(&mock, &token, &authorizer, &refresh).await;
+    assert!(body.get("authorizer_access_token").is_some(), "{body}");
 }
