@@ -147,7 +147,8 @@ pub struct MockConfig {
     pub stable_token_daily_limit: u64,
     /// How often each component with a push URL gets a new verify ticket pushed (WeChat: every
     /// ten minutes), on the mock clock: [`MockWeChat::advance`] past it pushes within a second.
-    /// `None`: only on demand ([`MockWeChat::push_verify_ticket`]).
+    /// `None`: only on demand ([`MockWeChat::push_verify_ticket`]). The timer sleeps, without
+    /// any tokio timer, until a component has a push URL.
     pub verify_ticket_interval: Option<Duration>,
     /// Whether `api_authorizer_token` hands out a new refresh token each time, the previous one
     /// getting 61023 from then on. WeChat returns the same long-lived one (the default, false);

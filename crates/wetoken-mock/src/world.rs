@@ -148,6 +148,8 @@ pub(crate) struct World {
     open: open::Open,
     /// Sends the open platform's pushes.
     pub client: reqwest::Client,
+    /// Wakes the verify-ticket timer when a component gets a push URL.
+    pub timer_wake: std::sync::Arc<tokio::sync::Notify>,
 }
 
 fn missing(value: Option<&str>) -> Option<&str> {
@@ -195,6 +197,7 @@ impl World {
             quotas: Quotas::default(),
             open: open::Open::default(),
             client,
+            timer_wake: std::sync::Arc::default(),
         }
     }
 

@@ -121,7 +121,15 @@ impl World {
         entry.aes_key = component.aes_key;
         entry.push_url = component.push_url;
         entry.next_push = next_push;
+        if entry.push_url.is_some() {
+            self.timer_wake.notify_one();
+        }
         Ok(())
+    }
+
+    /// Whether any component has a push URL: the timer sleeps until one does.
+    pub fn has_push_url(&self) -> bool {
+        self.open.components.values().any(|c| c.push_url.is_some())
     }
 
     pub fn verify_ticket(&self, component_appid: &str) -> Option<String> {

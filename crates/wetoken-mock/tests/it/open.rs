@@ -685,7 +685,11 @@ async fn with_rotating_refresh_tokens_only_the_newest_works() {
 #[tokio::test]
 async fn the_timer_pushes_a_ticket_every_interval_of_mock_time() {
     // The default interval, ten minutes, reached by moving the mock clock.
-    let (mock, mut receiver) = open_mock(MockConfig::default()).await;
+    let mock = MockWeChat::start().await.unwrap();
+    let mut receiver = Receiver::start().await;
+    // The timer idles while no component has a push URL; registering one wakes it.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    mock.add_component(component(Some(&receiver.url))).unwrap();
     assert!(
         receiver.quiet_for(Duration::from_millis(1500)).await,
         "nothing is due yet"
