@@ -91,7 +91,7 @@
 //! | `POST /mock/invalidate` | `{"access_token":"…"}` | [`MockWeChat::invalidate_token`] |
 //! | `POST /mock/advance` | `{"seconds":7200}` | [`MockWeChat::advance`] |
 //! | `POST /mock/components` | `{"component_appid","component_appsecret","token","encoding_aes_key","push_url"}` (`push_url` optional) | [`MockWeChat::add_component`] |
-//! | `POST /mock/push/component_verify_ticket` | `{"component_appid":"…"}` | [`MockWeChat::push_verify_ticket`]; answers the [`Pushed`] as JSON: `ticket`, `status`, `answer`, `error`, and the `query` and `body` sent |
+//! | `POST /mock/push/component_verify_ticket` | `{"component_appid":"…"}` | [`MockWeChat::push_verify_ticket`]; answers the [`Pushed`] as JSON: `ticket`, `status`, `answer`, `error`, and the `url`, `query` and `body` sent (for [`MockWeChat::resend`], a replay) |
 //! | `POST /mock/push/authorized` | `{"component_appid","authorizer_appid","pre_auth_code"}` (the last two optional) | [`MockWeChat::authorize`]; answers the [`Pushed`], with `authorizer_appid` and `authorization_code` |
 //! | `POST /mock/push/updateauthorized` | `{"component_appid","authorizer_appid"}` | [`MockWeChat::update_authorization`]; answers the [`Pushed`] |
 //! | `POST /mock/push/unauthorized` | `{"component_appid","authorizer_appid"}` | [`MockWeChat::unauthorize`]; answers the [`Pushed`] |
@@ -337,6 +337,8 @@ pub struct Pushed {
     pub authorization_code: Option<String>,
     /// The pre-auth code the customer came with.
     pub pre_auth_code: Option<String>,
+    /// The URL it was POSTed to.
+    pub url: String,
     /// The query sent: `signature`, `timestamp`, `nonce`, `encrypt_type=aes`, `msg_signature`.
     /// With [`Pushed::body`], enough to send the same push again (a replay).
     pub query: Vec<(String, String)>,
@@ -355,6 +357,7 @@ impl Pushed {
         Self {
             component_appid: component_appid.to_owned(),
             info_type: info_type.to_owned(),
+            url: String::new(),
             ticket: None,
             authorizer_appid: None,
             authorization_code: None,
@@ -600,6 +603,20 @@ impl MockWeChat {
     ) -> Result<Pushed, PushError> {
         let prepared = lock(&self.world).unauthorize(component_appid, authorizer_appid);
         self.deliver(prepared).await
+    }
+
+    /// Sends `pushed` again, byte for byte, to the URL it went to: a replayed push, which a
+    /// receiver must refuse. What the receiver answered is in the result; nothing else changes
+    /// (no new ticket or code).
+    pub async fn resend(&self, pushed: &Pushed) -> Pushed {
+        let again = Pushed {
+            status: None,
+            answer: None,
+            error: None,
+            ..pushed.clone()
+        };
+        let client = lock(&self.world).client.clone();
+        push::deliver(&client, again).await
     }
 
     async fn deliver(

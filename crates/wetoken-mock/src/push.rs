@@ -16,11 +16,8 @@ const TICK: Duration = Duration::from_secs(1);
 /// …and at least this, whatever the interval.
 const MIN_TICK: Duration = Duration::from_millis(10);
 
-/// A push sealed under the world's lock, to be sent without it.
-pub(crate) struct Prepared {
-    pub url: String,
-    pub pushed: Pushed,
-}
+/// A push sealed under the world's lock, to be sent without it: a [`Pushed`] not sent yet.
+pub(crate) type Prepared = Pushed;
 
 /// The client pushes are sent with: no proxy, no redirects followed, WeChat's time limit.
 pub(crate) fn client() -> std::io::Result<reqwest::Client> {
@@ -34,9 +31,9 @@ pub(crate) fn client() -> std::io::Result<reqwest::Client> {
 
 /// POSTs `prepared` and records what the receiver answered.
 pub(crate) async fn deliver(client: &reqwest::Client, prepared: Prepared) -> Pushed {
-    let Prepared { url, mut pushed } = prepared;
+    let mut pushed = prepared;
     let sent = client
-        .post(&url)
+        .post(&pushed.url)
         .query(&pushed.query)
         .header("content-type", "text/xml")
         .body(pushed.body.clone())

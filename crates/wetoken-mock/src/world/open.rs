@@ -195,13 +195,11 @@ impl World {
             ("encrypt_type".to_owned(), "aes".to_owned()),
             ("msg_signature".to_owned(), sealed.msg_signature),
         ];
-        Ok(Prepared {
+        Ok(Pushed {
             url,
-            pushed: Pushed {
-                query,
-                body,
-                ..pushed
-            },
+            query,
+            body,
+            ..pushed
         })
     }
 

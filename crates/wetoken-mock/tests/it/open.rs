@@ -256,6 +256,17 @@ async fn a_verify_ticket_push_opens_with_the_components_key_and_carries_the_tick
         received.query.get("msg_signature").map(String::as_str)
     );
 
+    assert_eq!(pushed.url, receiver.url);
+    // The same push again, byte for byte: a replay, for the receiver to refuse.
+    let replayed = mock.resend(&pushed).await;
+    assert_eq!(replayed.status, Some(200));
+    let again = receiver.next().await;
+    assert_eq!(
+        (&again.query, &again.body),
+        (&received.query, &received.body)
+    );
+    assert_eq!(mock.current_verify_ticket(COMPONENT), Some(ticket.clone()));
+
     // Another receiver's key, or another component's appid, cannot open it.
     let other_key = MsgCrypt::new(MSG_TOKEN, &AES_KEY.replace('j', "k"), COMPONENT).unwrap();
     let q = |n: &str| received.query[n].clone();
