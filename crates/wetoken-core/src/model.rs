@@ -16,20 +16,11 @@ pub struct AppId(String);
 
 impl AppId {
     /// The longest appid accepted; the column is as wide.
-    pub const MAX_LEN: usize = 64;
+    pub const MAX_LEN: usize = wetoken_msgcrypt::MAX_ID_LEN;
 
     /// Checks `s` against the appid pattern.
     pub fn parse(s: &str) -> Result<Self, Error> {
-        // One pass over the bytes: this runs on every token request.
-        let bytes = s.as_bytes();
-        let mut previous = b'.';
-        let mut ok = !bytes.is_empty() && bytes.len() <= Self::MAX_LEN;
-        for &b in bytes {
-            // No leading '.', and no "..": the byte before the first counts as a '.'.
-            ok &= APPID_BYTES[usize::from(b)] && !(b == b'.' && previous == b'.');
-            previous = b;
-        }
-        ok &= previous != b'.';
+        let ok = wetoken_msgcrypt::is_valid_id(s);
         if ok {
             Ok(Self(s.to_owned()))
         } else {
@@ -46,18 +37,6 @@ impl AppId {
         &self.0
     }
 }
-
-/// The bytes an appid may hold: ASCII letters and digits, '_', '-' and '.'.
-const APPID_BYTES: [bool; 256] = {
-    let mut table = [false; 256];
-    let mut b = 0;
-    while b < 256 {
-        let c = b as u8;
-        table[b] = c.is_ascii_alphanumeric() || c == b'_' || c == b'-' || c == b'.';
-        b += 1;
-    }
-    table
-};
 
 impl fmt::Display for AppId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -1,16 +1,6 @@
 //! The signatures pages and card APIs need, computed from a ticket.
 
-use sha1::{Digest, Sha1};
-
-fn sha1_hex(input: &[u8]) -> String {
-    let digest = Sha1::digest(input);
-    let mut out = String::with_capacity(40);
-    for byte in digest {
-        out.push(char::from_digit(u32::from(byte >> 4), 16).unwrap_or('0'));
-        out.push(char::from_digit(u32::from(byte & 0xf), 16).unwrap_or('0'));
-    }
-    out
-}
+use wetoken_msgcrypt::{sha1_hex, sorted_sha1_hex};
 
 /// The page URL as the JS-SDK signs it: without `#` and what follows.
 pub fn signable_url(url: &str) -> &str {
@@ -29,14 +19,6 @@ pub fn jsapi_signature(ticket: &str, noncestr: &str, timestamp: i64, url: &str) 
 /// nonce_str, …) sorted as strings, concatenated without separator, SHA-1, lower-case hex.
 pub fn card_signature(values: &[&str]) -> String {
     sorted_sha1_hex(values)
-}
-
-/// SHA-1, in lower-case hex, of `values` sorted as bytes and concatenated without separator: the
-/// card signature's and WXBizMsgCrypt's `msg_signature` rule.
-pub(crate) fn sorted_sha1_hex(values: &[&str]) -> String {
-    let mut sorted = values.to_vec();
-    sorted.sort_unstable();
-    sha1_hex(sorted.concat().as_bytes())
 }
 
 #[cfg(test)]

@@ -36,6 +36,45 @@
 //!   `template_id` (40037 when empty), and keeps each message it accepts
 //!   ([`MockWeChat::sent_templates`]).
 //!
+//! The open platform (third-party platforms, `shared/wechat-api.md`'s "Open platform"), for the
+//! components registered with [`MockWeChat::add_component`]:
+//! - Pushes: a push is `POST {push_url}?signature=…&timestamp=…&nonce=…&encrypt_type=aes&msg_signature=…`
+//!   with `<xml><AppId>component_appid</AppId><Encrypt>…</Encrypt></xml>`, sealed by
+//!   `wetoken-msgcrypt` (the code wetoken opens it with) under the component's message token and
+//!   EncodingAESKey, for the component appid as receive id. `signature` is WeChat's plain one,
+//!   the SHA-1 of the sorted token, timestamp and nonce. Each push waits 5 s at most, and
+//!   reports the receiver's status and answer ([`Pushed`]); a push is never counted as a call.
+//! - `component_verify_ticket` is pushed every [`MockConfig::verify_ticket_interval`] of mock
+//!   time (ten minutes) to each component with a push URL, and on demand
+//!   ([`MockWeChat::push_verify_ticket`]). Each push makes a new ticket the only one accepted.
+//! - [`MockWeChat::authorize`] plays a customer authorizing: a new (or given) authorizer appid, a
+//!   refresh token, and an `authorized` push with an authorization code valid one hour (WeChat
+//!   documents no lifetime) and the pre-auth code. [`MockWeChat::update_authorization`] pushes
+//!   `updateauthorized` with a new code; [`MockWeChat::unauthorize`] pushes `unauthorized` and
+//!   ends the authorizer's tokens, refresh token and pending codes at once.
+//! - `POST /cgi-bin/component/api_component_token` with
+//!   `{"component_appid","component_appsecret","component_verify_ticket"}` answers
+//!   `{"component_access_token":"…","expires_in":7200}` (no `errcode`), a new token each call,
+//!   the previous one living [`MockConfig::overlap`] more, as `/cgi-bin/token`. It needs the
+//!   newest ticket pushed: none, an older or a wrong one gets 61006, the newest twelve hours after
+//!   its push 61005. 41002 and 41004 for a missing appid or secret, 40013 for an unknown
+//!   component, 40125 for a wrong secret; held to [`MockConfig::token_daily_limit`] per component.
+//! - The calls with `?component_access_token=` need a live component token (41001, 40001, 42001
+//!   as for `access_token`) of the body's `component_appid` (41002 missing; another
+//!   component's: 40013, the mock's choice):
+//!   `api_create_preauthcode` → `{"pre_auth_code":"…","expires_in":1800}`;
+//!   `api_query_auth` with `authorization_code` → `{"authorization_info":{"authorizer_appid",
+//!   "authorizer_access_token","expires_in","authorizer_refresh_token","func_info":[…]}}`, once
+//!   per code (an unknown, used, withdrawn or another component's code gets 61009, an expired one
+//!   61010: WeChat's codes for them, which the spec does not list);
+//!   `api_authorizer_token` with `authorizer_appid` and `authorizer_refresh_token` →
+//!   `{"authorizer_access_token","expires_in","authorizer_refresh_token"}`, the same refresh
+//!   token back (a new one each call with [`MockConfig::rotate_refresh_tokens`]); a wrong,
+//!   withdrawn or superseded refresh token gets 61023. Its calls are held to
+//!   `token_daily_limit` per authorizer.
+//! - An authorizer token is an official account's token: tickets, token checks, menus, quotas
+//!   and template messages take it; a component token is good for the component calls only.
+//!
 //! Errors come as WeChat sends them: HTTP 200 with a non-zero `errcode` and an `errmsg` ending in a
 //! request id (`rid: 5f5e1000-1a2b3c4d-5e6f7a8b`).
 //!
@@ -51,6 +90,14 @@
 //! | `POST /mock/reset` | | clears the counters and the queued faults |
 //! | `POST /mock/invalidate` | `{"access_token":"…"}` | [`MockWeChat::invalidate_token`] |
 //! | `POST /mock/advance` | `{"seconds":7200}` | [`MockWeChat::advance`] |
+//! | `POST /mock/components` | `{"component_appid","component_appsecret","token","encoding_aes_key","push_url"}` (`push_url` optional) | [`MockWeChat::add_component`] |
+//! | `POST /mock/push/component_verify_ticket` | `{"component_appid":"…"}` | [`MockWeChat::push_verify_ticket`]; answers the [`Pushed`] as JSON: `ticket`, `status`, `answer`, `error`, and the `url`, `query` and `body` sent (for [`MockWeChat::resend`], a replay) |
+//! | `POST /mock/push/authorized` | `{"component_appid","authorizer_appid","pre_auth_code"}` (the last two optional) | [`MockWeChat::authorize`]; answers the [`Pushed`], with `authorizer_appid` and `authorization_code` |
+//! | `POST /mock/push/updateauthorized` | `{"component_appid","authorizer_appid"}` | [`MockWeChat::update_authorization`]; answers the [`Pushed`] |
+//! | `POST /mock/push/unauthorized` | `{"component_appid","authorizer_appid"}` | [`MockWeChat::unauthorize`]; answers the [`Pushed`] |
+//!
+//! A control route's bad request gets HTTP 400 with `{"errcode":400,"errmsg":"…"}`: a push
+//! route's for an unknown component, one without a push URL, or an authorizer it cannot act on.
 //!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
@@ -67,6 +114,7 @@
 //! ```
 #![deny(missing_docs)]
 
+mod push;
 mod server;
 mod world;
 
@@ -97,6 +145,15 @@ pub struct MockConfig {
     pub token_daily_limit: u64,
     /// `/cgi-bin/stable_token` calls an app may make a mock day (WeChat: 500,000). Past it, 45009.
     pub stable_token_daily_limit: u64,
+    /// How often each component with a push URL gets a new verify ticket pushed (WeChat: every
+    /// ten minutes), on the mock clock: [`MockWeChat::advance`] past it pushes within a second.
+    /// `None`: only on demand ([`MockWeChat::push_verify_ticket`]). The timer sleeps, without
+    /// any tokio timer, until a component has a push URL.
+    pub verify_ticket_interval: Option<Duration>,
+    /// Whether `api_authorizer_token` hands out a new refresh token each time, the previous one
+    /// getting 61023 from then on. WeChat returns the same long-lived one (the default, false);
+    /// true is the stricter world in which storing every refresh token that comes back matters.
+    pub rotate_refresh_tokens: bool,
 }
 
 impl Default for MockConfig {
@@ -108,6 +165,8 @@ impl Default for MockConfig {
             auto_register: false,
             token_daily_limit: 2000,
             stable_token_daily_limit: 500_000,
+            verify_ticket_interval: Some(Duration::from_secs(600)),
+            rotate_refresh_tokens: false,
         }
     }
 }
@@ -139,11 +198,20 @@ pub enum Endpoint {
     QuotaGet,
     /// `POST /cgi-bin/clear_quota`: resets an app's counts, 10 times a month.
     ClearQuota,
+    /// `POST /cgi-bin/component/api_component_token`: a component token, with a verify ticket.
+    ComponentToken,
+    /// `POST /cgi-bin/component/api_create_preauthcode`.
+    PreAuthCode,
+    /// `POST /cgi-bin/component/api_query_auth`: an authorization code exchanged.
+    QueryAuth,
+    /// `POST /cgi-bin/component/api_authorizer_token`: an authorizer token, with its refresh
+    /// token.
+    AuthorizerToken,
 }
 
 impl Endpoint {
     /// Every endpoint, in declaration order.
-    pub const ALL: [Endpoint; 12] = [
+    pub const ALL: [Endpoint; 16] = [
         Endpoint::Token,
         Endpoint::StableToken,
         Endpoint::Ticket,
@@ -156,11 +224,16 @@ impl Endpoint {
         Endpoint::QuotaGet,
         Endpoint::ClearQuota,
         Endpoint::MenuGet,
+        Endpoint::ComponentToken,
+        Endpoint::PreAuthCode,
+        Endpoint::QueryAuth,
+        Endpoint::AuthorizerToken,
     ];
 
     /// The name the `/mock/…` control routes use: `token`, `stable_token`, `ticket`,
-    /// `check_token`, `menu_create`, `menu_get`, `work_token`, `work_ticket`, `template_send`, `callback_ip`,
-    /// `quota_get` or `clear_quota`.
+    /// `check_token`, `menu_create`, `menu_get`, `work_token`, `work_ticket`, `template_send`,
+    /// `callback_ip`, `quota_get`, `clear_quota`, `component_token`, `create_preauthcode`,
+    /// `query_auth` or `authorizer_token`.
     pub fn name(self) -> &'static str {
         match self {
             Endpoint::Token => "token",
@@ -175,6 +248,10 @@ impl Endpoint {
             Endpoint::CallbackIp => "callback_ip",
             Endpoint::QuotaGet => "quota_get",
             Endpoint::ClearQuota => "clear_quota",
+            Endpoint::ComponentToken => "component_token",
+            Endpoint::PreAuthCode => "create_preauthcode",
+            Endpoint::QueryAuth => "query_auth",
+            Endpoint::AuthorizerToken => "authorizer_token",
         }
     }
 
@@ -198,6 +275,10 @@ impl Endpoint {
             Endpoint::CallbackIp => "/cgi-bin/getcallbackip",
             Endpoint::QuotaGet => "/cgi-bin/openapi/quota/get",
             Endpoint::ClearQuota => "/cgi-bin/clear_quota",
+            Endpoint::ComponentToken => "/cgi-bin/component/api_component_token",
+            Endpoint::PreAuthCode => "/cgi-bin/component/api_create_preauthcode",
+            Endpoint::QueryAuth => "/cgi-bin/component/api_query_auth",
+            Endpoint::AuthorizerToken => "/cgi-bin/component/api_authorizer_token",
         }
     }
 
@@ -225,6 +306,112 @@ pub enum Fault {
     /// HTTP 200 with this JSON as the whole answer: a malformed `errmsg`, a strange token.
     Answer(serde_json::Value),
 }
+
+/// A third-party platform (component) the mock knows: what WeChat's open platform holds for it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MockComponent {
+    /// The `component_appid`, also the receive id its pushes are encrypted for.
+    pub appid: String,
+    /// The `component_appsecret`.
+    pub secret: String,
+    /// The message token pushes are signed with.
+    pub token: String,
+    /// The 43-character EncodingAESKey pushes are encrypted with.
+    pub aes_key: String,
+    /// The authorization-event URL pushes are POSTed to; `None`: no pushes, no timer.
+    pub push_url: Option<String>,
+}
+
+/// A push the mock made, and what its receiver did with it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Pushed {
+    /// The component it was for.
+    pub component_appid: String,
+    /// `component_verify_ticket`, `authorized`, `updateauthorized` or `unauthorized`.
+    pub info_type: String,
+    /// The verify ticket pushed, now the only one `api_component_token` accepts.
+    pub ticket: Option<String>,
+    /// The authorizer the push is about.
+    pub authorizer_appid: Option<String>,
+    /// The authorization code pushed, for one `api_query_auth`.
+    pub authorization_code: Option<String>,
+    /// The pre-auth code the customer came with.
+    pub pre_auth_code: Option<String>,
+    /// The URL it was POSTed to.
+    pub url: String,
+    /// The query sent: `signature`, `timestamp`, `nonce`, `encrypt_type=aes`, `msg_signature`.
+    /// With [`Pushed::body`], enough to send the same push again (a replay).
+    pub query: Vec<(String, String)>,
+    /// The body sent: `<xml><AppId>…</AppId><Encrypt>…</Encrypt></xml>`.
+    pub body: String,
+    /// The receiver's HTTP status; `None` when it gave none (see [`Pushed::error`]).
+    pub status: Option<u16>,
+    /// The receiver's answer (WeChat expects `success`), its first KiB.
+    pub answer: Option<String>,
+    /// Why the receiver answered nothing: refused, timed out (after 5 s, as WeChat).
+    pub error: Option<String>,
+}
+
+impl Pushed {
+    pub(crate) fn new(component_appid: &str, info_type: &str) -> Self {
+        Self {
+            component_appid: component_appid.to_owned(),
+            info_type: info_type.to_owned(),
+            url: String::new(),
+            ticket: None,
+            authorizer_appid: None,
+            authorization_code: None,
+            pre_auth_code: None,
+            query: Vec::new(),
+            body: String::new(),
+            status: None,
+            answer: None,
+            error: None,
+        }
+    }
+
+    /// The value of the query parameter `name` that was sent.
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.query
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Why the mock could not push.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PushError {
+    /// No component has that appid.
+    UnknownComponent,
+    /// The component has no push URL.
+    NoPushUrl,
+    /// The authorizer is malformed, of another component, unknown (for an update or a
+    /// withdrawal) or no longer authorized.
+    BadAuthorizer,
+    /// The pre-auth code is unknown, expired, used or another component's.
+    BadPreAuthCode,
+    /// The push could not be sealed.
+    Seal(String),
+}
+
+impl std::fmt::Display for PushError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PushError::UnknownComponent => f.write_str("no component has that appid"),
+            PushError::NoPushUrl => f.write_str("the component has no push URL"),
+            PushError::BadAuthorizer => f.write_str(
+                "the authorizer appid is malformed, another component's, unknown or no longer authorized",
+            ),
+            PushError::BadPreAuthCode => {
+                f.write_str("the pre-auth code is unknown, expired, used or another component's")
+            }
+            PushError::Seal(why) => write!(f, "the push cannot be sealed: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for PushError {}
 
 type Shared = Arc<Mutex<World>>;
 
@@ -261,8 +448,12 @@ impl MockWeChat {
     pub async fn start_with(config: MockConfig, addr: SocketAddr) -> std::io::Result<MockWeChat> {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
-        let world: Shared = Arc::new(Mutex::new(World::new(config)));
+        let timer = config.verify_ticket_interval.is_some();
+        let world: Shared = Arc::new(Mutex::new(World::new(config, push::client()?)));
         let (stop, stopped) = watch::channel(false);
+        if timer {
+            tokio::spawn(push::timer(world.clone(), stopped.clone()));
+        }
         let task = tokio::spawn(server::serve(listener, world.clone(), stopped));
         tracing::debug!(%addr, "mock WeChat listening");
         Ok(MockWeChat {
@@ -356,6 +547,105 @@ impl MockWeChat {
     /// jsapi ticket is `current_ticket(corpid, "jsapi")`.
     pub fn current_ticket(&self, appid: &str, kind: &str) -> Option<String> {
         lock(&self.world).current_ticket(appid, kind)
+    }
+
+    /// Registers a third-party platform, or replaces its settings (its tickets, tokens and
+    /// authorizers stay). A token, key or appid that WXBizMsgCrypt refuses is refused. With a
+    /// push URL, the timer pushes it a verify ticket every [`MockConfig::verify_ticket_interval`]
+    /// from now.
+    pub fn add_component(
+        &self,
+        component: MockComponent,
+    ) -> Result<(), wetoken_msgcrypt::MsgCryptError> {
+        lock(&self.world).add_component(component)
+    }
+
+    /// Pushes `component_appid` a new verify ticket now, which becomes the only one
+    /// `api_component_token` accepts (whatever the receiver answers).
+    pub async fn push_verify_ticket(&self, component_appid: &str) -> Result<Pushed, PushError> {
+        let prepared = lock(&self.world).push_ticket(component_appid);
+        self.deliver(prepared).await
+    }
+
+    /// A customer authorizes `component_appid`: the authorizer (`authorizer_appid`, or a new
+    /// random `wx…` appid) gets a refresh token, and an `authorized` push carries a new
+    /// authorization code for one `api_query_auth`. `pre_auth_code`, when given, must be one
+    /// `api_create_preauthcode` issued to this component; it is used up.
+    pub async fn authorize(
+        &self,
+        component_appid: &str,
+        authorizer_appid: Option<&str>,
+        pre_auth_code: Option<&str>,
+    ) -> Result<Pushed, PushError> {
+        let prepared =
+            lock(&self.world).authorize(component_appid, authorizer_appid, pre_auth_code, false);
+        self.deliver(prepared).await
+    }
+
+    /// A customer changes an authorization: an `updateauthorized` push with a new code; the
+    /// refresh token stays.
+    pub async fn update_authorization(
+        &self,
+        component_appid: &str,
+        authorizer_appid: &str,
+    ) -> Result<Pushed, PushError> {
+        let prepared =
+            lock(&self.world).authorize(component_appid, Some(authorizer_appid), None, true);
+        self.deliver(prepared).await
+    }
+
+    /// A customer withdraws an authorization: its tokens and refresh token stop at once (40001
+    /// and 61023), and an `unauthorized` push says so.
+    pub async fn unauthorize(
+        &self,
+        component_appid: &str,
+        authorizer_appid: &str,
+    ) -> Result<Pushed, PushError> {
+        let prepared = lock(&self.world).unauthorize(component_appid, authorizer_appid);
+        self.deliver(prepared).await
+    }
+
+    /// Sends `pushed` again, byte for byte, to the URL it went to: a replayed push, which a
+    /// receiver must refuse. What the receiver answered is in the result; nothing else changes
+    /// (no new ticket or code).
+    pub async fn resend(&self, pushed: &Pushed) -> Pushed {
+        let again = Pushed {
+            status: None,
+            answer: None,
+            error: None,
+            ..pushed.clone()
+        };
+        let client = lock(&self.world).client.clone();
+        push::deliver(&client, again).await
+    }
+
+    async fn deliver(
+        &self,
+        prepared: Result<push::Prepared, PushError>,
+    ) -> Result<Pushed, PushError> {
+        let client = lock(&self.world).client.clone();
+        Ok(push::deliver(&client, prepared?).await)
+    }
+
+    /// The newest verify ticket pushed to `component_appid`.
+    pub fn current_verify_ticket(&self, component_appid: &str) -> Option<String> {
+        lock(&self.world).verify_ticket(component_appid)
+    }
+
+    /// The newest component access token issued to `component_appid`, valid or not.
+    pub fn current_component_token(&self, component_appid: &str) -> Option<String> {
+        lock(&self.world).component_token(component_appid)
+    }
+
+    /// The newest authorizer access token issued for `authorizer_appid`, while it is authorized.
+    pub fn current_authorizer_token(&self, authorizer_appid: &str) -> Option<String> {
+        lock(&self.world).authorizer_token(authorizer_appid)
+    }
+
+    /// The refresh token `api_authorizer_token` accepts for `authorizer_appid`, while it is
+    /// authorized.
+    pub fn authorizer_refresh_token(&self, authorizer_appid: &str) -> Option<String> {
+        lock(&self.world).refresh_token(authorizer_appid)
     }
 
     /// Moves the mock's clock forward: expiry, overlaps and force limits are judged on real time

@@ -16,8 +16,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::world::{Params, Reply, StableRequest};
-use crate::{Endpoint, Fault, Shared, lock};
+use crate::world::{ComponentRequest, OpenBody, Params, Reply, StableRequest};
+use crate::{Endpoint, Fault, MockComponent, PushError, Pushed, Shared, lock, push};
 
 /// The largest request body read; a larger one is answered as malformed.
 const BODY_LIMIT: usize = 1 << 20;
@@ -129,6 +129,10 @@ fn wants_post(endpoint: Endpoint) -> bool {
             | Endpoint::TemplateSend
             | Endpoint::QuotaGet
             | Endpoint::ClearQuota
+            | Endpoint::ComponentToken
+            | Endpoint::PreAuthCode
+            | Endpoint::QueryAuth
+            | Endpoint::AuthorizerToken
     )
 }
 
@@ -137,7 +141,7 @@ async fn handle(world: Shared, request: Request<Incoming>) -> Result<Response<Bo
     let path = parts.uri.path();
     if let Some(route) = path.strip_prefix("/mock/") {
         let body = read_body(body).await;
-        return Ok(control(&world, &parts.method, route, body.as_deref()));
+        return Ok(control(&world, &parts.method, route, body.as_deref()).await);
     }
     let Some(endpoint) = Endpoint::ALL.into_iter().find(|e| e.path() == path) else {
         tracing::debug!(method = %parts.method, path, "mock WeChat: no such API");
@@ -247,15 +251,10 @@ async fn answer(
     let mut w = lock(world);
     match endpoint {
         Endpoint::Token => w.token(&params),
-        Endpoint::StableToken => {
-            let parsed = body
-                .as_deref()
-                .and_then(|b| serde_json::from_slice::<StableRequest>(b).ok());
-            match parsed {
-                Some(request) => w.stable_token(&request),
-                None => Err(w.error(47001, "data format error")),
-            }
-        }
+        Endpoint::StableToken => match json_body::<StableRequest>(body.as_deref()) {
+            Some(request) => w.stable_token(&request),
+            None => Err(w.error(47001, "data format error")),
+        },
         Endpoint::Ticket => w.ticket(&params),
         Endpoint::CheckToken | Endpoint::CallbackIp => w.check_only(&params),
         Endpoint::MenuCreate => w.menu_create(&params, body.as_deref().unwrap_or_default()),
@@ -265,7 +264,26 @@ async fn answer(
         Endpoint::TemplateSend => w.template_send(&params, body.as_deref().unwrap_or_default()),
         Endpoint::QuotaGet => w.quota_get(&params, body.as_deref().unwrap_or_default()),
         Endpoint::ClearQuota => w.clear_quota(&params, body.as_deref().unwrap_or_default()),
+        Endpoint::ComponentToken => match json_body::<ComponentRequest>(body.as_deref()) {
+            Some(request) => w.component_token_call(&request),
+            None => Err(w.error(47001, "data format error")),
+        },
+        Endpoint::PreAuthCode | Endpoint::QueryAuth | Endpoint::AuthorizerToken => {
+            let Some(request) = json_body::<OpenBody>(body.as_deref()) else {
+                return Err(w.error(47001, "data format error"));
+            };
+            match endpoint {
+                Endpoint::PreAuthCode => w.create_preauthcode(&params, &request),
+                Endpoint::QueryAuth => w.query_auth(&params, &request),
+                _ => w.authorizer_token_call(&params, &request),
+            }
+        }
     }
+}
+
+/// A JSON request body, if it is one of this shape.
+fn json_body<T: serde::de::DeserializeOwned>(body: Option<&[u8]>) -> Option<T> {
+    serde_json::from_slice(body?).ok()
 }
 
 #[derive(Deserialize)]
@@ -308,6 +326,22 @@ struct AdvanceBody {
     seconds: u64,
 }
 
+#[derive(Deserialize)]
+struct ComponentBody {
+    component_appid: String,
+    component_appsecret: String,
+    token: String,
+    encoding_aes_key: String,
+    push_url: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct PushBody {
+    component_appid: String,
+    authorizer_appid: Option<String>,
+    pre_auth_code: Option<String>,
+}
+
 fn parse<T: serde::de::DeserializeOwned>(body: Option<&[u8]>) -> Result<T, String> {
     serde_json::from_slice(body.unwrap_or_default()).map_err(|e| format!("bad body: {e}"))
 }
@@ -323,10 +357,49 @@ enum Route {
     Reset,
     Invalidate,
     Advance,
+    Component,
+    /// `/mock/push/{info_type}`.
+    Push(PushKind),
+}
+
+#[derive(Clone, Copy)]
+enum PushKind {
+    Ticket,
+    Authorized,
+    UpdateAuthorized,
+    Unauthorized,
+}
+
+/// Makes the push a control route asked for, and sends it.
+async fn control_push(world: &Shared, kind: PushKind, body: PushBody) -> Result<Pushed, String> {
+    let authorizer = body.authorizer_appid.as_deref();
+    let prepared = {
+        let mut w = lock(world);
+        let component = body.component_appid.as_str();
+        match (kind, authorizer) {
+            (PushKind::Ticket, _) => w.push_ticket(component),
+            (PushKind::Authorized, _) => {
+                w.authorize(component, authorizer, body.pre_auth_code.as_deref(), false)
+            }
+            (PushKind::UpdateAuthorized, Some(authorizer)) => {
+                w.authorize(component, Some(authorizer), None, true)
+            }
+            (PushKind::Unauthorized, Some(authorizer)) => w.unauthorize(component, authorizer),
+            (_, None) => Err(PushError::BadAuthorizer),
+        }
+    };
+    let prepared = prepared.map_err(|e| e.to_string())?;
+    let client = lock(world).client.clone();
+    Ok(push::deliver(&client, prepared).await)
 }
 
 /// The `/mock/…` control routes; never counted, never faulted.
-fn control(world: &Shared, method: &Method, route: &str, body: Option<&[u8]>) -> Response<Body> {
+async fn control(
+    world: &Shared,
+    method: &Method,
+    route: &str,
+    body: Option<&[u8]>,
+) -> Response<Body> {
     let (route, wanted) = match route {
         "calls" => (Route::Calls, Method::GET),
         "apps" => (Route::Apps, Method::POST),
@@ -334,6 +407,11 @@ fn control(world: &Shared, method: &Method, route: &str, body: Option<&[u8]>) ->
         "reset" => (Route::Reset, Method::POST),
         "invalidate" => (Route::Invalidate, Method::POST),
         "advance" => (Route::Advance, Method::POST),
+        "components" => (Route::Component, Method::POST),
+        "push/component_verify_ticket" => (Route::Push(PushKind::Ticket), Method::POST),
+        "push/authorized" => (Route::Push(PushKind::Authorized), Method::POST),
+        "push/updateauthorized" => (Route::Push(PushKind::UpdateAuthorized), Method::POST),
+        "push/unauthorized" => (Route::Push(PushKind::Unauthorized), Method::POST),
         _ => {
             return json_response(
                 StatusCode::NOT_FOUND,
@@ -393,6 +471,24 @@ fn control(world: &Shared, method: &Method, route: &str, body: Option<&[u8]>) ->
             lock(world).advance(Duration::from_secs(b.seconds));
             ok()
         }),
+        Route::Component => parse::<ComponentBody>(body).and_then(|b| {
+            lock(world)
+                .add_component(MockComponent {
+                    appid: b.component_appid,
+                    secret: b.component_appsecret,
+                    token: b.token,
+                    aes_key: b.encoding_aes_key,
+                    push_url: b.push_url,
+                })
+                .map(|()| ok())
+                .map_err(|e| e.to_string())
+        }),
+        Route::Push(kind) => match parse::<PushBody>(body) {
+            Ok(b) => control_push(world, kind, b).await.and_then(|pushed| {
+                serde_json::to_value(pushed).map_err(|e| format!("cannot answer: {e}"))
+            }),
+            Err(message) => Err(message),
+        },
     };
     match result {
         Ok(answer) => json_response(StatusCode::OK, &answer),

@@ -10,6 +10,10 @@ use serde_json::{Value, json};
 
 use crate::{Endpoint, Fault, MockConfig};
 
+mod open;
+
+pub(crate) use open::{ComponentRequest, OpenBody};
+
 /// Parsed query parameters; the first of repeated names wins.
 pub(crate) type Params = HashMap<String, String>;
 
@@ -36,7 +40,17 @@ enum Kind {
     Stable,
     /// From WeCom's `/cgi-bin/gettoken`.
     Work,
+    /// A `component_access_token`, from `api_component_token`: good for the component APIs only.
+    Component,
+    /// An `authorizer_access_token`, from `api_query_auth` or `api_authorizer_token`: an
+    /// official account's token, held by a third-party platform.
+    Authorizer,
 }
+
+/// The tokens an official account's APIs (tickets, quotas, templates) accept.
+const OFFICIAL: &[Kind] = &[Kind::Classic, Kind::Stable, Kind::Authorizer];
+/// The tokens the APIs every kind of account has (token checks, menus) accept.
+const ANY_ACCESS_TOKEN: &[Kind] = &[Kind::Classic, Kind::Stable, Kind::Authorizer, Kind::Work];
 
 /// A token WeChat still knows. A token that is not in the table gets 40001.
 struct Grant {
@@ -130,6 +144,12 @@ pub(crate) struct World {
     /// Queued faults per endpoint, each with how many calls it still applies to.
     faults: [VecDeque<(Fault, u32)>; Endpoint::ALL.len()],
     quotas: Quotas,
+    /// The open platform: components, their tickets, authorizers and codes.
+    open: open::Open,
+    /// Sends the open platform's pushes.
+    pub client: reqwest::Client,
+    /// Wakes the verify-ticket timer when a component gets a push URL.
+    pub timer_wake: std::sync::Arc<tokio::sync::Notify>,
 }
 
 fn missing(value: Option<&str>) -> Option<&str> {
@@ -160,7 +180,7 @@ fn rotate(grants: &mut HashMap<String, Grant>, series: &mut Series, token: Strin
 }
 
 impl World {
-    pub fn new(config: MockConfig) -> Self {
+    pub fn new(config: MockConfig, client: reqwest::Client) -> Self {
         Self {
             config,
             clock: Clock::new(),
@@ -175,6 +195,9 @@ impl World {
             calls: [0; Endpoint::ALL.len()],
             faults: std::array::from_fn(|_| VecDeque::new()),
             quotas: Quotas::default(),
+            open: open::Open::default(),
+            client,
+            timer_wake: std::sync::Arc::default(),
         }
     }
 
@@ -300,7 +323,7 @@ impl World {
     /// A new token nobody holds yet, valid for the configured lifetime from now.
     fn mint(&mut self, owner: &str, kind: Kind) -> String {
         let (prefix, len) = match kind {
-            Kind::Classic | Kind::Stable => ("86_", 147),
+            Kind::Classic | Kind::Stable | Kind::Component | Kind::Authorizer => ("86_", 147),
             Kind::Work => ("", 150),
         };
         let token = loop {
@@ -331,8 +354,18 @@ impl World {
 
     /// The owner of the `access_token` parameter, if it is a live token of one of `kinds`.
     fn check_token(&self, params: &Params, kinds: &[Kind]) -> Result<String, Value> {
-        let Some(token) = missing(params.get("access_token").map(String::as_str)) else {
-            return Err(self.error(41001, "access_token missing"));
+        self.check_token_named(params, "access_token", kinds)
+    }
+
+    /// The owner of the token in the parameter `name`, if it is a live token of one of `kinds`.
+    fn check_token_named(
+        &self,
+        params: &Params,
+        name: &str,
+        kinds: &[Kind],
+    ) -> Result<String, Value> {
+        let Some(token) = missing(params.get(name).map(String::as_str)) else {
+            return Err(self.error(41001, &format!("{name} missing")));
         };
         match self.grants.get(token) {
             Some(grant) if kinds.contains(&grant.kind) => {
@@ -459,7 +492,7 @@ impl World {
 
     /// `GET /cgi-bin/ticket/getticket`: a new ticket every time.
     pub fn ticket(&mut self, params: &Params) -> Reply {
-        let appid = self.check_token(params, &[Kind::Classic, Kind::Stable])?;
+        let appid = self.check_token(params, OFFICIAL)?;
         let kind = params.get("type").map(String::as_str).unwrap_or_default();
         if kind != "jsapi" && kind != "wx_card" {
             return Err(self.error(40097, "invalid args"));
@@ -481,14 +514,14 @@ impl World {
 
     /// `GET /cgi-bin/get_api_domain_ip` and `GET /cgi-bin/getcallbackip`: check any token.
     pub fn check_only(&self, params: &Params) -> Reply {
-        self.check_token(params, &[Kind::Classic, Kind::Stable, Kind::Work])?;
+        self.check_token(params, ANY_ACCESS_TOKEN)?;
         Ok(json!({"ip_list": ["127.0.0.1"]}))
     }
 
     /// `POST /cgi-bin/openapi/quota/get`: the token's app's count today of the call `cgi_path`
     /// names.
     pub fn quota_get(&self, params: &Params, body: &[u8]) -> Reply {
-        let appid = self.check_token(params, &[Kind::Classic, Kind::Stable])?;
+        let appid = self.check_token(params, OFFICIAL)?;
         let path = serde_json::from_slice::<Value>(body)
             .ok()
             .and_then(|b| b.get("cgi_path")?.as_str().map(str::to_owned));
@@ -518,7 +551,7 @@ impl World {
     /// `POST /cgi-bin/clear_quota`: resets the counts of the token's app, which the body's
     /// `appid` must name; 10 times a mock month.
     pub fn clear_quota(&mut self, params: &Params, body: &[u8]) -> Reply {
-        let appid = self.check_token(params, &[Kind::Classic, Kind::Stable])?;
+        let appid = self.check_token(params, OFFICIAL)?;
         let Ok(body) = serde_json::from_slice::<Value>(body) else {
             return Err(self.error(47001, "data format error"));
         };
@@ -542,7 +575,7 @@ impl World {
     /// `POST /cgi-bin/menu/create`: checks any token, then that the body is JSON; keeps its
     /// `button` (or `[]`) as the token's app's menu.
     pub fn menu_create(&mut self, params: &Params, body: &[u8]) -> Reply {
-        let appid = self.check_token(params, &[Kind::Classic, Kind::Stable, Kind::Work])?;
+        let appid = self.check_token(params, ANY_ACCESS_TOKEN)?;
         let Ok(menu) = serde_json::from_slice::<Value>(body) else {
             return Err(self.error(47001, "data format error"));
         };
@@ -554,7 +587,7 @@ impl World {
     /// `GET /cgi-bin/menu/get`: checks any token, then answers the app's menu as WeChat does,
     /// without an `errcode`, or 46003 when none was created.
     pub fn menu_get(&self, params: &Params) -> Reply {
-        let appid = self.check_token(params, &[Kind::Classic, Kind::Stable, Kind::Work])?;
+        let appid = self.check_token(params, ANY_ACCESS_TOKEN)?;
         match self.menus.get(&appid) {
             Some(buttons) => Ok(json!({"menu": {"button": buttons}})),
             None => Err(self.error(46003, "menu no exist")),
@@ -565,7 +598,7 @@ impl World {
     /// message: `touser` (40003) and `template_id` (40037) must be non-empty strings and `data`
     /// an object. Accepted messages are kept.
     pub fn template_send(&mut self, params: &Params, body: &[u8]) -> Reply {
-        self.check_token(params, &[Kind::Classic, Kind::Stable])?;
+        self.check_token(params, OFFICIAL)?;
         let Ok(message) = serde_json::from_slice::<Value>(body) else {
             return Err(self.error(47001, "data format error"));
         };

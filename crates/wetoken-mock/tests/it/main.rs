@@ -3,6 +3,7 @@
 mod control;
 mod faults;
 mod official;
+mod open;
 mod quota;
 mod stable;
 mod support;

@@ -1,5 +1,4 @@
-//! The XML of pushes: the outer envelope, the inner message's fields and the open platform's
-//! events.
+//! The XML of pushes: the outer envelope and the inner message's fields.
 //!
 //! WeChat's XML is flat: `<xml>` holding elements whose text (often CDATA) is the value. It is
 //! parsed by `roxmltree` with DTDs refused (so no entity can be declared, let alone an external
@@ -8,11 +7,10 @@
 
 use std::fmt;
 
-use super::{MAX_ENCRYPTED, MAX_XML_NODES, MsgCryptError, Result};
-use crate::model::{AppId, Secret};
+use crate::{MAX_ENCRYPTED, MAX_XML_NODES, MsgCryptError, Result};
 
 /// The longest verify ticket, authorization code or pre-auth code accepted.
-const MAX_CODE: usize = 512;
+pub const MAX_CODE: usize = 512;
 
 /// The top-level elements of an `<xml>` document, each with its text, in document order.
 ///
@@ -89,11 +87,9 @@ impl XmlFields {
         self.fields.iter().map(|(name, _)| name.as_str())
     }
 
-    fn appid(&self, name: &'static str) -> Result<AppId> {
-        AppId::parse(self.require(name)?).map_err(|_| MsgCryptError::BadField(name))
-    }
-
-    fn integer(&self, name: &'static str) -> Result<i64> {
+    /// The element `name` as a non-negative integer (a `CreateTime`, an expiry), which must be
+    /// present.
+    pub fn integer(&self, name: &'static str) -> Result<i64> {
         let text = self.require(name)?;
         if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
             return Err(MsgCryptError::BadField(name));
@@ -101,12 +97,13 @@ impl XmlFields {
         text.parse().map_err(|_| MsgCryptError::BadField(name))
     }
 
-    /// A ticket or code: 1 to 512 printable ASCII characters.
-    fn code(&self, name: &'static str) -> Result<Secret> {
+    /// The element `name` as a ticket or code (1 to [`MAX_CODE`] printable ASCII characters),
+    /// which must be present.
+    pub fn code(&self, name: &'static str) -> Result<&str> {
         let text = self.require(name)?;
         let ok = (1..=MAX_CODE).contains(&text.len()) && text.bytes().all(|b| b.is_ascii_graphic());
         if ok {
-            Ok(Secret::new(text))
+            Ok(text)
         } else {
             Err(MsgCryptError::BadField(name))
         }
@@ -138,103 +135,6 @@ impl Envelope {
             encrypt: fields.require("Encrypt")?.to_owned(),
             to_user_name: fields.get("ToUserName").map(str::to_owned),
             app_id: fields.get("AppId").map(str::to_owned),
-        })
-    }
-}
-
-/// A push to a third-party platform's authorization-event URL, decrypted.
-///
-/// `component_appid` is the inner `AppId`; decryption already checked that the message was
-/// encrypted for the crypt's receive id.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ComponentPush {
-    /// `component_verify_ticket`, every ten minutes: the newest is the one to use.
-    VerifyTicket {
-        /// The platform.
-        component_appid: AppId,
-        /// When WeChat made it, in Unix seconds.
-        create_time: i64,
-        /// The ticket.
-        ticket: Secret,
-    },
-    /// `authorized`: a customer authorized the platform.
-    Authorized(Authorization),
-    /// `updateauthorized`: a customer changed what the platform may do.
-    UpdateAuthorized(Authorization),
-    /// `unauthorized`: a customer withdrew the authorization.
-    Unauthorized {
-        /// The platform.
-        component_appid: AppId,
-        /// When, in Unix seconds.
-        create_time: i64,
-        /// The customer's account.
-        authorizer_appid: AppId,
-    },
-    /// Any other `InfoType` (WeChat adds some): to be answered `success` and otherwise ignored.
-    Other {
-        /// The platform.
-        component_appid: AppId,
-        /// When, in Unix seconds.
-        create_time: i64,
-        /// The `InfoType`, as sent.
-        info_type: String,
-    },
-}
-
-/// An `authorized` or `updateauthorized` push.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Authorization {
-    /// The platform.
-    pub component_appid: AppId,
-    /// When, in Unix seconds.
-    pub create_time: i64,
-    /// The customer's account.
-    pub authorizer_appid: AppId,
-    /// The code to exchange through `api_query_auth`.
-    pub authorization_code: Secret,
-    /// When the code expires, in Unix seconds.
-    pub code_expires_at: i64,
-    /// The pre-auth code the customer came with, when sent.
-    pub pre_auth_code: Option<Secret>,
-}
-
-impl ComponentPush {
-    /// Reads a decrypted push's fields.
-    pub fn from_fields(fields: &XmlFields) -> Result<Self> {
-        let component_appid = fields.appid("AppId")?;
-        let create_time = fields.integer("CreateTime")?;
-        let info_type = fields.require("InfoType")?;
-        let authorization = || -> Result<Authorization> {
-            Ok(Authorization {
-                component_appid: component_appid.clone(),
-                create_time,
-                authorizer_appid: fields.appid("AuthorizerAppid")?,
-                authorization_code: fields.code("AuthorizationCode")?,
-                code_expires_at: fields.integer("AuthorizationCodeExpiredTime")?,
-                pre_auth_code: match fields.get("PreAuthCode") {
-                    Some(_) => Some(fields.code("PreAuthCode")?),
-                    None => None,
-                },
-            })
-        };
-        Ok(match info_type {
-            "component_verify_ticket" => Self::VerifyTicket {
-                ticket: fields.code("ComponentVerifyTicket")?,
-                component_appid,
-                create_time,
-            },
-            "authorized" => Self::Authorized(authorization()?),
-            "updateauthorized" => Self::UpdateAuthorized(authorization()?),
-            "unauthorized" => Self::Unauthorized {
-                authorizer_appid: fields.appid("AuthorizerAppid")?,
-                component_appid,
-                create_time,
-            },
-            other => Self::Other {
-                info_type: crate::model::truncate_for_message(other),
-                component_appid,
-                create_time,
-            },
         })
     }
 }
