@@ -165,24 +165,37 @@ fn main() -> ExitCode {
 /// line of its own: its lines show only when asked for, by a `WETOKEN_LOG` at debug or naming it.
 const QUIET_MIGRATOR: &str = "sea_orm_migration=warn";
 
-/// The log filter: `WETOKEN_LOG` (an `EnvFilter` directive list), or `info`.
-fn log_filter(spec: Option<String>) -> tracing_subscriber::EnvFilter {
+/// The log filter: `WETOKEN_LOG` (an `EnvFilter` directive list), or `info`. A value that does
+/// not parse is an error, not a silent `info`: the operator asked for something else.
+fn log_filter(spec: Option<String>) -> Result<tracing_subscriber::EnvFilter, String> {
     let spec = spec.unwrap_or_else(|| "info".into());
     let asked = spec.contains("sea_orm")
         || spec
             .split(',')
             .any(|d| matches!(d.trim(), "debug" | "trace"));
-    let spec = if asked {
-        spec
+    let full = if asked {
+        spec.clone()
     } else {
         format!("{spec},{QUIET_MIGRATOR}")
     };
-    tracing_subscriber::EnvFilter::try_new(spec)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("info,{QUIET_MIGRATOR}")))
+    tracing_subscriber::EnvFilter::try_new(full).map_err(|e| {
+        format!(
+            "WETOKEN_LOG={spec:?} is not a log filter ({e}); expected directives such as \
+             `info`, `warn` or `info,wetoken_core=debug`"
+        )
+    })
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = log_filter(std::env::var("WETOKEN_LOG").ok());
+/// Starts logging. A `WETOKEN_LOG` that does not parse starts it at `info`, so that the error
+/// it returns is logged in the chosen format, and the start stops.
+fn init_logging(format: LogFormat) -> anyhow::Result<()> {
+    let (filter, refused) = match log_filter(std::env::var("WETOKEN_LOG").ok()) {
+        Ok(filter) => (filter, None),
+        Err(e) => (
+            log_filter(None).expect("the default filter parses"),
+            Some(e),
+        ),
+    };
     // Logs go to stderr, leaving stdout to what a command prints for a person. Colours only on a
     // terminal: a log file or journald wants none, and styling every request span's fields was
     // most of what a span cost on the token route.
@@ -213,6 +226,7 @@ fn init_logging(format: LogFormat) {
             ))
             .init(),
     }
+    refused.map_or(Ok(()), |e| Err(anyhow::Error::msg(e)))
 }
 
 /// `wetoken-server health`: one HTTP/1.1 GET over a plain socket, so the image needs no curl.
@@ -263,7 +277,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn start(args: StartArgs) -> anyhow::Result<()> {
-    init_logging(args.log_format);
+    init_logging(args.log_format)?;
     let config =
         wetoken_settings::config_file(args.config.as_deref()).map_err(anyhow::Error::msg)?;
     let links = wetoken_server::ignored_service_links();

@@ -378,13 +378,35 @@ fn bad_settings_fail_with_a_clear_message() {
 }
 
 /// Runs `wetoken-server ARGS` in `dir` to completion.
+/// Runs the binary to its end: whether it succeeded, its stdout and its stderr. One that is still
+/// running after 30 s (a start that should have been refused) is killed and counts as a failure
+/// whose stderr says so, so a test fails rather than hangs.
 fn run(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
-    let out = server_command(dir)
+    let mut child = server_command(dir)
         .args(args)
         .envs(env.iter().copied())
         .stdin(Stdio::null())
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            return (
+                false,
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                format!(
+                    "still running after 30 s: {args:?}\n{}",
+                    String::from_utf8_lossy(&out.stderr)
+                ),
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -476,6 +498,24 @@ async fn start_up_survives_service_links_and_refuses_mistakes() {
         &[("WETOKEN_ADMIN_KEY", "CHANGE-ME-to-a-long-random-string")],
     );
     assert!(!ok && err.contains("placeholder"), "{err}");
+    // A log filter that does not parse stops the start, in the chosen format, rather than
+    // falling back to `info` in silence.
+    for format in ["pretty", "json"] {
+        let (ok, _, err) = run(
+            &dir,
+            &["start", "--listen", &listen, "--log-format", format],
+            &[("WETOKEN_LOG", "info,wetoken_core=loud")],
+        );
+        assert!(
+            !ok && err.contains("WETOKEN_LOG=") && err.contains("not a log filter"),
+            "{err}"
+        );
+        if format == "json" {
+            let line = err.lines().rev().find(|l| !l.trim().is_empty()).unwrap();
+            let line: serde_json::Value = serde_json::from_str(line).expect(line);
+            assert_eq!(line["level"], "ERROR", "{err}");
+        }
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 
