@@ -145,7 +145,7 @@ impl Mount {
 async fn dispatch<B: RequestBody>(
     state: &State,
     mount: &Mount,
-    peer: std::net::IpAddr,
+    mut peer: std::net::IpAddr,
     request: Request<B>,
     label: &mut &'static str,
 ) -> ApiResult {
@@ -158,16 +158,13 @@ async fn dispatch<B: RequestBody>(
     }
     *label = route.label();
     // The probes answer whoever asks; every other route sees the caller behind a trusted proxy.
-    let peer = match route {
-        Route::Live | Route::Ready | Route::Health => peer,
-        _ => {
-            let client = access::client_address(peer, &parts.headers, &state.trusted_proxies)?;
-            if client != peer {
-                tracing::Span::current().record("client", tracing::field::display(client));
-            }
-            client
+    if !matches!(route, Route::Live | Route::Ready | Route::Health) {
+        let client = access::client_address(peer, &parts.headers, &state.trusted_proxies)?;
+        if client != peer {
+            tracing::Span::current().record("client", tracing::field::display(client));
+            peer = client;
         }
-    };
+    }
     // /metrics names every appid in trouble: the admin key reads it, and so does the metrics
     // key (or an address in metrics_networks), which reads nothing else.
     match route {
