@@ -484,7 +484,7 @@ async fn a_trusted_proxy_names_the_caller() {
     let mut s = settings(&db, &mock);
     // 127.0.0.1 is the proxy; 127.0.0.2 is a caller that reaches the server directly.
     s.trusted_proxies = vec!["127.0.0.1/32".into()];
-    let server = TestServer::start(s).await;
+    let server = TestServer::start(s.clone()).await;
     server.add_app(APP).await;
     let token = format!("{}/{APP}/wechat/token/get", server.url);
     let proxy = reqwest::Client::builder()
@@ -500,8 +500,7 @@ async fn a_trusted_proxy_names_the_caller() {
         .await
         .unwrap();
     let office = add_key(&cli, "office", &[APP], false, &["203.0.113.0/24"]).await;
-    let mut s = settings(&db, &mock);
-    s.trusted_proxies = vec!["127.0.0.1/32".into()];
+    // Restarted, so that the key is loaded now rather than at the next reload.
     server.stop().await;
     let server = TestServer::start(s).await;
     let token = format!("{}/{APP}/wechat/token/get", server.url);
