@@ -1,4 +1,5 @@
-//! The WeChat API client: the two calls a refresh needs.
+//! The WeChat API client: the calls a refresh needs, for apps and for the open platform's
+//! components and authorizers.
 //!
 //! WeChat answers HTTP 200 for errors too; only the body's `errcode` tells.
 //! A successful `/cgi-bin/token` carries no `errcode` at all.
@@ -77,12 +78,59 @@ pub const DEFAULT_WORK_BASE_URL: &str = "https://qyapi.weixin.qq.com";
 pub const DEFAULT_FALLBACK_URL: &str = "https://api2.weixin.qq.com";
 
 /// A credential as WeChat issued it: the value and its lifetime in seconds.
-#[derive(Debug, Clone)]
+///
+/// Its `Debug` hides the value.
+#[derive(Clone)]
 pub struct Issued {
     /// The token or ticket.
     pub value: String,
     /// Its lifetime, as `expires_in` said.
     pub expires_in: u64,
+}
+
+impl std::fmt::Debug for Issued {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Issued")
+            .field("value", &"***")
+            .field("expires_in", &self.expires_in)
+            .finish()
+    }
+}
+
+/// What `api_authorizer_token` answers: an authorizer access token, and the refresh token that
+/// came with it. Store that refresh token every time: it may be a new one.
+#[derive(Debug, Clone)]
+pub struct AuthorizerIssued {
+    /// The authorizer access token.
+    pub token: Issued,
+    /// The refresh token as WeChat returned it; `None` when the answer had none (or an empty
+    /// one), in which case the one sent stays the one to keep.
+    pub refresh_token: Option<Secret>,
+}
+
+/// What `api_query_auth` answers for an authorization code: who authorized, their first token
+/// and their refresh token.
+#[derive(Debug, Clone)]
+pub struct Authorization {
+    /// The account that authorized the component.
+    pub authorizer_appid: AppId,
+    /// Its first authorizer access token.
+    pub token: Issued,
+    /// Its refresh token as WeChat returned it; `None` when there was none (WeChat gives none to
+    /// an account without API permissions).
+    pub refresh_token: Option<Secret>,
+    /// The permission sets granted (`func_info[].funcscope_category.id`).
+    pub func_info: Vec<i64>,
+}
+
+/// What `api_get_authorizer_info` tells of an authorizer, as far as wetoken needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthorizerInfo {
+    /// Whether it is a mini program: WeChat's answer has a `MiniProgramInfo` object for those
+    /// alone (`service_type_info.id` is 0 for subscription accounts too, so it cannot tell).
+    pub mini_program: bool,
+    /// Its name, when WeChat gave a non-empty one.
+    pub nick_name: Option<String>,
 }
 
 /// Why a call to WeChat did not yield a credential.
@@ -197,6 +245,49 @@ struct Answer {
     expires_in: Option<u64>,
     msgid: Option<i64>,
     quota: Option<Quota>,
+    component_access_token: Option<String>,
+    pre_auth_code: Option<String>,
+    authorizer_access_token: Option<String>,
+    authorizer_refresh_token: Option<String>,
+    /// `api_query_auth`'s; read by [`AuthorizationInfo`] only where it is the answer.
+    authorization_info: Option<serde_json::Value>,
+    /// `api_get_authorizer_info`'s; read by [`AuthorizerInfoAnswer`].
+    authorizer_info: Option<serde_json::Value>,
+}
+
+/// `api_query_auth`'s `authorization_info`.
+#[derive(Deserialize)]
+struct AuthorizationInfo {
+    authorizer_appid: Option<String>,
+    authorizer_access_token: Option<String>,
+    expires_in: Option<u64>,
+    authorizer_refresh_token: Option<String>,
+    #[serde(default)]
+    func_info: Vec<FuncInfo>,
+}
+
+/// One of `func_info`: `{"funcscope_category":{"id":1}}`.
+#[derive(Deserialize)]
+struct FuncInfo {
+    funcscope_category: FuncScope,
+}
+
+#[derive(Deserialize)]
+struct FuncScope {
+    id: i64,
+}
+
+/// `api_get_authorizer_info`'s `authorizer_info`, the fields read.
+#[derive(Deserialize)]
+struct AuthorizerInfoAnswer {
+    nick_name: Option<String>,
+    #[serde(rename = "MiniProgramInfo")]
+    mini_program_info: Option<serde_json::Value>,
+}
+
+/// A refresh token as WeChat returned it; none when absent or empty.
+fn returned_refresh_token(value: Option<String>) -> Option<Secret> {
+    value.filter(|v| !v.is_empty()).map(Secret::new)
 }
 
 /// WeChat's own count of one API's calls today (`/cgi-bin/openapi/quota/get`).
@@ -374,6 +465,160 @@ impl WeChat {
         .map(drop)
     }
 
+    /// `POST /cgi-bin/component/api_component_token`: a new component access token for the
+    /// third-party platform `component_appid`, with its secret and the newest verify ticket
+    /// WeChat pushed (61005: the ticket expired; 61006: it is not the newest, or not one).
+    pub async fn component_token(
+        &self,
+        component_appid: &AppId,
+        secret: &Secret,
+        verify_ticket: &str,
+    ) -> Result<Issued, UpstreamError> {
+        let body = serde_json::json!({
+            "component_appid": component_appid.as_str(),
+            "component_appsecret": secret.expose(),
+            "component_verify_ticket": verify_ticket,
+        });
+        let answer = self
+            .component_call("api_component_token", None, &body)
+            .await?;
+        issued(
+            answer.component_access_token,
+            answer.expires_in,
+            "component_access_token",
+        )
+    }
+
+    /// `POST /cgi-bin/component/api_create_preauthcode`: a pre-auth code (30 minutes) for the
+    /// authorization page a customer is sent to.
+    pub async fn pre_auth_code(
+        &self,
+        component_token: &str,
+        component_appid: &AppId,
+    ) -> Result<Issued, UpstreamError> {
+        let body = serde_json::json!({ "component_appid": component_appid.as_str() });
+        let answer = self
+            .component_call("api_create_preauthcode", Some(component_token), &body)
+            .await?;
+        issued(answer.pre_auth_code, answer.expires_in, "pre_auth_code")
+    }
+
+    /// `POST /cgi-bin/component/api_query_auth`: exchanges the authorization code an
+    /// `authorized` push carried for the authorizer's appid, token and refresh token.
+    pub async fn query_auth(
+        &self,
+        component_token: &str,
+        component_appid: &AppId,
+        authorization_code: &str,
+    ) -> Result<Authorization, UpstreamError> {
+        let body = serde_json::json!({
+            "component_appid": component_appid.as_str(),
+            "authorization_code": authorization_code,
+        });
+        let answer = self
+            .component_call("api_query_auth", Some(component_token), &body)
+            .await?;
+        let info: AuthorizationInfo = part(answer.authorization_info, "authorization_info")?;
+        let authorizer_appid = info
+            .authorizer_appid
+            .as_deref()
+            .and_then(|appid| AppId::parse(appid).ok())
+            .ok_or_else(|| {
+                UpstreamError::Malformed(
+                    "no valid authorizer_appid in the authorization_info".into(),
+                )
+            })?;
+        let token = issued(
+            info.authorizer_access_token,
+            info.expires_in,
+            "authorizer_access_token",
+        )?;
+        Ok(Authorization {
+            authorizer_appid,
+            token,
+            refresh_token: returned_refresh_token(info.authorizer_refresh_token),
+            func_info: info
+                .func_info
+                .iter()
+                .map(|f| f.funcscope_category.id)
+                .collect(),
+        })
+    }
+
+    /// `POST /cgi-bin/component/api_authorizer_token`: a new access token for
+    /// `authorizer_appid` with its refresh token (61023: the refresh token is no longer valid;
+    /// the customer must authorize again).
+    pub async fn authorizer_token(
+        &self,
+        component_token: &str,
+        component_appid: &AppId,
+        authorizer_appid: &AppId,
+        refresh_token: &Secret,
+    ) -> Result<AuthorizerIssued, UpstreamError> {
+        let body = serde_json::json!({
+            "component_appid": component_appid.as_str(),
+            "authorizer_appid": authorizer_appid.as_str(),
+            "authorizer_refresh_token": refresh_token.expose(),
+        });
+        let answer = self
+            .component_call("api_authorizer_token", Some(component_token), &body)
+            .await?;
+        let token = issued(
+            answer.authorizer_access_token,
+            answer.expires_in,
+            "authorizer_access_token",
+        )?;
+        Ok(AuthorizerIssued {
+            token,
+            refresh_token: returned_refresh_token(answer.authorizer_refresh_token),
+        })
+    }
+
+    /// `POST /cgi-bin/component/api_get_authorizer_info`: whether `authorizer_appid` is a mini
+    /// program, and its name (61003: it has not authorized this component).
+    pub async fn authorizer_info(
+        &self,
+        component_token: &str,
+        component_appid: &AppId,
+        authorizer_appid: &AppId,
+    ) -> Result<AuthorizerInfo, UpstreamError> {
+        let body = serde_json::json!({
+            "component_appid": component_appid.as_str(),
+            "authorizer_appid": authorizer_appid.as_str(),
+        });
+        let answer = self
+            .component_call("api_get_authorizer_info", Some(component_token), &body)
+            .await?;
+        let info: AuthorizerInfoAnswer = part(answer.authorizer_info, "authorizer_info")?;
+        Ok(AuthorizerInfo {
+            mini_program: info.mini_program_info.is_some(),
+            nick_name: info
+                .nick_name
+                // Shown on pages and in logs: tidied as an errmsg is.
+                .map(|name| tidy_errmsg(&name))
+                .filter(|name| !name.is_empty()),
+        })
+    }
+
+    /// POSTs `body` to `/cgi-bin/component/{api}`, with `?component_access_token=` when
+    /// `component_token` is given.
+    async fn component_call(
+        &self,
+        api: &str,
+        component_token: Option<&str>,
+        body: &serde_json::Value,
+    ) -> Result<Answer, UpstreamError> {
+        self.send(&self.roots, |root| {
+            let request = self.http.post(format!("{root}/cgi-bin/component/{api}"));
+            match component_token {
+                Some(token) => request.query(&[("component_access_token", token)]),
+                None => request,
+            }
+            .json(body)
+        })
+        .await
+    }
+
     /// GETs `path` with `query`.
     async fn get(
         &self,
@@ -473,6 +718,18 @@ fn tidy_errmsg(raw: &str) -> String {
 /// page shows.
 fn is_bidi_control(c: char) -> bool {
     matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// The object `field` of an answer, read as `T`.
+fn part<T: serde::de::DeserializeOwned>(
+    value: Option<serde_json::Value>,
+    field: &str,
+) -> Result<T, UpstreamError> {
+    let value =
+        value.ok_or_else(|| UpstreamError::Malformed(format!("no {field} in the answer")))?;
+    serde_json::from_value(value)
+        // Not serde's message: it can quote a value of the answer, a token among them.
+        .map_err(|_| UpstreamError::Malformed(format!("the {field} is not of WeChat's shape")))
 }
 
 fn issued(

@@ -71,7 +71,14 @@
 //!   `{"authorizer_access_token","expires_in","authorizer_refresh_token"}`, the same refresh
 //!   token back (a new one each call with [`MockConfig::rotate_refresh_tokens`]); a wrong,
 //!   withdrawn or superseded refresh token gets 61023. Its calls are held to
-//!   `token_daily_limit` per authorizer.
+//!   `token_daily_limit` per authorizer;
+//!   `api_get_authorizer_info` with `authorizer_appid` → `{"authorizer_info":{"nick_name",
+//!   "service_type_info":{"id"},…},"authorization_info":{"authorizer_appid",
+//!   "authorizer_refresh_token","func_info"}}`, with a `MiniProgramInfo` object in
+//!   `authorizer_info` for a mini program alone (as WeChat tells them apart; its
+//!   `service_type_info.id` is then 0, an official account's 2). An authorizer that is not (or no
+//!   longer) authorized to this component gets 61003. Authorizers are official accounts unless
+//!   authorized with [`MockWeChat::authorize_as`] as mini programs.
 //! - An authorizer token is an official account's token: tickets, token checks, menus, quotas
 //!   and template messages take it; a component token is good for the component calls only.
 //!
@@ -92,7 +99,7 @@
 //! | `POST /mock/advance` | `{"seconds":7200}` | [`MockWeChat::advance`] |
 //! | `POST /mock/components` | `{"component_appid","component_appsecret","token","encoding_aes_key","push_url"}` (`push_url` optional) | [`MockWeChat::add_component`] |
 //! | `POST /mock/push/component_verify_ticket` | `{"component_appid":"…"}` | [`MockWeChat::push_verify_ticket`]; answers the [`Pushed`] as JSON: `ticket`, `status`, `answer`, `error`, and the `url`, `query` and `body` sent (for [`MockWeChat::resend`], a replay) |
-//! | `POST /mock/push/authorized` | `{"component_appid","authorizer_appid","pre_auth_code"}` (the last two optional) | [`MockWeChat::authorize`]; answers the [`Pushed`], with `authorizer_appid` and `authorization_code` |
+//! | `POST /mock/push/authorized` | `{"component_appid","authorizer_appid","pre_auth_code","mini_program"}` (all but the first optional) | [`MockWeChat::authorize`], or with `"mini_program":true` [`MockWeChat::authorize_as`] a mini program; answers the [`Pushed`], with `authorizer_appid` and `authorization_code` |
 //! | `POST /mock/push/updateauthorized` | `{"component_appid","authorizer_appid"}` | [`MockWeChat::update_authorization`]; answers the [`Pushed`] |
 //! | `POST /mock/push/unauthorized` | `{"component_appid","authorizer_appid"}` | [`MockWeChat::unauthorize`]; answers the [`Pushed`] |
 //!
@@ -125,7 +132,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::world::World;
+use crate::world::{Authorizing, World};
 
 /// How the mock behaves.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -207,11 +214,13 @@ pub enum Endpoint {
     /// `POST /cgi-bin/component/api_authorizer_token`: an authorizer token, with its refresh
     /// token.
     AuthorizerToken,
+    /// `POST /cgi-bin/component/api_get_authorizer_info`: an authorizer's name and kind.
+    AuthorizerInfo,
 }
 
 impl Endpoint {
     /// Every endpoint, in declaration order.
-    pub const ALL: [Endpoint; 16] = [
+    pub const ALL: [Endpoint; 17] = [
         Endpoint::Token,
         Endpoint::StableToken,
         Endpoint::Ticket,
@@ -228,12 +237,13 @@ impl Endpoint {
         Endpoint::PreAuthCode,
         Endpoint::QueryAuth,
         Endpoint::AuthorizerToken,
+        Endpoint::AuthorizerInfo,
     ];
 
     /// The name the `/mock/…` control routes use: `token`, `stable_token`, `ticket`,
     /// `check_token`, `menu_create`, `menu_get`, `work_token`, `work_ticket`, `template_send`,
     /// `callback_ip`, `quota_get`, `clear_quota`, `component_token`, `create_preauthcode`,
-    /// `query_auth` or `authorizer_token`.
+    /// `query_auth`, `authorizer_token` or `authorizer_info`.
     pub fn name(self) -> &'static str {
         match self {
             Endpoint::Token => "token",
@@ -252,6 +262,7 @@ impl Endpoint {
             Endpoint::PreAuthCode => "create_preauthcode",
             Endpoint::QueryAuth => "query_auth",
             Endpoint::AuthorizerToken => "authorizer_token",
+            Endpoint::AuthorizerInfo => "authorizer_info",
         }
     }
 
@@ -279,6 +290,7 @@ impl Endpoint {
             Endpoint::PreAuthCode => "/cgi-bin/component/api_create_preauthcode",
             Endpoint::QueryAuth => "/cgi-bin/component/api_query_auth",
             Endpoint::AuthorizerToken => "/cgi-bin/component/api_authorizer_token",
+            Endpoint::AuthorizerInfo => "/cgi-bin/component/api_get_authorizer_info",
         }
     }
 
@@ -568,17 +580,34 @@ impl MockWeChat {
     }
 
     /// A customer authorizes `component_appid`: the authorizer (`authorizer_appid`, or a new
-    /// random `wx…` appid) gets a refresh token, and an `authorized` push carries a new
-    /// authorization code for one `api_query_auth`. `pre_auth_code`, when given, must be one
-    /// `api_create_preauthcode` issued to this component; it is used up.
+    /// random `wx…` appid), an official account, gets a refresh token, and an `authorized` push
+    /// carries a new authorization code for one `api_query_auth`. `pre_auth_code`, when given,
+    /// must be one `api_create_preauthcode` issued to this component; it is used up.
     pub async fn authorize(
         &self,
         component_appid: &str,
         authorizer_appid: Option<&str>,
         pre_auth_code: Option<&str>,
     ) -> Result<Pushed, PushError> {
-        let prepared =
-            lock(&self.world).authorize(component_appid, authorizer_appid, pre_auth_code, false);
+        self.authorize_as(component_appid, authorizer_appid, pre_auth_code, false)
+            .await
+    }
+
+    /// [`MockWeChat::authorize`], by a mini program when `mini_program` (which
+    /// `api_get_authorizer_info` then tells), by an official account otherwise.
+    pub async fn authorize_as(
+        &self,
+        component_appid: &str,
+        authorizer_appid: Option<&str>,
+        pre_auth_code: Option<&str>,
+        mini_program: bool,
+    ) -> Result<Pushed, PushError> {
+        let prepared = lock(&self.world).authorize(
+            component_appid,
+            authorizer_appid,
+            pre_auth_code,
+            Authorizing::New { mini_program },
+        );
         self.deliver(prepared).await
     }
 
@@ -589,8 +618,12 @@ impl MockWeChat {
         component_appid: &str,
         authorizer_appid: &str,
     ) -> Result<Pushed, PushError> {
-        let prepared =
-            lock(&self.world).authorize(component_appid, Some(authorizer_appid), None, true);
+        let prepared = lock(&self.world).authorize(
+            component_appid,
+            Some(authorizer_appid),
+            None,
+            Authorizing::Update,
+        );
         self.deliver(prepared).await
     }
 

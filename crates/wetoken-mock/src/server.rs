@@ -16,7 +16,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::world::{ComponentRequest, OpenBody, Params, Reply, StableRequest};
+use crate::world::{Authorizing, ComponentRequest, OpenBody, Params, Reply, StableRequest};
 use crate::{Endpoint, Fault, MockComponent, PushError, Pushed, Shared, lock, push};
 
 /// The largest request body read; a larger one is answered as malformed.
@@ -133,6 +133,7 @@ fn wants_post(endpoint: Endpoint) -> bool {
             | Endpoint::PreAuthCode
             | Endpoint::QueryAuth
             | Endpoint::AuthorizerToken
+            | Endpoint::AuthorizerInfo
     )
 }
 
@@ -268,13 +269,17 @@ async fn answer(
             Some(request) => w.component_token_call(&request),
             None => Err(w.error(47001, "data format error")),
         },
-        Endpoint::PreAuthCode | Endpoint::QueryAuth | Endpoint::AuthorizerToken => {
+        Endpoint::PreAuthCode
+        | Endpoint::QueryAuth
+        | Endpoint::AuthorizerToken
+        | Endpoint::AuthorizerInfo => {
             let Some(request) = json_body::<OpenBody>(body.as_deref()) else {
                 return Err(w.error(47001, "data format error"));
             };
             match endpoint {
                 Endpoint::PreAuthCode => w.create_preauthcode(&params, &request),
                 Endpoint::QueryAuth => w.query_auth(&params, &request),
+                Endpoint::AuthorizerInfo => w.authorizer_info_call(&params, &request),
                 _ => w.authorizer_token_call(&params, &request),
             }
         }
@@ -340,6 +345,9 @@ struct PushBody {
     component_appid: String,
     authorizer_appid: Option<String>,
     pre_auth_code: Option<String>,
+    /// For `authorized`: the account is a mini program.
+    #[serde(default)]
+    mini_program: bool,
 }
 
 fn parse<T: serde::de::DeserializeOwned>(body: Option<&[u8]>) -> Result<T, String> {
@@ -378,11 +386,16 @@ async fn control_push(world: &Shared, kind: PushKind, body: PushBody) -> Result<
         let component = body.component_appid.as_str();
         match (kind, authorizer) {
             (PushKind::Ticket, _) => w.push_ticket(component),
-            (PushKind::Authorized, _) => {
-                w.authorize(component, authorizer, body.pre_auth_code.as_deref(), false)
-            }
+            (PushKind::Authorized, _) => w.authorize(
+                component,
+                authorizer,
+                body.pre_auth_code.as_deref(),
+                Authorizing::New {
+                    mini_program: body.mini_program,
+                },
+            ),
             (PushKind::UpdateAuthorized, Some(authorizer)) => {
-                w.authorize(component, Some(authorizer), None, true)
+                w.authorize(component, Some(authorizer), None, Authorizing::Update)
             }
             (PushKind::Unauthorized, Some(authorizer)) => w.unauthorize(component, authorizer),
             (_, None) => Err(PushError::BadAuthorizer),

@@ -12,7 +12,7 @@ use crate::{Endpoint, Fault, MockConfig};
 
 mod open;
 
-pub(crate) use open::{ComponentRequest, OpenBody};
+pub(crate) use open::{Authorizing, ComponentRequest, OpenBody};
 
 /// Parsed query parameters; the first of repeated names wins.
 pub(crate) type Params = HashMap<String, String>;

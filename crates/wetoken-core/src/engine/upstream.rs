@@ -21,7 +21,7 @@ pub(super) enum FetchError {
 
 /// Every `endpoint` label of `wetoken_upstream_calls_total` and `wetoken_upstream_seconds`: the
 /// server creates each series at 0 when it starts, so that `increase()` sees the first call.
-pub const UPSTREAM_ENDPOINTS: [&str; 7] = [
+pub const UPSTREAM_ENDPOINTS: [&str; 12] = [
     "token",
     "stable_token",
     "work_token",
@@ -29,6 +29,11 @@ pub const UPSTREAM_ENDPOINTS: [&str; 7] = [
     "work_ticket",
     "get_api_domain_ip",
     "getcallbackip",
+    "component_token",
+    "authorizer_token",
+    "query_auth",
+    "pre_auth_code",
+    "authorizer_info",
 ];
 
 impl Engine {

@@ -43,6 +43,18 @@ struct Authorizer {
     refresh_token: String,
     /// False once `unauthorized` was pushed: its refresh token gets 61023.
     authorized: bool,
+    /// A mini program (else an official account): what `api_get_authorizer_info` tells.
+    mini_program: bool,
+}
+
+/// What an authorization does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Authorizing {
+    /// A customer authorizes (again, perhaps): `authorized`. The account is a mini program or an
+    /// official account.
+    New { mini_program: bool },
+    /// A customer changes an authorization: `updateauthorized`; the account stays what it was.
+    Update,
 }
 
 /// The open platform's state.
@@ -268,8 +280,9 @@ impl World {
         component_appid: &str,
         authorizer_appid: Option<&str>,
         pre_auth_code: Option<&str>,
-        update: bool,
+        authorizing: Authorizing,
     ) -> Result<Prepared, PushError> {
+        let update = authorizing == Authorizing::Update;
         let now = self.now();
         if !self.open.components.contains_key(component_appid) {
             return Err(PushError::UnknownComponent);
@@ -333,7 +346,11 @@ impl World {
                 component: component_appid.to_owned(),
                 refresh_token: String::new(),
                 authorized: false,
+                mini_program: false,
             });
+        if let Authorizing::New { mini_program } = authorizing {
+            authorizer.mini_program = mini_program;
+        }
         if !authorizer.authorized {
             authorizer.refresh_token = random_string("refreshtoken@@@", 43);
             authorizer.authorized = true;
@@ -518,6 +535,59 @@ impl World {
             "authorizer_access_token": token,
             "expires_in": self.config.token_expires_in,
             "authorizer_refresh_token": refresh_token,
+        }))
+    }
+
+    /// `POST /cgi-bin/component/api_get_authorizer_info`: the authorizer's name and kind, as
+    /// WeChat shapes them (a `MiniProgramInfo` object for a mini program alone). An authorizer
+    /// that is unknown, another component's or withdrawn gets 61003.
+    pub fn authorizer_info_call(&mut self, params: &Params, body: &OpenBody) -> Reply {
+        let component = self.check_component(params, body)?;
+        let Some(authorizer_appid) = missing(body.authorizer_appid.as_deref()) else {
+            return Err(self.error(41002, "authorizer_appid missing"));
+        };
+        let Some(authorizer) = self
+            .open
+            .authorizers
+            .get(authorizer_appid)
+            .filter(|a| a.component == component && a.authorized)
+        else {
+            return Err(self.error(61003, "component is not authorized by this account"));
+        };
+        let func_info: Vec<Value> = FUNC_SCOPES
+            .iter()
+            .map(|id| json!({"funcscope_category": {"id": id}}))
+            .collect();
+        let mut info = json!({
+            "nick_name": format!("mock {authorizer_appid}"),
+            "head_img": "",
+            // An official account is a service account (2); a mini program's is 0.
+            "service_type_info": {"id": if authorizer.mini_program { 0 } else { 2 }},
+            "verify_type_info": {"id": 0},
+            "user_name": format!("gh_{}", random_hex(12)),
+            "principal_name": "mock",
+            "alias": "",
+            "qrcode_url": "",
+            "business_info": {"open_pay": 0, "open_shake": 0, "open_scan": 0, "open_card": 0,
+                              "open_store": 0},
+            "account_status": 1,
+        });
+        if authorizer.mini_program {
+            info["signature"] = json!("");
+            info["MiniProgramInfo"] = json!({
+                "network": {"RequestDomain": [], "WsRequestDomain": [], "UploadDomain": [],
+                            "DownloadDomain": [], "UDPDomain": [], "TCPDomain": []},
+                "categories": [],
+                "visit_status": 0,
+            });
+        }
+        Ok(json!({
+            "authorizer_info": info,
+            "authorization_info": {
+                "authorizer_appid": authorizer_appid,
+                "authorizer_refresh_token": authorizer.refresh_token,
+                "func_info": func_info,
+            },
         }))
     }
 

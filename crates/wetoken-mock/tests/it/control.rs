@@ -55,7 +55,7 @@ async fn apps_calls_invalidate_advance_and_reset() {
                "menu_create": 0, "work_token": 0, "work_ticket": 0, "template_send": 0,
                "callback_ip": 0, "quota_get": 0, "clear_quota": 0, "menu_get": 0,
                "component_token": 0, "create_preauthcode": 0, "query_auth": 0,
-               "authorizer_token": 0})
+               "authorizer_token": 0, "authorizer_info": 0})
     );
     let (status, _) = token_status(&mock).await.unwrap();
     assert_eq!(status, 200);
