@@ -257,7 +257,8 @@ impl Embedded {
     /// Stops the background tasks and waits for them: the scheduler finishes the refreshes under
     /// way, which store or release their leases, and the keys' reload ends. The routes keep
     /// answering (a host drains its own server first), but nothing renews ahead of expiry any
-    /// more.
+    /// more. The engine's change-feed reader is not stopped: it runs until the last clone is
+    /// dropped, so reads after this still see other instances' writes within `cache_check_ms`.
     pub async fn shutdown(&self) {
         self.tasks.signal_stop();
         let running = std::mem::take(&mut *lock(&self.tasks.running));

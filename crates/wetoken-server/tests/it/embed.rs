@@ -261,18 +261,28 @@ async fn two_embedded_instances_on_one_database_fetch_once(db: &TestDb) {
     a.shutdown().await;
     b.shutdown().await;
     assert_eq!(mock.calls(Endpoint::Token), 2, "one renewal between them");
-    let current = mock.current_token(APP).unwrap();
-    assert_eq!(a.token(APP).await.unwrap().value, current);
-    eventually(
-        "the other instance serves the renewed token",
-        Duration::from_secs(20),
-        || async { b.token(APP).await.unwrap().value == current },
-    )
-    .await;
-    assert_eq!(
-        b.ticket(APP, Kind::JsapiTicket).await.unwrap().value,
-        a.ticket(APP, Kind::JsapiTicket).await.unwrap().value
-    );
+
+    // Each serves the renewed token and ticket, but not necessarily at once. The one that
+    // neither fetched a credential nor waited for it under the lease learns of the other's
+    // write from its change feed, within `cache_check_ms` (docs/ARCHITECTURE.md, "Cache
+    // coherence"); until then it serves the value it holds, which WeChat keeps valid for five
+    // minutes. `shutdown` stops the scheduler, not the feed, and this clock stands still, so
+    // no cached value ages out: only the feed brings the stale one round.
+    let token = mock.current_token(APP).unwrap();
+    let ticket = mock.current_ticket(APP, "jsapi").unwrap();
+    let bound = Duration::from_millis(s.refresh.cache_check_ms) + Duration::from_secs(2);
+    for (name, wetoken) in [("a", &a), ("b", &b)] {
+        eventually(
+            &format!("{name} serves the renewed token and ticket"),
+            bound,
+            || async {
+                wetoken.token(APP).await.unwrap().value == token
+                    && wetoken.ticket(APP, Kind::JsapiTicket).await.unwrap().value == ticket
+            },
+        )
+        .await;
+    }
+    assert_eq!(mock.calls(Endpoint::Token), 2, "and none since");
 }
 
 /// `wetoken_server::install`, the Go wetoken's `wetoken zk://… mall` from code: the tables of
