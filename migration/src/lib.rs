@@ -31,6 +31,7 @@ mod m20261205_000010_change_feed;
 mod m20261205_000011_credential_state;
 mod m20261205_000012_refresh_history;
 mod m20261205_000013_seal_generation;
+mod m20261206_000014_open_platform;
 
 pub mod go;
 
@@ -54,6 +55,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261205_000011_credential_state::Migration),
             Box::new(m20261205_000012_refresh_history::Migration),
             Box::new(m20261205_000013_seal_generation::Migration),
+            Box::new(m20261206_000014_open_platform::Migration),
         ]
     }
 }

@@ -381,6 +381,7 @@ pub(crate) async fn app(action: AppAction) -> anyhow::Result<()> {
             let secret = secret(args.secret, &format!("secret of {appid}"))?;
             let app = NewApp {
                 appid,
+                component: None,
                 kind,
                 token_mode: args.token_mode.into(),
                 work,

@@ -159,6 +159,7 @@ fn check(line: usize, mut fields: BTreeMap<String, String>) -> anyhow::Result<Re
     };
     let app = NewApp {
         appid,
+        component: None,
         kind,
         token_mode: get("token_mode")
             .map(TokenMode::parse)

@@ -44,6 +44,21 @@ pub enum Error {
         /// The recorded outcome, `"<errcode>: <errmsg>"`.
         message: String,
     },
+    /// A third-party platform's component token cannot be fetched: no verify ticket WeChat
+    /// still accepts has been pushed to it. WeChat was not called.
+    #[error("{0}")]
+    NoVerifyTicket(String),
+    /// The account withdrew its authorization of its third-party platform: nothing is served or
+    /// refreshed for it until it authorizes again.
+    #[error(
+        "{appid} withdrew its authorization of the third-party platform {component}; nothing is served for it until it authorizes again"
+    )]
+    Revoked {
+        /// The authorizer.
+        appid: AppId,
+        /// Its component.
+        component: AppId,
+    },
     /// No unexpired credential is stored, and the caller asked not to fetch one.
     #[error("no valid {kind} of {appid} is stored")]
     NotStored {

@@ -11,7 +11,7 @@ use crate::{Error, Store};
 mod lock;
 
 /// The tables wetoken owns, as named in the Go wetoken.
-pub const TABLES: [&str; 10] = [
+pub const TABLES: [&str; 12] = [
     "wechat_app_info",
     "wechat_access_token",
     "wechat_jsapi_ticket",
@@ -22,6 +22,8 @@ pub const TABLES: [&str; 10] = [
     "wetoken_change_seq",
     "wetoken_change",
     "wetoken_refresh_history",
+    "wetoken_verify_ticket",
+    "wetoken_push_seen",
 ];
 
 impl Store {

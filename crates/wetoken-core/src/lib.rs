@@ -41,7 +41,10 @@ mod wxcode;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use crypto::{KeySources, Keyring};
-pub use engine::{AppStatus, Engine, EngineConfig, JssdkConfig, Reporter, UPSTREAM_ENDPOINTS};
+pub use engine::{
+    AppStatus, Engine, EngineConfig, JssdkConfig, REFRESH_TOKEN_INVALID, Reporter,
+    UPSTREAM_ENDPOINTS, VERIFY_TICKET_LIFETIME,
+};
 pub use error::{Chain, DbCause, Error};
 pub use facade::AppPage;
 pub use install::{InstallPlan, Installed, TABLES};
@@ -54,7 +57,7 @@ pub use msgcrypt::{MsgCrypt, MsgCryptError};
 pub use secrets::{Reseal, ResealReport, SecretsReport};
 pub use store::{
     AppFilter, CredentialState, Cursor, DatabaseOptions, HISTORY_SLOTS, PAGE_DEFAULT, PAGE_MAX,
-    RefreshCause, RefreshOutcome, StateTotals, Store, Troubled, page_limit,
+    RefreshCause, RefreshOutcome, StateTotals, Store, Troubled, VerifyTicket, page_limit,
 };
 pub use takeover::{GoZone, Takeover};
 pub use wechat::{UpstreamError, WeChat, WeChatOptions};

@@ -147,17 +147,30 @@ pub enum AppKind {
     Mini,
     /// A WeCom (企业微信) app: its access token from `qyapi.weixin.qq.com` and its jsapi ticket.
     Work,
+    /// A third-party platform (第三方平台) of the open platform: its `component_access_token`,
+    /// fetched with the newest `component_verify_ticket` WeChat pushed it. Its secret is the
+    /// `component_appsecret`; its message token and EncodingAESKey open those pushes.
+    Component,
 }
 
 impl AppKind {
+    /// Every kind.
+    pub const ALL: [AppKind; 4] = [
+        AppKind::Mp,
+        AppKind::Mini,
+        AppKind::Work,
+        AppKind::Component,
+    ];
+
     /// Parses `mp`, `mini` or `work`.
     pub fn parse(s: &str) -> Result<Self, Error> {
         match s {
             "mp" => Ok(AppKind::Mp),
             "mini" => Ok(AppKind::Mini),
             "work" => Ok(AppKind::Work),
+            "component" => Ok(AppKind::Component),
             other => Err(Error::InvalidInput(format!(
-                "unknown app kind {:?}: expected mp, mini or work",
+                "unknown app kind {:?}: expected mp, mini, work or component",
                 truncate_for_message(other)
             ))),
         }
@@ -169,6 +182,7 @@ impl AppKind {
             AppKind::Mp => "mp",
             AppKind::Mini => "mini",
             AppKind::Work => "work",
+            AppKind::Component => "component",
         }
     }
 
@@ -176,7 +190,7 @@ impl AppKind {
     pub fn has(self, kind: Kind) -> bool {
         match kind {
             Kind::AccessToken => true,
-            Kind::JsapiTicket => self != AppKind::Mini,
+            Kind::JsapiTicket => matches!(self, AppKind::Mp | AppKind::Work),
             Kind::CardTicket => self == AppKind::Mp,
         }
     }
@@ -260,6 +274,12 @@ pub struct AppInfo {
     pub token_mode: TokenMode,
     /// A WeCom app's corpid and agentid.
     pub work: Option<WorkIds>,
+    /// An authorizer's component: the third-party platform whose `component_access_token` and
+    /// the stored `authorizer_refresh_token` (its secret) fetch its token.
+    pub component: Option<AppId>,
+    /// When an authorizer withdrew its authorization: nothing is served or refreshed for it
+    /// until it authorizes again.
+    pub revoked_at: Option<DateTime<Utc>>,
     /// Upstream calls the operator expects to stay under per day.
     pub daily_budget: i32,
     /// Upstream calls made for it today (WeChat's day, China time), by every replica.
@@ -411,6 +431,9 @@ pub struct NewApp {
     pub token_mode: TokenMode,
     /// A WeCom app's corpid and agentid; required for [`AppKind::Work`], refused otherwise.
     pub work: Option<WorkIds>,
+    /// For an authorizer (an official account or mini program that authorized a third-party
+    /// platform), the component; its `secret` is then the `authorizer_refresh_token`.
+    pub component: Option<AppId>,
     /// Upstream calls the operator expects to stay under per day (2000 when `None`).
     pub daily_budget: Option<i32>,
     /// Its AppSecret.
@@ -462,6 +485,7 @@ impl NewApp {
             kind: AppKind::Mp,
             token_mode: TokenMode::Classic,
             work: None,
+            component: None,
             daily_budget: None,
             secret,
             token: None,

@@ -182,8 +182,12 @@ pub const TOKEN_REJECTED: [i64; 3] = [40001, 40014, 42001];
 /// WeChat codes that retrying cannot cure: the app's settings (or WeChat's console) must change.
 ///
 /// 40013 invalid appid, 40125 invalid secret, 40164 caller IP not whitelisted, 40243 secret frozen,
-/// 50004 the app may not use access tokens, 41002/41004 appid or secret missing.
-pub const FATAL: [i64; 7] = [40013, 40125, 40164, 40243, 50004, 41002, 41004];
+/// 50004 the app may not use access tokens, 41002/41004 appid or secret missing; on the open
+/// platform, 61004 the caller's IP is not whitelisted for the component and 61023 the refresh
+/// token is no longer valid (the account must authorize again).
+pub const FATAL: [i64; 9] = [
+    40013, 40125, 40164, 40243, 50004, 41002, 41004, 61004, 61023,
+];
 
 impl UpstreamError {
     /// Whether retrying cannot help until the app's settings change.

@@ -65,6 +65,13 @@ pub mod code {
     /// No unexpired credential is stored, and the route never fetches one
     /// (`/wx/{appid}/token/query`).
     pub const NOT_STORED: i64 = 90410;
+    /// The account withdrew its authorization of its third-party platform (an `unauthorized`
+    /// push): nothing is served for it until it authorizes again.
+    pub const REVOKED: i64 = 90460;
+    /// A third-party platform's component token cannot be fetched: no verify ticket WeChat
+    /// still accepts has been pushed to it yet. WeChat was not called; it pushes one every ten
+    /// minutes.
+    pub const NO_VERIFY_TICKET: i64 = 90461;
 
     /// The HTTP status an error with `errcode` is answered with when the server gives errors
     /// their own status (`http.credential_errors = "as_status"`, and always on the admin
@@ -78,12 +85,13 @@ pub mod code {
             UNAUTHORIZED => 401,
             FORBIDDEN => 403,
             UNKNOWN_APP | NOT_FOUND | NOT_STORED => 404,
+            REVOKED => 410,
             METHOD_NOT_ALLOWED => 405,
             DUPLICATE_APP => 409,
             BODY_TOO_LARGE => 413,
             LIMITED | OVER_BUDGET => 429,
             INTERNAL => 500,
-            UPSTREAM_UNAVAILABLE | DATABASE_UNAVAILABLE | NOT_READY => 503,
+            UPSTREAM_UNAVAILABLE | DATABASE_UNAVAILABLE | NOT_READY | NO_VERIFY_TICKET => 503,
             _ => 502,
         }
     }

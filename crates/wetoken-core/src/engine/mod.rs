@@ -29,6 +29,7 @@ mod apps;
 mod config;
 mod feed;
 mod guard;
+mod open;
 mod refresh;
 mod scheduler;
 mod slot;
@@ -38,6 +39,7 @@ pub use apps::{AppStatus, JssdkConfig};
 pub use config::EngineConfig;
 pub(crate) use guard::OVER_BUDGET_ERRCODE;
 pub use guard::Reporter;
+pub use open::{REFRESH_TOKEN_INVALID, VERIFY_TICKET_LIFETIME};
 pub use upstream::UPSTREAM_ENDPOINTS;
 
 use std::collections::HashMap;

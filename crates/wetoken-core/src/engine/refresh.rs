@@ -15,6 +15,7 @@ use tracing::{Instrument, debug, info, warn};
 use super::Engine;
 use super::config::{FORCE_SPACING_SECS, FORCES_PER_DAY};
 use super::guard::{Declined, OVER_BUDGET_ERRCODE};
+use super::open::NO_VERIFY_TICKET_ERRCODE;
 use super::slot::{Need, Seen, Slot, Why};
 use super::upstream::FetchError;
 use crate::Error;
@@ -33,6 +34,7 @@ pub(super) type BoxedResult<'a> =
 fn recorded_error(record: &CredentialRecord) -> Error {
     match record.errcode {
         Some(OVER_BUDGET_ERRCODE) => Error::OverBudget(record.message.clone()),
+        Some(NO_VERIFY_TICKET_ERRCODE) => Error::NoVerifyTicket(record.message.clone()),
         Some(errcode) if errcode != 0 => Error::Refused {
             errcode,
             // The message was written as `<errcode>: <errmsg>` (`UpstreamError::message`).
@@ -68,6 +70,15 @@ fn task_error(appid: &AppId, kind: Kind, e: tokio::task::JoinError) -> Error {
 }
 
 impl Engine {
+    /// A lease owner unique to one attempt: this replica's name and a counter.
+    pub(super) fn lease_owner(&self) -> String {
+        format!(
+            "{}#{}",
+            self.inner.replica,
+            self.inner.leases.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+
     /// The slow path. Under the slot's lock: memory, then the database, then the lease.
     ///
     /// Boxed as `dyn Send` because a ticket's refresh recurses into its token's.
@@ -123,6 +134,13 @@ impl Engine {
                 self.forget(appid);
                 return Err(Error::UnknownApp(appid.clone()));
             };
+            if let (Some(_), Some(component)) = (app.info.revoked_at, &app.info.component) {
+                self.forget(appid);
+                return Err(Error::Revoked {
+                    appid: appid.clone(),
+                    component: component.clone(),
+                });
+            }
             if !app.info.kind.has(kind) {
                 self.forget(appid);
                 return Err(Error::InvalidInput(format!(
@@ -170,11 +188,7 @@ impl Engine {
                     return Err(recorded_error(r));
                 }
             }
-            let owner = format!(
-                "{}#{}",
-                self.inner.replica,
-                self.inner.leases.fetch_add(1, Ordering::Relaxed)
-            );
+            let owner = self.lease_owner();
             let ttl = Duration::from_millis(config.lease_ms);
             if self
                 .inner
@@ -258,10 +272,12 @@ impl Engine {
             slot.set(c.clone(), version, seen);
             return Ok(c);
         }
+        // A component token answers none of the APIs a check calls: it is never checked.
         let check_due = self
             .inner
             .config
             .verify_interval(app.info.verify_secs)
+            .filter(|_| app.info.kind != AppKind::Component)
             .map(|interval| now + interval);
         // A caller reports the stored value, and it still has life: ask WeChat before fetching.
         if let Need::Replace {
@@ -283,7 +299,7 @@ impl Engine {
             let known_rejected = r
                 .check
                 .is_some_and(|check| !check.accepted() && self.fresh(&check, now));
-            if kind == Kind::AccessToken && !known_rejected {
+            if kind == Kind::AccessToken && app.info.kind != AppKind::Component && !known_rejected {
                 let answer = self.ask_wechat(&app, &c.value).await;
                 let errcode = match &answer {
                     Ok(()) => Some(0),
@@ -403,7 +419,7 @@ impl Engine {
             }
         }
         match fetched {
-            Ok(issued) => {
+            Ok((issued, refresh_token)) => {
                 metrics::gauge!(
                     "wetoken_refresh_last_success_timestamp_seconds",
                     "kind" => kind.name()
@@ -429,7 +445,15 @@ impl Engine {
                     },
                 };
                 let saved = store
-                    .save_credential(appid, kind, &credential, (owner, version), now, dates)
+                    .save_credential(
+                        appid,
+                        kind,
+                        &credential,
+                        (owner, version),
+                        now,
+                        dates,
+                        refresh_token.as_ref(),
+                    )
                     .await;
                 // Kept once the value is stored and the lease given back: writing the history
                 // holds up no other replica.
@@ -484,11 +508,72 @@ impl Engine {
                 release().await;
                 Err(e)
             }
+            Err(FetchError::Waiting(e)) => {
+                let failures = record.as_ref().map_or(0, |r| r.failures).saturating_add(1);
+                Err(self.waiting(appid, kind, owner, failures, cause, e).await)
+            }
             Err(FetchError::Upstream(e)) => {
                 let failures = record.as_ref().map_or(0, |r| r.failures).saturating_add(1);
                 Err(self.failed(appid, kind, owner, failures, cause, e).await)
             }
         }
+    }
+
+    /// Records a fetch that had nothing to fetch with (no verify ticket), with a backoff, and
+    /// gives the lease back; WeChat was not called.
+    async fn waiting(
+        &self,
+        appid: &AppId,
+        kind: Kind,
+        owner: &str,
+        failures: i32,
+        cause: RefreshCause,
+        e: Error,
+    ) -> Error {
+        let now = self.now();
+        let factor = rand::rng().random_range(0.5..=1.0);
+        let delay = self
+            .inner
+            .config
+            .backoff(failures.max(1) as u32, false, factor);
+        let message = e.to_string();
+        let failure = Failure {
+            message: &message,
+            errcode: Some(NO_VERIFY_TICKET_ERRCODE),
+            halted: false,
+            failures,
+            retry_at: Some(now + delay),
+        };
+        self.record_failed(appid, kind, owner, cause, &failure, now)
+            .await;
+        warn!(
+            failures,
+            retry_in_ms = delay.num_milliseconds(),
+            "{message}"
+        );
+        e
+    }
+
+    /// Writes `failure` into the credential's row, which gives the lease back, and its history.
+    async fn record_failed(
+        &self,
+        appid: &AppId,
+        kind: Kind,
+        owner: &str,
+        cause: RefreshCause,
+        failure: &Failure<'_>,
+        now: DateTime<Utc>,
+    ) {
+        if let Err(db) = self
+            .inner
+            .store
+            .record_failure(appid, kind, failure, owner, now)
+            .await
+        {
+            warn!(error = %db.chain(), "could not record a failed refresh; the lease lapses by itself");
+        }
+        self.remember(appid, kind, cause, Err((failure.errcode, failure.message)))
+            .await;
     }
 
     /// Records a failed fetch, with when any replica may try next, and gives the lease back.
@@ -516,15 +601,7 @@ impl Engine {
             failures,
             retry_at: (!halted).then_some(now + delay),
         };
-        if let Err(db) = self
-            .inner
-            .store
-            .record_failure(appid, kind, &failure, owner, now)
-            .await
-        {
-            warn!(error = %db.chain(), "could not record a failed refresh; the lease lapses by itself");
-        }
-        self.remember(appid, kind, cause, Err((failure.errcode, failure.message)))
+        self.record_failed(appid, kind, owner, cause, &failure, now)
             .await;
         match &e {
             UpstreamError::Refused { errcode, errmsg } if halted => {

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use tracing::warn;
 
 use super::Engine;
+use super::open::RefreshToken;
 use crate::Error;
 use crate::model::{App, AppKind, Credential, Kind, TokenMode};
 use crate::wechat::{Issued, UpstreamError};
@@ -17,6 +18,9 @@ use crate::wechat::{Issued, UpstreamError};
 pub(super) enum FetchError {
     Upstream(UpstreamError),
     Other(Error),
+    /// Nothing to fetch with yet (a component without a verify ticket, or an authorizer whose
+    /// component has none): recorded with a backoff like a refusal, without a call to WeChat.
+    Waiting(Error),
 }
 
 /// Every `endpoint` label of `wetoken_upstream_calls_total` and `wetoken_upstream_seconds`: the
@@ -73,12 +77,29 @@ impl Engine {
     ///
     /// A ticket needs a token: if WeChat rejects the one held, the token is refreshed once (as a
     /// passive refresh, so concurrent rejections share it) and the ticket call tried once more.
+    ///
+    /// An authorizer's token comes with the refresh token WeChat returned, to be stored with it.
     pub(super) async fn fetch(
         &self,
         app: &App,
         kind: Kind,
         force: bool,
-    ) -> Result<Issued, FetchError> {
+    ) -> Result<(Issued, RefreshToken), FetchError> {
+        if kind == Kind::AccessToken {
+            if app.info.kind == AppKind::Component {
+                return Ok((self.fetch_component_token(app).await?, None));
+            }
+            if let Some(component) = &app.info.component {
+                return self.fetch_authorizer_token(app, component).await;
+            }
+        }
+        self.fetch_own(app, kind, force)
+            .await
+            .map(|issued| (issued, None))
+    }
+
+    /// [`Engine::fetch`] for an app with its own secret, and every ticket.
+    async fn fetch_own(&self, app: &App, kind: Kind, force: bool) -> Result<Issued, FetchError> {
         let wechat = &self.inner.wechat;
         if kind == Kind::AccessToken {
             let issued = match (app.info.kind, app.info.token_mode, &app.info.work) {
@@ -92,6 +113,9 @@ impl Engine {
                         problem: "a WeCom app (kind work) needs a corpid, and none is stored"
                             .into(),
                     }));
+                }
+                (AppKind::Component, _, _) => {
+                    unreachable!("a component's token is fetched by fetch_component_token")
                 }
                 (_, TokenMode::Stable, _) => {
                     let call = wechat.stable_token(&app.info.appid, &app.secret, force);

@@ -15,7 +15,7 @@ pub struct Model {
     pub token: Option<String>,
     /// Its EncodingAESKey.
     pub aes_key: Option<String>,
-    /// `mp`, `mini` or `work`.
+    /// `mp`, `mini`, `work` or `component`.
     pub kind: String,
     /// `classic` or `stable`.
     pub token_mode: String,
@@ -23,6 +23,11 @@ pub struct Model {
     pub corpid: Option<String>,
     /// A WeCom app's agentid.
     pub agentid: Option<String>,
+    /// An authorizer's third-party platform (migration 000014); its `secret` is then the
+    /// `authorizer_refresh_token`.
+    pub component_appid: Option<String>,
+    /// When an authorizer withdrew its authorization (migration 000014); NULL while authorized.
+    pub revoked_at: Option<DateTimeUtc>,
     /// Upstream calls the operator expects to stay under per day.
     pub daily_budget: i32,
     /// The (China) day `calls_today` counts, `YYYYMMDD`.

@@ -27,6 +27,7 @@ impl Store {
                     .into(),
             ));
         }
+        self.check_open_platform(app).await?;
         // A new row starts at a random generation (see `next_generation`).
         let generation = next_generation(0);
         let id = app.appid.as_str();
@@ -36,6 +37,8 @@ impl Store {
             token_mode: Set(app.token_mode.as_str().to_owned()),
             corpid: Set(app.work.as_ref().map(|w| w.corpid.clone())),
             agentid: Set(app.work.as_ref().map(|w| w.agentid.clone())),
+            component_appid: Set(app.component.as_ref().map(|c| c.to_string())),
+            revoked_at: Set(None),
             daily_budget: Set(app.daily_budget.unwrap_or(DEFAULT_DAILY_BUDGET)),
             calls_day: Set(None),
             calls_today: Set(0),
@@ -75,6 +78,42 @@ impl Store {
         }
         // The scheduler finds what is due in the credential tables alone.
         self.make_rows(&app.appid, app.kind, now).await
+    }
+
+    /// A component needs its message token and EncodingAESKey (WeChat's pushes are opened with
+    /// them); an authorizer is an official account or mini program of a stored component.
+    async fn check_open_platform(&self, app: &NewApp) -> Result<(), Error> {
+        if app.kind == AppKind::Component {
+            let (Some(token), Some(aes_key)) = (&app.token, &app.aes_key) else {
+                return Err(Error::InvalidInput(
+                    "a third-party platform (kind component) needs its message token and \
+                     EncodingAESKey (token and aes_key): WeChat's pushes are opened with them"
+                        .into(),
+                ));
+            };
+            crate::msgcrypt::MsgCrypt::new(token.expose(), aes_key.expose(), app.appid.as_str())
+                .map_err(|e| {
+                    Error::InvalidInput(format!("third-party platform {}: {e}", app.appid))
+                })?;
+        }
+        if let Some(component) = &app.component {
+            if !matches!(app.kind, AppKind::Mp | AppKind::Mini) {
+                return Err(Error::InvalidInput(format!(
+                    "an authorizer (an app with a component_appid) is an official account or a \
+                     mini program (kind mp or mini), not {}",
+                    app.kind.as_str()
+                )));
+            }
+            if app.token_mode != TokenMode::Classic {
+                return Err(Error::InvalidInput(
+                    "an authorizer's token comes from its third-party platform: token_mode \
+                     stable does not apply"
+                        .into(),
+                ));
+            }
+            self.check_component(&self.db, component).await?;
+        }
+        Ok(())
     }
 
     /// One app, if it exists.
@@ -366,6 +405,13 @@ pub(super) fn info_from_row(row: &app_info::Model) -> Result<AppInfo, Error> {
         kind: AppKind::parse(&row.kind).map_err(|_| corrupt("kind"))?,
         token_mode: TokenMode::parse(&row.token_mode).map_err(|_| corrupt("token_mode"))?,
         work,
+        component: row
+            .component_appid
+            .as_deref()
+            .map(AppId::parse)
+            .transpose()
+            .map_err(|_| corrupt("component_appid"))?,
+        revoked_at: row.revoked_at,
         daily_budget: row.daily_budget,
         calls_today: if row.calls_day.as_deref() == Some(wechat_day(Utc::now()).as_str()) {
             row.calls_today

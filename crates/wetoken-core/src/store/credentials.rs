@@ -179,7 +179,7 @@ impl Store {
     ) -> Result<Vec<Due>, Error> {
         use app_info::Column as A;
         let (app, cred) = (app_info::Entity, kind.table());
-        let kinds: Vec<&str> = [AppKind::Mp, AppKind::Mini, AppKind::Work]
+        let kinds: Vec<&str> = AppKind::ALL
             .into_iter()
             .filter(|k| k.has(kind))
             .map(AppKind::as_str)

@@ -9,7 +9,7 @@ use sea_orm::{ConnectionTrait, TransactionTrait};
 use super::{Store, feed};
 use crate::Error;
 use crate::entity::credential::Column;
-use crate::model::{AppId, Credential, Kind};
+use crate::model::{AppId, Credential, Kind, Secret};
 
 /// A failed refresh, as recorded.
 #[derive(Debug, Clone)]
@@ -95,6 +95,11 @@ impl Store {
     /// at `version`, the one read before the fetch. Returns the change number it was recorded
     /// under in the change feed, or `None` if it did not happen: a newer value was stored
     /// meanwhile and this one must not replace it.
+    ///
+    /// For an authorizer's token, `refresh_token` is the `authorizer_refresh_token` WeChat
+    /// returned with it, written in the same transaction (when it differs from the stored one):
+    /// exactly when the token is, so neither is stored without the other.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn save_credential(
         &self,
         appid: &AppId,
@@ -103,6 +108,7 @@ impl Store {
         fence: (&str, i64),
         now: DateTime<Utc>,
         dates: Dates,
+        refresh_token: Option<&Secret>,
     ) -> Result<Option<i64>, Error> {
         let (owner, version) = fence;
         let update = outcome(appid, kind, owner, now)
@@ -122,6 +128,10 @@ impl Store {
         // credential row's, so two writers never wait on each other in opposite orders.
         let txn = self.db.begin().await?;
         let seq = feed::next_seq(&txn).await?;
+        // The app row before the credential row: the order `update_app` takes them in.
+        if let Some(refresh_token) = refresh_token {
+            self.keep_refresh_token(&txn, appid, refresh_token).await?;
+        }
         if txn.execute(&update).await?.rows_affected() != 1 {
             txn.rollback().await?;
             return Ok(None);
@@ -313,7 +323,8 @@ mod tests {
                     &credential,
                     ("c", version),
                     now,
-                    Dates::default()
+                    Dates::default(),
+                    None,
                 )
                 .await
                 .unwrap()

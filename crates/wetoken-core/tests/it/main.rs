@@ -4,6 +4,7 @@ mod feed_model;
 mod lease_model;
 mod lease_replicas;
 mod open_calls;
+mod open_platform;
 mod quota_guard;
 mod sealed_replay;
 mod secrets_on_disk;

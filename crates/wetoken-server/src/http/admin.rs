@@ -58,6 +58,24 @@ pub(super) async fn app_route<B: RequestBody>(
                     "this mount of wetoken serves only its own apps; it creates no other".into(),
                 ));
             }
+            // An authorizer of a third-party platform is added with its component and its
+            // `authorizer_refresh_token`, which stands where an app's secret would.
+            let component = params
+                .optional("component_appid")
+                .map(AppId::parse)
+                .transpose()?;
+            let secret = match component {
+                Some(_) => params.secret("refresh_token", 512)?.ok_or_else(|| {
+                    ApiError::BadRequest(
+                        "refresh_token (the authorizer_refresh_token) is required for an \
+                         authorizer"
+                            .into(),
+                    )
+                })?,
+                None => params
+                    .secret("secret", 255)?
+                    .ok_or_else(|| ApiError::BadRequest("secret is required".into()))?,
+            };
             let app = NewApp {
                 appid,
                 kind,
@@ -67,9 +85,8 @@ pub(super) async fn app_route<B: RequestBody>(
                     .transpose()?
                     .unwrap_or_default(),
                 work,
-                secret: params
-                    .secret("secret", 255)?
-                    .ok_or_else(|| ApiError::BadRequest("secret is required".into()))?,
+                component,
+                secret,
                 token: params.secret("token", Secret::MAX_MESSAGE_KEY)?,
                 aes_key: params.secret("aes_key", Secret::MAX_MESSAGE_KEY)?,
                 daily_budget: params.budget()?,

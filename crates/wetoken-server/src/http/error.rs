@@ -105,6 +105,8 @@ fn engine_errcode(e: &wetoken_core::Error) -> (i64, String) {
         E::ForceLimited(m) => (code::LIMITED, m.clone()),
         E::OverBudget(m) => (code::OVER_BUDGET, m.clone()),
         E::NotStored { .. } => (code::NOT_STORED, e.to_string()),
+        E::NoVerifyTicket(m) => (code::NO_VERIFY_TICKET, m.clone()),
+        E::Revoked { .. } => (code::REVOKED, e.to_string()),
         // WeChat's own code, which is never in wetoken's range: 502.
         E::Refused { errcode, errmsg } => (*errcode, errmsg.clone()),
         E::Halted { errcode, .. } => (errcode.unwrap_or(code::HALTED), e.to_string()),

@@ -1,0 +1,306 @@
+//! The open platform's rows (migration 000014): each component's newest verify ticket, the
+//! signatures of the pushes accepted within the replay window, an authorizer's refresh token
+//! (its app row's sealed `secret`) written with its token, and an authorization withdrawn.
+
+use chrono::{DateTime, Utc};
+use sea_orm::sea_query::{Expr, ExprTrait, Query};
+use sea_orm::{
+    ConnectionTrait, DatabaseTransaction, DbBackend, DeriveIden, EntityTrait, FromQueryResult,
+    QuerySelect, SqlErr,
+};
+
+use super::Store;
+use super::feed;
+use super::sealing::SealedRow;
+use crate::Error;
+use crate::entity::app_info::{self, Column as A};
+use crate::entity::credential::Column;
+use crate::model::{AppId, AppKind, Kind, Secret};
+
+#[derive(Debug, Clone, Copy, DeriveIden)]
+enum WetokenVerifyTicket {
+    Table,
+    ComponentAppid,
+    Ticket,
+    CreateTime,
+    ReceivedAt,
+}
+
+#[derive(Debug, Clone, Copy, DeriveIden)]
+enum WetokenPushSeen {
+    Table,
+    ComponentAppid,
+    Signature,
+    SeenAt,
+}
+
+/// A component's newest verify ticket, as stored.
+#[derive(Clone, PartialEq, Eq)]
+pub struct VerifyTicket {
+    /// The `ComponentVerifyTicket`.
+    pub ticket: String,
+    /// WeChat's `CreateTime` of the push that carried it, in Unix seconds.
+    pub create_time: i64,
+    /// When a replica stored it.
+    pub received_at: DateTime<Utc>,
+}
+
+impl std::fmt::Debug for VerifyTicket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VerifyTicket")
+            .field("ticket", &format_args!("<{} chars>", self.ticket.len()))
+            .field("create_time", &self.create_time)
+            .field("received_at", &self.received_at)
+            .finish()
+    }
+}
+
+impl Store {
+    /// Stores `component`'s verify ticket unless a newer one (by WeChat's `CreateTime`) is
+    /// stored already: returns whether it was stored. Two replicas receiving pushes at once
+    /// keep the newest, whatever order their writes land in.
+    pub async fn save_verify_ticket(
+        &self,
+        component: &AppId,
+        ticket: &str,
+        create_time: i64,
+        now: DateTime<Utc>,
+    ) -> Result<bool, Error> {
+        use WetokenVerifyTicket as T;
+        let update = Query::update()
+            .table(T::Table)
+            .value(T::Ticket, ticket)
+            .value(T::CreateTime, create_time)
+            .value(T::ReceivedAt, now)
+            .and_where(Expr::col(T::ComponentAppid).eq(component.as_str()))
+            .and_where(Expr::col(T::CreateTime).lte(create_time))
+            .to_owned();
+        for _ in 0..2 {
+            if self.db.execute(&update).await?.rows_affected() == 1 {
+                return Ok(true);
+            }
+            let insert = Query::insert()
+                .into_table(T::Table)
+                .columns([T::ComponentAppid, T::Ticket, T::CreateTime, T::ReceivedAt])
+                .values_panic([
+                    component.as_str().into(),
+                    ticket.into(),
+                    create_time.into(),
+                    now.into(),
+                ])
+                .to_owned();
+            match self.db.execute(&insert).await {
+                Ok(_) => return Ok(true),
+                // Stored meanwhile by another replica: compare with it.
+                Err(e) if matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        // MySQL counts a row written with the values it had as unchanged: the same ticket again.
+        Ok(false)
+    }
+
+    /// `component`'s newest stored verify ticket, if any.
+    pub async fn verify_ticket(&self, component: &AppId) -> Result<Option<VerifyTicket>, Error> {
+        use WetokenVerifyTicket as T;
+        let select = Query::select()
+            .columns([T::Ticket, T::CreateTime, T::ReceivedAt])
+            .from(T::Table)
+            .and_where(Expr::col(T::ComponentAppid).eq(component.as_str()))
+            .to_owned();
+        #[derive(FromQueryResult)]
+        struct Row {
+            ticket: String,
+            create_time: i64,
+            received_at: DateTime<Utc>,
+        }
+        let Some(row) = self.db.query_one(&select).await? else {
+            return Ok(None);
+        };
+        let row = Row::from_query_result(&row, "")?;
+        Ok(Some(VerifyTicket {
+            ticket: row.ticket,
+            create_time: row.create_time,
+            received_at: row.received_at,
+        }))
+    }
+
+    /// Notes a push's `msg_signature` for `component`: `false` if it was noted before (the
+    /// push is a replay), on any replica. Signatures older than `forget_before_ms` (Unix ms) go.
+    pub async fn note_push(
+        &self,
+        component: &AppId,
+        signature: &str,
+        now_ms: i64,
+        forget_before_ms: i64,
+    ) -> Result<bool, Error> {
+        use WetokenPushSeen as S;
+        let prune = Query::delete()
+            .from_table(S::Table)
+            .and_where(Expr::col(S::SeenAt).lt(forget_before_ms))
+            .to_owned();
+        self.db.execute(&prune).await?;
+        let insert = Query::insert()
+            .into_table(S::Table)
+            .columns([S::ComponentAppid, S::Signature, S::SeenAt])
+            .values_panic([component.as_str().into(), signature.into(), now_ms.into()])
+            .to_owned();
+        match self.db.execute(&insert).await {
+            Ok(_) => Ok(true),
+            Err(e) if matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
+                Ok(false)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Within a credential write's transaction `txn` (after its change number, before the
+    /// credential row): makes `refresh_token` the authorizer's stored one, if it is not already.
+    /// The app row is locked and compared as read, so no other write of its secrets is lost.
+    pub(super) async fn keep_refresh_token(
+        &self,
+        txn: &DatabaseTransaction,
+        appid: &AppId,
+        refresh_token: &Secret,
+    ) -> Result<(), Error> {
+        let find = app_info::Entity::find_by_id(appid.as_str().to_owned());
+        let row = if self.db.get_database_backend() == DbBackend::Sqlite {
+            // The transaction holds SQLite's write lock already (the change number).
+            find.one(txn).await?
+        } else {
+            find.lock_exclusive().one(txn).await?
+        };
+        let Some(row) = row else {
+            return Err(Error::UnknownApp(appid.clone()));
+        };
+        let sealed = SealedRow::of(&row);
+        let stored = self.open_checked(
+            &row.appid,
+            A::Secret,
+            row.secret.clone(),
+            row.seal_generation,
+        );
+        if stored.as_deref().ok() == Some(refresh_token.expose()) {
+            return Ok(());
+        }
+        let changes = [(A::Secret, refresh_token.expose())];
+        let resealed = self.reseal_row(&sealed, &changes, |column, stored| {
+            self.open_checked(&sealed.appid, column, stored, sealed.generation)
+        })?;
+        let mut write = Query::update();
+        write.table(app_info::Entity);
+        for (column, value) in resealed.values {
+            write.value(column, value);
+        }
+        write
+            .value(A::SealGeneration, resealed.generation)
+            .cond_where(sealed.unchanged());
+        if txn.execute(&write).await?.rows_affected() != 1 {
+            return Err(Error::Unavailable(format!(
+                "the stored refresh token of authorizer {appid} changed while the new one was \
+                 being written; the new one was not written"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Marks `authorizer`, an authorizer of `component`, revoked and deletes its credentials
+    /// (every replica drops them through the change feed), so nothing serves or refreshes it
+    /// and no alert counts it. Returns whether it was an authorizer of `component`.
+    pub async fn revoke_authorizer(
+        &self,
+        component: &AppId,
+        authorizer: &AppId,
+        now: DateTime<Utc>,
+    ) -> Result<bool, Error> {
+        let txn = sea_orm::TransactionTrait::begin(&self.db).await?;
+        let mark = Query::update()
+            .table(app_info::Entity)
+            .value(A::RevokedAt, now)
+            .value(A::UpdateTime, now)
+            .and_where(Expr::col(A::Appid).eq(authorizer.as_str()))
+            .and_where(Expr::col(A::ComponentAppid).eq(component.as_str()))
+            .to_owned();
+        if txn.execute(&mark).await?.rows_affected() == 0 {
+            txn.rollback().await?;
+            return Ok(false);
+        }
+        for kind in Kind::ALL {
+            // Each change is logged even for a row that is not there: a number taken and never
+            // logged would look like a gap to every replica's feed reader.
+            let seq = feed::next_seq(&txn).await?;
+            feed::log_change(&txn, seq, authorizer, kind, now).await?;
+            let delete = Query::delete()
+                .from_table(kind.table())
+                .and_where(Expr::col(Column::Appid).eq(authorizer.as_str()))
+                .to_owned();
+            txn.execute(&delete).await?;
+        }
+        txn.commit().await?;
+        Ok(true)
+    }
+
+    /// Lets the next look at a credential waiting on `errcode` (a verify ticket) fetch at once:
+    /// its backoff is lifted, if it is still waiting on that.
+    pub(crate) async fn lift_wait(
+        &self,
+        appid: &AppId,
+        kind: Kind,
+        errcode: i64,
+        now: DateTime<Utc>,
+    ) -> Result<(), Error> {
+        let lift = Query::update()
+            .table(kind.table())
+            .value(Column::RetryAt, Option::<DateTime<Utc>>::None)
+            .value(Column::UpdateTime, now)
+            .and_where(Expr::col(Column::Appid).eq(appid.as_str()))
+            .and_where(Expr::col(Column::Errcode).eq(errcode))
+            .to_owned();
+        self.db.execute(&lift).await?;
+        Ok(())
+    }
+
+    /// An authorizer that authorized again: its withdrawal is lifted and its credential rows
+    /// made again (a withdrawal deleted them).
+    pub(crate) async fn reinstate_authorizer(
+        &self,
+        appid: &AppId,
+        kind: AppKind,
+        now: DateTime<Utc>,
+    ) -> Result<(), Error> {
+        let lift = Query::update()
+            .table(app_info::Entity)
+            .value(A::RevokedAt, Option::<DateTime<Utc>>::None)
+            .and_where(Expr::col(A::Appid).eq(appid.as_str()))
+            .to_owned();
+        self.db.execute(&lift).await?;
+        self.make_rows(appid, kind, now).await
+    }
+
+    /// Checks that `component` is a stored component: what an authorizer's row must name.
+    pub(super) async fn check_component(
+        &self,
+        conn: &impl ConnectionTrait,
+        component: &AppId,
+    ) -> Result<(), Error> {
+        let kind = app_info::Entity::find_by_id(component.as_str().to_owned())
+            .select_only()
+            .column(A::Kind)
+            .into_tuple::<String>()
+            .one(conn)
+            .await?;
+        match kind.as_deref() {
+            Some(kind) if kind == AppKind::Component.as_str() => Ok(()),
+            Some(kind) => Err(Error::InvalidInput(format!(
+                "{component} is a {kind} app, not a third-party platform (kind component): an \
+                 authorizer's component_appid must name one"
+            ))),
+            None => Err(Error::InvalidInput(format!(
+                "no third-party platform {component} is stored: add it (kind component) before \
+                 its authorizers"
+            ))),
+        }
+    }
+}

@@ -1,0 +1,231 @@
+//! The open platform through the engine alone: a component's token needs a verify ticket, an
+//! authorizer's token comes through its component's, with its refresh token kept, and a
+//! withdrawal or an invalid refresh token stops it.
+
+use std::time::Duration;
+
+use wetoken_core::{AppId, AppKind, Error, Kind, NewApp, Secret};
+use wetoken_mock::{Endpoint, Fault, MockComponent, MockConfig, MockWeChat};
+
+use super::engine;
+
+const COMPONENT: &str = "wxcomponent01";
+const TOKEN: &str = "pushtoken";
+const AES_KEY: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
+
+/// A mock that knows the component; its pushes go nowhere (the engine is handed what they
+/// carry), and only on demand.
+async fn mock(rotate_refresh_tokens: bool) -> MockWeChat {
+    let config = MockConfig {
+        verify_ticket_interval: None,
+        rotate_refresh_tokens,
+        ..MockConfig::default()
+    };
+    let mock = MockWeChat::start_with(config, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    mock.add_component(MockComponent {
+        appid: COMPONENT.into(),
+        secret: "componentsecret".into(),
+        token: TOKEN.into(),
+        aes_key: AES_KEY.into(),
+        push_url: Some("http://127.0.0.1:9/nobody".into()),
+    })
+    .unwrap();
+    mock
+}
+
+fn component_app() -> NewApp {
+    NewApp {
+        kind: AppKind::Component,
+        token: Some(Secret::new(TOKEN)),
+        aes_key: Some(Secret::new(AES_KEY)),
+        ..NewApp::mp(
+            AppId::parse(COMPONENT).unwrap(),
+            Secret::new("componentsecret"),
+        )
+    }
+}
+
+fn id(s: &str) -> AppId {
+    AppId::parse(s).unwrap()
+}
+
+#[tokio::test]
+async fn a_component_token_waits_for_a_verify_ticket_and_never_calls_wechat_without_one() {
+    let mock = mock(false).await;
+    let engine = engine(&mock).await;
+    engine.add_app(&component_app()).await.unwrap();
+    let component = id(COMPONENT);
+
+    let err = engine.get(&component, Kind::AccessToken).await.unwrap_err();
+    assert!(matches!(err, Error::NoVerifyTicket(_)), "{err:?}");
+    assert!(
+        err.to_string().contains("/component/wxcomponent01/event"),
+        "{err}"
+    );
+    // Read back from the recorded failure, still without WeChat.
+    let again = engine.get(&component, Kind::AccessToken).await.unwrap_err();
+    assert!(matches!(again, Error::NoVerifyTicket(_)), "{again:?}");
+    assert_eq!(mock.calls(Endpoint::ComponentToken), 0);
+
+    let pushed = mock.push_verify_ticket(COMPONENT).await.unwrap();
+    let ticket = pushed.ticket.unwrap();
+    let now = chrono::Utc::now().timestamp();
+    assert!(
+        engine
+            .accept_verify_ticket(&component, &ticket, now)
+            .await
+            .unwrap()
+    );
+    // An older push does not replace it.
+    assert!(
+        !engine
+            .accept_verify_ticket(&component, "old", now - 600)
+            .await
+            .unwrap()
+    );
+
+    // The wait is lifted: the next ask fetches at once, and once.
+    let token = engine.get(&component, Kind::AccessToken).await.unwrap();
+    assert_eq!(
+        Some(token.value.clone()),
+        mock.current_component_token(COMPONENT)
+    );
+    for _ in 0..5 {
+        engine.get(&component, Kind::AccessToken).await.unwrap();
+    }
+    assert_eq!(mock.calls(Endpoint::ComponentToken), 1);
+}
+
+/// A component with a ticket, and one authorizer it stored through an `authorized` push.
+async fn authorized(mock: &MockWeChat, engine: &wetoken_core::Engine, authorizer: &str) -> AppId {
+    let component = id(COMPONENT);
+    if engine.store().app(&component).await.unwrap().is_none() {
+        engine.add_app(&component_app()).await.unwrap();
+        let ticket = mock
+            .push_verify_ticket(COMPONENT)
+            .await
+            .unwrap()
+            .ticket
+            .unwrap();
+        engine
+            .accept_verify_ticket(&component, &ticket, chrono::Utc::now().timestamp())
+            .await
+            .unwrap();
+    }
+    let pushed = mock
+        .authorize(COMPONENT, Some(authorizer), None)
+        .await
+        .unwrap();
+    let code = pushed.authorization_code.unwrap();
+    engine.authorized(&component, &code).await.unwrap()
+}
+
+#[tokio::test]
+async fn an_authorized_account_is_served_through_its_component_and_renewed_with_its_refresh_token()
+{
+    let mock = mock(true).await;
+    let engine = engine(&mock).await;
+    let appid = authorized(&mock, &engine, "wxauthorizer01").await;
+    let info = engine.store().app_info(&appid).await.unwrap().unwrap();
+    assert_eq!(info.component, Some(id(COMPONENT)));
+    assert_eq!(info.kind, AppKind::Mp);
+
+    // The token api_query_auth gave is stored and served: no api_authorizer_token yet.
+    let token = engine.get(&appid, Kind::AccessToken).await.unwrap();
+    assert_eq!(
+        Some(token.value.clone()),
+        mock.current_authorizer_token("wxauthorizer01")
+    );
+    assert_eq!(mock.calls(Endpoint::AuthorizerToken), 0);
+    // Tickets work as for any official account.
+    let ticket = engine.get(&appid, Kind::JsapiTicket).await.unwrap();
+    assert_eq!(
+        Some(ticket.value.clone()),
+        mock.current_ticket("wxauthorizer01", "jsapi")
+    );
+
+    // Renewals rotate the refresh token (this mock's stricter world): each one is kept, or the
+    // second renewal would get 61023.
+    for round in 1..=3 {
+        let current = engine.get(&appid, Kind::AccessToken).await.unwrap();
+        mock.invalidate_token(&current.value);
+        let renewed = engine
+            .refresh(&appid, Kind::AccessToken, &current.value)
+            .await
+            .unwrap();
+        assert_eq!(mock.calls(Endpoint::AuthorizerToken), round);
+        assert_eq!(
+            Some(renewed.value.clone()),
+            mock.current_authorizer_token("wxauthorizer01"),
+            "round {round}"
+        );
+        let stored = engine.store().app(&appid).await.unwrap().unwrap();
+        assert_eq!(
+            Some(stored.secret.expose().to_owned()),
+            mock.authorizer_refresh_token("wxauthorizer01"),
+            "round {round}: the refresh token WeChat returned is the stored one"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_invalid_refresh_token_halts_with_a_message_to_authorize_again() {
+    let mock = mock(false).await;
+    let engine = engine(&mock).await;
+    let appid = authorized(&mock, &engine, "wxauthorizer02").await;
+    let token = engine.get(&appid, Kind::AccessToken).await.unwrap();
+    mock.inject(Endpoint::AuthorizerToken, Fault::ErrCode(61023), 1);
+    mock.invalidate_token(&token.value);
+    let err = engine
+        .refresh(&appid, Kind::AccessToken, &token.value)
+        .await
+        .unwrap_err();
+    let Error::Halted {
+        errcode, message, ..
+    } = &err
+    else {
+        panic!("{err:?}");
+    };
+    assert_eq!(*errcode, Some(61023));
+    assert!(message.contains("must authorize"), "{message}");
+    // Halted: nothing more is asked of WeChat.
+    let calls = mock.calls(Endpoint::AuthorizerToken);
+    for _ in 0..3 {
+        assert!(
+            engine
+                .refresh(&appid, Kind::AccessToken, &token.value)
+                .await
+                .is_err()
+        );
+    }
+    assert_eq!(mock.calls(Endpoint::AuthorizerToken), calls);
+}
+
+#[tokio::test]
+async fn a_withdrawn_authorization_stops_serving_until_the_account_authorizes_again() {
+    let mock = mock(false).await;
+    let engine = engine(&mock).await;
+    let appid = authorized(&mock, &engine, "wxauthorizer03").await;
+    engine.get(&appid, Kind::AccessToken).await.unwrap();
+
+    assert!(engine.unauthorized(&id(COMPONENT), &appid).await.unwrap());
+    let err = engine.get(&appid, Kind::AccessToken).await.unwrap_err();
+    assert!(matches!(err, Error::Revoked { .. }), "{err:?}");
+    assert!(
+        !engine
+            .unauthorized(&id("wxothercomponent"), &appid)
+            .await
+            .unwrap()
+    );
+
+    // Authorizing again serves it again.
+    let again = authorized(&mock, &engine, "wxauthorizer03").await;
+    let token = engine.get(&again, Kind::AccessToken).await.unwrap();
+    assert_eq!(
+        Some(token.value.clone()),
+        mock.current_authorizer_token("wxauthorizer03")
+    );
+    tokio::time::sleep(Duration::from_millis(1)).await;
+}
