@@ -300,14 +300,11 @@ async fn dispatch<B: RequestBody>(
         Route::App(action) => Box::pin(app_route(state, mount, action, &parts, body)).await,
         // Public: no policy but the push's signature, checked by the handler.
         Route::ComponentEvent(component) => {
-            Box::pin(push::component_event(
-                state, mount, &parts, body, peer, component,
-            ))
-            .await
+            push::component_event(state, mount, &parts, body, peer, component).await
         }
         Route::Jssdk(appid) => {
             let (appid, _) = admit(state, mount, &parts, peer, appid, Purpose::Use)?;
-            let params = Params::read(&parts, body, &state.http).await?;
+            let params = Box::pin(Params::read(&parts, body, &state.http)).await?;
             let config =
                 Box::pin(state.engine.jssdk_config(&appid, params.required("url")?)).await?;
             Ok(json(

@@ -165,8 +165,20 @@ fn success() -> http::Response<http_body_util::Full<bytes::Bytes>> {
     typed("success".into(), "text/plain; charset=utf-8")
 }
 
-/// `/component/{component}/event`, for a caller at `peer` (behind any trusted proxy).
-pub(super) async fn component_event<B: RequestBody>(
+/// `/component/{component}/event`, for a caller at `peer` (behind any trusted proxy). Boxed
+/// here, so that `dispatch`'s future holds a pointer to it and not the future itself.
+pub(super) fn component_event<'a, B: RequestBody>(
+    state: &'a State,
+    mount: &'a Mount,
+    parts: &'a http::request::Parts,
+    body: B,
+    peer: IpAddr,
+    component: &'a str,
+) -> std::pin::Pin<Box<dyn Future<Output = ApiResult> + Send + 'a>> {
+    Box::pin(event(state, mount, parts, body, peer, component))
+}
+
+async fn event<B: RequestBody>(
     state: &State,
     mount: &Mount,
     parts: &http::request::Parts,

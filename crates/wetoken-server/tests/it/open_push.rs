@@ -598,4 +598,3 @@ async fn a_mount_accepts_pushes_for_its_components_only() {
     server.stop().await;
     db.drop_db().await;
 }
-
