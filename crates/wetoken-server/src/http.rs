@@ -8,6 +8,8 @@
 //! - `params`: query and body parameters;
 //! - `credential`: the token and ticket answer, written by hand;
 //! - `admin`: the `/wechat/app/*` handlers;
+//! - `component`: a third-party platform's `/component/{appid}/…` routes (token, authorization
+//!   link, authorizers);
 //! - `error`: errors to `errcode`s and statuses, in one function;
 //! - `fuzz`: the fuzz target's entry point.
 //!
@@ -22,6 +24,7 @@
 
 mod access;
 mod admin;
+mod component;
 mod credential;
 mod error;
 mod fuzz;
@@ -50,7 +53,7 @@ use error::{ApiError, ApiResult, json, success, typed};
 pub(crate) use fuzz::fuzz_request;
 use params::Params;
 pub(crate) use request::handle;
-use route::{Route, route};
+use route::{ComponentRoute, Route, route};
 
 use wetoken_settings::{HttpSettings, MetricsSettings};
 
@@ -111,7 +114,10 @@ impl Mount {
             Route::Credential { .. } | Route::Query(_) | Route::WxCode(_) | Route::Jssdk(_) => {
                 self.credentials
             }
-            Route::App(_) => self.admin,
+            Route::App(_) | Route::Component(_, ComponentRoute::Authorizers) => self.admin,
+            Route::Component(_, ComponentRoute::Token | ComponentRoute::AuthUrl) => {
+                self.credentials
+            }
             Route::Status
             | Route::StatusApp(_)
             | Route::Metrics
@@ -168,7 +174,10 @@ async fn dispatch<B: RequestBody>(
     // /metrics names every appid in trouble: the admin key reads it, and so does the metrics
     // key (or an address in metrics_networks), which reads nothing else.
     match route {
-        Route::App(_) | Route::Status | Route::StatusApp(_) => state.admin.check(&parts, peer)?,
+        Route::App(_)
+        | Route::Status
+        | Route::StatusApp(_)
+        | Route::Component(_, ComponentRoute::Authorizers) => state.admin.check(&parts, peer)?,
         Route::Metrics => state.admin.check_metrics(&parts, peer)?,
         _ => {}
     }
@@ -287,6 +296,10 @@ async fn dispatch<B: RequestBody>(
             Ok(typed("success".into(), "text/plain; charset=utf-8"))
         }
         Route::App(action) => Box::pin(app_route(state, mount, action, &parts, body)).await,
+        Route::Component(appid, which) => {
+            let answer = component::component_route(state, mount, peer, appid, which, &parts, body);
+            Box::pin(answer).await
+        }
         Route::Jssdk(appid) => {
             let (appid, _) = admit(state, mount, &parts, peer, appid, Purpose::Use)?;
             let params = Params::read(&parts, body, &state.http).await?;
