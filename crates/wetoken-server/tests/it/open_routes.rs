@@ -355,6 +355,13 @@ async fn a_platform_is_served_through_its_routes(db: &TestDb) {
     let stored = server.engine.component(&id(COMPONENT)).await.unwrap();
     assert_eq!(stored.aes_key.unwrap().expose(), new_key);
     assert_eq!(stored.token.unwrap().expose(), TOKEN);
+    // An authorizer's refresh token is updated in place of a secret.
+    let body = json!({"appid": AUTHORIZER, "refresh_token": "refreshtoken@@@new"});
+    let (status, body) = server.post_json("/wechat/app/update", &body).await;
+    assert_eq!((status, errcode(&body)), (200, Some(0)), "{body}");
+    let body = json!({"appid": AUTHORIZER, "refresh_token": "r", "secret": "s"});
+    let (status, body) = server.post_json("/wechat/app/update", &body).await;
+    assert_eq!((status, errcode(&body)), (400, Some(90400)), "{body}");
     let body = json!({"appid": AUTHORIZER, "token_mode": "stable"});
     let (status, body) = server.post_json("/wechat/app/update", &body).await;
     assert_eq!((status, errcode(&body)), (400, Some(90400)), "{body}");
