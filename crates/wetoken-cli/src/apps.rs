@@ -466,7 +466,7 @@ async fn list(args: ListArgs) -> anyhow::Result<()> {
             .transpose()?,
         kind: args.kind.map(AppKind::from),
         prefix: args.prefix.as_deref().map(AppFilter::prefix).transpose()?,
-        worst_first: false,
+        ..AppFilter::default()
     };
     let mut after = args.cursor.as_deref().map(Cursor::decode).transpose()?;
     let limit = page_limit(args.limit.as_deref())?;

@@ -10,6 +10,8 @@
 //! - `admin`: the `/wechat/app/*` handlers;
 //! - `push`: `/component/{id}/event`, WeChat's pushes to a third-party platform (public: the
 //!   push's signature is its gate);
+//! - `component`: a third-party platform's `/component/{appid}/…` routes (token, authorization
+//!   link, authorizers);
 //! - `error`: errors to `errcode`s and statuses, in one function;
 //! - `fuzz`: the fuzz target's entry point.
 //!
@@ -24,6 +26,7 @@
 
 mod access;
 mod admin;
+mod component;
 mod credential;
 mod error;
 mod fuzz;
@@ -55,7 +58,7 @@ use error::{ApiError, ApiResult, json, success, typed};
 pub(crate) use fuzz::fuzz_request;
 use params::Params;
 pub(crate) use request::handle;
-use route::{Route, route};
+use route::{ComponentRoute, Route, route};
 
 use wetoken_settings::{HttpSettings, MetricsSettings};
 
@@ -121,7 +124,10 @@ impl Mount {
             Route::Credential { .. } | Route::Query(_) | Route::WxCode(_) | Route::Jssdk(_) => {
                 self.credentials
             }
-            Route::App(_) => self.admin,
+            Route::App(_) | Route::Component(_, ComponentRoute::Authorizers) => self.admin,
+            Route::Component(_, ComponentRoute::Token | ComponentRoute::AuthUrl) => {
+                self.credentials
+            }
             Route::Status
             | Route::StatusApp(_)
             | Route::Metrics
@@ -179,7 +185,10 @@ async fn dispatch<B: RequestBody>(
     // /metrics names every appid in trouble: the admin key reads it, and so does the metrics
     // key (or an address in metrics_networks), which reads nothing else.
     match route {
-        Route::App(_) | Route::Status | Route::StatusApp(_) => state.admin.check(&parts, peer)?,
+        Route::App(_)
+        | Route::Status
+        | Route::StatusApp(_)
+        | Route::Component(_, ComponentRoute::Authorizers) => state.admin.check(&parts, peer)?,
         Route::Metrics => state.admin.check_metrics(&parts, peer)?,
         _ => {}
     }
@@ -301,6 +310,10 @@ async fn dispatch<B: RequestBody>(
         // Public: no policy but the push's signature, checked by the handler.
         Route::ComponentEvent(component) => {
             push::component_event(state, mount, &parts, body, peer, component).await
+        }
+        Route::Component(appid, which) => {
+            let answer = component::component_route(state, mount, peer, appid, which, &parts, body);
+            Box::pin(answer).await
         }
         Route::Jssdk(appid) => {
             let (appid, _) = admit(state, mount, &parts, peer, appid, Purpose::Use)?;

@@ -150,7 +150,8 @@ impl CredentialBody {
 pub struct AppView {
     /// The app's key on every route: its appid, or `<corpid>.<agentid>` for a WeCom app.
     pub appid: String,
-    /// `mp` (official account), `mini` (mini program) or `work` (WeCom).
+    /// `mp` (official account), `mini` (mini program), `work` (WeCom) or `component` (a
+    /// third-party platform of WeChat's open platform).
     pub kind: String,
     /// `classic` or `stable`.
     pub token_mode: String,
@@ -160,6 +161,14 @@ pub struct AppView {
     /// A WeCom app's agentid.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agentid: Option<String>,
+    /// An authorizer's third-party platform, whose component token fetches its token; absent
+    /// for every other app.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub component_appid: Option<String>,
+    /// When an authorizer withdrew its authorization (RFC 3339, UTC): nothing is served for it
+    /// until it authorizes again. Absent while it stands, and for every other app.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_at: Option<String>,
     /// Upstream calls the operator expects to stay under per day.
     pub daily_budget: i32,
     /// Upstream calls made for the app today (China time), by every replica.
@@ -261,6 +270,56 @@ pub struct AppList {
     /// servers that did not page).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next: Option<String>,
+}
+
+/// One authorizer of a third-party platform, as `/component/{appid}/authorizers` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthorizerView {
+    /// The authorizer's appid: its token is at `/{appid}/wechat/token/get`.
+    pub appid: String,
+    /// `mp` (official account) or `mini` (mini program).
+    pub kind: String,
+    /// `authorized`, or `revoked` once the account withdrew its authorization.
+    pub authorization: String,
+    /// When it withdrew it (RFC 3339, UTC); absent while it stands.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_at: Option<String>,
+    /// Its access token's state: `healthy`, `renewing`, `pending`, `failing`, `out_of_budget`
+    /// or `halted` (the names `state=` filters by); `pending` also when none is stored, as
+    /// after a withdrawal.
+    pub token_state: String,
+    /// Its access token, without the value: expiry, the last refresh's outcome.
+    pub access_token: CredentialState,
+}
+
+/// The answer of `/component/{appid}/authorizers`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthorizerList {
+    /// 0.
+    pub errcode: i64,
+    /// `"success"`.
+    pub errmsg: String,
+    /// The third-party platform.
+    pub component_appid: String,
+    /// Its authorizers, ordered by appid: one page, at most `limit` (100 unless asked).
+    pub authorizers: Vec<AuthorizerView>,
+    /// Where the next page starts: pass it back as `after`. Absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+}
+
+/// The answer of `/component/{appid}/auth_url`: the link that sends an account to WeChat's
+/// authorization page for the third-party platform.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthUrl {
+    /// 0.
+    pub errcode: i64,
+    /// `"success"`.
+    pub errmsg: String,
+    /// `https://mp.weixin.qq.com/cgi-bin/componentloginpage?component_appid=…&pre_auth_code=…&redirect_uri=…&auth_type=…`.
+    pub auth_url: String,
+    /// When its pre-auth code expires (RFC 3339, UTC): the link works once, until then.
+    pub expires_at: String,
 }
 
 /// The answer of `/wechat/app/show`.

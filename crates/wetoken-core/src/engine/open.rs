@@ -186,6 +186,33 @@ impl Engine {
         }
     }
 
+    /// The component token of `component`, which must be a third-party platform: what
+    /// `GET /component/{appid}/token/get` serves. One read of the app's row, then the same path
+    /// as every token (cache, lease, one fetch per lifetime).
+    pub async fn component_token(&self, component: &AppId) -> Result<Arc<Credential>, Error> {
+        self.component(component).await?;
+        self.get(component, Kind::AccessToken).await
+    }
+
+    /// A page of `component`'s authorizers after `after`, revoked ones included unless `filter`
+    /// says otherwise, with their credentials' state: [`Engine::list_apps`] limited to the
+    /// component, one range of the `(component_appid, appid)` index (`store::listing`).
+    pub async fn list_authorizers(
+        &self,
+        component: &AppId,
+        filter: &crate::AppFilter,
+        after: Option<&crate::Cursor>,
+        limit: u64,
+    ) -> Result<crate::AppPage, Error> {
+        self.component(component).await?;
+        let filter = crate::AppFilter {
+            component: Some(component.clone()),
+            worst_first: false,
+            ..filter.clone()
+        };
+        self.list_apps(&filter, after, limit).await
+    }
+
     /// An `authorized` or `updateauthorized` push: exchanges `code` through `api_query_auth` at
     /// once, then stores the authorizer (added, or its refresh token replaced and a withdrawal
     /// lifted), its token and its refresh token. Returns the authorizer's appid.

@@ -116,6 +116,52 @@ impl Store {
         Ok(())
     }
 
+    /// What [`Store::check_open_platform`] checks at insert, for an update of `row`: a
+    /// component's message token and EncodingAESKey as they will be (the new one, or the one
+    /// stored) must still open WeChat's pushes, and an authorizer's token stays classic.
+    fn check_open_platform_update(
+        &self,
+        row: &app_info::Model,
+        update: &AppUpdate,
+    ) -> Result<(), Error> {
+        if row.component_appid.is_some() && update.token_mode == Some(TokenMode::Stable) {
+            return Err(Error::InvalidInput(
+                "an authorizer's token comes from its third-party platform: token_mode stable \
+                 does not apply"
+                    .into(),
+            ));
+        }
+        if row.kind != AppKind::Component.as_str()
+            || (update.token.is_none() && update.aes_key.is_none())
+        {
+            return Ok(());
+        }
+        let effective =
+            |column: A, new: Option<&Secret>, stored: &Option<String>| match (new, set(stored)) {
+                (Some(new), _) => Ok(Some(new.expose().to_owned())),
+                (None, Some(stored)) => self
+                    .open_checked(&row.appid, column, stored.to_owned(), row.seal_generation)
+                    .map(Some),
+                (None, None) => Ok(None),
+            };
+        let token = effective(A::Token, update.token.as_ref(), &row.token)?;
+        let aes_key = effective(A::AesKey, update.aes_key.as_ref(), &row.aes_key)?;
+        let (Some(token), Some(aes_key)) = (token, aes_key) else {
+            return Err(Error::InvalidInput(
+                "a third-party platform (kind component) needs its message token and \
+                 EncodingAESKey (token and aes_key): WeChat's pushes are opened with them"
+                    .into(),
+            ));
+        };
+        crate::msgcrypt::MsgCrypt::new(&token, &aes_key, &row.appid).map_err(|e| {
+            Error::InvalidInput(format!(
+                "third-party platform {}: {e}; nothing was changed",
+                row.appid
+            ))
+        })?;
+        Ok(())
+    }
+
     /// One app, if it exists.
     pub async fn app(&self, appid: &AppId) -> Result<Option<App>, Error> {
         let row = app_info::Entity::find_by_id(appid.as_str().to_owned())
@@ -231,6 +277,7 @@ impl Store {
         let Some(row) = row else {
             return Err(Error::UnknownApp(appid.clone()));
         };
+        self.check_open_platform_update(&row, update)?;
         let sealed = SealedRow::of(&row);
         let changes: Vec<(A, &str)> = [
             (A::Secret, update.secret.as_ref()),

@@ -147,6 +147,12 @@ pub struct AppFilter {
     pub kind: Option<AppKind>,
     /// Apps whose appid starts with this (checked with [`AppFilter::prefix`]).
     pub prefix: Option<String>,
+    /// The authorizers of this third-party platform: an index range on `wechat_app_info`'s
+    /// `(component_appid, appid)` (migration 000014).
+    pub component: Option<AppId>,
+    /// Authorizers whose authorization was withdrawn (`true`) or stands (`false`); every app
+    /// when `None`. Checked on the rows the other conditions' range reads.
+    pub revoked: Option<bool>,
     /// Order the apps by their worst credential first (halted, out of budget, failing, then
     /// the rest), by appid within each: what the status page shows. Without a state filter
     /// only; listings with one are in appid order.
@@ -426,6 +432,10 @@ impl Store {
         if let Some(prefix) = &filter.prefix {
             select.cond_where(prefix_condition(prefix, (app, A::Appid)));
         }
+        // `component_appid = :c AND appid > :cursor ORDER BY appid LIMIT n + 1` is one range of
+        // the `(component_appid, appid)` index, read in its order and stopped after n + 1 rows:
+        // page 1,000 of a platform's 100,000 authorizers costs what page 1 does.
+        select.cond_where(app_conditions(filter, app));
         if let Some(state) = filter.state {
             let mut few_renewing = [false; 3];
             if state == CredentialState::Renewing {
@@ -517,7 +527,7 @@ impl Store {
             if !worse.is_empty() {
                 inner.and_where(none_in(worse, (table, C::Appid)));
             }
-            if let Some(kind) = filter.kind {
+            if filter.kind.is_some() || filter.component.is_some() || filter.revoked.is_some() {
                 let app = app_info::Entity;
                 inner
                     .join(
@@ -525,7 +535,10 @@ impl Store {
                         app,
                         Expr::col((app, A::Appid)).equals((table, C::Appid)),
                     )
-                    .and_where(Expr::col((app, A::Kind)).eq(kind.as_str()));
+                    .cond_where(app_conditions(filter, app));
+                if let Some(kind) = filter.kind {
+                    inner.and_where(Expr::col((app, A::Kind)).eq(kind.as_str()));
+                }
             }
             let branch = Query::select()
                 .column(Listed::Appid)
@@ -637,6 +650,21 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+/// The open-platform conditions of `filter` on `wechat_app_info` (as `app`): its component and
+/// whether its authorization was withdrawn.
+fn app_conditions(filter: &AppFilter, app: app_info::Entity) -> sea_orm::sea_query::Condition {
+    let mut all = sea_orm::sea_query::Condition::all();
+    if let Some(component) = &filter.component {
+        all = all.add(Expr::col((app, A::ComponentAppid)).eq(component.as_str()));
+    }
+    match filter.revoked {
+        Some(true) => all = all.add(Expr::col((app, A::RevokedAt)).is_not_null()),
+        Some(false) => all = all.add(Expr::col((app, A::RevokedAt)).is_null()),
+        None => {}
+    }
+    all
 }
 
 /// No credential of the app `appid` names is in a stored state of `states`: a primary-key probe

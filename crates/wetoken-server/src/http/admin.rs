@@ -137,8 +137,20 @@ pub(super) async fn app_route<B: RequestBody>(
         "update" => {
             let appid = AppId::parse(params.required("appid")?)?;
             mount.admit(&appid)?;
+            // An authorizer's refresh token stands where an app's secret would, as at create.
+            let secret = match (
+                params.secret("secret", Secret::MAX_APP_SECRET)?,
+                params.secret("refresh_token", 512)?,
+            ) {
+                (Some(_), Some(_)) => {
+                    return Err(ApiError::BadRequest(
+                        "give secret or refresh_token (an authorizer's), not both".into(),
+                    ));
+                }
+                (secret, refresh_token) => secret.or(refresh_token),
+            };
             let update = AppUpdate {
-                secret: params.secret("secret", Secret::MAX_APP_SECRET)?,
+                secret,
                 token: params.secret("token", Secret::MAX_MESSAGE_KEY)?,
                 aes_key: params.secret("aes_key", Secret::MAX_MESSAGE_KEY)?,
                 token_mode: params
@@ -204,6 +216,8 @@ fn app_view(status: &AppStatus) -> AppView {
         token_mode: app.token_mode.as_str().into(),
         corpid: app.work.as_ref().map(|w| w.corpid.clone()),
         agentid: app.work.as_ref().map(|w| w.agentid.clone()),
+        component_appid: app.component.as_ref().map(ToString::to_string),
+        revoked_at: app.revoked_at.map(|at| at.to_rfc3339()),
         daily_budget: app.daily_budget,
         calls_today: app.calls_today,
         verify_secs: app.verify_secs,
@@ -223,7 +237,7 @@ fn app_view(status: &AppStatus) -> AppView {
     }
 }
 
-fn credential_state(record: Option<&CredentialRecord>) -> CredentialState {
+pub(super) fn credential_state(record: Option<&CredentialRecord>) -> CredentialState {
     match record {
         None => CredentialState {
             expires_at: None,

@@ -169,7 +169,7 @@ impl Params {
             state: given("state").map(CredentialState::parse).transpose()?,
             kind: given("kind").map(AppKind::parse).transpose()?,
             prefix: given("prefix").map(AppFilter::prefix).transpose()?,
-            worst_first: false,
+            ..AppFilter::default()
         };
         Ok(Listing {
             filter,

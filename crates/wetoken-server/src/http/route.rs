@@ -27,6 +27,19 @@ pub(super) enum Route<'a> {
     /// `/component/{component_appid}/event`: WeChat's pushes to a third-party platform
     /// (`http::push`). Public: the push's signature is its only gate.
     ComponentEvent(&'a str),
+    /// `/component/{appid}/…`: a third-party platform's own routes (`http::component`).
+    Component(&'a str, ComponentRoute),
+}
+
+/// A third-party platform's routes, under `/component/{component_appid}/`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum ComponentRoute {
+    /// `token/get`: the component token, in the credential group.
+    Token,
+    /// `auth_url`: a link to WeChat's authorization page, with a new pre-auth code.
+    AuthUrl,
+    /// `authorizers`: its authorizers, a page at a time (admin).
+    Authorizers,
 }
 
 impl<'a> Route<'a> {
@@ -34,7 +47,7 @@ impl<'a> Route<'a> {
     pub(super) fn appid(&self) -> Option<&'a str> {
         match self {
             Route::Jssdk(appid) | Route::Query(appid) | Route::WxCode(appid) => Some(appid),
-            Route::Credential { appid, .. } => Some(appid),
+            Route::Credential { appid, .. } | Route::Component(appid, _) => Some(appid),
             Route::ComponentEvent(component) => Some(component),
             _ => None,
         }
@@ -66,6 +79,9 @@ impl<'a> Route<'a> {
             Route::Query(_) => "token_query",
             Route::WxCode(_) => "wxcode_send",
             Route::ComponentEvent(_) => "component_event",
+            Route::Component(_, ComponentRoute::Token) => "component_token_get",
+            Route::Component(_, ComponentRoute::AuthUrl) => "component_auth_url",
+            Route::Component(_, ComponentRoute::Authorizers) => "component_authorizers",
         }
     }
 }
@@ -117,6 +133,24 @@ pub(super) fn route(path: &str) -> Option<Route<'_>> {
             Some("config"),
             None,
         ] => Some(Route::Jssdk(appid)),
+        // Before the `/{appid}/wechat/…` shapes, which `/component/wechat/token/get` also fits.
+        [
+            Some("component"),
+            Some(appid),
+            Some("token"),
+            Some("get"),
+            None,
+        ] => Some(Route::Component(appid, ComponentRoute::Token)),
+        [Some("component"), Some(appid), Some("auth_url"), None, None] => {
+            Some(Route::Component(appid, ComponentRoute::AuthUrl))
+        }
+        [
+            Some("component"),
+            Some(appid),
+            Some("authorizers"),
+            None,
+            None,
+        ] => Some(Route::Component(appid, ComponentRoute::Authorizers)),
         [Some("wx"), Some(appid), Some("token"), Some("query"), None] => Some(Route::Query(appid)),
         [Some("wx"), Some(appid), Some("wxcode"), Some("send"), None] => Some(Route::WxCode(appid)),
         [
@@ -138,6 +172,10 @@ pub(super) fn route(path: &str) -> Option<Route<'_>> {
 /// `http.credential_errors` says. Decided from the path alone, before routing, so a route
 /// added to the group later needs nothing else to answer alike, and neither does a path in it
 /// that no route matches.
+///
+/// A third-party platform's token, `/component/{appid}/token/…`, is in the group too: its
+/// callers read it as they read any token. Its authorization link and its authorizers' listing
+/// are not (they answer errors with their HTTP status, whatever the setting).
 pub(super) fn in_credential_group(path: &str) -> bool {
     let Some((first, rest)) = path.strip_prefix('/').and_then(|p| p.split_once('/')) else {
         return false;
@@ -146,7 +184,10 @@ pub(super) fn in_credential_group(path: &str) -> bool {
     if first == "component" && rest.split('/').nth(1) == Some("event") {
         return false;
     }
-    first == "wx" || rest.split_once('/').map_or(rest, |(second, _)| second) == "wechat"
+    let (second, rest) = rest.split_once('/').unwrap_or((rest, ""));
+    first == "wx"
+        || second == "wechat"
+        || (first == "component" && rest.split('/').next() == Some("token"))
 }
 
 #[cfg(test)]
@@ -193,6 +234,27 @@ mod tests {
         ));
         assert!(route("/component/wxc1/event/x").is_none());
         assert!(route("/component/wxc1").is_none());
+        for (path, expected) in [
+            ("/component/wxc/token/get", ComponentRoute::Token),
+            ("/component/wxc/auth_url", ComponentRoute::AuthUrl),
+            ("/component/wxc/authorizers", ComponentRoute::Authorizers),
+            // A platform whose appid is `wechat`, not the token route of an app `component`.
+            ("/component/wechat/token/get", ComponentRoute::Token),
+        ] {
+            match route(path) {
+                Some(Route::Component(_, got)) => assert_eq!(got, expected, "{path}"),
+                _ => panic!("{path} should be a component route"),
+            }
+        }
+        for bad in [
+            "/component/wxc",
+            "/component/wxc/token",
+            "/component/wxc/token/refresh",
+            "/component/wxc/auth_url/x",
+            "/component/wxc/authorizers/",
+        ] {
+            assert!(route(bad).is_none(), "{bad:?} should not route");
+        }
         for bad in [
             "",
             "//",
@@ -220,6 +282,8 @@ mod tests {
             "/wx/wx1/wxcode/send",
             "/wx1/wechat/no/such",
             "/wechat/wechat/token/get",
+            "/component/wxc/token/get",
+            "/component/wxc/token/no-such",
         ] {
             assert!(in_credential_group(path), "{path}");
         }
@@ -235,6 +299,10 @@ mod tests {
             // WeChat's pushes answer with their status, whatever the platform's appid.
             "/component/wxc1/event",
             "/component/wechat/event",
+            "/component/wxc/auth_url",
+            "/component/wxc/authorizers",
+            "/component/wxc",
+            "/component/token/x",
         ] {
             assert!(!in_credential_group(path), "{path}");
         }

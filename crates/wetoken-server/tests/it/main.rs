@@ -17,6 +17,7 @@ mod go_sdk;
 mod limits;
 mod manifests;
 mod open_push;
+mod open_routes;
 mod ops;
 mod registry;
 mod report_limits;
