@@ -219,3 +219,50 @@ async fn the_go_sdk_reads_tokens_and_calls_wechat_through_wetoken(db: &TestDb) {
     assert_eq!(borrowed["error"], "http.Status: 401 Unauthorized");
     server.stop().await;
 }
+
+wetoken_testkit::on_databases!([Sqlite]: the_go_sdk_reads_an_authorizers_token_unchanged);
+
+/// A third-party platform's authorizer, stored by WeChat's pushes, read by the Go SDK on the
+/// ordinary route as if it were an app of its own; once the account withdraws, the SDK gets
+/// wetoken's error.
+async fn the_go_sdk_reads_an_authorizers_token_unchanged(db: &TestDb) {
+    use crate::open_push::{COMPONENT, started};
+    let built = tokio::task::spawn_blocking(program).await;
+    let Some(gosdk) = built.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic())) else {
+        return;
+    };
+    let (mock, server) = started(db, |s| {
+        s.http.credential_errors = Settings::default().http.credential_errors;
+    })
+    .await;
+    let ticket = mock.push_verify_ticket(COMPONENT).await.unwrap();
+    assert_eq!(ticket.answer.as_deref(), Some("success"), "{ticket:?}");
+    let authorizer = "wxgoauthorizer";
+    let pushed = mock
+        .authorize(COMPONENT, Some(authorizer), None)
+        .await
+        .unwrap();
+    assert_eq!(pushed.answer.as_deref(), Some("success"), "{pushed:?}");
+
+    // The SDK sends an app secret; an authorizer has none, and with no consumer key the
+    // caller's address is what admits it.
+    let url = format!("{}/wx/{authorizer}/token/get", server.url);
+    let got = token(&gosdk, &url, authorizer, "no-secret-of-its-own").await;
+    assert_eq!(got["ok"], true, "{got}");
+    assert_eq!(
+        got["token"].as_str(),
+        mock.current_authorizer_token(authorizer).as_deref(),
+        "{got}"
+    );
+    assert_eq!(
+        mock.calls(Endpoint::AuthorizerToken),
+        0,
+        "api_query_auth's token"
+    );
+
+    mock.unauthorize(COMPONENT, authorizer).await.unwrap();
+    let withdrawn = token(&gosdk, &url, authorizer, "no-secret-of-its-own").await;
+    let errmsg = sdk_error(&withdrawn, 90460);
+    assert!(errmsg.contains("authoriz"), "{errmsg}");
+    server.stop().await;
+}

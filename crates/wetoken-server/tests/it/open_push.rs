@@ -15,7 +15,7 @@ use wetoken_server::{Apps, Embedded, PeerAddr, Routes, Settings};
 
 use crate::harness::{TestDb, TestServer, eventually, on_every_database, sample, settings};
 
-const COMPONENT: &str = "wxcomponent01";
+pub(crate) const COMPONENT: &str = "wxcomponent01";
 const COMPONENT_SECRET: &str = "componentsecret";
 const TOKEN: &str = "pushtoken";
 const AES_KEY: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
@@ -56,7 +56,10 @@ fn id(s: &str) -> AppId {
 }
 
 /// A server that knows the component, and a mock that pushes to it.
-async fn started(db: &TestDb, tweak: impl FnOnce(&mut Settings)) -> (MockWeChat, TestServer) {
+pub(crate) async fn started(
+    db: &TestDb,
+    tweak: impl FnOnce(&mut Settings),
+) -> (MockWeChat, TestServer) {
     let mock = mock().await;
     let mut settings = settings(db, &mock);
     tweak(&mut settings);
