@@ -53,6 +53,18 @@ pub(crate) async fn run(args: QuotaArgs) -> anyhow::Result<()> {
              (`app quota` is for official accounts and mini programs)"
         );
     }
+    if info.kind == AppKind::Component || info.component.is_some() {
+        bail!(
+            "{appid} is {} of the open platform: its token comes from \
+             /cgi-bin/component/*, whose count this command does not read \
+             (`app quota` is for apps with their own secret)",
+            if info.kind == AppKind::Component {
+                "a third-party platform"
+            } else {
+                "an authorizer"
+            }
+        );
+    }
     let cgi_path = match info.token_mode {
         TokenMode::Classic => "/cgi-bin/token",
         TokenMode::Stable => "/cgi-bin/stable_token",

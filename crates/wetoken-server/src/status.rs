@@ -231,7 +231,7 @@ fn filters(out: &mut String, listing: &Listing) {
     out.push_str(
         "</select></label> <label>kind <select name=\"kind\"><option value=\"\">any</option>",
     );
-    for kind in [AppKind::Mp, AppKind::Mini, AppKind::Work] {
+    for kind in AppKind::ALL {
         let selected = if listing.filter.kind == Some(kind) {
             " selected"
         } else {

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{Expr, ExprTrait, Query};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DbBackend, EntityTrait,
-    IdenStatic, QueryFilter, QueryOrder, QuerySelect, SqlErr, TransactionTrait,
+    IdenStatic, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, SqlErr, TransactionTrait,
 };
 
 use super::sealing::{SealedRow, next_generation};
@@ -310,6 +310,17 @@ impl Store {
 
     /// Removes an app and its stored credentials. Returns whether it existed.
     pub async fn delete_app(&self, appid: &AppId) -> Result<bool, Error> {
+        // A platform's authorizers would be left with no way to a token.
+        let authorizers = app_info::Entity::find()
+            .filter(app_info::Column::ComponentAppid.eq(appid.as_str()))
+            .count(&self.db)
+            .await?;
+        if authorizers > 0 {
+            return Err(Error::InvalidInput(format!(
+                "{appid} is the third-party platform of {authorizers} stored authorizers, whose \
+                 tokens come through it: remove them first"
+            )));
+        }
         let txn = self.db.begin().await?;
         for kind in Kind::ALL {
             // The change number first (the order every writer takes its locks in); the feed

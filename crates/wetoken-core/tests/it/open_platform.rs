@@ -229,3 +229,39 @@ async fn a_withdrawn_authorization_stops_serving_until_the_account_authorizes_ag
     );
     tokio::time::sleep(Duration::from_millis(1)).await;
 }
+
+#[tokio::test]
+async fn a_platform_with_authorizers_is_not_removed_and_an_authorizer_needs_a_platform() {
+    let mock = mock(false).await;
+    let engine = engine(&mock).await;
+    let appid = authorized(&mock, &engine, "wxauthorizer04").await;
+    let err = engine.delete_app(&id(COMPONENT)).await.unwrap_err();
+    assert!(err.to_string().contains("remove them first"), "{err}");
+
+    // An authorizer of a platform that is not stored, or of an app that is not one.
+    for component in ["wxnosuchcomponent", "wxauthorizer04"] {
+        let app = NewApp {
+            component: Some(id(component)),
+            ..NewApp::mp(id("wxorphan"), Secret::new("refreshtoken"))
+        };
+        let err = engine.add_app(&app).await.unwrap_err();
+        assert!(matches!(err, Error::InvalidInput(_)), "{err:?}");
+    }
+    // A platform without a usable EncodingAESKey.
+    let bad = NewApp {
+        aes_key: Some(Secret::new("tooshort")),
+        ..NewApp::mp(id("wxbadcomponent"), Secret::new("s"))
+    };
+    let bad = NewApp {
+        kind: AppKind::Component,
+        token: Some(Secret::new(TOKEN)),
+        ..bad
+    };
+    assert!(matches!(
+        engine.add_app(&bad).await.unwrap_err(),
+        Error::InvalidInput(_)
+    ));
+
+    engine.delete_app(&appid).await.unwrap();
+    engine.delete_app(&id(COMPONENT)).await.unwrap();
+}
