@@ -1,6 +1,8 @@
 //! The open platform (issue #19): third-party platforms ("components") and the accounts that
 //! authorized them ("authorizers").
 //!
+//! - `wechat_app_info.kind` widens from `VARCHAR(8)` to `VARCHAR(16)`: `component` is nine
+//!   characters. (SQLite does not enforce the length, and cannot alter a column: it is left.)
 //! - A component is an app of kind `component` in `wechat_app_info`: its `secret` is the
 //!   `component_appsecret`, `token` and `aes_key` its message token and EncodingAESKey (sealed as
 //!   every secret is), and its `wechat_access_token` row holds the `component_access_token`.
@@ -46,6 +48,22 @@ const SEEN_AT: &str = "idx_wps_seen_at";
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        // Widening again is harmless: run twice, it changes nothing.
+        if manager.get_database_backend() != sea_orm_migration::sea_orm::DbBackend::Sqlite {
+            manager
+                .alter_table(
+                    Table::alter()
+                        .table(Alias::new(APPS))
+                        .modify_column(
+                            ColumnDef::new(Alias::new("kind"))
+                                .string_len(16)
+                                .not_null()
+                                .default("mp"),
+                        )
+                        .to_owned(),
+                )
+                .await?;
+        }
         let column = ColumnDef::new(Alias::new(COMPONENT))
             .string_len(64)
             .null()

@@ -151,6 +151,15 @@ impl Embedded {
                 metrics: settings.metrics.clone(),
                 admin,
                 readers,
+                pushes: http::PushPolicy {
+                    limits: http::RefreshLimiter::new(
+                        settings
+                            .http
+                            .push_refusal_limit()
+                            .map_err(StartError::Settings)?,
+                    ),
+                    window: settings.http.push_window().map_err(StartError::Settings)?,
+                },
                 trusted_proxies: settings.trusted_proxies().map_err(StartError::Settings)?,
                 draining: AtomicBool::new(false),
             }),
@@ -414,6 +423,7 @@ impl Routes {
                 credentials: true,
                 admin: false,
                 observe: false,
+                events: false,
                 apps: None,
             },
         }
@@ -429,6 +439,15 @@ impl Routes {
     /// Whether the credential group is mounted.
     pub fn with_credentials(mut self, on: bool) -> Self {
         self.mount.credentials = on;
+        self
+    }
+
+    /// Whether `/component/{component_appid}/event`, WeChat's pushes to a third-party platform
+    /// (its authorization-event URL), is mounted. It is public: a push's signature, made with
+    /// the platform's message token, is its only gate. With [`Routes::apps`], only pushes to
+    /// those platforms are accepted.
+    pub fn with_events(mut self, on: bool) -> Self {
+        self.mount.events = on;
         self
     }
 

@@ -8,6 +8,8 @@
 //! - `params`: query and body parameters;
 //! - `credential`: the token and ticket answer, written by hand;
 //! - `admin`: the `/wechat/app/*` handlers;
+//! - `push`: `/component/{id}/event`, WeChat's pushes to a third-party platform (public: the
+//!   push's signature is its gate);
 //! - `error`: errors to `errcode`s and statuses, in one function;
 //! - `fuzz`: the fuzz target's entry point.
 //!
@@ -30,6 +32,9 @@ mod limit;
 pub(crate) use limit::RefreshLimiter;
 mod params;
 pub(crate) use params::Listing;
+mod push;
+pub(crate) use push::PushPolicy;
+pub(crate) use push::counters_at_start as push_counters_at_start;
 mod request;
 mod route;
 
@@ -61,6 +66,8 @@ pub(crate) struct State {
     pub metrics: MetricsSettings,
     pub admin: AdminPolicy,
     pub readers: ReaderPolicy,
+    /// The push route's timestamp window and its limit on refused pushes.
+    pub pushes: PushPolicy,
     /// Proxies whose `X-Forwarded-For` names the caller (`trusted_proxies`).
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Set on SIGTERM while the server drains: `/ready` answers 503.
@@ -93,7 +100,9 @@ pub(crate) struct Mount {
     pub admin: bool,
     /// The status page `/`, `/metrics`, and the health routes.
     pub observe: bool,
-    /// The apps the credential and admin routes serve; `None`: every app.
+    /// WeChat's pushes to third-party platforms, `/component/{id}/event`.
+    pub events: bool,
+    /// The apps the credential, admin and push routes serve; `None`: every app.
     pub apps: Option<HashSet<String>>,
 }
 
@@ -103,6 +112,7 @@ impl Mount {
         credentials: true,
         admin: true,
         observe: true,
+        events: true,
         apps: None,
     };
 
@@ -118,6 +128,7 @@ impl Mount {
             | Route::Health
             | Route::Ready
             | Route::Live => self.observe,
+            Route::ComponentEvent(_) => self.events,
         }
     }
 
@@ -287,9 +298,13 @@ async fn dispatch<B: RequestBody>(
             Ok(typed("success".into(), "text/plain; charset=utf-8"))
         }
         Route::App(action) => Box::pin(app_route(state, mount, action, &parts, body)).await,
+        // Public: no policy but the push's signature, checked by the handler.
+        Route::ComponentEvent(component) => {
+            push::component_event(state, mount, &parts, body, peer, component).await
+        }
         Route::Jssdk(appid) => {
             let (appid, _) = admit(state, mount, &parts, peer, appid, Purpose::Use)?;
-            let params = Params::read(&parts, body, &state.http).await?;
+            let params = Box::pin(Params::read(&parts, body, &state.http)).await?;
             let config =
                 Box::pin(state.engine.jssdk_config(&appid, params.required("url")?)).await?;
             Ok(json(

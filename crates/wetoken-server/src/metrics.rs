@@ -223,6 +223,12 @@ pub(crate) fn counters_at_start() -> Vec<(&'static str, Vec<(&'static str, &'sta
             vec![("limit", limit.label())],
         ));
     }
+    for (info_type, outcome) in crate::http::push_counters_at_start() {
+        out.push((
+            "wetoken_component_pushes_total",
+            vec![("info_type", info_type), ("outcome", outcome)],
+        ));
+    }
     for kind in [Kind::JsapiTicket, Kind::CardTicket] {
         out.push((
             "wetoken_refresh_reports_total",
@@ -268,6 +274,10 @@ pub(crate) fn describe() {
     describe_gauge!(
         "wetoken_refresh_last_success_timestamp_seconds",
         "When a refresh of this kind last succeeded on this replica (Unix seconds); max() across replicas is the cluster's."
+    );
+    describe_counter!(
+        "wetoken_component_pushes_total",
+        "WeChat's pushes to /component/{id}/event, by info_type (component_verify_ticket, authorized, updateauthorized, unauthorized, other, url_check; unknown: refused before decryption) and outcome (ok, failed, replayed, forged, stale, malformed, unknown_component, limited)."
     );
     describe_counter!(
         "wetoken_scheduler_sweeps_total",

@@ -214,6 +214,17 @@ pub struct HttpSettings {
     pub refresh_burst: u32,
     /// How many reports a minute refill that bucket.
     pub refresh_per_minute: u32,
+    /// How far, in seconds, a push's `timestamp` to `/component/{id}/event` may be from the
+    /// server's clock, either way: older or newer pushes are refused. Signatures seen are
+    /// remembered (cluster-wide) for twice this long, so a replay within the window is refused
+    /// too.
+    pub push_window_secs: u64,
+    /// How many refused pushes (forged, replayed, stale, malformed, for an unknown platform) one
+    /// source address may send at once to `/component/{id}/event`: its bucket's size. Pushes
+    /// that are accepted cost nothing. Per replica.
+    pub push_refusal_burst: u32,
+    /// How many refused pushes a minute refill that bucket.
+    pub push_refusal_per_minute: u32,
 }
 
 impl HttpSettings {
@@ -242,6 +253,20 @@ impl HttpSettings {
     pub fn refresh_limit(&self) -> Result<wetoken_core::RefreshLimit, String> {
         wetoken_core::RefreshLimit::new(self.refresh_burst, self.refresh_per_minute)
             .map_err(|e| format!("http.refresh_burst / http.refresh_per_minute: {e}"))
+    }
+
+    /// The push route's limit on refused pushes per source address, checked.
+    pub fn push_refusal_limit(&self) -> Result<wetoken_core::RefreshLimit, String> {
+        wetoken_core::RefreshLimit::new(self.push_refusal_burst, self.push_refusal_per_minute)
+            .map_err(|e| format!("http.push_refusal_burst / http.push_refusal_per_minute: {e}"))
+    }
+
+    /// The push route's timestamp window, checked: 1 s to a day.
+    pub fn push_window(&self) -> Result<std::time::Duration, String> {
+        if !(1..=86_400).contains(&self.push_window_secs) {
+            return Err("http.push_window_secs must be 1 to 86400".into());
+        }
+        Ok(std::time::Duration::from_secs(self.push_window_secs))
     }
 }
 
@@ -309,6 +334,9 @@ impl Default for HttpSettings {
             credential_errors: CredentialErrors::InBody,
             refresh_burst: wetoken_core::RefreshLimit::DEFAULT.burst(),
             refresh_per_minute: wetoken_core::RefreshLimit::DEFAULT.per_minute(),
+            push_window_secs: 300,
+            push_refusal_burst: 20,
+            push_refusal_per_minute: 60,
         }
     }
 }

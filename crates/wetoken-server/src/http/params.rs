@@ -14,6 +14,34 @@ use super::RequestBody;
 use super::error::ApiError;
 use wetoken_settings::HttpSettings;
 
+/// A request's body, at most `limit` bytes: a larger `Content-Length` is refused before
+/// anything is read, and a body that grows past it while read.
+pub(super) async fn read_body<B: RequestBody>(
+    parts: &http::request::Parts,
+    body: B,
+    limit: usize,
+) -> Result<bytes::Bytes, ApiError> {
+    let declared = parts
+        .headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::BodyTooLarge(limit));
+    }
+    Ok(Limited::new(body, limit)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                ApiError::BodyTooLarge(limit)
+            } else {
+                ApiError::BadRequest("could not read the request body".into())
+            }
+        })?
+        .to_bytes())
+}
+
 /// A request's parameters: the query string, overlaid by a form or JSON body.
 /// Parameters a route does not use are ignored.
 #[derive(Default)]
@@ -25,31 +53,12 @@ impl Params {
         body: B,
         limits: &HttpSettings,
     ) -> Result<Self, ApiError> {
-        let limit = limits.body_limit_bytes;
-        let declared = parts
-            .headers
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > limit as u64) {
-            return Err(ApiError::BodyTooLarge(limit));
-        }
         let is_json = parts
             .headers
             .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.to_ascii_lowercase().contains("json"));
-        let body = Limited::new(body, limit)
-            .collect()
-            .await
-            .map_err(|e| {
-                if e.is::<http_body_util::LengthLimitError>() {
-                    ApiError::BodyTooLarge(limit)
-                } else {
-                    ApiError::BadRequest("could not read the request body".into())
-                }
-            })?
-            .to_bytes();
+        let body = read_body(parts, body, limits.body_limit_bytes).await?;
         Self::parse(parts.uri.query(), &body, is_json)
     }
 

@@ -24,6 +24,9 @@ pub(super) enum Route<'a> {
     Query(&'a str),
     /// `/wx/{appid}/wxcode/send`: the Go wetoken's verification-code message.
     WxCode(&'a str),
+    /// `/component/{component_appid}/event`: WeChat's pushes to a third-party platform
+    /// (`http::push`). Public: the push's signature is its only gate.
+    ComponentEvent(&'a str),
 }
 
 impl<'a> Route<'a> {
@@ -32,6 +35,7 @@ impl<'a> Route<'a> {
         match self {
             Route::Jssdk(appid) | Route::Query(appid) | Route::WxCode(appid) => Some(appid),
             Route::Credential { appid, .. } => Some(appid),
+            Route::ComponentEvent(component) => Some(component),
             _ => None,
         }
     }
@@ -61,6 +65,7 @@ impl<'a> Route<'a> {
             Route::Credential { refresh: true, .. } => "ticket_refresh",
             Route::Query(_) => "token_query",
             Route::WxCode(_) => "wxcode_send",
+            Route::ComponentEvent(_) => "component_event",
         }
     }
 }
@@ -114,6 +119,13 @@ pub(super) fn route(path: &str) -> Option<Route<'_>> {
         ] => Some(Route::Jssdk(appid)),
         [Some("wx"), Some(appid), Some("token"), Some("query"), None] => Some(Route::Query(appid)),
         [Some("wx"), Some(appid), Some("wxcode"), Some("send"), None] => Some(Route::WxCode(appid)),
+        [
+            Some("component"),
+            Some(component),
+            Some("event"),
+            None,
+            None,
+        ] => Some(Route::ComponentEvent(component)),
         [Some("wx"), Some(appid), Some(kind), Some(op), None] => credential(appid, kind, op),
         [Some(appid), Some("wechat"), Some(kind), Some(op), None] => credential(appid, kind, op),
         _ => None,
@@ -130,6 +142,10 @@ pub(super) fn in_credential_group(path: &str) -> bool {
     let Some((first, rest)) = path.strip_prefix('/').and_then(|p| p.split_once('/')) else {
         return false;
     };
+    // WeChat's pushes, even to a platform whose appid is `wechat`, answer with their status.
+    if first == "component" && rest.split('/').nth(1) == Some("event") {
+        return false;
+    }
     first == "wx" || rest.split_once('/').map_or(rest, |(second, _)| second) == "wechat"
 }
 
@@ -171,6 +187,12 @@ mod tests {
             Some(Route::StatusApp("wx1"))
         ));
         assert!(route("/status/wx1/x").is_none());
+        assert!(matches!(
+            route("/component/wxc1/event"),
+            Some(Route::ComponentEvent("wxc1"))
+        ));
+        assert!(route("/component/wxc1/event/x").is_none());
+        assert!(route("/component/wxc1").is_none());
         for bad in [
             "",
             "//",
@@ -210,6 +232,9 @@ mod tests {
             "/wechat/app/create",
             "/wechat/app/list",
             "/nothing/here",
+            // WeChat's pushes answer with their status, whatever the platform's appid.
+            "/component/wxc1/event",
+            "/component/wechat/event",
         ] {
             assert!(!in_credential_group(path), "{path}");
         }
