@@ -39,6 +39,9 @@ pub(crate) struct ImportAuthorizersArgs {
     db: DatabaseArg,
 }
 
+/// New authorizers added a transaction.
+const BATCH: usize = 1000;
+
 /// One authorizer of the file, checked.
 #[derive(Debug)]
 struct Line {
@@ -54,6 +57,11 @@ struct Line {
 enum Outcome {
     Added,
     Updated,
+    /// Stored already, and --update not given.
+    Present,
+    /// Stored already with this refresh token.
+    Unchanged,
+    /// Left as it is for the reason given (a withdrawn authorization).
     Skipped(String),
     Refused(String),
 }
@@ -166,21 +174,15 @@ fn parse_line(line: usize, text: &str) -> anyhow::Result<Line> {
         }
         fields
     } else {
-        let mut reader = csv::ReaderBuilder::new()
-            .has_headers(false)
-            .flexible(true)
-            .trim(csv::Trim::All)
-            .from_reader(text.as_bytes());
-        let mut record = csv::StringRecord::new();
-        reader.read_record(&mut record).context("not a CSV line")?;
-        if record.len() > 3 {
+        let fields = csv_fields(text)?;
+        if fields.len() > 3 {
             bail!(
                 "{} fields: expected appid,refresh_token[,kind]",
-                record.len()
+                fields.len()
             );
         }
-        let get = |i: usize| record.get(i).map(str::to_owned);
-        (get(0), get(1), get(2))
+        let mut fields = fields.into_iter();
+        (fields.next(), fields.next(), fields.next())
     };
     let appid = AppId::parse(appid.as_deref().unwrap_or_default())?;
     let refresh_token = match token.as_deref() {
@@ -204,6 +206,23 @@ fn parse_line(line: usize, text: &str) -> anyhow::Result<Line> {
         refresh_token,
         kind,
     })
+}
+
+/// The fields of a CSV line, trimmed. A line without quotes is split at its commas (building a
+/// CSV reader a line costs more than the rest of an import of 100,000 lines); one with quotes is
+/// read as CSV.
+fn csv_fields(text: &str) -> anyhow::Result<Vec<String>> {
+    if !text.contains('"') {
+        return Ok(text.split(',').map(|f| f.trim().to_owned()).collect());
+    }
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .trim(csv::Trim::All)
+        .from_reader(text.as_bytes());
+    let mut record = csv::StringRecord::new();
+    reader.read_record(&mut record).context("not a CSV line")?;
+    Ok(record.iter().map(str::to_owned).collect())
 }
 
 /// What to do with `line`, given the app stored under its appid (if any).
@@ -249,10 +268,7 @@ fn plan(component: &AppId, line: &Line, stored: Option<&AppInfo>, update: bool) 
             if update {
                 Plan::Update
             } else {
-                Plan::Done(Outcome::Skipped(format!(
-                    "{} is already stored (--update replaces its refresh token)",
-                    app.appid
-                )))
+                Plan::Done(Outcome::Present)
             }
         }
     }
@@ -281,23 +297,45 @@ pub(crate) async fn run(args: ImportAuthorizersArgs) -> anyhow::Result<()> {
         .collect();
     let engine = crate::apps::engine(store, &settings)?;
     let mut outcomes: Vec<(usize, AppId, Outcome)> = Vec::new();
-    let mut work = Vec::new();
+    let (mut adds, mut updates) = (Vec::new(), Vec::new());
     for line in lines {
         match plan(&component, &line, stored.get(&line.appid), args.update) {
             Plan::Done(outcome) => outcomes.push((line.line, line.appid.clone(), outcome)),
             Plan::Add if args.check => outcomes.push((line.line, line.appid, Outcome::Added)),
             Plan::Update if args.check => outcomes.push((line.line, line.appid, Outcome::Updated)),
-            Plan::Add => work.push((line, false)),
-            Plan::Update => work.push((line, true)),
+            Plan::Add => adds.push(line),
+            Plan::Update => updates.push((line, true)),
         }
     }
     drop(stored);
-    // Eight at a time, as `import` does: one by one, 100,000 lines take minutes of round trips.
-    let written: Vec<(usize, AppId, Outcome)> = futures::stream::iter(work)
-        .map(|(line, update)| write(&engine, &component, line, update, args.update))
-        .buffer_unordered(8)
-        .collect()
-        .await;
+    // New authorizers a thousand a transaction: 100,000 one by one take many minutes of round
+    // trips and commits. A batch that fails (an app added meanwhile by a server or another
+    // import) is added line by line instead, which tells which line it was.
+    let mut retry = Vec::new();
+    let mut adds = adds.into_iter().peekable();
+    while adds.peek().is_some() {
+        let batch: Vec<Line> = adds.by_ref().take(BATCH).collect();
+        let apps: Vec<NewApp> = batch.iter().map(|l| authorizer(&component, l)).collect();
+        match engine
+            .store()
+            .insert_authorizers(&component, &apps, engine.now())
+            .await
+        {
+            Ok(()) => outcomes.extend(
+                batch
+                    .into_iter()
+                    .map(|line| (line.line, line.appid, Outcome::Added)),
+            ),
+            Err(_) => retry.extend(batch.into_iter().map(|line| (line, false))),
+        }
+    }
+    // Eight at a time, as `import` does.
+    let written: Vec<(usize, AppId, Outcome)> =
+        futures::stream::iter(retry.into_iter().chain(updates))
+            .map(|(line, update)| write(&engine, &component, line, update, args.update))
+            .buffer_unordered(8)
+            .collect()
+            .await;
     outcomes.extend(written);
     outcomes.sort_by_key(|(line, _, _)| *line);
     report(&args, &bad, &outcomes)
@@ -338,7 +376,7 @@ async fn write(
 async fn replace(engine: &Engine, line: &Line) -> Outcome {
     match engine.store().app(&line.appid).await {
         Ok(Some(app)) if app.secret == line.refresh_token => {
-            return Outcome::Skipped(format!("{} already has this refresh token", line.appid));
+            return Outcome::Unchanged;
         }
         Ok(_) => {}
         // A refresh token that does not decrypt is replaced below, which is what mends it.
@@ -364,13 +402,15 @@ fn authorizer(component: &AppId, line: &Line) -> NewApp {
     }
 }
 
-/// Prints every line not added or updated, and the totals; fails if any line was refused.
+/// Prints every line refused or skipped for a reason of its own, how many were stored already,
+/// and the totals; fails if any line was refused.
 fn report(
     args: &ImportAuthorizersArgs,
     bad: &[(usize, String)],
     outcomes: &[(usize, AppId, Outcome)],
 ) -> anyhow::Result<()> {
     let (mut added, mut updated, mut skipped, mut refused) = (0, 0, 0, bad.len());
+    let (mut present, mut unchanged) = (0, 0);
     let mut notes: Vec<(usize, String)> = bad
         .iter()
         .map(|(line, why)| (*line, format!("line {line}: refused: {why}")))
@@ -379,6 +419,8 @@ fn report(
         match outcome {
             Outcome::Added => added += 1,
             Outcome::Updated => updated += 1,
+            Outcome::Present => present += 1,
+            Outcome::Unchanged => unchanged += 1,
             Outcome::Skipped(why) => {
                 skipped += 1;
                 notes.push((*line, format!("line {line}: skipped: {why}")));
@@ -393,6 +435,16 @@ fn report(
     for (_, note) in &notes {
         println!("{note}");
     }
+    if present > 0 {
+        println!(
+            "{present} authorizers are stored already and were left as they are (--update \
+             replaces their refresh tokens)"
+        );
+    }
+    if unchanged > 0 {
+        println!("{unchanged} authorizers are stored already with the same refresh token");
+    }
+    skipped += present + unchanged;
     let (add, update) = if args.check {
         ("would add", "would update")
     } else {
@@ -440,7 +492,8 @@ mod tests {
                     wxf,rt,mp,extra\n\
                     {\"authorizer_appid\":\"wxg\",\"refresh_token\":\"rt\"}\n\
                     wxdup,one\n\
-                    wxdup,two\n";
+                    wxdup,two\n\
+                    \"wxq\",\"rt,q\",mini\n";
         let (good, bad) = parse(text);
         let good: Vec<(usize, &str, Option<AppKind>)> = good
             .iter()
@@ -451,7 +504,8 @@ mod tests {
             [
                 (2, "wxa", None),
                 (5, "wxb", Some(AppKind::Mini)),
-                (6, "wxc", Some(AppKind::Mp))
+                (6, "wxc", Some(AppKind::Mp)),
+                (14, "wxq", Some(AppKind::Mini))
             ]
         );
         let bad: Vec<usize> = bad.iter().map(|(line, _)| *line).collect();
