@@ -27,7 +27,8 @@ pub(crate) enum AppAction {
     /// Examples: wetoken-cli app add wx9e02ddcc34513fd4 < secret.txt;
     /// wetoken-cli app add --kind work --corpid ww123 --agentid 1000002;
     /// wetoken-cli app add wx9e02ddcc34513fd4 --token-mode stable;
-    /// wetoken-cli app add wxcomponent1 --kind component --token T --aes-key K < secret.txt;
+    /// wetoken-cli app add wxcomponent1 --kind component --token-file token.txt --aes-key-file
+    /// aes.txt < secret.txt;
     /// wetoken-cli app add wxauthorizer1 --component wxcomponent1 < refresh_token.txt
     Add(Box<AddArgs>),
     /// List apps, with the state of their token and tickets, a page at a time (100 by default),
@@ -90,11 +91,17 @@ pub(crate) struct AddArgs {
     #[arg(long)]
     secret: Option<String>,
     /// The message token of the app's server configuration.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "token_file")]
     token: Option<String>,
-    /// The message AES key of the app's server configuration.
-    #[arg(long)]
+    /// The message AES key of the app's server configuration (a platform's EncodingAESKey).
+    #[arg(long, conflicts_with = "aes_key_file")]
     aes_key: Option<String>,
+    /// A file whose first line is the message token: kept out of the process list.
+    #[arg(long, value_name = "PATH")]
+    token_file: Option<std::path::PathBuf>,
+    /// A file whose first line is the message AES key: kept out of the process list.
+    #[arg(long, value_name = "PATH")]
+    aes_key_file: Option<std::path::PathBuf>,
     /// Upstream calls a day this app may make (default 2000, WeChat's quota).
     #[arg(long)]
     daily_budget: Option<String>,
@@ -407,6 +414,21 @@ fn shown_interval(secs: Option<i32>) -> String {
     }
 }
 
+/// The value given, or the first line of the file named.
+fn given_or_file(
+    given: Option<String>,
+    file: Option<std::path::PathBuf>,
+) -> anyhow::Result<Option<String>> {
+    let Some(file) = file else {
+        return Ok(given);
+    };
+    let text =
+        std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+    Ok(Some(
+        text.lines().next().unwrap_or_default().trim().to_owned(),
+    ))
+}
+
 fn message_key(name: &str, value: Option<String>) -> anyhow::Result<Option<Secret>> {
     Ok(value
         .map(|v| Secret::checked(name, &v, Secret::MAX_MESSAGE_KEY))
@@ -450,8 +472,8 @@ pub(crate) async fn app(action: AppAction) -> anyhow::Result<()> {
                 .map(AppUpdate::budget)
                 .transpose()?;
             let verify_secs = parse_verify_secs(args.verify_secs.as_deref())?;
-            let token = message_key("token", args.token)?;
-            let aes_key = message_key("aes_key", args.aes_key)?;
+            let token = message_key("token", given_or_file(args.token, args.token_file)?)?;
+            let aes_key = message_key("aes_key", given_or_file(args.aes_key, args.aes_key_file)?)?;
             if kind == AppKind::Component {
                 check_message_keys(&appid, token.as_ref(), aes_key.as_ref())?;
             }

@@ -123,6 +123,30 @@ async fn platforms_and_authorizers_are_added_with_clear_refusals(db: &TestDb) {
     );
     cli.add_component(COMPONENT);
     cli.ok(&["app", "add", "wxplain01"], "plainsecret\n");
+    // The message token and key from files, kept out of the process list.
+    let dir = std::env::temp_dir().join(format!("wetoken-platforms-{}", db.name()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (token, aes) = (dir.join("token.txt"), dir.join("aes.txt"));
+    std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
+    std::fs::write(&aes, format!("{AES_KEY}\n")).unwrap();
+    let files = [
+        "--token-file",
+        token.to_str().unwrap(),
+        "--aes-key-file",
+        aes.to_str().unwrap(),
+    ];
+    let out = cli.ok(
+        &[&["app", "add", "wxcomponent02"][..], &component, &files].concat(),
+        "componentsecret\n",
+    );
+    assert!(out.contains("added wxcomponent02 (component"), "{out}");
+    std::fs::write(&aes, "not-a-key\n").unwrap();
+    cli.refused(
+        &[&["app", "add", "wxcomponent03"][..], &component, &files].concat(),
+        "componentsecret\n",
+        "EncodingAESKey must be 43 characters",
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 
     // An authorizer names a stored platform, is mp or mini, and its refresh token is read like
     // a secret, once the platform is known (no input is given to the refused ones).
