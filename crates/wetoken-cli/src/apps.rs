@@ -19,9 +19,17 @@ pub(crate) enum AppAction {
     /// Add an app. Without --secret, the secret is asked for at a terminal (not echoed) or read
     /// from the first line of standard input.
     ///
+    /// A third-party platform is `--kind component`: its secret is the component_appsecret, and
+    /// --token and --aes-key (its message token and EncodingAESKey) are required. An authorizer
+    /// (an official account or mini program that authorized one) is `--component APPID` with
+    /// --kind mp or mini: what is read in place of the secret is its authorizer_refresh_token.
+    ///
     /// Examples: wetoken-cli app add wx9e02ddcc34513fd4 < secret.txt;
     /// wetoken-cli app add --kind work --corpid ww123 --agentid 1000002;
-    /// wetoken-cli app add wx9e02ddcc34513fd4 --token-mode stable
+    /// wetoken-cli app add wx9e02ddcc34513fd4 --token-mode stable;
+    /// wetoken-cli app add wxcomponent1 --kind component --token-file token.txt --aes-key-file
+    /// aes.txt < secret.txt;
+    /// wetoken-cli app add wxauthorizer1 --component wxcomponent1 < refresh_token.txt
     Add(Box<AddArgs>),
     /// List apps, with the state of their token and tickets, a page at a time (100 by default),
     /// after the totals by state.
@@ -61,9 +69,15 @@ pub(crate) enum AppAction {
 pub(crate) struct AddArgs {
     /// The appid. For a WeCom app, give --corpid and --agentid instead (or the corpid here).
     appid: Option<String>,
-    /// What kind of app: mp (official account), mini (mini program) or work (WeCom).
+    /// What kind of app: mp (official account), mini (mini program), work (WeCom) or
+    /// component (a third-party platform of WeChat's open platform).
     #[arg(long, value_enum, default_value_t = KindArg::Mp)]
     kind: KindArg,
+    /// Add an authorizer of this third-party platform (a stored app of kind component): its
+    /// token is fetched with the platform's, and the secret read is its
+    /// authorizer_refresh_token.
+    #[arg(long, value_name = "COMPONENT_APPID")]
+    component: Option<String>,
     /// Which token endpoint to use: classic (/cgi-bin/token) or stable (/cgi-bin/stable_token).
     #[arg(long, value_enum, default_value_t = ModeArg::Classic)]
     token_mode: ModeArg,
@@ -77,11 +91,17 @@ pub(crate) struct AddArgs {
     #[arg(long)]
     secret: Option<String>,
     /// The message token of the app's server configuration.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "token_file")]
     token: Option<String>,
-    /// The message AES key of the app's server configuration.
-    #[arg(long)]
+    /// The message AES key of the app's server configuration (a platform's EncodingAESKey).
+    #[arg(long, conflicts_with = "aes_key_file")]
     aes_key: Option<String>,
+    /// A file whose first line is the message token: kept out of the process list.
+    #[arg(long, value_name = "PATH")]
+    token_file: Option<std::path::PathBuf>,
+    /// A file whose first line is the message AES key: kept out of the process list.
+    #[arg(long, value_name = "PATH")]
+    aes_key_file: Option<std::path::PathBuf>,
     /// Upstream calls a day this app may make (default 2000, WeChat's quota).
     #[arg(long)]
     daily_budget: Option<String>,
@@ -205,6 +225,7 @@ enum KindArg {
     Mp,
     Mini,
     Work,
+    Component,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -219,6 +240,7 @@ impl From<KindArg> for AppKind {
             KindArg::Mp => AppKind::Mp,
             KindArg::Mini => AppKind::Mini,
             KindArg::Work => AppKind::Work,
+            KindArg::Component => AppKind::Component,
         }
     }
 }
@@ -314,6 +336,11 @@ async fn open_engine(db: &DatabaseArg) -> anyhow::Result<Engine> {
 
 /// The secret given, or asked for: at a terminal without echo, else the first line of stdin.
 fn secret(given: Option<String>, what: &str) -> anyhow::Result<Secret> {
+    secret_of(given, what, "secret", Secret::MAX_APP_SECRET)
+}
+
+/// [`secret`] for a value named `name` of at most `max` characters.
+fn secret_of(given: Option<String>, what: &str, name: &str, max: usize) -> anyhow::Result<Secret> {
     let value = match given.filter(|s| !s.is_empty()) {
         Some(value) => value,
         None if std::io::stdin().is_terminal() => {
@@ -329,10 +356,48 @@ fn secret(given: Option<String>, what: &str) -> anyhow::Result<Secret> {
     };
     if value.is_empty() {
         bail!(
-            "no secret given: pass --secret, type it at the prompt, or pipe it to standard input"
+            "no {name} given: pass --secret, type it at the prompt, or pipe it to standard input"
         );
     }
-    Ok(Secret::checked("secret", &value, Secret::MAX_APP_SECRET)?)
+    Ok(Secret::checked(name, &value, max)?)
+}
+
+/// The longest authorizer_refresh_token accepted, as the admin route takes it.
+pub(crate) const MAX_REFRESH_TOKEN: usize = 512;
+
+/// A third-party platform's message token and EncodingAESKey, checked before anything is asked
+/// or written: both are required, and WeChat's pushes must open with them.
+fn check_message_keys(
+    appid: &AppId,
+    token: Option<&Secret>,
+    aes_key: Option<&Secret>,
+) -> anyhow::Result<()> {
+    let (Some(token), Some(aes_key)) = (token, aes_key) else {
+        bail!(
+            "a third-party platform (--kind component) needs --token and --aes-key: the message \
+             token and EncodingAESKey of its authorization event URL, which WeChat's pushes are \
+             opened with"
+        );
+    };
+    wetoken_core::MsgCrypt::new(token.expose(), aes_key.expose(), appid.as_str())
+        .map_err(|e| anyhow::anyhow!("--token/--aes-key of third-party platform {appid}: {e}"))?;
+    Ok(())
+}
+
+/// Checks that `component` is a stored third-party platform, which an authorizer must name.
+pub(crate) async fn check_component(store: &Store, component: &AppId) -> anyhow::Result<()> {
+    match store.app_info(component).await? {
+        Some(app) if app.kind == AppKind::Component => Ok(()),
+        Some(app) => bail!(
+            "{component} is a {} app, not a third-party platform: --component names an app \
+             added with --kind component",
+            app.kind.as_str()
+        ),
+        None => bail!(
+            "no third-party platform {component} is stored: add it first with `wetoken-cli app \
+             add {component} --kind component --token … --aes-key …`"
+        ),
+    }
 }
 
 fn parse_verify_secs(text: Option<&str>) -> anyhow::Result<Option<i32>> {
@@ -349,6 +414,21 @@ fn shown_interval(secs: Option<i32>) -> String {
     }
 }
 
+/// The value given, or the first line of the file named.
+fn given_or_file(
+    given: Option<String>,
+    file: Option<std::path::PathBuf>,
+) -> anyhow::Result<Option<String>> {
+    let Some(file) = file else {
+        return Ok(given);
+    };
+    let text =
+        std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+    Ok(Some(
+        text.lines().next().unwrap_or_default().trim().to_owned(),
+    ))
+}
+
 fn message_key(name: &str, value: Option<String>) -> anyhow::Result<Option<Secret>> {
     Ok(value
         .map(|v| Secret::checked(name, &v, Secret::MAX_MESSAGE_KEY))
@@ -359,6 +439,27 @@ pub(crate) async fn app(action: AppAction) -> anyhow::Result<()> {
     match action {
         AppAction::Add(args) => {
             let kind = AppKind::from(args.kind);
+            let component = args
+                .component
+                .as_deref()
+                .map(AppId::parse)
+                .transpose()
+                .context("--component")?;
+            if component.is_some() {
+                if !matches!(kind, AppKind::Mp | AppKind::Mini) {
+                    bail!(
+                        "an authorizer (--component) is an official account or a mini program: \
+                         --kind mp or mini, not {}",
+                        kind.as_str()
+                    );
+                }
+                if matches!(args.token_mode, ModeArg::Stable) {
+                    bail!(
+                        "an authorizer's token comes from its third-party platform: \
+                         --token-mode stable does not apply"
+                    );
+                }
+            }
             let (appid, work) = NewApp::identify(
                 kind,
                 args.appid.as_deref(),
@@ -371,17 +472,32 @@ pub(crate) async fn app(action: AppAction) -> anyhow::Result<()> {
                 .map(AppUpdate::budget)
                 .transpose()?;
             let verify_secs = parse_verify_secs(args.verify_secs.as_deref())?;
-            let token = message_key("token", args.token)?;
-            let aes_key = message_key("aes_key", args.aes_key)?;
+            let token = message_key("token", given_or_file(args.token, args.token_file)?)?;
+            let aes_key = message_key("aes_key", given_or_file(args.aes_key, args.aes_key_file)?)?;
+            if kind == AppKind::Component {
+                check_message_keys(&appid, token.as_ref(), aes_key.as_ref())?;
+            }
             let settings = args.db.settings()?;
             let store = args.db.installed(&settings).await?;
             // Stored secrets encrypted but no master key here: refuse rather than store this one
             // in plain text (with a key, plain rows are encrypted, as a server does at start).
             store.prepare_secrets().await?;
-            let secret = secret(args.secret, &format!("secret of {appid}"))?;
+            let secret = match &component {
+                // Ask for the refresh token only once its platform is known to be stored.
+                Some(component) => {
+                    check_component(&store, component).await?;
+                    secret_of(
+                        args.secret,
+                        &format!("authorizer_refresh_token of {appid}"),
+                        "authorizer_refresh_token",
+                        MAX_REFRESH_TOKEN,
+                    )?
+                }
+                None => secret(args.secret, &format!("secret of {appid}"))?,
+            };
             let app = NewApp {
                 appid,
-                component: None,
+                component,
                 kind,
                 token_mode: args.token_mode.into(),
                 work,
@@ -394,12 +510,20 @@ pub(crate) async fn app(action: AppAction) -> anyhow::Result<()> {
                 verify_secs,
             };
             engine(store, &settings)?.add_app(&app).await?;
-            println!(
-                "added {} ({}, {})",
-                app.appid,
-                kind.as_str(),
-                app.token_mode.as_str()
-            );
+            match &app.component {
+                Some(component) => println!(
+                    "added {} ({}, authorizer of {component}): its token is fetched when first \
+                     needed",
+                    app.appid,
+                    kind.as_str(),
+                ),
+                None => println!(
+                    "added {} ({}, {})",
+                    app.appid,
+                    kind.as_str(),
+                    app.token_mode.as_str()
+                ),
+            }
         }
         AppAction::List(args) => list(args).await?,
         AppAction::Show { appid, db } => {
@@ -494,7 +618,7 @@ async fn list(args: ListArgs) -> anyhow::Result<()> {
                 return Ok(());
             }
             println!(
-                "{:<40} {:<5} {:<8} {:<16} {:<16} {:>11} {:>7}",
+                "{:<40} {:<9} {:<8} {:<16} {:<16} {:>11} {:>7}  COMPONENT",
                 "APPID", "KIND", "MODE", "TOKEN", "TICKET", "CALLS TODAY", "VERIFY"
             );
             header = false;
@@ -506,15 +630,21 @@ async fn list(args: ListArgs) -> anyhow::Result<()> {
             } else {
                 "-".into()
             };
+            // A withdrawn authorization leaves no credential rows: say why, not "not fetched".
+            let (token, ticket) = match app.revoked_at {
+                Some(_) => ("revoked".into(), "revoked".into()),
+                None => (state(status.access_token.as_ref(), now), ticket),
+            };
             println!(
-                "{:<40} {:<5} {:<8} {:<16} {:<16} {:>11} {:>7}",
+                "{:<40} {:<9} {:<8} {:<16} {:<16} {:>11} {:>7}  {}",
                 app.appid.as_str(),
                 app.kind.as_str(),
                 app.token_mode.as_str(),
-                state(status.access_token.as_ref(), now),
+                token,
                 ticket,
                 format!("{}/{}", app.calls_today, app.daily_budget),
                 shown_interval(app.verify_secs),
+                app.component.as_ref().map_or("-", AppId::as_str),
             );
         }
         match page.next {
@@ -573,9 +703,26 @@ fn show(status: &AppStatus, now: DateTime<Utc>) -> String {
             work.corpid, work.agentid
         );
     }
+    if let Some(component) = &app.component {
+        out += &format!("component:    {component} (an authorizer of this third-party platform)\n");
+        if let Some(at) = app.revoked_at {
+            out += &format!(
+                "revoked:      {} (it withdrew its authorization: nothing is served for it until \
+                 it authorizes again)\n",
+                at.to_rfc3339()
+            );
+        }
+    }
     let set = |present: bool| if present { "set" } else { "not set" };
+    // What stands in the secret column: the refresh token of an authorizer.
+    let secret = match (app.kind, &app.component) {
+        (_, Some(_)) => "refresh token",
+        (AppKind::Component, None) => "appsecret",
+        _ => "secret",
+    };
     out += &format!(
-        "secret:       set (never shown)\nmsg token:    {}\naes key:      {}\nfetches today: {} of {}\nverify every: {}\ncreated:      {}\nupdated:      {}\n",
+        "{:<13} set (never shown)\nmsg token:    {}\naes key:      {}\nfetches today: {} of {}\nverify every: {}\ncreated:      {}\nupdated:      {}\n",
+        format!("{secret}:"),
         set(app.has_token),
         set(app.has_aes_key),
         app.calls_today,

@@ -18,6 +18,7 @@ use wetoken_core::{DatabaseOptions, Store};
 use wetoken_settings::Settings;
 
 mod apps;
+mod authorizers;
 mod import;
 mod keys;
 mod quota;
@@ -99,6 +100,19 @@ enum Command {
     ///
     /// Example: wetoken-cli import apps.jsonl --database-url mysql://u:p@db/wetoken
     Import(import::ImportArgs),
+    /// Add the authorizers of a third-party platform, with their refresh tokens, from the system
+    /// you move away from (WxJava's store, your own tables): one a line, appid,refresh_token[,kind]
+    /// (kind mp, the default, or mini) or {"authorizer_appid":…,"authorizer_refresh_token":…,
+    /// "kind":…}.
+    ///
+    /// Every line is checked, and compared with the database, before anything is written.
+    /// Authorizers of this platform already here are skipped (--update replaces their refresh
+    /// token); an appid stored as an app of its own or under another platform is refused and
+    /// left as it is, as is every malformed or repeated line. Prints each line not added, then
+    /// the totals; exits non-zero if any line was refused. The servers then fetch the tokens.
+    ///
+    /// Example: wetoken-cli import-authorizers --component wxcomponent1 authorizers.csv
+    ImportAuthorizers(authorizers::ImportAuthorizersArgs),
     /// Manage consumer keys: who may read which app's tokens and tickets.
     Key {
         #[command(subcommand)]
@@ -374,6 +388,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{installed}");
         }
         Command::Import(args) => import::run(args).await?,
+        Command::ImportAuthorizers(args) => authorizers::run(args).await?,
         Command::Key { action } => keys::run(action).await?,
         Command::Secrets { action } => secrets::run(action).await?,
         Command::Migrate { action } => match action {

@@ -8,6 +8,7 @@ use wetoken_mock::{Endpoint, MockWeChat};
 use wetoken_registry::Registry;
 use wetoken_testkit::{Backend, TestDb};
 
+mod authorizers;
 mod quota_guard;
 mod settings;
 

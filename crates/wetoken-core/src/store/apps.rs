@@ -28,10 +28,28 @@ impl Store {
             ));
         }
         self.check_open_platform(app).await?;
+        let row = self.new_app_row(app, now)?;
+        match app_info::Entity::insert(row).exec(&self.db).await {
+            Ok(_) => {}
+            Err(e) if matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
+                return Err(Error::DuplicateApp(app.appid.clone()));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        // The scheduler finds what is due in the credential tables alone.
+        self.make_rows(&app.appid, app.kind, now).await
+    }
+
+    /// A new app's row, its secret-like values sealed.
+    pub(super) fn new_app_row(
+        &self,
+        app: &NewApp,
+        now: DateTime<Utc>,
+    ) -> Result<app_info::ActiveModel, Error> {
         // A new row starts at a random generation (see `next_generation`).
         let generation = next_generation(0);
         let id = app.appid.as_str();
-        let row = app_info::ActiveModel {
+        Ok(app_info::ActiveModel {
             appid: Set(id.to_owned()),
             kind: Set(app.kind.as_str().to_owned()),
             token_mode: Set(app.token_mode.as_str().to_owned()),
@@ -68,16 +86,7 @@ impl Store {
             wcode_template_id: Set(app.go.wcode_template_id.clone()),
             create_time: Set(now),
             update_time: Set(now),
-        };
-        match app_info::Entity::insert(row).exec(&self.db).await {
-            Ok(_) => {}
-            Err(e) if matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
-                return Err(Error::DuplicateApp(app.appid.clone()));
-            }
-            Err(e) => return Err(e.into()),
-        }
-        // The scheduler finds what is due in the credential tables alone.
-        self.make_rows(&app.appid, app.kind, now).await
+        })
     }
 
     /// A component needs its message token and EncodingAESKey (WeChat's pushes are opened with

@@ -3,7 +3,7 @@
 //! (its app row's sealed `secret`) written with its token, and an authorization withdrawn.
 
 use chrono::{DateTime, Utc};
-use sea_orm::sea_query::{Expr, ExprTrait, Query};
+use sea_orm::sea_query::{Expr, ExprTrait, OnConflict, Query};
 use sea_orm::{
     ConnectionTrait, DatabaseTransaction, DbBackend, DeriveIden, EntityTrait, FromQueryResult,
     QuerySelect, SqlErr,
@@ -15,7 +15,7 @@ use super::sealing::SealedRow;
 use crate::Error;
 use crate::entity::app_info::{self, Column as A};
 use crate::entity::credential::Column;
-use crate::model::{AppId, AppKind, Kind, Secret};
+use crate::model::{AppId, AppKind, Kind, NewApp, Secret, TokenMode};
 
 #[derive(Debug, Clone, Copy, DeriveIden)]
 enum WetokenVerifyTicket {
@@ -277,6 +277,86 @@ impl Store {
             .to_owned();
         self.db.execute(&lift).await?;
         self.make_rows(appid, kind, now).await
+    }
+
+    /// Adds `apps`, authorizers of `component` (kind mp or mini, classic token mode), with their
+    /// credential rows, in one transaction: every one of them, or none. For bulk imports
+    /// (`wetoken-cli import-authorizers`): a few statements for hundreds of apps, where
+    /// [`Store::insert_app`] takes three round trips an app. An appid stored already fails the
+    /// whole call (the caller may then add them one by one, to learn which).
+    pub async fn insert_authorizers(
+        &self,
+        component: &AppId,
+        apps: &[NewApp],
+        now: DateTime<Utc>,
+    ) -> Result<(), Error> {
+        /// Rows a statement: well under every backend's limit of bound values.
+        const ROWS: usize = 500;
+        for app in apps {
+            let fits = app.component.as_ref() == Some(component)
+                && matches!(app.kind, AppKind::Mp | AppKind::Mini)
+                && app.token_mode == TokenMode::Classic
+                && app.work.is_none();
+            if !fits {
+                return Err(Error::InvalidInput(format!(
+                    "{} is not an authorizer of {component} (kind mp or mini, token mode \
+                     classic)",
+                    app.appid
+                )));
+            }
+        }
+        let rows = apps
+            .iter()
+            .map(|app| self.new_app_row(app, now))
+            .collect::<Result<Vec<_>, _>>()?;
+        // Writes first: on SQLite a transaction that reads before it writes cannot wait for
+        // another writer (it fails at once with "database is locked"); the component is checked
+        // at the end, within the transaction.
+        let txn = sea_orm::TransactionTrait::begin(&self.db).await?;
+        let mut rows = rows.into_iter().peekable();
+        while rows.peek().is_some() {
+            let chunk: Vec<_> = rows.by_ref().take(ROWS).collect();
+            match app_info::Entity::insert_many(chunk).exec(&txn).await {
+                Ok(_) => {}
+                Err(e) if matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
+                    return Err(Error::InvalidInput(format!(
+                        "an app among these {} is stored already: none was added",
+                        apps.len()
+                    )));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        // Their credential rows, as `insert_app` makes them: the scheduler finds them due.
+        for kind in [Kind::AccessToken, Kind::JsapiTicket] {
+            let of_kind: Vec<&NewApp> = apps.iter().filter(|a| a.kind.has(kind)).collect();
+            for chunk in of_kind.chunks(ROWS) {
+                let mut insert = Query::insert();
+                insert.into_table(kind.table()).columns([
+                    Column::Appid,
+                    kind.value_column(),
+                    Column::Message,
+                    Column::UpdateTime,
+                ]);
+                for app in chunk {
+                    insert.values_panic([
+                        app.appid.as_str().into(),
+                        "".into(),
+                        "not fetched yet".into(),
+                        now.into(),
+                    ]);
+                }
+                insert.on_conflict(
+                    OnConflict::column(Column::Appid)
+                        .do_nothing_on([Column::Appid])
+                        .to_owned(),
+                );
+                txn.execute(&insert).await?;
+            }
+        }
+        self.check_component(&txn, component).await?;
+        txn.commit().await?;
+        Ok(())
     }
 
     /// Checks that `component` is a stored component: what an authorizer's row must name.
