@@ -9,6 +9,8 @@
 //!   `(component_appid, appid)` pages a component's authorizers. `revoked_at` is set when the
 //!   account withdrew its authorization (its credential rows are deleted then), and cleared when
 //!   it authorizes again.
+//! - `wechat_app_info.kind` widens from 8 to 16 characters: `component` has nine, which
+//!   MariaDB and PostgreSQL refused (SQLite enforces no length, so it changes there alone).
 //! - `wetoken_verify_ticket` holds each component's newest `component_verify_ticket`, with
 //!   WeChat's `CreateTime` (seconds) that orders them: a push older than the stored one never
 //!   replaces it.
@@ -16,6 +18,7 @@
 //!   window, keyed by component: a push sent again is refused by the key, on every replica.
 
 use sea_orm_migration::prelude::*;
+use sea_orm_migration::sea_orm::DbBackend;
 
 #[derive(DeriveMigrationName)]
 pub struct Migration;
@@ -38,14 +41,37 @@ enum WetokenPushSeen {
 }
 
 const APPS: &str = "wechat_app_info";
+const KIND: &str = "kind";
 const COMPONENT: &str = "component_appid";
 const REVOKED_AT: &str = "revoked_at";
 const BY_COMPONENT: &str = "idx_wai_component_appid";
 const SEEN_AT: &str = "idx_wps_seen_at";
 
+/// `wechat_app_info.kind` as `width` characters (the default `mp` kept); SQLite enforces no
+/// length, and is left as it is.
+async fn kind_width(manager: &SchemaManager<'_>, width: u32) -> Result<(), DbErr> {
+    if manager.get_database_backend() == DbBackend::Sqlite {
+        return Ok(());
+    }
+    let column = ColumnDef::new(Alias::new(KIND))
+        .string_len(width)
+        .not_null()
+        .default("mp")
+        .to_owned();
+    manager
+        .alter_table(
+            Table::alter()
+                .table(Alias::new(APPS))
+                .modify_column(column)
+                .to_owned(),
+        )
+        .await
+}
+
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        kind_width(manager, 16).await?;
         let column = ColumnDef::new(Alias::new(COMPONENT))
             .string_len(64)
             .null()
@@ -150,6 +176,8 @@ impl MigrationTrait for Migration {
                 .await?;
         }
         crate::drop_column_if_present(manager, APPS, REVOKED_AT).await?;
-        crate::drop_column_if_present(manager, APPS, COMPONENT).await
+        crate::drop_column_if_present(manager, APPS, COMPONENT).await?;
+        // No `component` is left (checked above): every kind fits in 8 again.
+        kind_width(manager, 8).await
     }
 }
