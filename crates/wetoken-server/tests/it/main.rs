@@ -16,6 +16,7 @@ mod engine;
 mod go_sdk;
 mod limits;
 mod manifests;
+mod open_cluster;
 mod ops;
 mod registry;
 mod report_limits;
