@@ -316,17 +316,22 @@ async fn a_thousand_authorizers_are_renewed_once_per_lifetime_by_three_scheduler
             .map(|appid| {
                 let (http, mock) = (&http, &mock);
                 async move {
+                    let mut last = String::new();
                     for _ in 0..10 {
                         let (status, body) = get(http, token_url(replica, appid)).await;
                         assert_eq!(status, 200, "{appid}: {body}");
-                        if body["access_token"].as_str()
-                            == mock.current_authorizer_token(appid).as_deref()
-                        {
+                        let current = mock.current_authorizer_token(appid);
+                        if body["access_token"].as_str() == current.as_deref() {
                             return None;
                         }
+                        last = format!(
+                            "{appid} served {} but WeChat's newest is {current:?} ({} fetches)",
+                            body["access_token"],
+                            mock.quota_used(appid, Endpoint::AuthorizerToken)
+                        );
                         tokio::time::sleep(Duration::from_millis(500)).await;
                     }
-                    Some(appid.clone())
+                    Some(last)
                 }
             })
             .buffer_unordered(32)
