@@ -18,6 +18,7 @@
 //!   window, keyed by component: a push sent again is refused by the key, on every replica.
 
 use sea_orm_migration::prelude::*;
+use sea_orm_migration::sea_orm::DbBackend;
 
 #[derive(DeriveMigrationName)]
 pub struct Migration;
@@ -40,30 +41,37 @@ enum WetokenPushSeen {
 }
 
 const APPS: &str = "wechat_app_info";
+const KIND: &str = "kind";
 const COMPONENT: &str = "component_appid";
 const REVOKED_AT: &str = "revoked_at";
 const BY_COMPONENT: &str = "idx_wai_component_appid";
 const SEEN_AT: &str = "idx_wps_seen_at";
 
+/// `wechat_app_info.kind` as `width` characters (the default `mp` kept); SQLite enforces no
+/// length, and is left as it is.
+async fn kind_width(manager: &SchemaManager<'_>, width: u32) -> Result<(), DbErr> {
+    if manager.get_database_backend() == DbBackend::Sqlite {
+        return Ok(());
+    }
+    let column = ColumnDef::new(Alias::new(KIND))
+        .string_len(width)
+        .not_null()
+        .default("mp")
+        .to_owned();
+    manager
+        .alter_table(
+            Table::alter()
+                .table(Alias::new(APPS))
+                .modify_column(column)
+                .to_owned(),
+        )
+        .await
+}
+
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        // Widening again is harmless: run twice, it changes nothing.
-        if manager.get_database_backend() != sea_orm_migration::sea_orm::DbBackend::Sqlite {
-            manager
-                .alter_table(
-                    Table::alter()
-                        .table(Alias::new(APPS))
-                        .modify_column(
-                            ColumnDef::new(Alias::new("kind"))
-                                .string_len(16)
-                                .not_null()
-                                .default("mp"),
-                        )
-                        .to_owned(),
-                )
-                .await?;
-        }
+        kind_width(manager, 16).await?;
         let column = ColumnDef::new(Alias::new(COMPONENT))
             .string_len(64)
             .null()
@@ -168,6 +176,8 @@ impl MigrationTrait for Migration {
                 .await?;
         }
         crate::drop_column_if_present(manager, APPS, REVOKED_AT).await?;
-        crate::drop_column_if_present(manager, APPS, COMPONENT).await
+        crate::drop_column_if_present(manager, APPS, COMPONENT).await?;
+        // No `component` is left (checked above): every kind fits in 8 again.
+        kind_width(manager, 8).await
     }
 }

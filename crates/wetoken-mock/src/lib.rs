@@ -93,7 +93,7 @@
 //! | --- | --- | --- |
 //! | `GET /mock/calls` | | the counters, by [`Endpoint::name`] |
 //! | `POST /mock/apps` | `{"appid":"…","secret":"…"}` | [`MockWeChat::add_app`] |
-//! | `POST /mock/faults` | `{"endpoint":"token","fault":{"errcode":-1},"times":3}` | [`MockWeChat::inject`]; the fault is `{"errcode":n}`, `{"status":n}`, `{"delay_ms":n}`, `"drop"`, `{"redirect":"http://host:port"}`, `{"oversized_bytes":n}` or `{"answer":{…}}` |
+//! | `POST /mock/faults` | `{"endpoint":"token","fault":{"errcode":-1},"times":3}` | [`MockWeChat::inject`]; the fault is `{"errcode":n}`, `{"status":n}`, `{"delay_ms":n}` ([`Fault::Delay`]), `{"delay_answer_ms":n}` ([`Fault::DelayAnswer`]), `"drop"`, `{"redirect":"http://host:port"}`, `{"oversized_bytes":n}` or `{"answer":{…}}` |
 //! | `POST /mock/reset` | | clears the counters and the queued faults |
 //! | `POST /mock/invalidate` | `{"access_token":"…"}` | [`MockWeChat::invalidate_token`] |
 //! | `POST /mock/advance` | `{"seconds":7200}` | [`MockWeChat::advance`] |
@@ -306,8 +306,14 @@ pub enum Fault {
     ErrCode(i64),
     /// This HTTP status with a short text body. A number that is no HTTP status gives 500.
     HttpStatus(u16),
-    /// The normal answer, this much later.
+    /// The normal answer, this much later: the wait comes before the mock acts on the call, so
+    /// nothing is issued (no token minted, no refresh token rotated) until it is over.
     Delay(Duration),
+    /// The normal answer, made at once and sent this much later: WeChat has already issued the
+    /// token (and, with [`MockConfig::rotate_refresh_tokens`], a new refresh token, the old one
+    /// now refused) while the caller is still waiting for the answer. What a caller that dies
+    /// meanwhile meets (a crash between WeChat's answer and the write).
+    DelayAnswer(Duration),
     /// The connection is closed without any answer.
     Drop,
     /// HTTP 302 to this root, with the request's path and query appended (the secret

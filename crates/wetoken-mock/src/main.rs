@@ -13,7 +13,7 @@ use wetoken_mock::{MockComponent, MockConfig, MockWeChat};
 /// A mock of WeChat's API server with WeChat's token semantics, call counters and faults.
 ///
 /// Control it over HTTP: GET /mock/calls; POST /mock/apps {"appid","secret"};
-/// POST /mock/faults {"endpoint":"token","fault":{"errcode":-1}|{"status":500}|{"delay_ms":100}|"drop"|{"redirect":URL}|{"oversized_bytes":N}|{"answer":JSON},"times":3};
+/// POST /mock/faults {"endpoint":"token","fault":{"errcode":-1}|{"status":500}|{"delay_ms":100}|{"delay_answer_ms":100}|"drop"|{"redirect":URL}|{"oversized_bytes":N}|{"answer":JSON},"times":3};
 /// POST /mock/invalidate {"access_token"}; POST /mock/advance {"seconds"}; POST /mock/reset;
 /// POST /mock/components {"component_appid","component_appsecret","token","encoding_aes_key","push_url"};
 /// POST /mock/push/component_verify_ticket {"component_appid"};

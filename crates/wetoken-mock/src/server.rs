@@ -150,6 +150,7 @@ async fn handle(world: Shared, request: Request<Incoming>) -> Result<Response<Bo
         return Ok(json_response(StatusCode::NOT_FOUND, &answer));
     };
     let fault = lock(&world).record(endpoint);
+    let mut answer_late = None;
     match fault {
         Some(Fault::ErrCode(code)) => {
             tracing::debug!(
@@ -219,10 +220,19 @@ async fn handle(world: Shared, request: Request<Incoming>) -> Result<Response<Bo
             );
             tokio::time::sleep(by).await;
         }
+        Some(Fault::DelayAnswer(by)) => answer_late = Some(by),
         None => {}
     }
 
     let reply = answer(&world, endpoint, &parts.method, parts.uri.query(), body).await;
+    if let Some(by) = answer_late {
+        tracing::debug!(
+            endpoint = endpoint.name(),
+            ?by,
+            "mock WeChat: answered, the answer held back"
+        );
+        tokio::time::sleep(by).await;
+    }
     let (Ok(value) | Err(value)) = reply;
     let errcode = value.get("errcode").and_then(|c| c.as_i64()).unwrap_or(0);
     tracing::debug!(endpoint = endpoint.name(), errcode, "mock WeChat answered");
@@ -304,6 +314,7 @@ enum FaultSpec {
     ErrCode { errcode: i64 },
     Status { status: u16 },
     Delay { delay_ms: u64 },
+    DelayAnswer { delay_answer_ms: u64 },
     Redirect { redirect: String },
     Oversized { oversized_bytes: usize },
     Answer { answer: Value },
@@ -463,6 +474,9 @@ async fn control(
                 }
                 FaultSpec::Status { status } => return Err(format!("{status} is no HTTP status")),
                 FaultSpec::Delay { delay_ms } => Fault::Delay(Duration::from_millis(delay_ms)),
+                FaultSpec::DelayAnswer { delay_answer_ms } => {
+                    Fault::DelayAnswer(Duration::from_millis(delay_answer_ms))
+                }
                 FaultSpec::Redirect { redirect } => Fault::Redirect(redirect),
                 FaultSpec::Oversized { oversized_bytes } => Fault::Oversized(oversized_bytes),
                 FaultSpec::Answer { answer } => Fault::Answer(answer),

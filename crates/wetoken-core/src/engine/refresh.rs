@@ -48,6 +48,28 @@ fn recorded_error(record: &CredentialRecord) -> Error {
     }
 }
 
+/// Why `record` may not be fetched at `now`, if it may not: halted, or waiting out a backoff.
+fn stopped(
+    appid: &AppId,
+    kind: Kind,
+    record: &CredentialRecord,
+    now: DateTime<Utc>,
+) -> Option<Error> {
+    if record.halted {
+        return Some(Error::Halted {
+            appid: appid.clone(),
+            kind,
+            errcode: record.errcode,
+            message: record.message.clone(),
+        });
+    }
+    if record.retry_at.is_some_and(|at| now < at) {
+        debug!(%appid, %kind, "in backoff; not calling WeChat");
+        return Some(recorded_error(record));
+    }
+    None
+}
+
 /// What a refresh task that did not finish stands for: a panic (a bug), or a cancellation, which
 /// happens only while the runtime shuts down.
 fn task_error(appid: &AppId, kind: Kind, e: tokio::task::JoinError) -> Error {
@@ -174,19 +196,8 @@ impl Engine {
                 self.declined(appid, kind, slot, by, declined, now);
                 return Ok(c);
             }
-            if let Some(r) = &record {
-                if r.halted {
-                    return Err(Error::Halted {
-                        appid: appid.clone(),
-                        kind,
-                        errcode: r.errcode,
-                        message: r.message.clone(),
-                    });
-                }
-                if r.retry_at.is_some_and(|at| now < at) {
-                    debug!(%appid, %kind, "in backoff; not calling WeChat");
-                    return Err(recorded_error(r));
-                }
+            if let Some(e) = record.as_ref().and_then(|r| stopped(appid, kind, r, now)) {
+                return Err(e);
             }
             let owner = self.lease_owner();
             let ttl = Duration::from_millis(config.lease_ms);
@@ -271,6 +282,13 @@ impl Engine {
             let c = Arc::new(c.clone());
             slot.set(c.clone(), version, seen);
             return Ok(c);
+        }
+        // The previous holder may have recorded a halt or a backoff after our read before the
+        // lease: it stands for this replica too (else a replica racing the one WeChat refused
+        // would call again at once, and its success would lift a halt WeChat meant).
+        if let Some(e) = record.as_ref().and_then(|r| stopped(appid, kind, r, now)) {
+            release().await;
+            return Err(e);
         }
         // A component token answers none of the APIs a check calls: it is never checked.
         let check_due = self

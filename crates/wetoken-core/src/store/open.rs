@@ -243,7 +243,8 @@ impl Store {
     }
 
     /// Lets the next look at a credential waiting on `errcode` (a verify ticket) fetch at once:
-    /// its backoff is lifted, if it is still waiting on that.
+    /// its backoff is lifted, if it is still waiting on that; and so are those of `appid`'s
+    /// authorizers, whose tokens waited on the component's (they recorded the same errcode).
     pub(crate) async fn lift_wait(
         &self,
         appid: &AppId,
@@ -251,11 +252,20 @@ impl Store {
         errcode: i64,
         now: DateTime<Utc>,
     ) -> Result<(), Error> {
+        let authorizers = Query::select()
+            .column(A::Appid)
+            .from(app_info::Entity)
+            .and_where(Expr::col(A::ComponentAppid).eq(appid.as_str()))
+            .to_owned();
         let lift = Query::update()
             .table(kind.table())
             .value(Column::RetryAt, Option::<DateTime<Utc>>::None)
             .value(Column::UpdateTime, now)
-            .and_where(Expr::col(Column::Appid).eq(appid.as_str()))
+            .and_where(
+                Expr::col(Column::Appid)
+                    .eq(appid.as_str())
+                    .or(Expr::col(Column::Appid).in_subquery(authorizers)),
+            )
             .and_where(Expr::col(Column::Errcode).eq(errcode))
             .to_owned();
         self.db.execute(&lift).await?;

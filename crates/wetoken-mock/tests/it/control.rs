@@ -120,6 +120,7 @@ async fn faults_of_every_kind_over_http() {
     inject(json!({"errcode": 45009}), 2).await;
     inject(json!({"status": 502}), 1).await;
     inject(json!({"delay_ms": 200}), 1).await;
+    inject(json!({"delay_answer_ms": 200}), 1).await;
     inject(json!("drop"), 1).await;
 
     for _ in 0..2 {
@@ -134,10 +135,15 @@ async fn faults_of_every_kind_over_http() {
     assert!(started.elapsed() >= Duration::from_millis(200));
     assert_eq!(status, 200);
     assert!(body["access_token"].is_string(), "{body}");
+    let started = Instant::now();
+    let (status, body) = token_status(&mock).await.unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(200));
+    assert_eq!(status, 200);
+    assert!(body["access_token"].is_string(), "{body}");
     assert!(token_status(&mock).await.is_err(), "dropped");
     let (_, body) = token_status(&mock).await.unwrap();
     assert!(body["access_token"].is_string(), "{body}");
-    assert_eq!(calls(&mock).await["token"], 6);
+    assert_eq!(calls(&mock).await["token"], 7);
 
     // "times" defaults to one.
     let (status, _) = control(

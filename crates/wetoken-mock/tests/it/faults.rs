@@ -105,6 +105,47 @@ async fn a_delay_fault_answers_normally_but_late() {
     assert_eq!(mock.calls(Endpoint::Token), 2);
 }
 
+/// `Delay` waits before the mock acts: nothing is issued while the caller waits. `DelayAnswer`
+/// acts at once and holds the answer back: the new token is WeChat's current one while the
+/// caller has not heard of it yet.
+#[tokio::test]
+async fn a_delayed_answer_is_issued_before_it_is_sent() {
+    let mock = mock().await;
+    let first = token(&mock).await;
+    mock.inject(Endpoint::Token, Fault::Delay(Duration::from_millis(400)), 1);
+    let waiting = tokio::spawn(token_call(token_url(&mock)));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(mock.current_token(APP), Some(first), "nothing issued yet");
+    let second = waiting.await.unwrap();
+    assert_eq!(mock.current_token(APP).as_ref(), Some(&second));
+
+    mock.inject(
+        Endpoint::Token,
+        Fault::DelayAnswer(Duration::from_millis(400)),
+        1,
+    );
+    let started = Instant::now();
+    let waiting = tokio::spawn(token_call(token_url(&mock)));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let issued = mock.current_token(APP).unwrap();
+    assert_ne!(issued, second, "issued before the answer is sent");
+    assert_eq!(waiting.await.unwrap(), issued);
+    assert!(started.elapsed() >= Duration::from_millis(400));
+    assert_eq!(mock.calls(Endpoint::Token), 3);
+}
+
+async fn token_call(url: String) -> String {
+    let body: serde_json::Value = client()
+        .get(url)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    body["access_token"].as_str().unwrap().to_owned()
+}
+
 #[tokio::test]
 async fn a_drop_fault_closes_the_connection_without_an_answer() {
     let mock = mock().await;

@@ -18,6 +18,7 @@ mod limits;
 mod manifests;
 mod open_push;
 mod open_routes;
+mod open_cluster;
 mod ops;
 mod registry;
 mod report_limits;
