@@ -2,23 +2,20 @@
 //! serving a third-party platform's component token and its authorizers' tokens, against the
 //! mock WeChat in this process, asserting on the mock's call counters.
 //!
-//! What WeChat pushes reaches the engine through [`Pushes`], which calls the engine functions the
-//! push endpoint (`POST /component/{id}/event`) calls, from an engine of this process on the same
-//! database. TODO(lead): switch to push — once the endpoint is merged, [`Pushes`] can send the
-//! mock's pushes there instead (the component's `push_url`) and keep the same signatures.
+//! What WeChat pushes (verify tickets, a withdrawal) the mock sends, encrypted and signed, to one
+//! replica's `POST /component/{id}/event` ([`Pushes`]); the others learn of it through the
+//! database.
 //!
 //! Authorizers are added through the admin route (`/wechat/app/create` with `component_appid`
 //! and `refresh_token`), with the refresh token the mock issued when it played the customer
 //! authorizing.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use futures::future::join_all;
 use serde_json::Value;
-use wetoken_core::{AppId, Engine, EngineConfig, Store, SystemClock, WeChat, WeChatOptions};
 use wetoken_mock::{Endpoint, Fault, MockComponent, MockConfig, MockWeChat};
 
 use crate::harness::{Replica, TestDb, eventually, free_port, server_command};
@@ -27,7 +24,7 @@ const COMPONENT: &str = "wxcomponent01";
 const COMPONENT_SECRET: &str = "componentsecret";
 const PUSH_TOKEN: &str = "pushtoken";
 const AES_KEY: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
-/// Where the mock's pushes go until the push endpoint exists: nothing listens there.
+/// Where the mock's pushes go until [`Pushes::to`] names a replica: nothing listens there.
 const NOWHERE: &str = "http://127.0.0.1:9/x";
 
 // 3,000 fetches, each several writes, from three processes: on one SQLite file they queue for
@@ -60,14 +57,7 @@ async fn open_mock(config: MockConfig) -> MockWeChat {
     let mock = MockWeChat::start_with(config, SocketAddr::from(([127, 0, 0, 1], 0)))
         .await
         .unwrap();
-    mock.add_component(MockComponent {
-        appid: COMPONENT.into(),
-        secret: COMPONENT_SECRET.into(),
-        token: PUSH_TOKEN.into(),
-        aes_key: AES_KEY.into(),
-        push_url: Some(NOWHERE.into()),
-    })
-    .unwrap();
+    pushing_to(&mock, NOWHERE);
     mock
 }
 
@@ -80,63 +70,54 @@ async fn three_replicas(db: &TestDb, mock: &MockWeChat, env: &[(&str, &str)]) ->
     replicas
 }
 
-/// What WeChat pushes, handed to the engine as the push endpoint hands it: the verify ticket
-/// stored (newest wins, and a component token waiting for one is lifted), a withdrawal marked.
+/// What WeChat pushes, sent by the mock to one replica's `POST /component/{id}/event`, which
+/// must answer `success`: the verify ticket stored (newest wins, and tokens waiting for one are
+/// lifted), a withdrawal marked. The other replicas learn of it through the database.
+///
+/// Only these pushes go to the replica: customers' authorizations are pushed to [`NOWHERE`],
+/// and the authorizers are added through the admin route ([`add_authorizer`]), so that every
+/// authorizer token the tests count comes from `api_authorizer_token`.
 struct Pushes {
-    engine: Engine,
+    url: String,
+}
+
+/// The component as the mock knows it, pushing to `push_url`.
+fn pushing_to(mock: &MockWeChat, push_url: &str) {
+    mock.add_component(MockComponent {
+        appid: COMPONENT.into(),
+        secret: COMPONENT_SECRET.into(),
+        token: PUSH_TOKEN.into(),
+        aes_key: AES_KEY.into(),
+        push_url: Some(push_url.into()),
+    })
+    .unwrap();
 }
 
 impl Pushes {
-    async fn new(db: &TestDb) -> Pushes {
-        let store = Store::connect(&wetoken_core::DatabaseOptions::new(db.url.clone()))
-            .await
-            .unwrap();
-        // It never calls WeChat.
-        let wechat = WeChat::new(&WeChatOptions {
-            base_url: NOWHERE.into(),
-            fallback_urls: Vec::new(),
-            work_base_url: NOWHERE.into(),
-            ..WeChatOptions::default()
-        })
-        .unwrap();
-        let engine = Engine::new(
-            store,
-            wechat,
-            Arc::new(SystemClock),
-            EngineConfig::default(),
-        )
-        .unwrap();
-        Pushes { engine }
+    /// Pushes to `replica`.
+    fn to(replica: &Replica) -> Pushes {
+        Pushes {
+            url: format!("{}/component/{COMPONENT}/event", replica.url),
+        }
     }
 
-    /// The mock pushes the component a new verify ticket (to [`NOWHERE`]); it reaches wetoken.
+    /// The mock pushes the component a new verify ticket; the replica accepts it.
     async fn verify_ticket(&self, mock: &MockWeChat) -> String {
+        pushing_to(mock, &self.url);
         let pushed = mock.push_verify_ticket(COMPONENT).await.unwrap();
-        let ticket = pushed.ticket.unwrap();
-        let stored = self
-            .engine
-            .accept_verify_ticket(&id(COMPONENT), &ticket, chrono::Utc::now().timestamp())
-            .await
-            .unwrap();
-        assert!(stored);
-        ticket
+        pushing_to(mock, NOWHERE);
+        assert_eq!(pushed.answer.as_deref(), Some("success"), "{pushed:?}");
+        pushed.ticket.unwrap()
     }
 
-    /// The customer withdraws `authorizer`'s authorization at the mock, and the `unauthorized`
-    /// push reaches wetoken.
+    /// The customer withdraws `authorizer`'s authorization at the mock, and the replica accepts
+    /// the `unauthorized` push.
     async fn unauthorized(&self, mock: &MockWeChat, authorizer: &str) {
-        mock.unauthorize(COMPONENT, authorizer).await.unwrap();
-        let revoked = self
-            .engine
-            .unauthorized(&id(COMPONENT), &id(authorizer))
-            .await
-            .unwrap();
-        assert!(revoked);
+        pushing_to(mock, &self.url);
+        let pushed = mock.unauthorize(COMPONENT, authorizer).await.unwrap();
+        pushing_to(mock, NOWHERE);
+        assert_eq!(pushed.answer.as_deref(), Some("success"), "{pushed:?}");
     }
-}
-
-fn id(s: &str) -> AppId {
-    AppId::parse(s).unwrap()
 }
 
 /// Registers the component through `replica`'s admin route.
@@ -201,7 +182,7 @@ async fn a_thousand_authorizers_are_renewed_once_per_lifetime_by_three_scheduler
     // Added before the schedulers start, so that their first fetches come together.
     let setup = Replica::start(&db.url, &mock.url(), &[]).await;
     add_component(&http, &setup).await;
-    let pushes = Pushes::new(db).await;
+    let pushes = Pushes::to(&setup);
     pushes.verify_ticket(&mock).await;
     futures::stream::iter(&appids)
         .for_each_concurrent(16, |appid| {
@@ -390,7 +371,7 @@ async fn the_component_token_waits_for_a_ticket_then_is_fetched_once_for_the_clu
     );
     assert_eq!(mock.calls(Endpoint::AuthorizerToken), 0);
 
-    Pushes::new(db).await.verify_ticket(&mock).await;
+    Pushes::to(&replicas[0]).verify_ticket(&mock).await;
     let answers =
         join_all((0..300).map(|i| get(&http, token_url(&replicas[i % 3], AUTHORIZER)))).await;
     let token = mock.current_authorizer_token(AUTHORIZER).unwrap();
@@ -436,7 +417,7 @@ async fn kill_9_between_answer_and_write(
     let mut replicas = three_replicas(db, &mock, &[]).await;
     let http = reqwest::Client::new();
     add_component(&http, &replicas[0]).await;
-    Pushes::new(db).await.verify_ticket(&mock).await;
+    Pushes::to(&replicas[0]).verify_ticket(&mock).await;
     let stored = add_authorizer(&http, &replicas[0], &mock, AUTHORIZER).await;
     // The component token first, so that replica 0 is in the authorizer's fetch alone.
     let (status, body) = get(&http, token_url(&replicas[0], COMPONENT)).await;
@@ -556,7 +537,7 @@ async fn refresh_token_invalid_halts_on_every_replica_with_a_clear_message(db: &
     let replicas = three_replicas(db, &mock, &schedule).await;
     let http = reqwest::Client::new();
     add_component(&http, &replicas[0]).await;
-    Pushes::new(db).await.verify_ticket(&mock).await;
+    Pushes::to(&replicas[0]).verify_ticket(&mock).await;
     add_authorizer(&http, &replicas[0], &mock, AUTHORIZER).await;
     eventually("the first fetch", Duration::from_secs(10), || async {
         mock.calls(Endpoint::AuthorizerToken) >= 1
@@ -626,7 +607,8 @@ async fn a_withdrawn_authorizer_is_served_by_no_replica_after_the_bound(db: &Tes
     let replicas = three_replicas(db, &mock, &[("WETOKEN_REFRESH__CACHE_CHECK_MS", &check)]).await;
     let http = reqwest::Client::new();
     add_component(&http, &replicas[0]).await;
-    let pushes = Pushes::new(db).await;
+    // Pushed to another replica than the one that is asked first.
+    let pushes = Pushes::to(&replicas[1]);
     pushes.verify_ticket(&mock).await;
     add_authorizer(&http, &replicas[0], &mock, AUTHORIZER).await;
     // Every replica serves (and caches) the token.
