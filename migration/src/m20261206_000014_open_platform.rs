@@ -142,13 +142,17 @@ impl MigrationTrait for Migration {
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        let kept = crate::count(
-            manager,
-            "SELECT COUNT(*) AS n FROM wechat_app_info \
-             WHERE kind = 'component' OR component_appid IS NOT NULL",
-        )
-        .await
-        .unwrap_or(0);
+        // Interrupted before its column was added, there is nothing of it to keep.
+        let kept = if manager.has_column(APPS, COMPONENT).await? {
+            crate::count(
+                manager,
+                "SELECT COUNT(*) AS n FROM wechat_app_info \
+                 WHERE kind = 'component' OR component_appid IS NOT NULL",
+            )
+            .await?
+        } else {
+            0
+        };
         if kept > 0 {
             return Err(DbErr::Migration(format!(
                 "{kept} components or authorizers are stored; without this migration their \

@@ -203,14 +203,15 @@ async fn verify_secs_is_set_shown_changed_and_bounded() {
         assert!(cli.show("wx_default").contains("verify every: default"));
         let (ok, list, _) = cli.run(&["app", "list"], "");
         assert!(ok && list.contains("VERIFY"), "{list}");
+        // VERIFY, then COMPONENT (`-` for an app of its own).
         let line = |appid: &str| {
             list.lines()
                 .find(|l| l.starts_with(appid))
                 .unwrap_or_else(|| panic!("{appid} in {list}"))
                 .to_owned()
         };
-        assert!(line(APP).ends_with(" 600s"), "{list}");
-        assert!(line("wx_default").ends_with(" default"), "{list}");
+        assert!(line(APP).ends_with(" 600s  -"), "{list}");
+        assert!(line("wx_default").ends_with(" default  -"), "{list}");
 
         let (ok, out, err) = cli.run(&["app", "update", APP, "--verify-secs", "0"], "");
         assert!(ok && out.contains("updated"), "{err}");

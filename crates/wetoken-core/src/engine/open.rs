@@ -13,7 +13,7 @@ use super::Engine;
 use super::upstream::FetchError;
 use crate::Error;
 use crate::model::{App, AppId, AppKind, AppUpdate, Credential, Kind, NewApp, Secret, TokenMode};
-use crate::store::{Dates, VerifyTicket};
+use crate::store::{Dates, RefreshTokens, VerifyTicket};
 use crate::wechat::{Issued, UpstreamError};
 
 /// How long WeChat accepts a verify ticket after pushing it.
@@ -169,6 +169,12 @@ impl Engine {
             .await
     }
 
+    /// Forgets a push noted by [`Engine::first_push`] whose handling failed for a cause a retry
+    /// may cure, so that WeChat's retry (the same request) is handled, not refused as a replay.
+    pub async fn forget_push(&self, component: &AppId, signature: &str) -> Result<(), Error> {
+        self.inner.store.forget_push(component, signature).await
+    }
+
     /// The verify ticket stored for `component`, if any.
     pub async fn verify_ticket(&self, component: &AppId) -> Result<Option<VerifyTicket>, Error> {
         self.inner.store.verify_ticket(component).await
@@ -218,13 +224,30 @@ impl Engine {
     /// lifted), its token and its refresh token. Returns the authorizer's appid.
     pub async fn authorized(&self, component: &AppId, code: &str) -> Result<AppId, Error> {
         let wechat = &self.inner.wechat;
-        let token = self.get(component, Kind::AccessToken).await?;
+        let mut token = self.get(component, Kind::AccessToken).await?;
         let started = self.now();
-        let call = wechat.query_auth(&token.value, component, code);
-        let authorization = self
-            .upstream("query_auth", call)
-            .await
-            .map_err(|e| upstream_error(&e))?;
+        let mut answer = self
+            .upstream(
+                "query_auth",
+                wechat.query_auth(&token.value, component, code),
+            )
+            .await;
+        if let Err(e) = &answer
+            && e.is_token_rejected()
+        {
+            // WeChat retired the component token: replaced once (shared with every other
+            // caller that saw it rejected), and the exchange tried again.
+            token = self
+                .replace_rejected(component, Kind::AccessToken, &token.value)
+                .await?;
+            answer = self
+                .upstream(
+                    "query_auth",
+                    wechat.query_auth(&token.value, component, code),
+                )
+                .await;
+        }
+        let authorization = answer.map_err(|e| upstream_error(&e))?;
         let appid = authorization.authorizer_appid.clone();
         let Some(refresh_token) = authorization.refresh_token.clone() else {
             return Err(Error::Refused {
@@ -255,15 +278,23 @@ impl Engine {
                 self.add_app(&app).await?;
             }
             Some(app) if app.info.component.as_ref() == Some(component) => {
+                // A withdrawal pushed while this exchange ran is the newer word.
+                let reinstated = self
+                    .inner
+                    .store
+                    .reinstate_authorizer(&appid, app.info.kind, started, self.now())
+                    .await?;
+                if !reinstated {
+                    return Err(Error::InvalidInput(format!(
+                        "{appid} withdrew its authorization of {component} while this \
+                         authorization was being exchanged; the withdrawal stands"
+                    )));
+                }
                 let update = AppUpdate {
                     secret: Some(refresh_token.clone()),
                     ..AppUpdate::default()
                 };
                 self.update_app(&appid, &update).await?;
-                self.inner
-                    .store
-                    .reinstate_authorizer(&appid, app.info.kind, self.now())
-                    .await?;
             }
             Some(app) => {
                 return Err(Error::InvalidInput(format!(
@@ -372,7 +403,10 @@ impl Engine {
                 (&owner, version),
                 now,
                 dates,
-                Some(refresh_token),
+                Some(RefreshTokens {
+                    used: refresh_token,
+                    returned: refresh_token,
+                }),
             )
             .await;
         if !matches!(saved, Ok(Some(_))) {

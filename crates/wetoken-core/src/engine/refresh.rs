@@ -21,7 +21,8 @@ use super::upstream::FetchError;
 use crate::Error;
 use crate::model::{App, AppId, AppKind, Credential, CredentialRecord, Kind, TokenMode};
 use crate::store::{
-    Checked, Dates, Failure, RefreshCause, RefreshOutcome, wechat_day, wechat_day_end,
+    Checked, Dates, Failure, RefreshCause, RefreshOutcome, RefreshTokens, wechat_day,
+    wechat_day_end,
 };
 use crate::wechat::UpstreamError;
 
@@ -470,7 +471,10 @@ impl Engine {
                         (owner, version),
                         now,
                         dates,
-                        refresh_token.as_ref(),
+                        refresh_token.as_ref().map(|returned| RefreshTokens {
+                            used: &app.secret,
+                            returned,
+                        }),
                     )
                     .await;
                 // Kept once the value is stored and the lease given back: writing the history

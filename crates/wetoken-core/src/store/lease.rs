@@ -6,10 +6,11 @@ use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{Expr, ExprTrait, Query, UpdateStatement};
 use sea_orm::{ConnectionTrait, TransactionTrait};
 
+use super::open::RefreshTokens;
 use super::{Store, feed};
 use crate::Error;
 use crate::entity::credential::Column;
-use crate::model::{AppId, Credential, Kind, Secret};
+use crate::model::{AppId, Credential, Kind};
 
 /// A failed refresh, as recorded.
 #[derive(Debug, Clone)]
@@ -96,9 +97,10 @@ impl Store {
     /// under in the change feed, or `None` if it did not happen: a newer value was stored
     /// meanwhile and this one must not replace it.
     ///
-    /// For an authorizer's token, `refresh_token` is the `authorizer_refresh_token` WeChat
-    /// returned with it, written in the same transaction (when it differs from the stored one):
-    /// exactly when the token is, so neither is stored without the other.
+    /// For an authorizer's token, `refresh_token` has the `authorizer_refresh_token` WeChat
+    /// returned with it, written in the same transaction: exactly when the token is, so neither
+    /// is stored without the other. It is written only over the one the fetch was made with: a
+    /// refresh token replaced meanwhile (a new authorization) is newer, and stays.
     #[allow(clippy::too_many_arguments)]
     pub(crate) async fn save_credential(
         &self,
@@ -108,7 +110,7 @@ impl Store {
         fence: (&str, i64),
         now: DateTime<Utc>,
         dates: Dates,
-        refresh_token: Option<&Secret>,
+        refresh_token: Option<RefreshTokens<'_>>,
     ) -> Result<Option<i64>, Error> {
         let (owner, version) = fence;
         let update = outcome(appid, kind, owner, now)

@@ -26,6 +26,7 @@ pub(crate) use lease::{Checked, Dates, Failure};
 pub use listing::{
     AppFilter, CredentialState, Cursor, PAGE_DEFAULT, PAGE_MAX, StateTotals, Troubled, page_limit,
 };
+pub(crate) use open::RefreshTokens;
 pub use open::VerifyTicket;
 pub use quota::wechat_day_end;
 pub(crate) use sealing::{SEALED, SealedRow};

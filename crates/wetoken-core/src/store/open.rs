@@ -3,7 +3,7 @@
 //! (its app row's sealed `secret`) written with its token, and an authorization withdrawn.
 
 use chrono::{DateTime, Utc};
-use sea_orm::sea_query::{Expr, ExprTrait, OnConflict, Query};
+use sea_orm::sea_query::{Condition, Expr, ExprTrait, OnConflict, Query};
 use sea_orm::{
     ConnectionTrait, DatabaseTransaction, DbBackend, DeriveIden, EntityTrait, FromQueryResult,
     QuerySelect, SqlErr,
@@ -32,6 +32,16 @@ enum WetokenPushSeen {
     ComponentAppid,
     Signature,
     SeenAt,
+}
+
+/// The refresh tokens of an authorizer's refresh: the one it was fetched with, and the one
+/// WeChat returned, to be stored in the token's transaction.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RefreshTokens<'a> {
+    /// What the fetch sent, as it was stored when the fetch read the app.
+    pub(crate) used: &'a Secret,
+    /// What WeChat answered with.
+    pub(crate) returned: &'a Secret,
 }
 
 /// A component's newest verify ticket, as stored.
@@ -156,6 +166,18 @@ impl Store {
         }
     }
 
+    /// Forgets a push's `msg_signature` noted by [`Store::note_push`].
+    pub async fn forget_push(&self, component: &AppId, signature: &str) -> Result<(), Error> {
+        use WetokenPushSeen as S;
+        let forget = Query::delete()
+            .from_table(S::Table)
+            .and_where(Expr::col(S::ComponentAppid).eq(component.as_str()))
+            .and_where(Expr::col(S::Signature).eq(signature))
+            .to_owned();
+        self.db.execute(&forget).await?;
+        Ok(())
+    }
+
     /// Within a credential write's transaction `txn` (after its change number, before the
     /// credential row): makes `refresh_token` the authorizer's stored one, if it is not already.
     /// The app row is locked and compared as read, so no other write of its secrets is lost.
@@ -163,8 +185,9 @@ impl Store {
         &self,
         txn: &DatabaseTransaction,
         appid: &AppId,
-        refresh_token: &Secret,
+        tokens: RefreshTokens<'_>,
     ) -> Result<(), Error> {
+        let refresh_token = tokens.returned;
         let find = app_info::Entity::find_by_id(appid.as_str().to_owned());
         let row = if self.db.get_database_backend() == DbBackend::Sqlite {
             // The transaction holds SQLite's write lock already (the change number).
@@ -182,8 +205,15 @@ impl Store {
             row.secret.clone(),
             row.seal_generation,
         );
-        if stored.as_deref().ok() == Some(refresh_token.expose()) {
-            return Ok(());
+        match stored.as_deref() {
+            Ok(stored) if stored == refresh_token.expose() => return Ok(()),
+            // Replaced since the fetch read it (the account authorized again, or an operator
+            // set it): the newer one stays. WeChat's answer was to the one it replaced.
+            Ok(stored) if stored != tokens.used.expose() => {
+                tracing::warn!(%appid, "the refresh token changed while a refresh used the one before; keeping the newer");
+                return Ok(());
+            }
+            _ => {}
         }
         let changes = [(A::Secret, refresh_token.expose())];
         let resealed = self.reseal_row(&sealed, &changes, |column, stored| {
@@ -215,7 +245,10 @@ impl Store {
         authorizer: &AppId,
         now: DateTime<Utc>,
     ) -> Result<bool, Error> {
+        // The change number first, then the app row, then its credential rows: the order every
+        // writer takes its locks in (`save_credential`), so none waits on another crosswise.
         let txn = sea_orm::TransactionTrait::begin(&self.db).await?;
+        let mut seq = feed::next_seq(&txn).await?;
         let mark = Query::update()
             .table(app_info::Entity)
             .value(A::RevokedAt, now)
@@ -224,13 +257,16 @@ impl Store {
             .and_where(Expr::col(A::ComponentAppid).eq(component.as_str()))
             .to_owned();
         if txn.execute(&mark).await?.rows_affected() == 0 {
+            // The number taken goes back with the rest: no gap in the feed.
             txn.rollback().await?;
             return Ok(false);
         }
-        for kind in Kind::ALL {
+        for (i, kind) in Kind::ALL.into_iter().enumerate() {
             // Each change is logged even for a row that is not there: a number taken and never
             // logged would look like a gap to every replica's feed reader.
-            let seq = feed::next_seq(&txn).await?;
+            if i > 0 {
+                seq = feed::next_seq(&txn).await?;
+            }
             feed::log_change(&txn, seq, authorizer, kind, now).await?;
             let delete = Query::delete()
                 .from_table(kind.table())
@@ -243,8 +279,10 @@ impl Store {
     }
 
     /// Lets the next look at a credential waiting on `errcode` (a verify ticket) fetch at once:
-    /// its backoff is lifted, if it is still waiting on that; and so are those of `appid`'s
-    /// authorizers, whose tokens waited on the component's (they recorded the same errcode).
+    /// its backoff is lifted, if it is still waiting on that; and if it was, so are those of
+    /// `appid`'s authorizers, whose tokens waited on the component's (they recorded the same
+    /// errcode). A component that was not waiting (every push but the first) costs one update
+    /// by primary key, not a pass over its authorizers.
     pub(crate) async fn lift_wait(
         &self,
         appid: &AppId,
@@ -252,41 +290,56 @@ impl Store {
         errcode: i64,
         now: DateTime<Utc>,
     ) -> Result<(), Error> {
+        let lift = |rows: Condition| {
+            Query::update()
+                .table(kind.table())
+                .value(Column::RetryAt, Option::<DateTime<Utc>>::None)
+                .value(Column::UpdateTime, now)
+                .cond_where(rows)
+                .and_where(Expr::col(Column::Errcode).eq(errcode))
+                .to_owned()
+        };
+        let own = Condition::all().add(Expr::col(Column::Appid).eq(appid.as_str()));
+        if self.db.execute(&lift(own)).await?.rows_affected() == 0 {
+            return Ok(());
+        }
         let authorizers = Query::select()
             .column(A::Appid)
             .from(app_info::Entity)
             .and_where(Expr::col(A::ComponentAppid).eq(appid.as_str()))
             .to_owned();
-        let lift = Query::update()
-            .table(kind.table())
-            .value(Column::RetryAt, Option::<DateTime<Utc>>::None)
-            .value(Column::UpdateTime, now)
-            .and_where(
-                Expr::col(Column::Appid)
-                    .eq(appid.as_str())
-                    .or(Expr::col(Column::Appid).in_subquery(authorizers)),
-            )
-            .and_where(Expr::col(Column::Errcode).eq(errcode))
-            .to_owned();
-        self.db.execute(&lift).await?;
+        let theirs = Condition::all().add(Expr::col(Column::Appid).in_subquery(authorizers));
+        self.db.execute(&lift(theirs)).await?;
         Ok(())
     }
 
-    /// An authorizer that authorized again: its withdrawal is lifted and its credential rows
-    /// made again (a withdrawal deleted them).
+    /// An authorizer that authorized again at `since` (when its authorization was being
+    /// exchanged): a withdrawal from before is lifted and its credential rows made again (a
+    /// withdrawal deleted them). A withdrawal recorded since is newer, and stays: `false`.
     pub(crate) async fn reinstate_authorizer(
         &self,
         appid: &AppId,
         kind: AppKind,
+        since: DateTime<Utc>,
         now: DateTime<Utc>,
-    ) -> Result<(), Error> {
+    ) -> Result<bool, Error> {
         let lift = Query::update()
             .table(app_info::Entity)
             .value(A::RevokedAt, Option::<DateTime<Utc>>::None)
+            // Always a change, so that MySQL counts the row as matched.
+            .value(A::UpdateTime, now)
             .and_where(Expr::col(A::Appid).eq(appid.as_str()))
+            .cond_where(
+                Expr::col(A::RevokedAt)
+                    .is_null()
+                    .or(Expr::col(A::RevokedAt).lte(since)),
+            )
             .to_owned();
-        self.db.execute(&lift).await?;
-        self.make_rows(appid, kind, now).await
+        if self.db.execute(&lift).await?.rows_affected() == 0 {
+            return Ok(false);
+        }
+        self.make_rows(appid, kind, now).await?;
+        Ok(true)
     }
 
     /// Adds `apps`, authorizers of `component` (kind mp or mini, classic token mode), with their

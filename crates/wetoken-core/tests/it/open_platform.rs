@@ -265,3 +265,38 @@ async fn a_platform_with_authorizers_is_not_removed_and_an_authorizer_needs_a_pl
     engine.delete_app(&appid).await.unwrap();
     engine.delete_app(&id(COMPONENT)).await.unwrap();
 }
+
+/// A refresh token replaced while a refresh is in flight with the one before (an operator's
+/// update, or the account authorizing again) is newer than what that refresh's answer brings
+/// back: it stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_token_replaced_during_a_refresh_is_not_overwritten_by_its_answer() {
+    let mock = mock(false).await;
+    let engine = engine(&mock).await;
+    let appid = authorized(&mock, &engine, "wxauthorizer05").await;
+    let before = mock.authorizer_refresh_token("wxauthorizer05").unwrap();
+    let token = engine.get(&appid, Kind::AccessToken).await.unwrap();
+    mock.invalidate_token(&token.value);
+    // WeChat acts at once (the same refresh token back) and answers a second later.
+    mock.inject(
+        Endpoint::AuthorizerToken,
+        Fault::DelayAnswer(Duration::from_secs(1)),
+        1,
+    );
+    let refresh = tokio::spawn({
+        let (engine, appid, value) = (engine.clone(), appid.clone(), token.value.clone());
+        async move { engine.refresh(&appid, Kind::AccessToken, &value).await }
+    });
+    while mock.calls(Endpoint::AuthorizerToken) == 0 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let newer = wetoken_core::AppUpdate {
+        secret: Some(Secret::new("refreshtoken@@@set-meanwhile")),
+        ..Default::default()
+    };
+    engine.update_app(&appid, &newer).await.unwrap();
+    refresh.await.unwrap().unwrap();
+    let stored = engine.store().app(&appid).await.unwrap().unwrap();
+    assert_eq!(stored.secret.expose(), "refreshtoken@@@set-meanwhile");
+    assert_ne!(stored.secret.expose(), before);
+}

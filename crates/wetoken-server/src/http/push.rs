@@ -307,7 +307,16 @@ async fn receive<B: RequestBody>(
             return Handled::done(info_type, Outcome::Failed, Err(e.into()));
         }
     }
-    handle(&state.engine, component, info_type, push).await
+    let handled = handle(&state.engine, component.clone(), info_type, push).await;
+    // Answered with an error so that WeChat sends it again: its retry, the same request, must
+    // not be refused as a replay.
+    if handled.outcome == Some(Outcome::Failed)
+        && handled.answer.is_err()
+        && let Err(e) = state.engine.forget_push(&component, &signature).await
+    {
+        warn!(%component, info_type, error = %e.chain(), "cannot forget a push that failed; WeChat's retry of it will be refused as a replay");
+    }
+    handled
 }
 
 /// The query's signed parameters, checked: present, well-formed, and a timestamp within the
@@ -556,7 +565,12 @@ fn settle(
         Ok(Err(e))
             if matches!(
                 e,
-                Error::Database(_) | Error::DatabaseUnavailable(_) | Error::Unavailable(_)
+                Error::Database(_)
+                    | Error::DatabaseUnavailable(_)
+                    | Error::Unavailable(_)
+                    | Error::NoVerifyTicket(_)
+                    | Error::OverBudget(_)
+                    | Error::Refused { errcode: -1, .. }
             ) =>
         {
             error!(%component, appid = %authorizer, info_type, error = %e.chain(), "cannot store an authorization; answered with an error so that WeChat sends it again");

@@ -24,6 +24,7 @@ const AUTHORIZER: &str = "wxauthorizer01";
 on_every_database!(
     pushes_store_tickets_and_authorizations,
     a_replay_is_refused_on_every_replica,
+    a_push_that_failed_is_handled_when_wechat_sends_it_again,
 );
 
 async fn mock() -> MockWeChat {
@@ -600,4 +601,30 @@ async fn a_mount_accepts_pushes_for_its_components_only() {
     wetoken.shutdown().await;
     server.stop().await;
     db.drop_db().await;
+}
+
+/// A push answered with an error so that WeChat sends it again (here WeChat was unreachable for
+/// the exchange) is handled when it comes again, byte for byte: it is not a replay.
+async fn a_push_that_failed_is_handled_when_wechat_sends_it_again(db: &TestDb) {
+    let (mock, server) = started(db, |_| {}).await;
+    assert_success(&mock.push_verify_ticket(COMPONENT).await.unwrap());
+    mock.inject(Endpoint::QueryAuth, Fault::HttpStatus(502), 1);
+    let pushed = mock
+        .authorize(COMPONENT, Some(AUTHORIZER), None)
+        .await
+        .unwrap();
+    let status = pushed.status.unwrap_or(0);
+    assert!((500..600).contains(&status), "{pushed:?}");
+    let (code, _) = server.get(&format!("/{AUTHORIZER}/wechat/token/get")).await;
+    assert_eq!(code, 404, "nothing stored yet");
+
+    // WeChat's retry: the same request.
+    let again = mock.resend(&pushed).await;
+    assert_success(&again);
+    assert_eq!(
+        Some(server.token(AUTHORIZER).await),
+        mock.current_authorizer_token(AUTHORIZER)
+    );
+    // Once handled, the same push again is a replay.
+    assert_refused(&mock.resend(&pushed).await, 403, 90403);
 }
