@@ -184,19 +184,20 @@ impl Engine {
     pub async fn component(&self, component: &AppId) -> Result<App, Error> {
         match self.inner.store.app(component).await? {
             Some(app) if app.info.kind == AppKind::Component => Ok(app),
-            Some(app) => Err(Error::InvalidInput(format!(
-                "{component} is a {} app, not a third-party platform (kind component)",
-                app.info.kind.as_str()
-            ))),
+            Some(app) => Err(not_a_component(component, app.info.kind)),
             None => Err(Error::UnknownApp(component.clone())),
         }
     }
 
     /// The component token of `component`, which must be a third-party platform: what
-    /// `GET /component/{appid}/token/get` serves. One read of the app's row, then the same path
-    /// as every token (cache, lease, one fetch per lifetime).
+    /// `GET /component/{appid}/token/get` serves. One read of the app's row (its kind, no
+    /// secret decrypted), then the same path as every token (cache, lease, one fetch per
+    /// lifetime).
     pub async fn component_token(&self, component: &AppId) -> Result<Arc<Credential>, Error> {
-        self.component(component).await?;
+        let info = self.inner.store.known_app_info(component).await?;
+        if info.kind != AppKind::Component {
+            return Err(not_a_component(component, info.kind));
+        }
         self.get(component, Kind::AccessToken).await
     }
 
@@ -414,6 +415,14 @@ impl Engine {
         }
         saved.map(|_| ())
     }
+}
+
+/// What asking a platform's question of another app answers.
+fn not_a_component(appid: &AppId, kind: AppKind) -> Error {
+    Error::InvalidInput(format!(
+        "{appid} is a {} app, not a third-party platform (kind component)",
+        kind.as_str()
+    ))
 }
 
 /// A failure of what an authorizer's refresh depends on (its component's token): a missing
