@@ -300,3 +300,56 @@ async fn a_refresh_token_replaced_during_a_refresh_is_not_overwritten_by_its_ans
     assert_eq!(stored.secret.expose(), "refreshtoken@@@set-meanwhile");
     assert_ne!(stored.secret.expose(), before);
 }
+
+/// A withdrawal pushed while an earlier authorization's exchange is still under way is the
+/// newer word: the exchange, finishing late, does not lift it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_authorization_does_not_lift_a_withdrawal_pushed_after_it_began() {
+    let mock = mock(false).await;
+    let (engine, clock) =
+        super::engine_and_clock(&mock, wetoken_core::EngineConfig::default()).await;
+    let appid = authorized(&mock, &engine, "wxauthorizer06").await;
+    let code = mock
+        .update_authorization(COMPONENT, "wxauthorizer06")
+        .await
+        .unwrap()
+        .authorization_code
+        .unwrap();
+    // WeChat exchanges the code at once and answers a second later.
+    mock.inject(
+        Endpoint::QueryAuth,
+        Fault::DelayAnswer(Duration::from_secs(1)),
+        1,
+    );
+    let exchange = tokio::spawn({
+        let engine = engine.clone();
+        async move { engine.authorized(&id(COMPONENT), &code).await }
+    });
+    while mock.calls(Endpoint::QueryAuth) < 2 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    clock.advance(Duration::from_secs(1));
+    assert!(engine.unauthorized(&id(COMPONENT), &appid).await.unwrap());
+    let err = exchange.await.unwrap().unwrap_err();
+    assert!(err.to_string().contains("withdrawal stands"), "{err}");
+    let err = engine.get(&appid, Kind::AccessToken).await.unwrap_err();
+    assert!(matches!(err, Error::Revoked { .. }), "{err:?}");
+}
+
+/// An exchange made with a component token WeChat has retired replaces it once and succeeds.
+#[tokio::test]
+async fn an_exchange_with_a_retired_component_token_replaces_it_and_succeeds() {
+    let mock = mock(false).await;
+    let engine = engine(&mock).await;
+    authorized(&mock, &engine, "wxauthorizer07").await;
+    let component = engine.get(&id(COMPONENT), Kind::AccessToken).await.unwrap();
+    mock.invalidate_token(&component.value);
+    let calls = mock.calls(Endpoint::ComponentToken);
+    let appid = authorized(&mock, &engine, "wxauthorizer08").await;
+    assert_eq!(mock.calls(Endpoint::ComponentToken), calls + 1);
+    let token = engine.get(&appid, Kind::AccessToken).await.unwrap();
+    assert_eq!(
+        Some(token.value.clone()),
+        mock.current_authorizer_token("wxauthorizer08")
+    );
+}
