@@ -35,8 +35,9 @@
 //!   lifetime; or, after a lapsed lease, what a fenced-out holder fetched.
 //!
 //! The mock retires a value at once when a second newer one is issued, which is stricter than
-//! WeChat's five-minute overlap; an earlier value of the lifetime may meet that and is counted
-//! (`strict_refusals`), not failed.
+//! WeChat's five-minute overlap; an earlier value of the lifetime may meet that, and so may any
+//! value of a round that fetched three times or more (leases lapsing one after another on a starved
+//! machine: the third fetch retires the first). Those are counted (`strict_refusals`), not failed.
 //!
 //! Each schedule costs about 0.4 s of CPU, most of it building each replica's TLS-capable
 //! WeChat client, so `cargo test` runs 64 schedules on SQLite and 32 on PostgreSQL (about 250
@@ -357,6 +358,8 @@ async fn schedule(url: &str, observer: &Engine, seed: u64) -> Result<Outcome, St
         }
 
         let mut served = BTreeSet::new();
+        // Who got what, for a failure's message.
+        let mut got = Vec::new();
         let mut refused = BTreeSet::new();
         let mut long_calls = 0;
         // Whether the round needs a new value: a cold start, an expiry, or a passive refresh.
@@ -389,6 +392,16 @@ async fn schedule(url: &str, observer: &Engine, seed: u64) -> Result<Outcome, St
                     "a passive refresh answered the value it reported".into()
                 ));
             }
+            got.push(format!(
+                "replica {i} {} got {} in {took:?}{}",
+                if is_refresh { "refresh" } else { "read" },
+                credential.value,
+                if verdict.get("errcode").is_some_and(|c| c != 0) {
+                    " (refused)"
+                } else {
+                    ""
+                }
+            ));
             served.insert(credential.value.clone());
         }
         ticks.await.unwrap();
@@ -417,28 +430,47 @@ async fn schedule(url: &str, observer: &Engine, seed: u64) -> Result<Outcome, St
                 u64::from(needed)
             )));
         }
+        // What the round did, for a failure's message.
+        let round_was = || {
+            format!(
+                "stored: version {}, {}; earlier values of this lifetime: {lifetime:?}; {} round, \
+                 {fetched} fetches, {kills} kills (replica {killed:?}), {long_calls} calls longer \
+                 than the lease, delay {delay:?}; {}",
+                now.version,
+                now.value,
+                if passive { "passive" } else { "expiry" },
+                got.join("; ")
+            )
+        };
+        // The mock forgets a value at once when a second newer one is issued, where WeChat keeps
+        // it five more minutes. A round of three or more fetches (leases lapsing one after
+        // another on a starved machine) meets that with values of its own, stored or not: the
+        // first one issued is forgotten by the third. Counted, not failed.
+        let superseded_twice = fetched >= 3;
         // Everyone got the round's value, except plain reads in a passive round, which may still
         // be served an earlier value of this lifetime until the replica looks at the database.
         for value in &served {
             let earlier = passive && lifetime.contains(value);
+            let refused_by_mock = refused.contains(value);
             // A holder whose lease lapsed and whose write was fenced out serves what it fetched
             // when nothing newer is stored yet: valid, just not stored.
-            let fenced_out = (kills > 0 || long_calls > 0) && !refused.contains(value);
+            let fenced_out =
+                (kills > 0 || long_calls > 0) && (!refused_by_mock || superseded_twice);
             if *value != now.value && !earlier && !fenced_out {
                 return Err(say(format!(
-                    "a caller got a value that is neither stored (version {}) nor an earlier one \
-                     of this lifetime",
-                    now.version
+                    "a caller got {value}, which is neither stored nor an earlier value of this \
+                     lifetime; {}",
+                    round_was()
                 )));
             }
-            // The mock retires a value at once when a second newer one is issued, stricter than
-            // WeChat's five-minute overlap; only an earlier value may meet that, after a lost
-            // fetch (a crash or a fenced-out slow fetch) or a passive refresh.
-            if refused.contains(value) {
-                if !earlier {
-                    return Err(say(
-                        "a caller got the stored value, and WeChat does not accept it".into(),
-                    ));
+            // Otherwise only an earlier value may meet the mock's strictness, after a lost fetch
+            // (a crash or a fenced-out slow fetch) or a passive refresh.
+            if refused_by_mock {
+                if !earlier && !superseded_twice {
+                    return Err(say(format!(
+                        "a caller got {value}, and WeChat does not accept it; {}",
+                        round_was()
+                    )));
                 }
                 outcome.strict_refusals += 1;
             }
