@@ -653,7 +653,9 @@ impl World {
                 token
             }
         };
-        let expires_in = self.remaining(&token).unwrap_or(0) / 1000;
+        // Rounded up, as for a stable token: a token just minted has its whole lifetime left,
+        // though a millisecond has passed.
+        let expires_in = self.remaining(&token).unwrap_or(0).div_ceil(1000);
         Ok(json!({"errcode": 0, "errmsg": "ok", "access_token": token, "expires_in": expires_in}))
     }
 
