@@ -227,6 +227,13 @@ impl Engine {
                 .await
                 .map_err(|e| task_error(appid, kind, e))?;
             }
+            // A scheduled renewal that another replica is already making: that one stores it,
+            // and this scheduler goes on to credentials nobody is renewing.
+            if let Need::Ahead(_) = need {
+                return Err(Error::Unavailable(format!(
+                    "another replica is renewing {kind} of {appid}"
+                )));
+            }
             // Another replica (or another request here, through a different slot) holds the
             // lease: wait for its result in the database rather than calling WeChat.
             metrics::counter!("wetoken_lease_waits_total", "kind" => kind.name()).increment(1);
@@ -757,5 +764,74 @@ mod tests {
                 other => panic!("{other:?}"),
             }
         }
+    }
+
+    /// A scheduled renewal that finds another replica holding the lease leaves it to that one at
+    /// once; a request waits for the holder's result.
+    #[tokio::test]
+    async fn a_scheduled_renewal_does_not_wait_for_another_replicas_lease() {
+        use crate::{
+            Clock, DatabaseOptions, ManualClock, NewApp, Secret, Store, WeChat, WeChatOptions,
+        };
+        let store = Store::connect(&DatabaseOptions::new("sqlite::memory:"))
+            .await
+            .unwrap();
+        store.migrate().await.unwrap();
+        // Nobody answers there: the test fails if either path calls WeChat.
+        let wechat = WeChat::new(&WeChatOptions {
+            base_url: "http://127.0.0.1:9".into(),
+            fallback_urls: Vec::new(),
+            ..WeChatOptions::default()
+        })
+        .unwrap();
+        let clock = Arc::new(ManualClock::new(chrono::Utc::now()));
+        let engine = Engine::new(
+            store,
+            wechat,
+            clock.clone(),
+            super::super::EngineConfig::default(),
+        )
+        .unwrap();
+        let appid = AppId::parse("wxscheduled000001").unwrap();
+        engine
+            .add_app(&NewApp::mp(appid.clone(), Secret::new("s")))
+            .await
+            .unwrap();
+        let ttl = Duration::from_secs(30);
+        assert!(
+            engine
+                .inner
+                .store
+                .try_lease(
+                    &appid,
+                    Kind::AccessToken,
+                    "another-replica#1",
+                    ttl,
+                    clock.now()
+                )
+                .await
+                .unwrap()
+        );
+        let slot = engine.slot(&appid, Kind::AccessToken);
+        let ahead = Need::Ahead(TimeDelta::minutes(20));
+        let scheduled = tokio::time::timeout(
+            Duration::from_secs(5),
+            engine.fill(&appid, Kind::AccessToken, &slot, ahead),
+        )
+        .await
+        .expect("a scheduled renewal returns at once");
+        assert!(
+            matches!(&scheduled, Err(Error::Unavailable(m)) if m.contains("another replica")),
+            "{scheduled:?}"
+        );
+        let request = tokio::time::timeout(
+            Duration::from_millis(500),
+            engine.fill(&appid, Kind::AccessToken, &slot, Need::Serve),
+        )
+        .await;
+        assert!(
+            request.is_err(),
+            "a request waits for the holder: {request:?}"
+        );
     }
 }

@@ -7,12 +7,13 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use chrono::TimeDelta;
+use rand::Rng;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
 use super::Engine;
-use super::slot::{Need, Why};
+use super::slot::{Need, Slot, Why};
 use crate::Error;
 use crate::model::{AppId, Kind};
 use crate::store::Checked;
@@ -20,8 +21,8 @@ use crate::store::Checked;
 impl Engine {
     /// How many scans the scheduler has finished in this process, whether or not they found
     /// anything due or could reach the database. A number that stops growing means a stuck
-    /// scheduler. A scan counts as finished once it has started every refresh it found due; those
-    /// refreshes may still be running.
+    /// scheduler. A scan counts as finished once it has taken up every credential it found due,
+    /// paced: the last `concurrency` of them may still be waiting their turn or running.
     pub fn sweeps(&self) -> u64 {
         self.inner.sweeps.load(Ordering::Acquire)
     }
@@ -50,15 +51,12 @@ impl Engine {
         let semaphore = Arc::new(Semaphore::new(self.inner.config.concurrency));
         let mut running = JoinSet::new();
         let interval = Duration::from_millis(self.inner.config.scan_interval_ms);
-        let mut pace = tokio::time::interval(Duration::from_secs_f64(
-            1.0 / f64::from(self.inner.config.max_refresh_rate),
-        ));
-        pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let pace = Arc::new(Pace::new(self.inner.config.max_refresh_rate));
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
-                () = self.sweep(only, &semaphore, &mut pace, &mut running) => {}
+                () = self.sweep(only, &semaphore, &pace, &mut running) => {}
             }
             self.inner.sweeps.fetch_add(1, Ordering::Release);
             metrics::counter!("wetoken_scheduler_sweeps_total").increment(1);
@@ -68,6 +66,9 @@ impl Engine {
                 _ = tokio::time::sleep(interval) => {}
             }
         }
+        // Renewals under way finish, so that no fetched value is lost; those still waiting their
+        // turn are not started.
+        pace.stop();
         while running.join_next().await.is_some() {}
         debug!("scheduler stopped");
     }
@@ -76,7 +77,7 @@ impl Engine {
         &self,
         only: Option<&[AppId]>,
         semaphore: &Arc<Semaphore>,
-        pace: &mut tokio::time::Interval,
+        pace: &Arc<Pace>,
         running: &mut JoinSet<()>,
     ) {
         let config = &self.inner.config;
@@ -94,12 +95,23 @@ impl Engine {
                     return;
                 }
             };
+            // Every replica scans the same rows in the same order. Each walks them from a point
+            // of its own, so that replicas renew different credentials at once rather than
+            // queue on each other's leases. What callers may already miss (nothing stored, or
+            // less than the margin left) still comes first.
+            let margin = config.margin();
+            let (mut urgent, mut rest): (Vec<_>, Vec<_>) = due
+                .into_iter()
+                .partition(|d| d.expires_at.is_none_or(|at| at - now <= margin));
+            rotate_randomly(&mut urgent);
+            rotate_randomly(&mut rest);
+            urgent.append(&mut rest);
             for crate::store::Due {
                 appid,
                 expires_at,
                 renew_at,
                 token_mode,
-            } in due
+            } in urgent
             {
                 let threshold = config.renew_ahead(&appid, kind, token_mode);
                 if let Some(expires_at) = expires_at
@@ -115,16 +127,18 @@ impl Engine {
                     }
                     continue;
                 }
-                pace.tick().await;
                 let Ok(permit) = semaphore.clone().acquire_owned().await else {
                     return;
                 };
-                let engine = self.clone();
+                let (engine, pace) = (self.clone(), pace.clone());
                 running.spawn(async move {
                     let slot = engine.slot(&appid, kind);
-                    if let Err(e) = engine
-                        .fill(&appid, kind, &slot, Need::Ahead(threshold))
-                        .await
+                    let need = Need::Ahead(threshold);
+                    // Renewed, or being renewed, by another replica since the scan: one read, and
+                    // none of the pace spent, which is what lets replicas add up.
+                    if !engine.renewed_elsewhere(&appid, kind, &slot, &need).await
+                        && pace.turn().await
+                        && let Err(e) = engine.fill(&appid, kind, &slot, need).await
                     {
                         debug!(%appid, %kind, error = %e.chain(), "scheduled refresh failed");
                     }
@@ -138,6 +152,65 @@ impl Engine {
 
 /// The most renewals of one kind one scan starts; the rest wait for the next scan.
 const DUE_PER_SCAN: u64 = 10_000;
+
+/// What spaces a scheduler's renewals `max_refresh_rate` a second apart, shared by its tasks: a
+/// renewal takes its turn just before its fill. Once the scheduler stops, no turn is given.
+pub(super) struct Pace {
+    interval: tokio::sync::Mutex<tokio::time::Interval>,
+    stopped: tokio::sync::watch::Sender<bool>,
+}
+
+impl Pace {
+    fn new(rate: u32) -> Pace {
+        let mut interval = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate)));
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Pace {
+            interval: tokio::sync::Mutex::new(interval),
+            stopped: tokio::sync::watch::Sender::new(false),
+        }
+    }
+
+    /// Waits for the next turn; `false` once the scheduler stops.
+    async fn turn(&self) -> bool {
+        let mut stopped = self.stopped.subscribe();
+        tokio::select! {
+            biased;
+            _ = stopped.wait_for(|stopped| *stopped) => false,
+            () = async { self.interval.lock().await.tick().await; } => !*self.stopped.borrow(),
+        }
+    }
+
+    fn stop(&self) {
+        self.stopped.send_replace(true);
+    }
+}
+
+/// Turns `list` so that it starts at a random element.
+fn rotate_randomly<T>(list: &mut [T]) {
+    if list.len() > 1 {
+        let start = rand::rng().random_range(0..list.len());
+        list.rotate_left(start);
+    }
+}
+
+impl Engine {
+    /// Whether the stored row shows `kind` of `appid` renewed since the scan (it meets `need`),
+    /// leased by a refresh under way, or stopped (halted, or backing off after a failure another
+    /// replica recorded). A failed read says no: the fill finds out.
+    async fn renewed_elsewhere(&self, appid: &AppId, kind: Kind, slot: &Slot, need: &Need) -> bool {
+        let Ok(Some(record)) = self.inner.store.credential(appid, kind).await else {
+            return false;
+        };
+        let now = self.now();
+        record.leased
+            || record.halted
+            || record.retry_at.is_some_and(|at| now < at)
+            || record
+                .credential
+                .as_ref()
+                .is_some_and(|c| self.satisfies(slot, c, now, need))
+    }
+}
 
 /// The most out-of-band checks one scan starts; the rest wait for the next scan.
 const CHECKS_PER_SCAN: u64 = 1000;

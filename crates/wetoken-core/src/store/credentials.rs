@@ -161,7 +161,8 @@ impl Store {
 
     /// The `kind` credentials the scheduler should look at, at most `limit`, the longest due
     /// first: those whose `renew_at` has come or was never set (imported, adopted, or not
-    /// fetched yet), that are not halted and not waiting out a backoff. A ticket whose app's
+    /// fetched yet), that are not halted, not waiting out a backoff and not leased by a refresh
+    /// under way (the database's clock decides, as for taking a lease). A ticket whose app's
     /// access token is halted is not listed either: it cannot be fetched without one. Each comes
     /// with its stored expiry and the app's token mode.
     ///
@@ -205,6 +206,12 @@ impl Store {
                 Expr::col((cred, Column::RetryAt))
                     .is_null()
                     .or(Expr::col((cred, Column::RetryAt)).lte(now)),
+            )
+            // Not what a refresh under way holds: its holder stores it.
+            .cond_where(
+                Expr::col((cred, Column::LeaseOwner))
+                    .is_null()
+                    .or(Expr::col((cred, Column::LeaseUntil)).lt(self.db_now_ms())),
             )
             .and_where(Expr::col((app, A::Kind)).is_in(kinds))
             .order_by((cred, Column::RenewAt), Order::Asc)

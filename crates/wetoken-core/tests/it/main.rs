@@ -6,6 +6,7 @@ mod lease_replicas;
 mod open_calls;
 mod open_platform;
 mod quota_guard;
+mod scheduler_replicas;
 mod sealed_replay;
 mod secrets_on_disk;
 mod status_views;
@@ -85,36 +86,39 @@ async fn unknown_appids_leave_no_trace() {
     assert_eq!(engine.cached_credentials(), 2, "the token and the ticket");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cold_start_of_many_apps_is_paced_not_a_burst() {
-    let mock = MockWeChat::start().await.unwrap();
+/// An engine whose scheduler renews at `rate` a second, `concurrency` at a time, tokens only,
+/// with `n` cold apps named `prefix` and a number, known to `mock` too.
+async fn cold_apps(
+    mock: &MockWeChat,
+    rate: u32,
+    concurrency: usize,
+    prefix: &str,
+    n: usize,
+) -> Engine {
     let config = EngineConfig {
-        max_refresh_rate: 40,
-        concurrency: 8,
+        max_refresh_rate: rate,
+        concurrency,
         scan_interval_ms: 50,
         refresh_tickets: false,
         ..EngineConfig::default()
     };
-    let engine = engine_with(&mock, config).await;
-    for i in 0..120 {
-        let appid = format!("wxpaced{i:03}");
+    let engine = engine_with(mock, config).await;
+    for i in 0..n {
+        let appid = format!("{prefix}{i:03}");
         mock.add_app(&appid, "s");
         engine
             .add_app(&NewApp::mp(AppId::parse(&appid).unwrap(), Secret::new("s")))
             .await
             .unwrap();
     }
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let scheduler = tokio::spawn({
-        let engine = engine.clone();
-        async move {
-            engine
-                .run_scheduler(async move {
-                    let _ = stopped.await;
-                })
-                .await
-        }
-    });
+    engine
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_start_of_many_apps_is_paced_not_a_burst() {
+    let mock = MockWeChat::start().await.unwrap();
+    let engine = cold_apps(&mock, 40, 8, "wxpaced", 120).await;
+    let scheduler = quota_guard::Scheduler::start(&engine);
     // 40 a second: the 41st fetch comes a second after the first at the earliest, and all 120
     // take three seconds, where a burst would take milliseconds.
     let started = std::time::Instant::now();
@@ -130,9 +134,30 @@ async fn a_cold_start_of_many_apps_is_paced_not_a_burst() {
         let took = started.elapsed().as_secs_f64();
         assert!(took >= at_least, "{fetches} fetched in {took:.2} s");
     }
-    let _ = stop.send(());
-    scheduler.await.unwrap();
+    scheduler.stop().await;
     assert_eq!(mock.calls(Endpoint::Token), 120, "each app once");
+}
+
+/// Renewals still waiting their turn of the pace when the scheduler stops are not started: a
+/// stopping scheduler finishes what it began, and begins nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_scheduler_starts_no_renewal_waiting_its_turn() {
+    let mock = MockWeChat::start().await.unwrap();
+    let engine = cold_apps(&mock, 1, 8, "wxstopping", 20).await;
+    let scheduler = quota_guard::Scheduler::start(&engine);
+    // The first renewal is under way at once; seven more wait their turn, one a second.
+    while mock.calls(Endpoint::Token) < 1 {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    tokio::time::timeout(std::time::Duration::from_secs(5), scheduler.stop())
+        .await
+        .expect("the scheduler stops without working through the queue");
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(
+        mock.calls(Endpoint::Token) <= 2,
+        "{} fetched after the stop",
+        mock.calls(Endpoint::Token)
+    );
 }
 
 /// A token wetoken did not fetch (imported, or adopted from the Go wetoken) has no renewal

@@ -516,13 +516,13 @@ async fn snapshot(engine: &Engine) -> Vec<String> {
 }
 
 /// A scheduler running on its own task until stopped.
-struct Scheduler {
+pub(crate) struct Scheduler {
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Scheduler {
-    fn start(engine: &Engine) -> Scheduler {
+    pub(crate) fn start(engine: &Engine) -> Scheduler {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let engine = engine.clone();
         let task = tokio::spawn(async move {
@@ -535,14 +535,14 @@ impl Scheduler {
         Scheduler { stop, task }
     }
 
-    async fn stop(self) {
+    pub(crate) async fn stop(self) {
         let _ = self.stop.send(());
         self.task.await.unwrap();
     }
 }
 
 /// Polls `done` every 10 ms until it holds; fails the test after `limit`.
-async fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) {
+pub(crate) async fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) {
     let deadline = std::time::Instant::now() + limit;
     while !done() {
         assert!(
