@@ -29,15 +29,19 @@ impl Store {
         }
         self.check_open_platform(app).await?;
         let row = self.new_app_row(app, now)?;
-        match app_info::Entity::insert(row).exec(&self.db).await {
+        // The app and its credential rows together: the scheduler finds what is due in the
+        // credential tables alone, so an app row without them would never be renewed.
+        let txn = self.db.begin().await?;
+        match app_info::Entity::insert(row).exec(&txn).await {
             Ok(_) => {}
             Err(e) if matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
                 return Err(Error::DuplicateApp(app.appid.clone()));
             }
             Err(e) => return Err(e.into()),
         }
-        // The scheduler finds what is due in the credential tables alone.
-        self.make_rows(&app.appid, app.kind, now).await
+        super::credentials::make_rows(&txn, &app.appid, app.kind, now).await?;
+        txn.commit().await?;
+        Ok(())
     }
 
     /// A new app's row, its secret-like values sealed.

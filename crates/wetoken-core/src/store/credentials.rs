@@ -275,38 +275,6 @@ impl Store {
         Ok(())
     }
 
-    /// Makes the rows a new app has from the start: its access token's, and its jsapi
-    /// ticket's if it has one, "not fetched yet". The value is '' (a Go wetoken rolled back to
-    /// reads these rows, and its columns never held NULL); with no expiry, it reads as none.
-    pub(crate) async fn make_rows(
-        &self,
-        appid: &AppId,
-        kind: AppKind,
-        now: DateTime<Utc>,
-    ) -> Result<(), Error> {
-        for credential in [Kind::AccessToken, Kind::JsapiTicket] {
-            if kind.has(credential) {
-                self.insert_row(
-                    credential,
-                    vec![
-                        Column::Appid,
-                        credential.value_column(),
-                        Column::Message,
-                        Column::UpdateTime,
-                    ],
-                    vec![
-                        appid.as_str().into(),
-                        "".into(),
-                        "not fetched yet".into(),
-                        now.into(),
-                    ],
-                )
-                .await?;
-            }
-        }
-        Ok(())
-    }
-
     /// Access tokens whose out-of-band check is due at `now`, that are not halted and are still
     /// good past `horizon` (those nearer their end are renewed anyway), the most overdue first,
     /// at most `limit`.
@@ -466,4 +434,40 @@ async fn insert_row(
         Err(e) if matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => Ok(false),
         Err(e) => Err(e.into()),
     }
+}
+
+/// Makes the rows a new app has from the start: its access token's, and its jsapi
+/// ticket's if it has one, "not fetched yet". The value is '' (a Go wetoken rolled back to
+/// reads these rows, and its columns never held NULL); with no expiry, it reads as none.
+///
+/// On `conn`, the caller's transaction, so that an app is never stored without its rows (the
+/// scheduler finds what is due in those alone).
+pub(super) async fn make_rows(
+    conn: &impl ConnectionTrait,
+    appid: &AppId,
+    kind: AppKind,
+    now: DateTime<Utc>,
+) -> Result<(), Error> {
+    for credential in [Kind::AccessToken, Kind::JsapiTicket] {
+        if kind.has(credential) {
+            insert_row(
+                conn,
+                credential,
+                vec![
+                    Column::Appid,
+                    credential.value_column(),
+                    Column::Message,
+                    Column::UpdateTime,
+                ],
+                vec![
+                    appid.as_str().into(),
+                    "".into(),
+                    "not fetched yet".into(),
+                    now.into(),
+                ],
+            )
+            .await?;
+        }
+    }
+    Ok(())
 }

@@ -335,10 +335,14 @@ impl Store {
                     .or(Expr::col(A::RevokedAt).lte(since)),
             )
             .to_owned();
-        if self.db.execute(&lift).await?.rows_affected() == 0 {
+        // Lifted and its rows made together: a lifted withdrawal without them would never be
+        // renewed.
+        let txn = sea_orm::TransactionTrait::begin(&self.db).await?;
+        if txn.execute(&lift).await?.rows_affected() == 0 {
             return Ok(false);
         }
-        self.make_rows(appid, kind, now).await?;
+        super::credentials::make_rows(&txn, appid, kind, now).await?;
+        txn.commit().await?;
         Ok(true)
     }
 

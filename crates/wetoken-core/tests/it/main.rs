@@ -160,6 +160,38 @@ async fn a_stopping_scheduler_starts_no_renewal_waiting_its_turn() {
     );
 }
 
+/// An app is stored with its credential rows or not at all: the scheduler finds what is due in
+/// those alone, so an app row without them would never be renewed. A failure writing the
+/// ticket's row (a trigger here; a lost connection in life) leaves no app behind.
+#[tokio::test]
+async fn an_app_is_added_whole_or_not_at_all() {
+    use sea_orm::ConnectionTrait;
+    let mock = MockWeChat::start().await.unwrap();
+    let engine = engine(&mock).await;
+    let db = engine.store().connection();
+    db.execute_unprepared(
+        "CREATE TRIGGER refuse_tickets BEFORE INSERT ON wechat_jsapi_ticket \
+         BEGIN SELECT RAISE(ABORT, 'refused by the test'); END",
+    )
+    .await
+    .unwrap();
+    let appid = AppId::parse("wxwhole000000001").unwrap();
+    let app = NewApp::mp(appid.clone(), Secret::new("s"));
+    let e = engine.add_app(&app).await.unwrap_err();
+    let chain = e.chain().to_string();
+    assert!(chain.contains("refused by the test"), "{chain}");
+    assert!(
+        engine.store().app(&appid).await.unwrap().is_none(),
+        "an app was left without its credential rows"
+    );
+    db.execute_unprepared("DROP TRIGGER refuse_tickets")
+        .await
+        .unwrap();
+    engine.add_app(&app).await.unwrap();
+    let status = engine.app_status(&appid).await.unwrap();
+    assert!(status.access_token.is_some() && status.jsapi_ticket.is_some());
+}
+
 /// A token wetoken did not fetch (imported, or adopted from the Go wetoken) has no renewal
 /// date: the scheduler's first scan dates it without fetching, and renews it when that comes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
