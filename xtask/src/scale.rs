@@ -26,8 +26,21 @@ use wetoken_mock::{Endpoint, MockWeChat};
 use crate::bench::{Load, Server, release_binary, wrk_with};
 
 const DATABASE: &str = "wetoken_bench";
-/// The scheduler's rate while the sweep is sampled, and how many tokens are made due.
+/// The scheduler's rate a replica while the sweep is sampled (`XTASK_SWEEP_RATE`
+/// overrides it: below what the machine sustains, it shows whether replicas add up), and how
+/// many tokens are made due.
 const SWEEP_RATE: u32 = 200;
+
+fn sweep_rate() -> Result<u32> {
+    match std::env::var("XTASK_SWEEP_RATE") {
+        Ok(rate) => rate
+            .parse()
+            .ok()
+            .filter(|rate| *rate > 0)
+            .with_context(|| format!("XTASK_SWEEP_RATE={rate:?} is not a positive number")),
+        Err(_) => Ok(SWEEP_RATE),
+    }
+}
 const SWEEP_APPS: usize = 2_000;
 /// Seconds of idle counted for the statements a second.
 const IDLE_SECS: u64 = 20;
@@ -204,6 +217,7 @@ struct Figures {
     list_first_ms: f64,
     list_middle_ms: f64,
     load: Load,
+    sweep_rate: u32,
     sweep_peak: u64,
     sweep_mean: f64,
 }
@@ -229,7 +243,7 @@ impl Figures {
             "list_first_page_ms": self.list_first_ms,
             "list_middle_page_ms": self.list_middle_ms,
             "token_route": {"requests_per_sec": self.load.rps, "p50_ms": self.load.p50_ms, "p99_ms": self.load.p99_ms},
-            "sweep": {"configured_rate": SWEEP_RATE, "peak_per_second": self.sweep_peak, "mean_per_second": self.sweep_mean},
+            "sweep": {"configured_rate": self.sweep_rate, "peak_per_second": self.sweep_peak, "mean_per_second": self.sweep_mean},
         })
     }
 
@@ -409,7 +423,8 @@ async fn run_one(
         ),
     )?;
     mock.reset_calls();
-    let rate = SWEEP_RATE.to_string();
+    let sweep_rate = sweep_rate()?;
+    let rate = sweep_rate.to_string();
     let env = [
         ("WETOKEN_REFRESH__SCAN_INTERVAL_MS", "200"),
         ("WETOKEN_REFRESH__MAX_REFRESH_RATE", rate.as_str()),
@@ -428,7 +443,7 @@ async fn run_one(
     drop(sweepers);
     let (sweep_peak, sweep_mean) = spread(&samples);
     println!(
-        "  sweep of {due}: {} fetched, at most {sweep_peak} in a second, {sweep_mean:.0}/s between the first and the last (rate {SWEEP_RATE}/s a replica)",
+        "  sweep of {due}: {} fetched, at most {sweep_peak} in a second, {sweep_mean:.0}/s between the first and the last (rate {sweep_rate}/s a replica)",
         mock.calls(Endpoint::Token)
     );
     Ok(Figures {
@@ -445,6 +460,7 @@ async fn run_one(
         list_first_ms,
         list_middle_ms,
         load,
+        sweep_rate,
         sweep_peak,
         sweep_mean,
     })

@@ -229,7 +229,7 @@ impl Engine {
             }
             // A scheduled renewal that another replica is already making: that one stores it,
             // and this scheduler goes on to credentials nobody is renewing.
-            if let Need::Ahead(_) = need {
+            if let Need::Ahead(..) = need {
                 return Err(Error::Unavailable(format!(
                     "another replica is renewing {kind} of {appid}"
                 )));
@@ -297,6 +297,23 @@ impl Engine {
         if let Some(e) = record.as_ref().and_then(|r| stopped(appid, kind, r, now)) {
             release().await;
             return Err(e);
+        }
+        // A scheduled renewal takes its turn of the scheduler's pace here, holding the lease, so
+        // that other replicas' schedulers skip this credential meanwhile rather than spend their
+        // own turns on it. A turn longer in coming than half the lease gives the credential up
+        // to the next scan, before the lease could lapse under it.
+        if let Need::Ahead(_, Some(pace)) = need {
+            let wait = Duration::from_millis(self.inner.config.lease_ms / 2);
+            if !tokio::time::timeout(wait, pace.turn())
+                .await
+                .unwrap_or(false)
+            {
+                release().await;
+                return Err(Error::Unavailable(format!(
+                    "no turn for {kind} of {appid}: the scheduler is stopping, or far behind its \
+                     pace"
+                )));
+            }
         }
         // A component token answers none of the APIs a check calls: it is never checked.
         let check_due = self
@@ -813,7 +830,7 @@ mod tests {
                 .unwrap()
         );
         let slot = engine.slot(&appid, Kind::AccessToken);
-        let ahead = Need::Ahead(TimeDelta::minutes(20));
+        let ahead = Need::Ahead(TimeDelta::minutes(20), None);
         let scheduled = tokio::time::timeout(
             Duration::from_secs(5),
             engine.fill(&appid, Kind::AccessToken, &slot, ahead),

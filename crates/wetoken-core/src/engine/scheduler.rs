@@ -133,11 +133,11 @@ impl Engine {
                 let (engine, pace) = (self.clone(), pace.clone());
                 running.spawn(async move {
                     let slot = engine.slot(&appid, kind);
-                    let need = Need::Ahead(threshold);
+                    let need = Need::Ahead(threshold, Some(pace));
                     // Renewed, or being renewed, by another replica since the scan: one read, and
-                    // none of the pace spent, which is what lets replicas add up.
+                    // none of the pace spent, which is what lets replicas add up. Otherwise the
+                    // fill takes the lease at once, and its turn of the pace under it.
                     if !engine.renewed_elsewhere(&appid, kind, &slot, &need).await
-                        && pace.turn().await
                         && let Err(e) = engine.fill(&appid, kind, &slot, need).await
                     {
                         debug!(%appid, %kind, error = %e.chain(), "scheduled refresh failed");
@@ -154,8 +154,10 @@ impl Engine {
 const DUE_PER_SCAN: u64 = 10_000;
 
 /// What spaces a scheduler's renewals `max_refresh_rate` a second apart, shared by its tasks: a
-/// renewal takes its turn just before its fill. Once the scheduler stops, no turn is given.
-pub(super) struct Pace {
+/// renewal takes its turn under the lease, just before it calls WeChat
+/// (`Engine::refresh_under_lease`). Once the scheduler stops, no turn is given.
+#[derive(Debug)]
+pub(crate) struct Pace {
     interval: tokio::sync::Mutex<tokio::time::Interval>,
     stopped: tokio::sync::watch::Sender<bool>,
 }
@@ -171,7 +173,7 @@ impl Pace {
     }
 
     /// Waits for the next turn; `false` once the scheduler stops.
-    async fn turn(&self) -> bool {
+    pub(super) async fn turn(&self) -> bool {
         let mut stopped = self.stopped.subscribe();
         tokio::select! {
             biased;

@@ -25,8 +25,9 @@ pub(super) enum Need {
         /// Who says it must go, which decides what the quota guard asks first.
         why: Why,
     },
-    /// One with more than this left (a scheduled renewal).
-    Ahead(TimeDelta),
+    /// One with more than this left: a scheduled renewal, which takes its turn of its
+    /// scheduler's pace (if any) before it calls WeChat.
+    Ahead(TimeDelta, Option<Arc<super::scheduler::Pace>>),
 }
 
 /// Why a value is to be replaced.
@@ -48,7 +49,7 @@ impl Need {
         use crate::store::RefreshCause;
         match self {
             Need::Serve => RefreshCause::Request,
-            Need::Ahead(_) => RefreshCause::Scheduled,
+            Need::Ahead(..) => RefreshCause::Scheduled,
             Need::Replace { why, .. } => match why {
                 Why::Report(_) => RefreshCause::Passive,
                 Why::Rejected => RefreshCause::Rejected,
@@ -232,7 +233,7 @@ impl Engine {
         match need {
             Need::Serve => left > margin,
             Need::Replace { failed, .. } => c.value != *failed && left > margin,
-            Need::Ahead(threshold) => left > *threshold,
+            Need::Ahead(threshold, _) => left > *threshold,
         }
     }
 
