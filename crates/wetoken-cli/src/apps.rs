@@ -635,11 +635,18 @@ async fn list(args: ListArgs) -> anyhow::Result<()> {
                 Some(_) => ("revoked".into(), "revoked".into()),
                 None => (state(status.access_token.as_ref(), now), ticket),
             };
+            // A platform's token and an authorizer's come from the open platform's own calls,
+            // which have no classic or stable mode.
+            let mode = if app.kind == AppKind::Component || app.component.is_some() {
+                "-"
+            } else {
+                app.token_mode.as_str()
+            };
             println!(
                 "{:<40} {:<9} {:<8} {:<16} {:<16} {:>11} {:>7}  {}",
                 app.appid.as_str(),
                 app.kind.as_str(),
-                app.token_mode.as_str(),
+                mode,
                 token,
                 ticket,
                 format!("{}/{}", app.calls_today, app.daily_budget),

@@ -231,6 +231,9 @@ async fn platforms_and_authorizers_are_added_with_clear_refusals(db: &TestDb) {
     assert_eq!(row("wxauth01").last(), Some(&COMPONENT), "{list}");
     assert_eq!(row(COMPONENT)[1], "component", "{list}");
     assert_eq!(row(COMPONENT).last(), Some(&"-"), "{list}");
+    // No classic or stable mode for either.
+    assert_eq!(row("wxauth01")[2], "-", "{list}");
+    assert_eq!(row(COMPONENT)[2], "-", "{list}");
     let list = cli.ok(&["app", "list", "--kind", "component"], "");
     assert!(
         list.contains(COMPONENT) && !list.contains("wxauth01"),

@@ -109,6 +109,19 @@ impl Engine {
         config: EngineConfig,
     ) -> Result<Self, Error> {
         config.validate()?;
+        // A scheduled renewal waits for its turn of the pace holding its lease, at worst
+        // `concurrency` turns; past half the lease it gives the credential up until the next scan.
+        let worst_turn_ms = config.concurrency as f64 * 1000.0 / f64::from(config.max_refresh_rate);
+        if worst_turn_ms > config.lease_ms as f64 / 2.0 {
+            tracing::warn!(
+                concurrency = config.concurrency,
+                max_refresh_rate = config.max_refresh_rate,
+                lease_ms = config.lease_ms,
+                "refresh.concurrency / refresh.max_refresh_rate is over half of refresh.lease_ms: \
+                 scheduled renewals may give up their turn and wait for the next scan; \
+                 lower concurrency or raise max_refresh_rate"
+            );
+        }
         let upstream = Semaphore::new(config.max_upstream_concurrency);
         let engine = Self {
             inner: Arc::new(Inner {
