@@ -50,7 +50,7 @@ fn recorded_error(record: &CredentialRecord) -> Error {
 }
 
 /// Why `record` may not be fetched at `now`, if it may not: halted, or waiting out a backoff.
-fn stopped(
+pub(super) fn stopped(
     appid: &AppId,
     kind: Kind,
     record: &CredentialRecord,

@@ -205,8 +205,7 @@ impl Engine {
         };
         let now = self.now();
         record.leased
-            || record.halted
-            || record.retry_at.is_some_and(|at| now < at)
+            || super::refresh::stopped(appid, kind, &record, now).is_some()
             || record
                 .credential
                 .as_ref()
